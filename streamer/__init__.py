@@ -1,0 +1,3 @@
+"""xtalstream processor: receive detector streams, analyse frames, index, and report live."""
+
+__version__ = "0.1.0"

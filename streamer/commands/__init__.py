@@ -1,0 +1,1 @@
+"""One module per `xtalstream` sub-command, each a thin `main(argv=None) -> int`."""

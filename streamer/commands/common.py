@@ -1,0 +1,41 @@
+"""Argument handling shared by the sub-commands: --config, and turning bad input into exit 2."""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import logging
+import sys
+from collections.abc import Callable
+
+from streamer.errors import BadInput
+
+log = logging.getLogger(__name__)
+
+
+def parser(prog: str, description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=f"xtalstream {prog}", description=description)
+    p.add_argument("--config", metavar="FILE.yaml", help="configuration file or directory (YAML)")
+    return p
+
+
+def cli_errors(func: Callable[..., int]) -> Callable[..., int]:
+    """Exit 2 with a message on bad input or arguments, 1 on an internal error."""
+
+    @functools.wraps(func)
+    def wrapper(argv: list[str] | None = None) -> int:
+        try:
+            return func(argv)
+        except SystemExit as exc:  # argparse: 2 for bad arguments, 0 for --help
+            return int(exc.code or 0) if isinstance(exc.code, int) else 2
+        except BadInput as exc:
+            print(f"xtalstream: error: {exc}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print("xtalstream: interrupted", file=sys.stderr)
+            return 1
+        except Exception:
+            log.exception("internal error")
+            return 1
+
+    return wrapper

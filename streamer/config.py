@@ -1,0 +1,206 @@
+"""Typed configuration: pydantic models that forbid unknown keys, loaded from YAML.
+
+Order of precedence (last wins): built-in defaults (`config/default.yaml`), a user YAML file
+or directory of YAML files (`--config`), environment variables `XTAL_<SECTION>__<FIELD>`
+(for example `XTAL_SPOTFINDING__SIGMA_STRONG=4`; values parsed as YAML scalars).
+Each stage owns one section; add fields to your own section with bounds and a description.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from streamer.errors import BadConfig
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+ENV_PREFIX = "XTAL_"
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ReceiverConfig(Section):
+    format: Literal["auto", "v1", "v2"] = Field("auto", description="stream protocol; auto detects per message")
+    rcvhwm: int = Field(1000, ge=1, description="ZeroMQ receive high-water mark (messages) for the detector socket")
+    max_message_bytes: int = Field(
+        512 * 1024 * 1024, ge=1024, description="largest message part accepted (ZMQ_MAXMSGSIZE); bigger is dropped by ZeroMQ"
+    )
+    idle_timeout_s: float = Field(
+        30.0, gt=0, description="a series with no message for this long is closed as 'missing end-of-series'"
+    )
+
+
+class FanoutConfig(Section):
+    workers: int = Field(0, ge=0, le=256, description="local worker processes; 0 means cores - 1, at least 1")
+    bind_host: str = Field("127.0.0.1", description="interface the internal sockets bind on (loopback by default)")
+    frame_port: int = Field(0, ge=0, le=65535, description="port for frames to workers (0: ipc:// in a private dir)")
+    result_port: int = Field(0, ge=0, le=65535, description="port for results from workers (0: ipc://)")
+    hwm: int = Field(64, ge=1, description="high-water mark of the frame fan-out socket (frames in flight per worker)")
+    frame_store_mb: int = Field(
+        2048, ge=0, description="bound on compressed frames kept for re-integration once a model exists (MB)"
+    )
+
+
+class SpotfindingConfig(Section):
+    algorithm: Literal["dispersion_extended", "dispersion"] = Field(
+        "dispersion_extended", description="threshold algorithm (DIALS 3.12 default: dispersion_extended)"
+    )
+    gain: float = Field(1.0, gt=0, description="detector gain (ADU per photon)")
+    kernel_size: tuple[int, int] = Field((3, 3), description="half-size of the local window (fast, slow): 3 -> 7x7")
+    sigma_background: float = Field(6.0, gt=0, description="index-of-dispersion threshold for background")
+    sigma_strong: float = Field(3.0, gt=0, description="pixel threshold above the local mean in sigmas")
+    min_local: int = Field(2, ge=0, description="minimum valid pixels in the local window")
+    global_threshold: float = Field(0.0, ge=0, description="strong pixels must also exceed this value")
+    min_spot_size: int | None = Field(
+        None, ge=1, description="smallest spot in pixels; None: 3 for pixel-array detectors, 6 otherwise (DIALS)"
+    )
+    max_spot_size: int = Field(1000, ge=1, description="largest spot in pixels")
+    max_separation: float = Field(2.0, ge=0, description="drop spots whose peak is further than this from the centroid (px)")
+    d_min: float | None = Field(None, gt=0, description="ignore pixels beyond this resolution (A)")
+    d_max: float | None = Field(None, gt=0, description="ignore pixels below this resolution (A)")
+
+
+class MaskConfig(Section):
+    untrusted_rectangles: list[tuple[int, int, int, int]] = Field(
+        default_factory=list, description="[x0, x1, y0, y1] pixel ranges to ignore (half-open)"
+    )
+    untrusted_circles: list[tuple[float, float, float]] = Field(
+        default_factory=list, description="[x, y, radius] in pixels to ignore (e.g. a backstop)"
+    )
+    untrusted_polygons: list[list[tuple[float, float]]] = Field(
+        default_factory=list, description="polygons of (x, y) pixel vertices to ignore (arms, shadows)"
+    )
+
+
+class GeometryOverride(Section):
+    """Values that replace what a (wrong) header says."""
+
+    beam_centre_px: tuple[float, float] | None = Field(None, description="beam centre (fast, slow) in pixels")
+    distance_mm: float | None = Field(None, gt=0, description="sample-to-detector distance (mm)")
+    wavelength_A: float | None = Field(None, gt=0, description="wavelength (A)")
+    rotation_axis: tuple[float, float, float] | None = Field(None, description="rotation axis in the lab frame")
+    oscillation: tuple[float, float] | None = Field(None, description="start and width per image (degrees)")
+
+
+class IndexingConfig(Section):
+    min_images: int = Field(5, ge=1, description="first indexing attempt after this many images")
+    min_degrees: float = Field(3.0, ge=0, description="... and at least this rotation range (degrees)")
+    retry_every_images: int = Field(5, ge=1, description="retry indexing every N new images until accepted")
+    max_cell_A: float | None = Field(None, gt=0, description="largest cell edge searched (A); None: from the spots")
+    known_cell: tuple[float, float, float, float, float, float] | None = Field(
+        None, description="unit cell to index against (a, b, c, alpha, beta, gamma)"
+    )
+    known_space_group: str | None = Field(None, description="space group symbol to index against")
+    min_fraction_indexed: float = Field(0.5, ge=0, le=1, description="accept a solution indexing at least this fraction")
+    max_rmsd_px: float = Field(2.0, gt=0, description="accept a solution with positional RMSD below this (px)")
+    refine_every_images: int = Field(10, ge=1, description="re-refine every N images once indexed")
+
+
+class OutputConfig(Section):
+    http: str | None = Field("127.0.0.1:8470", description="HOST:PORT of the dashboard and /metrics; None disables")
+    result_stream: str | None = Field(
+        "tcp://127.0.0.1:8471", description="ZeroMQ PUB endpoint of the per-image result stream; None disables"
+    )
+
+
+class Config(Section):
+    schema_version: int = Field(SCHEMA_VERSION, ge=1, le=SCHEMA_VERSION, description="configuration schema version")
+    detector: str | None = Field(None, description="detector preset name in config/detectors (None: from the stream)")
+    geometry: GeometryOverride = Field(default_factory=GeometryOverride, description="header corrections")
+    receiver: ReceiverConfig = Field(default_factory=ReceiverConfig, description="detector stream receiver")
+    fanout: FanoutConfig = Field(default_factory=FanoutConfig, description="workers and internal sockets")
+    spotfinding: SpotfindingConfig = Field(default_factory=SpotfindingConfig, description="per-image spot finding")
+    mask: MaskConfig = Field(default_factory=MaskConfig, description="user masks")
+    indexing: IndexingConfig = Field(default_factory=IndexingConfig, description="indexing and refinement")
+    output: OutputConfig = Field(default_factory=OutputConfig, description="feedback outputs")
+
+
+def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    files = sorted(path.glob("*.yaml")) + sorted(path.glob("*.yml")) if path.is_dir() else [path]
+    data: dict[str, Any] = {}
+    for file in files:
+        try:
+            loaded = yaml.safe_load(file.read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise BadConfig(f"cannot read configuration {file}: {exc}") from exc
+        if not isinstance(loaded, dict):
+            raise BadConfig(f"configuration {file} must hold a mapping, not {type(loaded).__name__}")
+        data = _deep_merge(data, loaded)
+    return data
+
+
+def _env_overrides(environ: dict[str, str]) -> dict[str, Any]:
+    data: dict[str, Any] = {}
+    for key, raw in environ.items():
+        if not key.startswith(ENV_PREFIX):
+            continue
+        path = [part.lower() for part in key[len(ENV_PREFIX):].split("__") if part]
+        if not path:
+            continue
+        node = data
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = yaml.safe_load(raw)
+    return data
+
+
+def load_config(path: str | Path | None = None, environ: dict[str, str] | None = None) -> Config:
+    """Defaults, then the YAML file or directory `path`, then `XTAL_*` environment overrides."""
+    from config import DEFAULT_CONFIG
+
+    data = _read_yaml(DEFAULT_CONFIG)
+    if path is not None:
+        path = Path(path)
+        if not path.exists():
+            raise BadConfig(f"configuration {path} does not exist")
+        data = _deep_merge(data, _read_yaml(path))
+    data = _deep_merge(data, _env_overrides(dict(os.environ if environ is None else environ)))
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise BadConfig(f"invalid configuration: {exc}") from exc
+
+
+def modified_settings(config: Config) -> dict[str, Any]:
+    """The settings that differ from the built-in defaults, flattened as 'section.field'."""
+    default = Config().model_dump()
+    current = config.model_dump()
+    out: dict[str, Any] = {}
+
+    def walk(a: Any, b: Any, prefix: str) -> None:
+        if isinstance(a, dict) and isinstance(b, dict):
+            for key in b:
+                walk(a.get(key), b[key], f"{prefix}{key}.")
+        elif a != b:
+            out[prefix.rstrip(".")] = b
+
+    walk(default, current, "")
+    return out
+
+
+def log_modified(config: Config) -> None:
+    changed = modified_settings(config)
+    if changed:
+        for key, value in sorted(changed.items()):
+            log.info("modified parameter %s = %r", key, value)
+    else:
+        log.info("all parameters at their defaults")

@@ -1,0 +1,123 @@
+"""Typed records for one data series and its frames, the same whatever the source.
+
+Every source (stream v1, stream v2, HDF5 replay, CBF/SMV files, the simulator) normalises its
+header into a `SeriesInfo` and its images into `EncodedFrame`s, so later stages never see
+protocol details. Units: mm, Angstrom, degrees, seconds. Pixel coordinates follow
+dxtbx: x fast (column), y slow (row), 0-based, pixel centre at +0.5. Lab frame: DIALS/imgCIF
+(see `streamer.geometry`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+# Bit meanings of the DECTRIS pixel mask (SIMPLON API; bit 0 is the least significant).
+PIXEL_MASK_BITS = {
+    0: "gap",  # gap between modules/chips
+    1: "dead",
+    2: "under_responding",
+    3: "over_responding",
+    4: "noisy",
+    31: "user_masked",
+}
+
+
+@dataclass(frozen=True)
+class SeriesInfo:
+    """What a series header tells: detector, geometry, timing. Frozen; arrays are read-only.
+
+    `image_shape` is numpy order (rows = slow, cols = fast). `pixel_mask` is the detector's
+    bit mask (nonzero = do not use), or None. `raw` keeps the header as received (config
+    dict, for `record`), never used for decisions.
+    """
+
+    series_id: str
+    source: str  # "stream-v1", "stream-v2", "hdf5", "cbf", "smv", "simulator"
+    image_shape: tuple[int, int]
+    dtype: str  # numpy dtype string with explicit byte order, e.g. "<u4"
+    n_images: int | None = None
+    detector_description: str = ""
+    detector_serial: str = ""
+    sensor_material: str = ""
+    sensor_thickness_mm: float = 0.0
+    pixel_size_mm: tuple[float, float] = (0.075, 0.075)  # (fast, slow)
+    beam_centre_px: tuple[float, float] = (0.0, 0.0)  # (fast, slow)
+    distance_mm: float = 100.0
+    wavelength_A: float = 1.0
+    fast_axis: tuple[float, float, float] = (1.0, 0.0, 0.0)
+    slow_axis: tuple[float, float, float] = (0.0, -1.0, 0.0)
+    rotation_axis: tuple[float, float, float] = (1.0, 0.0, 0.0)
+    omega_start_deg: float = 0.0
+    omega_increment_deg: float = 0.0
+    count_time_s: float = 0.0
+    frame_time_s: float = 0.0
+    saturation_value: int | None = None
+    bit_depth_image: int | None = None
+    countrate_correction_applied: bool | None = None
+    flatfield_applied: bool | None = None
+    pixel_mask: np.ndarray | None = field(default=None, repr=False, compare=False)
+    flatfield: np.ndarray | None = field(default=None, repr=False, compare=False)
+    channels: tuple[str, ...] = ()
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        for name in ("pixel_mask", "flatfield"):
+            arr = getattr(self, name)
+            if arr is not None:
+                arr.setflags(write=False)
+
+    @property
+    def is_still(self) -> bool:
+        return self.omega_increment_deg == 0.0
+
+    def phi_deg(self, image_number: float) -> float:
+        """Rotation angle at `image_number` in frame units (image i spans [i, i+1))."""
+        return self.omega_start_deg + image_number * self.omega_increment_deg
+
+
+@dataclass(frozen=True)
+class EncodedFrame:
+    """One image as it arrived: compressed bytes (or raw) plus how to decode them.
+
+    `encoding` is one of "bslz4" (bitshuffle-LZ4 with the 12-byte HDF5-filter header), "lz4"
+    (one bare LZ4 block, v1) / "lz4-h5" (HDF5 lz4 filter framing), or "raw".
+    `data` is any buffer (bytes, memoryview, zmq.Frame.buffer): never copied until decoded.
+    """
+
+    series_id: str
+    image_number: int  # 0-based
+    shape: tuple[int, int]  # numpy order
+    dtype: str  # explicit byte order, e.g. "<u2"
+    encoding: str
+    data: Any = field(repr=False)
+    channel: str = ""
+    start_time_s: float | None = None
+    stop_time_s: float | None = None
+    real_time_s: float | None = None
+    received_at: float = 0.0  # time.monotonic() when the receiver got it
+
+    @property
+    def nbytes_decoded(self) -> int:
+        return int(np.prod(self.shape)) * np.dtype(self.dtype).itemsize
+
+
+@dataclass(frozen=True)
+class SeriesEnd:
+    """End of a series; `reason` is "end" for a proper end-of-series message, else why it was closed."""
+
+    series_id: str
+    reason: str = "end"
+    n_images_received: int = 0
+
+
+@dataclass(frozen=True)
+class Dropped:
+    """A message or frame that could not be used, with its counted reason."""
+
+    reason: str
+    message: str
+    series_id: str | None = None
+    image_number: int | None = None
