@@ -1,0 +1,553 @@
+"""The diffraction geometry model shared by the simulator, indexing, prediction and integration.
+
+Conventions (those of DIALS/dxtbx and imgCIF, stated once here):
+
+- Laboratory frame: right-handed, z points from the sample towards the source, so the beam
+  travels along -z and s0 = (0, 0, -1/lambda). The default rotation axis is +x; y completes
+  the set (up, for a horizontal rotation axis).
+- Lengths in mm, wavelengths and d-spacings in Angstrom, reciprocal vectors in 1/Angstrom,
+  angles in degrees at every public interface (radians only inside).
+- Pixels: x fast (column), y slow (row), 0-based continuous coordinates; pixel (i, j) covers
+  [i, i+1) x [j, j+1), so its centre is at +0.5. A detector's `origin_mm` is the lab vector to
+  the pixel coordinate (0, 0), the outer corner of the first pixel.
+- Crystal: A = U B with B the transpose of the fractionalisation matrix (Busing & Levy 1967;
+  the cctbx/DIALS B), so the columns of A are a*, b*, c* in the lab frame at rotation angle 0.
+- Rotation: a reciprocal-lattice point h sits at q = S R(e, phi) F A h, with S the setting
+  rotation, F the fixed rotation and R(e, phi) a right-handed rotation by phi about the
+  axis e (dxtbx's goniometer model). It diffracts when |s0 + q| = |s0|; then s1 = s0 + q.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import gemmi
+import numpy as np
+
+_IDENTITY = ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0))
+
+
+def _unit(v) -> np.ndarray:
+    v = np.asarray(v, dtype=np.float64)
+    n = np.linalg.norm(v)
+    if not n > 0:
+        raise ValueError(f"zero-length direction {v!r}")
+    return v / n
+
+
+def _tuple3(v) -> tuple[float, float, float]:
+    return tuple(float(x) for x in np.asarray(v, dtype=np.float64).reshape(3))
+
+
+def _matrix(m) -> tuple[tuple[float, ...], ...]:
+    return tuple(tuple(float(x) for x in row) for row in np.asarray(m, dtype=np.float64).reshape(3, 3))
+
+
+def rotation_matrix(axis, angle_deg: float) -> np.ndarray:
+    """Right-handed rotation by `angle_deg` about the unit vector `axis` (Rodrigues)."""
+    e = _unit(axis)
+    a = math.radians(angle_deg)
+    c, s = math.cos(a), math.sin(a)
+    k = np.array([[0.0, -e[2], e[1]], [e[2], 0.0, -e[0]], [-e[1], e[0], 0.0]])
+    return c * np.eye(3) + s * k + (1.0 - c) * np.outer(e, e)
+
+
+def rotate_vectors(vectors: np.ndarray, axis, angles_deg: np.ndarray) -> np.ndarray:
+    """Rotate each row of `vectors` (N,3) by its own angle (N,) about `axis` (vectorised Rodrigues)."""
+    e = _unit(axis)
+    v = np.asarray(vectors, dtype=np.float64)
+    a = np.radians(np.asarray(angles_deg, dtype=np.float64))[:, None]
+    return v * np.cos(a) + np.cross(e, v) * np.sin(a) + np.outer(v @ e, e) * (1.0 - np.cos(a))
+
+
+@dataclass(frozen=True)
+class Beam:
+    """Monochromatic beam: wavelength (A), direction of travel, polarisation.
+
+    `polarization_fraction` is the fraction of intensity with its electric vector in the plane
+    perpendicular to `polarization_normal` (DIALS's definition: 0.5 unpolarised, ~0.99 at a
+    synchrotron with a horizontal rotation axis along x and normal (0, 1, 0)).
+    """
+
+    wavelength_A: float
+    direction: tuple[float, float, float] = (0.0, 0.0, -1.0)
+    polarization_fraction: float = 0.999
+    polarization_normal: tuple[float, float, float] = (0.0, 1.0, 0.0)
+
+    def __post_init__(self) -> None:
+        if not self.wavelength_A > 0:
+            raise ValueError(f"wavelength must be positive, not {self.wavelength_A}")
+        object.__setattr__(self, "direction", _tuple3(_unit(self.direction)))
+        object.__setattr__(self, "polarization_normal", _tuple3(_unit(self.polarization_normal)))
+
+    @property
+    def s0(self) -> np.ndarray:
+        """Incident wave vector (1/A): beam direction / wavelength."""
+        return np.asarray(self.direction) / self.wavelength_A
+
+    @property
+    def energy_eV(self) -> float:
+        return 12398.419843320026 / self.wavelength_A
+
+
+@dataclass(frozen=True)
+class Detector:
+    """A flat single-panel detector: where pixel (0, 0) is, its axes, pixel size, size in pixels."""
+
+    origin_mm: tuple[float, float, float]
+    fast_axis: tuple[float, float, float] = (1.0, 0.0, 0.0)
+    slow_axis: tuple[float, float, float] = (0.0, -1.0, 0.0)
+    pixel_size_mm: tuple[float, float] = (0.075, 0.075)  # (fast, slow)
+    image_size: tuple[int, int] = (1000, 1000)  # (nx fast, ny slow)
+
+    def __post_init__(self) -> None:
+        f, s = _unit(self.fast_axis), _unit(self.slow_axis)
+        if abs(f @ s) > 1e-6:
+            raise ValueError("fast and slow axes must be perpendicular")
+        object.__setattr__(self, "fast_axis", _tuple3(f))
+        object.__setattr__(self, "slow_axis", _tuple3(s))
+        object.__setattr__(self, "origin_mm", _tuple3(self.origin_mm))
+        object.__setattr__(self, "pixel_size_mm", (float(self.pixel_size_mm[0]), float(self.pixel_size_mm[1])))
+        object.__setattr__(self, "image_size", (int(self.image_size[0]), int(self.image_size[1])))
+
+    @classmethod
+    def from_beam_centre(
+        cls,
+        beam_centre_px: tuple[float, float],
+        distance_mm: float,
+        pixel_size_mm: tuple[float, float],
+        image_size: tuple[int, int],
+        fast_axis=(1.0, 0.0, 0.0),
+        slow_axis=(0.0, -1.0, 0.0),
+        beam_direction=(0.0, 0.0, -1.0),
+    ) -> Detector:
+        """The detector whose plane lies `distance_mm` from the sample along its normal and that
+        the beam hits at `beam_centre_px` (fast, slow), the way headers describe it."""
+        f, s = _unit(fast_axis), _unit(slow_axis)
+        n = np.cross(f, s)
+        b = _unit(beam_direction)
+        if n @ b < 0:  # the normal points away from the sample, towards the beam's way
+            n = -n
+        if abs(n @ b) < 1e-9:
+            raise ValueError("the beam does not hit the detector plane")
+        hit = b * (distance_mm / (n @ b))
+        origin = hit - f * beam_centre_px[0] * pixel_size_mm[0] - s * beam_centre_px[1] * pixel_size_mm[1]
+        return cls(_tuple3(origin), _tuple3(f), _tuple3(s), pixel_size_mm, image_size)
+
+    @property
+    def normal(self) -> np.ndarray:
+        """Unit normal of the detector plane pointing away from the sample."""
+        n = np.cross(self.fast_axis, self.slow_axis)
+        return n if n @ np.asarray(self.origin_mm) >= 0 else -n
+
+    @property
+    def distance_mm(self) -> float:
+        """Perpendicular distance from the sample to the detector plane."""
+        return float(np.asarray(self.origin_mm) @ self.normal)
+
+    @property
+    def d_matrix(self) -> np.ndarray:
+        """Columns fast, slow, origin: lab = D (x_mm, y_mm, 1)^T."""
+        return np.column_stack([self.fast_axis, self.slow_axis, self.origin_mm])
+
+    def pixel_to_lab(self, x_px, y_px) -> np.ndarray:
+        """Lab vectors (mm, shape (N, 3)) of continuous pixel coordinates."""
+        x = np.atleast_1d(np.asarray(x_px, dtype=np.float64)) * self.pixel_size_mm[0]
+        y = np.atleast_1d(np.asarray(y_px, dtype=np.float64)) * self.pixel_size_mm[1]
+        return np.asarray(self.origin_mm) + np.outer(x, self.fast_axis) + np.outer(y, self.slow_axis)
+
+    def lab_to_pixel(self, rays) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Where rays from the sample along `rays` (N, 3; any length) hit the detector plane.
+
+        Returns (x_px, y_px, valid); `valid` is False for rays that miss the plane (parallel
+        or pointing away) or land outside the image.
+        """
+        v = np.atleast_2d(np.asarray(rays, dtype=np.float64)) @ np.linalg.inv(self.d_matrix).T
+        with np.errstate(divide="ignore", invalid="ignore"):
+            x = v[:, 0] / v[:, 2] / self.pixel_size_mm[0]
+            y = v[:, 1] / v[:, 2] / self.pixel_size_mm[1]
+        nx, ny = self.image_size
+        valid = (v[:, 2] > 0) & (x >= 0) & (x < nx) & (y >= 0) & (y < ny)
+        return x, y, valid
+
+    def beam_centre_px(self, beam: Beam) -> tuple[float, float]:
+        """Pixel coordinates (fast, slow) where the direct beam meets the detector plane."""
+        x, y, _ = self.lab_to_pixel(np.asarray(beam.direction)[None, :])
+        return float(x[0]), float(y[0])
+
+    def _pixel_centre_rays(self, rows: slice) -> np.ndarray:
+        nx = self.image_size[0]
+        y = np.arange(rows.start, rows.stop, dtype=np.float64) + 0.5
+        x = np.arange(nx, dtype=np.float64) + 0.5
+        o, f, s = (np.asarray(a) for a in (self.origin_mm, self.fast_axis, self.slow_axis))
+        px, py = self.pixel_size_mm
+        return o + (x[None, :, None] * px) * f + (y[:, None, None] * py) * s
+
+    def two_theta_map(self, beam: Beam, rows_per_block: int = 256) -> np.ndarray:
+        """Scattering angle 2theta (degrees, float32, shape (ny, nx)) at every pixel centre."""
+        nx, ny = self.image_size
+        out = np.empty((ny, nx), dtype=np.float32)
+        b = np.asarray(beam.direction)
+        for start in range(0, ny, rows_per_block):
+            rows = slice(start, min(ny, start + rows_per_block))
+            v = self._pixel_centre_rays(rows)
+            cos2t = (v @ b) / np.linalg.norm(v, axis=2)
+            out[rows] = np.degrees(np.arccos(np.clip(cos2t, -1.0, 1.0)))
+        return out
+
+    def resolution_map(self, beam: Beam, rows_per_block: int = 256) -> np.ndarray:
+        """d-spacing (A, float32, shape (ny, nx)) at every pixel centre; inf at 2theta = 0."""
+        theta = np.radians(self.two_theta_map(beam, rows_per_block).astype(np.float64)) / 2.0
+        with np.errstate(divide="ignore"):
+            return (beam.wavelength_A / (2.0 * np.sin(theta))).astype(np.float32)
+
+    def with_beam_centre(self, beam: Beam, beam_centre_px: tuple[float, float]) -> Detector:
+        """The same detector moved in its plane so that the beam hits `beam_centre_px`."""
+        return Detector.from_beam_centre(
+            beam_centre_px, self.distance_mm, self.pixel_size_mm, self.image_size,
+            self.fast_axis, self.slow_axis, beam.direction,
+        )
+
+
+@dataclass(frozen=True)
+class Goniometer:
+    """Single-axis goniometer: q_lab = S R(axis, phi) F q_crystal (dxtbx's model)."""
+
+    rotation_axis: tuple[float, float, float] = (1.0, 0.0, 0.0)
+    fixed_rotation: tuple[tuple[float, ...], ...] = _IDENTITY
+    setting_rotation: tuple[tuple[float, ...], ...] = _IDENTITY
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "rotation_axis", _tuple3(_unit(self.rotation_axis)))
+        object.__setattr__(self, "fixed_rotation", _matrix(self.fixed_rotation))
+        object.__setattr__(self, "setting_rotation", _matrix(self.setting_rotation))
+
+    @property
+    def F(self) -> np.ndarray:
+        return np.asarray(self.fixed_rotation)
+
+    @property
+    def S(self) -> np.ndarray:
+        return np.asarray(self.setting_rotation)
+
+    def rotation_matrix(self, phi_deg: float) -> np.ndarray:
+        """The full rotation S R(phi) F taking crystal-at-zero vectors to the lab at phi."""
+        return self.S @ rotation_matrix(self.rotation_axis, phi_deg) @ self.F
+
+    @property
+    def lab_axis(self) -> np.ndarray:
+        """The rotation axis in the laboratory frame (S e)."""
+        return self.S @ np.asarray(self.rotation_axis)
+
+
+@dataclass(frozen=True)
+class Scan:
+    """Images and their rotation: image i (0-based) spans phi in [start + i w, start + (i+1) w)."""
+
+    n_images: int
+    start_deg: float = 0.0
+    width_deg: float = 0.0
+
+    def phi_deg(self, z):
+        """Rotation angle at continuous frame coordinate z (0-based frame units)."""
+        return self.start_deg + np.asarray(z, dtype=np.float64) * self.width_deg
+
+    def z_from_phi(self, phi_deg):
+        if self.width_deg == 0:
+            raise ValueError("a still has no rotation: z is undefined")
+        return (np.asarray(phi_deg, dtype=np.float64) - self.start_deg) / self.width_deg
+
+    @property
+    def end_deg(self) -> float:
+        return self.start_deg + self.n_images * self.width_deg
+
+    @property
+    def is_still(self) -> bool:
+        return self.width_deg == 0.0
+
+
+def b_matrix(cell) -> np.ndarray:
+    """B (1/A) for cell (a, b, c, alpha, beta, gamma): the transpose of gemmi's fractionalisation matrix."""
+    return np.array(gemmi.UnitCell(*cell).frac.mat, dtype=np.float64).T
+
+
+def cell_from_a_matrix(a_matrix: np.ndarray) -> tuple[float, ...]:
+    """Unit cell (A, degrees) of the lattice whose reciprocal basis is the columns of A."""
+    real = np.linalg.inv(np.asarray(a_matrix, dtype=np.float64)).T  # columns a, b, c
+    g = real.T @ real
+    a, b, c = np.sqrt(np.diag(g))
+    alpha = math.degrees(math.acos(np.clip(g[1, 2] / (b * c), -1, 1)))
+    beta = math.degrees(math.acos(np.clip(g[0, 2] / (a * c), -1, 1)))
+    gamma = math.degrees(math.acos(np.clip(g[0, 1] / (a * b), -1, 1)))
+    return (float(a), float(b), float(c), alpha, beta, gamma)
+
+
+@dataclass(frozen=True)
+class Crystal:
+    """A crystal's orientation and lattice as the matrix A = U B (columns a*, b*, c* at phi = 0)."""
+
+    A: tuple[tuple[float, ...], ...]
+    space_group: str = "P 1"
+    mosaicity_deg: float = 0.0
+
+    def __post_init__(self) -> None:
+        a = np.asarray(self.A, dtype=np.float64).reshape(3, 3)
+        if abs(np.linalg.det(a)) < 1e-12:
+            raise ValueError("A matrix is singular")
+        object.__setattr__(self, "A", _matrix(a))
+        object.__setattr__(self, "space_group", gemmi.SpaceGroup(self.space_group).hm)
+
+    @classmethod
+    def from_cell(cls, cell, U=None, space_group: str = "P 1", mosaicity_deg: float = 0.0) -> Crystal:
+        U = np.eye(3) if U is None else np.asarray(U, dtype=np.float64)
+        return cls(_matrix(U @ b_matrix(cell)), space_group, mosaicity_deg)
+
+    @property
+    def A_matrix(self) -> np.ndarray:
+        return np.asarray(self.A)
+
+    @property
+    def unit_cell(self) -> tuple[float, ...]:
+        return cell_from_a_matrix(self.A_matrix)
+
+    @property
+    def B(self) -> np.ndarray:
+        return b_matrix(self.unit_cell)
+
+    @property
+    def U(self) -> np.ndarray:
+        return self.A_matrix @ np.linalg.inv(self.B)
+
+    def real_space_vectors(self) -> np.ndarray:
+        """Rows a, b, c (A) in the lab frame at phi = 0."""
+        return np.linalg.inv(self.A_matrix)
+
+    @property
+    def gemmi_space_group(self) -> gemmi.SpaceGroup:
+        return gemmi.SpaceGroup(self.space_group)
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """Beam, detector, goniometer, scan and (once indexed) crystal of one sweep."""
+
+    beam: Beam
+    detector: Detector
+    goniometer: Goniometer = field(default_factory=Goniometer)
+    scan: Scan = field(default_factory=lambda: Scan(1))
+    crystal: Crystal | None = None
+
+    @classmethod
+    def from_series(cls, series: Any, polarization_fraction: float = 0.999) -> Experiment:
+        """The geometry a `streamer.series.SeriesInfo` header describes."""
+        beam = Beam(series.wavelength_A, polarization_fraction=polarization_fraction)
+        ny, nx = series.image_shape
+        detector = Detector.from_beam_centre(
+            series.beam_centre_px, series.distance_mm, series.pixel_size_mm, (nx, ny),
+            series.fast_axis, series.slow_axis, beam.direction,
+        )
+        scan = Scan(series.n_images or 1, series.omega_start_deg, series.omega_increment_deg)
+        return cls(beam, detector, Goniometer(series.rotation_axis), scan)
+
+    def replace(self, **changes: Any) -> Experiment:
+        from dataclasses import replace
+
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON/msgpack-able form (for the model channel, truth files and outputs)."""
+        from dataclasses import asdict
+
+        return {
+            "beam": asdict(self.beam),
+            "detector": asdict(self.detector),
+            "goniometer": asdict(self.goniometer),
+            "scan": asdict(self.scan),
+            "crystal": None if self.crystal is None else asdict(self.crystal),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Experiment:
+        def tuples(x):
+            return tuple(tuples(v) for v in x) if isinstance(x, list) else x
+
+        def build(kind, data):
+            return kind(**{k: tuples(v) for k, v in data.items()})
+
+        return cls(
+            build(Beam, d["beam"]),
+            build(Detector, d["detector"]),
+            build(Goniometer, d["goniometer"]),
+            build(Scan, d["scan"]),
+            None if d.get("crystal") is None else build(Crystal, d["crystal"]),
+        )
+
+
+# -- spot centroids <-> reciprocal space ---------------------------------------------------------
+
+
+def s1_vectors(experiment: Experiment, x_px, y_px) -> np.ndarray:
+    """Diffracted-beam vectors s1 (1/A, length 1/lambda) towards continuous pixel coordinates."""
+    lab = experiment.detector.pixel_to_lab(x_px, y_px)
+    return lab / np.linalg.norm(lab, axis=1)[:, None] / experiment.beam.wavelength_A
+
+
+def reciprocal_vectors(experiment: Experiment, x_px, y_px, z_frames) -> np.ndarray:
+    """Reciprocal-lattice vectors (1/A, (N, 3)) of spot centroids, rotated back to phi = 0.
+
+    z_frames are continuous 0-based frame coordinates (frame i spans [i, i+1)); the crystal-frame
+    vector is F^-1 R(-phi) S^-1 (s1 - s0), so that it equals A h for an indexed spot.
+    """
+    q_lab = s1_vectors(experiment, x_px, y_px) - experiment.beam.s0
+    gonio = experiment.goniometer
+    q = q_lab @ gonio.S  # S^-1 q for each row (S orthogonal)
+    phi = experiment.scan.phi_deg(np.atleast_1d(np.asarray(z_frames, dtype=np.float64)))
+    q = rotate_vectors(q, gonio.rotation_axis, -np.broadcast_to(phi, (len(q),)))
+    return q @ gonio.F  # F^-1 q
+
+
+def resolution_of(q: np.ndarray) -> np.ndarray:
+    """d-spacing (A) of reciprocal vectors (N, 3)."""
+    with np.errstate(divide="ignore"):
+        return 1.0 / np.linalg.norm(np.atleast_2d(q), axis=1)
+
+
+# -- prediction ------------------------------------------------------------------------------
+
+
+def miller_indices(crystal: Crystal, d_min: float, d_max: float = float("inf"),
+                   remove_absent: bool = True) -> np.ndarray:
+    """All (h, k, l) with d_max >= d >= d_min (int32, (N, 3)), systematic absences removed."""
+    real = crystal.real_space_vectors()
+    hmax = np.floor(np.linalg.norm(real, axis=1) / d_min).astype(int)
+    grids = np.meshgrid(*(np.arange(-m, m + 1) for m in hmax), indexing="ij")
+    hkl = np.stack([g.ravel() for g in grids], axis=1)
+    hkl = hkl[np.any(hkl != 0, axis=1)]
+    d = resolution_of(hkl @ crystal.A_matrix.T)
+    hkl = hkl[(d >= d_min) & (d <= d_max)]
+    if remove_absent:
+        hkl = hkl[~systematically_absent(crystal.gemmi_space_group, hkl)]
+    return hkl.astype(np.int32)
+
+
+def systematically_absent(space_group: gemmi.SpaceGroup, hkl: np.ndarray) -> np.ndarray:
+    """True for reflections extinguished by the lattice centring or screw/glide operations."""
+    hkl = np.asarray(hkl, dtype=np.int64)
+    absent = np.zeros(len(hkl), dtype=bool)
+    den = gemmi.Op.DEN
+    for op in space_group.operations():
+        rot = np.array(op.rot, dtype=np.int64)
+        tran = np.array(op.tran, dtype=np.int64)
+        fixed = np.all(hkl @ rot == hkl * den, axis=1)  # h R = h (R in units of 1/DEN)
+        phase = (hkl @ tran) % den
+        absent |= fixed & (phase != 0)
+    return absent
+
+
+@dataclass(frozen=True)
+class Predictions:
+    """Predicted reflections, columnar: one row per (h, k, l, crossing)."""
+
+    hkl: np.ndarray  # (N, 3) int32
+    phi_deg: np.ndarray  # rotation angle of the crossing
+    z: np.ndarray  # continuous frame coordinate
+    x_px: np.ndarray
+    y_px: np.ndarray
+    s1: np.ndarray  # (N, 3)
+    entering: np.ndarray  # bool: crossing the Ewald sphere from outside to inside
+    d: np.ndarray
+    zeta: np.ndarray  # e . (s1 x s0) / (|s1||s0|): 1/Lorentz factor, signed
+
+    def __len__(self) -> int:
+        return len(self.hkl)
+
+    def select(self, mask: np.ndarray) -> Predictions:
+        return Predictions(*(getattr(self, f)[mask] for f in self.__dataclass_fields__))
+
+
+def predict_rotation(experiment: Experiment, d_min: float, hkl: np.ndarray | None = None,
+                     z_range: tuple[float, float] | None = None) -> Predictions:
+    """Predict where and when reflections diffract during the scan (static model).
+
+    Solves 2 s0.q(phi) + |q|^2 = 0 for the rotation angle in closed form: with q' = F A h and
+    s0' = S^-1 s0, s0'.R(phi) q' = a cos(phi) + b sin(phi) + c'. Returns both crossings of every
+    reflection within `z_range` (default: the scan) that land on the detector.
+    """
+    crystal = experiment.crystal
+    if crystal is None:
+        raise ValueError("prediction needs a crystal model")
+    if hkl is None:
+        hkl = miller_indices(crystal, d_min)
+    gonio, scan, beam = experiment.goniometer, experiment.scan, experiment.beam
+    s0 = beam.s0
+    e = np.asarray(gonio.rotation_axis)
+    q0 = (np.asarray(hkl, dtype=np.float64) @ crystal.A_matrix.T) @ gonio.F.T
+    s0p = gonio.S.T @ s0
+    eq = q0 @ e
+    a = q0 @ s0p - eq * (e @ s0p)
+    b = np.cross(e, q0) @ s0p
+    c = eq * (e @ s0p) + 0.5 * np.einsum("ij,ij->i", q0, q0)
+    r = np.hypot(a, b)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cos_arg = -c / r
+    ok = np.abs(cos_arg) <= 1.0
+    base = np.arctan2(b, a)
+    half = np.arccos(np.clip(cos_arg, -1.0, 1.0))
+    z0, z1 = (0.0, float(scan.n_images)) if z_range is None else z_range
+    phi_lo, phi_hi = sorted((scan.phi_deg(z0), scan.phi_deg(z1)))
+    rows = []
+    for sign in (1.0, -1.0):
+        phi = np.degrees(base + sign * half)
+        # bring the angle into the scanned range, modulo a full turn
+        phi = phi_lo + np.mod(phi - phi_lo, 360.0)
+        keep = ok & (phi < phi_hi)
+        rows.append((np.nonzero(keep)[0], phi[keep]))
+    idx = np.concatenate([r_[0] for r_ in rows])
+    phi = np.concatenate([r_[1] for r_ in rows])
+    q = rotate_vectors(q0[idx], e, phi) @ gonio.S.T
+    s1 = s0 + q
+    x, y, valid = experiment.detector.lab_to_pixel(s1)
+    zeta = (np.cross(s1, s0) @ gonio.lab_axis) / (np.linalg.norm(s1, axis=1) * np.linalg.norm(s0))
+    preds = Predictions(
+        hkl=np.asarray(hkl, dtype=np.int32)[idx],
+        phi_deg=phi,
+        z=scan.z_from_phi(phi) if not scan.is_still else np.zeros_like(phi),
+        x_px=x,
+        y_px=y,
+        s1=s1,
+        entering=zeta < 0,
+        d=resolution_of(q),
+        zeta=zeta,
+    )
+    return preds.select(valid)
+
+
+# -- corrections -----------------------------------------------------------------------------
+
+
+def lorentz_zeta(experiment: Experiment, s1: np.ndarray) -> np.ndarray:
+    """|e . (s1 x s0)| / (|s1| |s0|): the rotation Lorentz correction (1 / Lorentz factor).
+
+    A reflection's time in diffracting condition scales as 1/zeta; multiplying a summed
+    intensity by zeta removes it (as DIALS's LP correction does).
+    """
+    s0 = experiment.beam.s0
+    s1 = np.atleast_2d(s1)
+    e = experiment.goniometer.lab_axis
+    return np.abs(np.cross(s1, s0) @ e) / (np.linalg.norm(s1, axis=1) * np.linalg.norm(s0))
+
+
+def polarization_factor(beam: Beam, s1: np.ndarray) -> np.ndarray:
+    """Fraction of the scattered intensity kept by polarisation (Kahn et al. 1982).
+
+    P = (1 - 2f)(1 - (n.s1^)^2) + f (1 + (s0^.s1^)^2), with f the polarisation fraction and n the
+    polarisation-plane normal; f = 0.5 gives the unpolarised (1 + cos^2 2theta) / 2.
+    Divide an observed intensity by P to correct it.
+    """
+    s1n = np.atleast_2d(s1) / np.linalg.norm(np.atleast_2d(s1), axis=1)[:, None]
+    s0n = np.asarray(beam.direction)
+    n = np.asarray(beam.polarization_normal)
+    f = beam.polarization_fraction
+    return (1.0 - 2.0 * f) * (1.0 - (s1n @ n) ** 2) + f * (1.0 + (s1n @ s0n) ** 2)
