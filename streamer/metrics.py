@@ -1,0 +1,74 @@
+"""Every Prometheus metric of the processor, in one place.
+
+Names follow `xtal_<noun>_<verb>_<unit>`; labels are few and their values are created up
+front (so a dashboard shows zeros before the first event). Each `Metrics` owns its registry,
+injectable for tests; `/metrics` serves `Metrics.exposition()`.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+# Drop reasons known in advance (others appear when first counted).
+KNOWN_DROP_REASONS = (
+    "bad_frame",
+    "corrupt_compression",
+    "malformed_message",
+    "bad_header",
+    "unknown_series",
+    "missing_end_of_series",
+    "worker_lost",
+    "overload",
+    "wire_malformed",
+)
+QUEUES = ("in_flight", "reorder", "store")
+STAGES = ("decode", "analyse", "worker", "end_to_end")
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+SPOT_BUCKETS = (0, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+class Metrics:
+    """The processor's metrics on one registry (a fresh one unless given)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None):
+        self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.frames_received = Counter("xtal_frames_received_total", "frames received from the detector or source", registry=r)
+        self.frames_processed = Counter("xtal_frames_processed_total", "frames analysed with a per-image result", registry=r)
+        self.frames_dropped = Counter(
+            "xtal_frames_dropped_total", "frames received but not analysed, by reason", ["reason"], registry=r
+        )
+        self.series_started = Counter("xtal_series_started_total", "data series started", registry=r)
+        self.series_ended = Counter("xtal_series_ended_total", "data series ended, by how", ["how"], registry=r)
+        self.queue_depth = Gauge("xtal_queue_depth", "items waiting, by queue", ["queue"], registry=r)
+        self.workers_seen = Gauge("xtal_workers_seen", "workers that delivered results in the last minute", registry=r)
+        self.stage_latency = Histogram(
+            "xtal_stage_latency_seconds", "time per frame in each stage (end_to_end: received to published)",
+            ["stage"], buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.spots_per_image = Histogram(
+            "xtal_spots_per_image", "strong spots found per image", buckets=SPOT_BUCKETS, registry=r
+        )
+        self.spots_last = Gauge("xtal_spots_last_image", "strong spots on the latest image (in frame order)", registry=r)
+        self.resolution = Gauge(
+            "xtal_resolution_estimate_angstrom", "estimated d_min of the latest image with an estimate (A)", registry=r
+        )
+        self.ice_rings = Gauge("xtal_ice_rings", "ice rings detected on the latest image", registry=r)
+        self.image_number = Gauge("xtal_image_number_last", "image number of the latest published result", registry=r)
+        for reason in KNOWN_DROP_REASONS:
+            self.frames_dropped.labels(reason=reason)
+        for how in ("end", "missing_end_of_series"):
+            self.series_ended.labels(how=how)
+        for queue in QUEUES:
+            self.queue_depth.labels(queue=queue).set(0)
+        for stage in STAGES:
+            self.stage_latency.labels(stage=stage)
+
+    def dropped(self, reason: str, n: int = 1) -> None:
+        self.frames_dropped.labels(reason=reason).inc(n)
+
+    def exposition(self) -> bytes:
+        """The Prometheus text format of every metric."""
+        return generate_latest(self.registry)

@@ -1,0 +1,44 @@
+"""The architecture stays visible: import-linter contracts of pyproject.toml hold, and the
+README's test command is the one CI runs."""
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_import_contracts_hold():
+    exe = shutil.which("lint-imports")
+    if exe is None:
+        pytest.skip("import-linter is not installed")
+    result = subprocess.run([exe, "--no-cache"], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_kernels_import_only_numpy_numba_stdlib():
+    allowed = {"numpy", "numba", "kernels"} | set(sys.stdlib_module_names)
+    for path in (ROOT / "kernels").rglob("*.py"):
+        for line in path.read_text().splitlines():
+            words = line.split()
+            if len(words) >= 2 and words[0] in ("import", "from") and not line.startswith((" ", "\t")):
+                top = words[1].split(".")[0]
+                assert top in allowed or top == "", f"{path.name} imports {words[1]}"
+
+
+def test_ci_runs_the_readme_test_command():
+    readme = (ROOT / "README.md").read_text().splitlines()
+    blocks = [i for i, line in enumerate(readme) if line.startswith("```bash")]
+    assert len(blocks) >= 2 and blocks[1] < 12, "README must open with the two commands"
+    test_cmd = readme[blocks[1] + 1]
+    assert "pytest" in test_cmd
+    script = (ROOT / ".ci" / "run").read_text()
+    assert "test-command" in script
+    out = subprocess.run(
+        ["bash", "-c", "sed -n '/<!-- test-command -->/,/```$/p' README.md | sed -n '/^```bash/,/^```/p' | sed '1d;$d'"],
+        cwd=ROOT, capture_output=True, text=True, check=True,
+    ).stdout.strip()
+    assert out == test_cmd
