@@ -37,6 +37,10 @@ class ReceiverConfig(Section):
     idle_timeout_s: float = Field(
         30.0, gt=0, description="a series with no message for this long is closed as 'missing end-of-series'"
     )
+    channels: list[str] = Field(
+        default_factory=list,
+        description="stream v2 image channels passed on (e.g. threshold_1); empty: the first channel of each image",
+    )
 
 
 class FanoutConfig(Section):
@@ -47,6 +51,15 @@ class FanoutConfig(Section):
     hwm: int = Field(64, ge=1, description="high-water mark of the frame fan-out socket (frames in flight per worker)")
     frame_store_mb: int = Field(
         2048, ge=0, description="bound on compressed frames kept for re-integration once a model exists (MB)"
+    )
+    control_port: int = Field(0, ge=0, le=65535, description="port where workers join the collector (0: ipc://)")
+    model_port: int = Field(0, ge=0, le=65535, description="port of the model channel to workers (0: ipc://)")
+    reorder_bound: int = Field(256, ge=1, description="results held waiting for an earlier frame before it is given up")
+    result_timeout_s: float = Field(
+        10.0, gt=0, description="a dispatched frame without a result after this long is dropped as 'worker_lost'"
+    )
+    overload_wait_s: float = Field(
+        1.0, ge=0, description="live: how long a frame may wait for a free worker before it is dropped as 'overload'"
     )
 
 

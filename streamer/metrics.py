@@ -12,15 +12,14 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 # Drop reasons known in advance (others appear when first counted).
 KNOWN_DROP_REASONS = (
-    "bad_frame",
-    "corrupt_compression",
-    "malformed_message",
-    "bad_header",
-    "unknown_series",
-    "missing_end_of_series",
-    "worker_lost",
-    "overload",
-    "wire_malformed",
+    # receiver (streamer.receiver)
+    "truncated_message", "wrong_part_count", "unknown_type", "malformed_json", "malformed_cbor",
+    "blob_size", "unknown_encoding", "bad_header", "oversized_message", "no_series", "wrong_shape",
+    "missing_channel",
+    # fan-out and collector
+    "overload", "unknown_series", "worker_lost", "wire_malformed",
+    # workers: decoding and per-image analysis
+    "corrupt_compression", "wrong_size", "bad_frame",
 )
 QUEUES = ("in_flight", "reorder", "store")
 STAGES = ("decode", "analyse", "worker", "end_to_end")
@@ -39,6 +38,10 @@ class Metrics:
         self.frames_processed = Counter("xtal_frames_processed_total", "frames analysed with a per-image result", registry=r)
         self.frames_dropped = Counter(
             "xtal_frames_dropped_total", "frames received but not analysed, by reason", ["reason"], registry=r
+        )
+        self.messages_dropped = Counter(
+            "xtal_messages_dropped_total", "stream messages refused that were not frames (headers, ends), by reason",
+            ["reason"], registry=r,
         )
         self.series_started = Counter("xtal_series_started_total", "data series started", registry=r)
         self.series_ended = Counter("xtal_series_ended_total", "data series ended, by how", ["how"], registry=r)
@@ -59,6 +62,8 @@ class Metrics:
         self.image_number = Gauge("xtal_image_number_last", "image number of the latest published result", registry=r)
         for reason in KNOWN_DROP_REASONS:
             self.frames_dropped.labels(reason=reason)
+        for reason in ("bad_header", "no_series"):
+            self.messages_dropped.labels(reason=reason)
         for how in ("end", "missing_end_of_series"):
             self.series_ended.labels(how=how)
         for queue in QUEUES:

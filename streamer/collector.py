@@ -1,0 +1,531 @@
+"""The collector: per-image results back in frame order, and the one accounting of frames.
+
+Accounting (summary.json `frames`, the `xtal_frames_*` metrics): every frame the receiver
+saw is `received`; it ends either `processed` (a per-image result was published) or
+`dropped` with a reason (refused by the receiver, refused by a worker, lost with a dead
+worker, ...). After a series closes, received = processed + sum(dropped).
+
+Order: the receiver numbers the frames it dispatches per series (seq 0, 1, 2, ... without
+gaps). Results wait in a bounded reorder buffer until all earlier frames are published. A
+frame whose result does not come within `result_timeout_s` of its dispatch (its worker died,
+or its message was lost), or that blocks a full buffer, is dropped as "worker_lost" and
+the stream moves on; a late result of such a frame is ignored (never counted twice).
+
+Sweep-wide stages (spot joining, incremental indexing) run in their own thread, fed the
+results in order through a queue, so they never hold up the per-image path.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from streamer.metrics import Metrics
+from streamer.result_stream import ResultPublisher, series_start_payload
+from streamer.series import SeriesInfo
+from streamer.wire import FrameResult
+
+log = logging.getLogger(__name__)
+
+IMAGE_KEYS = (
+    "n_spots", "n_spots_no_ice", "n_spots_4A", "total_intensity", "estimated_d_min",
+    "background", "n_overloads", "ice_rings", "strong_pixels",
+)
+
+
+class SweepStage(Protocol):
+    """A sweep-wide stage fed every processed frame in order (spot joiner, indexer)."""
+
+    def add(self, series: SeriesInfo, result: FrameResult) -> None: ...
+
+    def finish(self) -> Mapping[str, Any]:
+        """Close the series; returns the summary.json keys this stage owns (e.g. `indexing`)."""
+        ...
+
+
+StageFactory = Callable[[SeriesInfo], SweepStage]
+
+
+@dataclass
+class Tally:
+    """Frame counts: received, processed, dropped by reason."""
+
+    received: int = 0
+    processed: int = 0
+    dropped: dict[str, int] = field(default_factory=dict)
+
+    def drop(self, reason: str) -> None:
+        self.dropped[reason] = self.dropped.get(reason, 0) + 1
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"received": self.received, "processed": self.processed, "dropped": dict(sorted(self.dropped.items()))}
+
+    @property
+    def in_flight(self) -> int:
+        return self.received - self.processed - sum(self.dropped.values())
+
+
+@dataclass
+class SeriesState:
+    series: SeriesInfo
+    tally: Tally = field(default_factory=Tally)
+    dispatched: dict[int, tuple[int, float]] = field(default_factory=dict)  # seq -> (image, received_at)
+    buffer: dict[int, FrameResult] = field(default_factory=dict)
+    next_seq: int = 0
+    n_dispatched: int | None = None  # known once the receiver reports the series end
+    how_ended: str | None = None
+    closed: bool = False
+    stages: list[SweepStage] = field(default_factory=list)
+    outputs: dict[str, Any] = field(default_factory=dict)
+    results: list[FrameResult] = field(default_factory=list)  # processed, in frame order
+    latencies_s: list[float] = field(default_factory=list)  # received -> published, per frame
+
+
+class Collector:
+    """Frame accounting, ordering and publishing; driven by `CollectorService` or by tests.
+
+    Thread-safety: the event methods are called by one thread; `summary()`, `recent_images()`
+    and `series_closed` may be read from others (HTTP, pipeline).
+    """
+
+    def __init__(
+        self,
+        metrics: Metrics,
+        publisher: ResultPublisher | None = None,
+        stage_factories: Sequence[StageFactory] = (),
+        reorder_bound: int = 256,
+        result_timeout_s: float = 10.0,
+        recent: int = 2000,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.metrics = metrics
+        self.publisher = publisher
+        self.stage_factories = list(stage_factories)
+        self.reorder_bound = reorder_bound
+        self.result_timeout_s = result_timeout_s
+        self.clock = clock
+        self.total = Tally()
+        self.series: dict[str, SeriesState] = {}
+        self.order: list[str] = []
+        self._lock = threading.Lock()
+        self._recent: deque[dict[str, Any]] = deque(maxlen=recent)
+        self.series_closed = threading.Condition(self._lock)
+        self.n_closed = 0
+        self.workers: dict[str, float] = {}
+        self._stage_queue: queue.Queue[tuple[str, Any, Any]] = queue.Queue()
+        self._stage_thread = threading.Thread(target=self._run_stages, name="sweep-stages", daemon=True)
+        self._stage_thread.start()
+        self.models: queue.Queue[tuple[str, dict[str, Any]]] = queue.Queue()
+
+    # ------------------------------------------------------------------ events
+    def series_start(self, series: SeriesInfo) -> None:
+        if series.series_id in self.series:
+            log.warning("series %s started twice; keeping the first header", series.series_id)
+            return
+        stages = []
+        for factory in self.stage_factories:
+            try:
+                stages.append(factory(series))
+            except Exception:  # a sweep stage must not take down per-image feedback
+                log.exception("cannot set up sweep stage %r for series %s", factory, series.series_id)
+        with self._lock:
+            self.series[series.series_id] = SeriesState(series, stages=stages)
+            self.order.append(series.series_id)
+        self.metrics.series_started.inc()
+        if self.publisher:
+            self.publisher.publish("series_start", series_start_payload(series))
+        log.info("series %s started (%s, %s images)", series.series_id, series.source, series.n_images)
+
+    def dispatched(self, series_id: str, seq: int, image_number: int, received_at: float) -> None:
+        """The receiver sent frame `seq` of a series to the workers."""
+        state = self.series.get(series_id)
+        if state is None:
+            log.error("frame %d dispatched for unknown series %s", image_number, series_id)
+            return
+        with self._lock:
+            state.tally.received += 1
+            self.total.received += 1
+        self.metrics.frames_received.inc()
+        if seq >= state.next_seq:
+            state.dispatched[seq] = (image_number, received_at)
+        self._update_depths()
+
+    def received_drop(self, reason: str, series_id: str | None = None, image_number: int | None = None) -> None:
+        """The receiver got a frame (or message) it could not use: received and dropped at once."""
+        state = self.series.get(series_id) if series_id else None
+        with self._lock:
+            self.total.received += 1
+            self.total.drop(reason)
+            if state is not None:
+                state.tally.received += 1
+                state.tally.drop(reason)
+        self.metrics.frames_received.inc()
+        self.metrics.dropped(reason)
+        payload = {"series_id": series_id or "", "image": image_number, "phi_deg": None, "dropped": reason}
+        if self.publisher:
+            self.publisher.publish("image", payload)
+        self._recent_image(payload)
+
+    def result(self, result: FrameResult) -> None:
+        """A worker's result (processed or dropped) for one dispatched frame."""
+        state = self.series.get(result.series_id)
+        self.workers[result.worker] = self.clock()
+        if state is None or state.closed or result.seq < state.next_seq or result.seq in state.buffer:
+            log.warning("late or unknown result for series %s frame %d ignored", result.series_id, result.image_number)
+            return
+        state.buffer[result.seq] = result
+        self._advance(state)
+
+    def series_end(self, series_id: str, n_dispatched: int, how: str = "end") -> None:
+        """The receiver will send no more frames of this series (`how`: end, missing_end_of_series)."""
+        state = self.series.get(series_id)
+        if state is None:
+            return
+        state.n_dispatched = n_dispatched
+        state.how_ended = how
+        self._advance(state)
+
+    def tick(self) -> None:
+        """Drop frames whose results are overdue; called regularly by the service loop."""
+        for state in list(self.series.values()):
+            if not state.closed:
+                self._advance(state)
+        now = self.clock()
+        self.metrics.workers_seen.set(sum(1 for t in self.workers.values() if now - t < 60.0))
+
+    def finish(self) -> None:
+        """Close every open series now (shutdown): frames still out are dropped as worker_lost."""
+        for state in list(self.series.values()):
+            if state.closed:
+                continue
+            if state.n_dispatched is None:
+                state.n_dispatched = max([state.next_seq - 1, *state.dispatched, *state.buffer]) + 1
+                state.how_ended = state.how_ended or "missing_end_of_series"
+            self._advance(state, force=True)
+
+    def wait_stages(self, timeout: float | None = None) -> bool:
+        """Wait until the sweep stages have handled everything queued so far."""
+        done = threading.Event()
+        self._stage_queue.put(("sync", done, None))
+        return done.wait(timeout)
+
+    # ------------------------------------------------------------------ ordering
+    def _advance(self, state: SeriesState, force: bool = False) -> None:
+        now = self.clock()
+        while True:
+            seq = state.next_seq
+            if state.n_dispatched is not None and seq >= state.n_dispatched:
+                self._close(state)
+                break
+            if seq in state.buffer:
+                self._emit(state, state.buffer.pop(seq))
+                continue
+            sent = state.dispatched.get(seq)
+            overdue = sent is not None and now - sent[1] > self.result_timeout_s
+            overfull = len(state.buffer) > self.reorder_bound
+            unknown = sent is None and state.n_dispatched is not None
+            if force or overdue or overfull or unknown:
+                self._lose(state, seq)
+                continue
+            break
+        self._update_depths()
+
+    def _lose(self, state: SeriesState, seq: int) -> None:
+        image_number, _ = state.dispatched.pop(seq, (None, 0.0))
+        state.next_seq = seq + 1
+        if image_number is None:  # the dispatch notice itself never came: nothing was received
+            return
+        log.warning("series %s image %d: no result from any worker, dropped", state.series.series_id, image_number)
+        with self._lock:
+            state.tally.drop("worker_lost")
+            self.total.drop("worker_lost")
+        self.metrics.dropped("worker_lost")
+        payload = {"series_id": state.series.series_id, "image": image_number,
+                   "phi_deg": state.series.phi_deg(image_number), "dropped": "worker_lost"}
+        if self.publisher:
+            self.publisher.publish("image", payload)
+        self._recent_image(payload)
+
+    def _emit(self, state: SeriesState, result: FrameResult) -> None:
+        series = state.series
+        _, received_at = state.dispatched.pop(result.seq, (None, None))
+        state.next_seq = result.seq + 1
+        payload: dict[str, Any] = {
+            "series_id": series.series_id,
+            "image": result.image_number,
+            "phi_deg": series.phi_deg(result.image_number),
+            "dropped": result.drop_reason,
+            "worker": result.worker,
+        }
+        m = self.metrics
+        if result.dropped:
+            with self._lock:
+                state.tally.drop(result.drop_reason or "bad_frame")
+                self.total.drop(result.drop_reason or "bad_frame")
+            m.dropped(result.drop_reason or "bad_frame")
+            log.info("series %s image %d dropped: %s (%s)", series.series_id, result.image_number,
+                     result.drop_reason, result.drop_message)
+        else:
+            for key in IMAGE_KEYS:
+                if key in result.stats:
+                    payload[key] = result.stats[key]
+            with self._lock:
+                state.tally.processed += 1
+                self.total.processed += 1
+            state.results.append(result)
+            m.frames_processed.inc()
+            m.stage_latency.labels(stage="decode").observe(result.decode_s)
+            m.stage_latency.labels(stage="analyse").observe(result.analyse_s)
+            n_spots = result.stats.get("n_spots")
+            if isinstance(n_spots, (int, float)):
+                m.spots_per_image.observe(n_spots)
+                m.spots_last.set(n_spots)
+            d_min = result.stats.get("estimated_d_min")
+            if isinstance(d_min, (int, float)) and d_min == d_min and d_min > 0:
+                m.resolution.set(d_min)
+            ice = result.stats.get("ice_rings")
+            m.ice_rings.set(len(ice) if isinstance(ice, (list, tuple)) else (ice if isinstance(ice, (int, float)) else 0))
+            m.image_number.set(result.image_number)
+            if state.stages:
+                self._stage_queue.put(("add", state, result))
+        if received_at is not None:
+            latency = self.clock() - received_at
+            payload["latency_s"] = latency
+            state.latencies_s.append(latency)
+            m.stage_latency.labels(stage="end_to_end").observe(latency)
+        if self.publisher:
+            self.publisher.publish("image", payload)
+        self._recent_image(payload)
+
+    def _close(self, state: SeriesState) -> None:
+        how = state.how_ended or "end"
+        with self._lock:
+            state.closed = True
+        self.metrics.series_ended.labels(how=how).inc()
+        log.info("series %s closed (%s): %s", state.series.series_id, how, state.tally.as_dict())
+        if self.publisher:
+            self.publisher.publish("series_end", {"series_id": state.series.series_id, "how": how,
+                                                  "frames": state.tally.as_dict()})
+        self._stage_queue.put(("close", state, None))
+
+    def _update_depths(self) -> None:
+        open_states = [s for s in self.series.values() if not s.closed]
+        self.metrics.queue_depth.labels(queue="in_flight").set(sum(len(s.dispatched) for s in open_states))
+        self.metrics.queue_depth.labels(queue="reorder").set(sum(len(s.buffer) for s in open_states))
+
+    # ------------------------------------------------------------------ sweep stages (own thread)
+    def _run_stages(self) -> None:
+        while True:
+            op, state, result = self._stage_queue.get()
+            if op == "sync":
+                state.set()
+                continue
+            for stage in state.stages:
+                try:
+                    if op == "add":
+                        stage.add(state.series, result)
+                        model = getattr(stage, "take_model", lambda: None)()
+                        if model is not None:
+                            self.models.put((state.series.series_id, model))
+                    else:
+                        state.outputs.update(stage.finish())
+                except Exception:  # keep per-image feedback alive whatever a stage does
+                    log.exception("sweep stage %s failed on series %s", type(stage).__name__, state.series.series_id)
+            if op == "close":
+                with self.series_closed:
+                    self.n_closed += 1
+                    self.series_closed.notify_all()
+
+    # ------------------------------------------------------------------ views (any thread)
+    def _recent_image(self, payload: dict[str, Any]) -> None:
+        with self._lock:
+            self._recent.append(payload)
+
+    def recent_images(self, limit: int = 500) -> list[dict[str, Any]]:
+        with self._lock:
+            items = list(self._recent)
+        return items[-limit:]
+
+    def summary(self) -> dict[str, Any]:
+        """The live summary: the frames accounting and the state of each series."""
+        with self._lock:
+            series = [
+                {"series_id": sid, "source": s.series.source, "n_images": s.series.n_images,
+                 "closed": s.closed, "how_ended": s.how_ended, "frames": s.tally.as_dict(),
+                 **{k: v for k, v in s.outputs.items()}}
+                for sid, s in ((sid, self.series[sid]) for sid in self.order)
+            ]
+            return {"frames": self.total.as_dict(), "series": series}
+
+    def wait_closed(self, n: int, timeout: float | None = None) -> bool:
+        """Block until `n` series have closed and their sweep stages finished."""
+        with self.series_closed:
+            return self.series_closed.wait_for(lambda: self.n_closed >= n, timeout)
+
+
+class CollectorService:
+    """The collector's sockets, polled by one thread (`run`); events go to a `Collector`.
+
+    Binds: `control` (ROUTER: worker hello -> endpoints, series_request -> series header),
+    `results` (PULL from workers), `model` (PUB to workers: crystal models), and `feed`
+    (PULL, usually inproc://, from the fan-out: series starts, dispatch notices, receiver drops,
+    series ends, stop). A series_request for a series not announced yet waits up to
+    `header_wait_s` for its announcement (the fan-out announces before it dispatches).
+    """
+
+    def __init__(self, ctx, collector: Collector, control: str, results: str, model: str, feed: str,
+                 header_wait_s: float = 5.0, drain_timeout_s: float = 30.0):
+        import zmq
+
+        from streamer import wire
+
+        self._zmq, self._wire = zmq, wire
+        self.collector = collector
+        self.header_wait_s = header_wait_s
+        self.drain_timeout_s = drain_timeout_s
+        self.sockets = {}
+        for name, kind, url in (("control", zmq.ROUTER, control), ("results", zmq.PULL, results),
+                                ("model", zmq.PUB, model), ("feed", zmq.PULL, feed)):
+            sock = ctx.socket(kind)
+            sock.setsockopt(zmq.LINGER, 0)
+            if kind == zmq.PULL:
+                sock.setsockopt(zmq.RCVHWM, 0 if name == "feed" else 10000)
+            sock.bind(url)
+            self.sockets[name] = sock
+        self.urls = {name: s.getsockopt_string(zmq.LAST_ENDPOINT) for name, s in self.sockets.items()}
+        self.headers: dict[str, list[Any]] = {}
+        self.pending: dict[str, list[tuple[bytes, float]]] = {}
+        self.hellos: set[str] = set()
+        self.hello_event = threading.Condition()
+        self.stopped = threading.Event()
+        self.n_bad_messages = 0
+
+    def wait_workers(self, n: int, timeout: float) -> bool:
+        """Block until `n` distinct workers have said hello."""
+        with self.hello_event:
+            return self.hello_event.wait_for(lambda: len(self.hellos) >= n, timeout)
+
+    def run(self) -> None:
+        zmq, wire = self._zmq, self._wire
+        poller = zmq.Poller()
+        for name in ("feed", "results", "control"):
+            poller.register(self.sockets[name], zmq.POLLIN)
+        stop_at: float | None = None
+        try:
+            while True:
+                events = dict(poller.poll(50))
+                feed = self.sockets["feed"]
+                while feed in events and feed.poll(0):  # notices first: they precede the frames
+                    if self._on_feed(feed.recv_multipart(copy=False)):
+                        stop_at = time.monotonic() + self.drain_timeout_s
+                results = self.sockets["results"]
+                for _ in range(1000):
+                    if not results.poll(0):
+                        break
+                    self._on_result(results.recv_multipart(copy=False))
+                control = self.sockets["control"]
+                while control.poll(0):
+                    self._on_control(control.recv_multipart(copy=False))
+                self.collector.tick()
+                self._publish_models()
+                self._expire_requests()
+                if stop_at is not None:
+                    open_series = [s for s in self.collector.series.values() if not s.closed]
+                    if not open_series or time.monotonic() > stop_at:
+                        self.collector.finish()
+                        break
+        finally:
+            self.stopped.set()
+
+    def close(self) -> None:
+        for sock in self.sockets.values():
+            sock.close(linger=0)
+
+    def _on_feed(self, parts: list[Any]) -> bool:
+        """One notice from the fan-out; True when it is the stop notice."""
+        wire = self._wire
+        msg = wire.decode(parts)  # our own process: a bad notice is a bug, let it raise
+        b = msg.body
+        if msg.kind == "series":
+            series = wire.series_from(msg)
+            self.headers[series.series_id] = wire.encode_series(series)
+            self.collector.series_start(series)
+            for identity, _ in self.pending.pop(series.series_id, []):
+                self.sockets["control"].send_multipart([identity, *self.headers[series.series_id]], copy=False)
+        elif msg.kind == "dispatched":
+            self.collector.dispatched(b["series_id"], int(b["seq"]), int(b["image_number"]), float(b["received_at"]))
+        elif msg.kind == "received_drop":
+            if b.get("frame", True):
+                self.collector.received_drop(str(b["reason"]), b.get("series_id"), b.get("image_number"))
+            else:
+                self.collector.metrics.messages_dropped.labels(reason=str(b["reason"])).inc()
+        elif msg.kind == "series_end":
+            self.collector.series_end(b["series_id"], int(b["n_dispatched"]), str(b.get("how", "end")))
+        elif msg.kind == "stop":
+            return True
+        return False
+
+    def _on_result(self, parts: list[Any]) -> None:
+        wire = self._wire
+        try:
+            result = wire.result_from(wire.decode(parts))
+        except wire.WireError as exc:  # the frame it was about will time out as worker_lost
+            self.n_bad_messages += 1
+            log.warning("unreadable result message (%s): %s", exc.reason, exc)
+            return
+        self.collector.result(result)
+
+    def _on_control(self, parts: list[Any]) -> None:
+        wire = self._wire
+        if len(parts) < 2:
+            return
+        identity = parts[0].bytes
+        try:
+            msg = wire.decode(parts[1:])
+        except wire.WireError as exc:
+            log.warning("unreadable control message (%s): %s", exc.reason, exc)
+            return
+        sock = self.sockets["control"]
+        if msg.kind == "hello" and msg.body.get("ready"):
+            with self.hello_event:
+                self.hellos.add(str(msg.body.get("worker")))
+                self.hello_event.notify_all()
+        elif msg.kind == "hello":
+            urls = {k: self.urls[k] for k in ("results", "model")}
+            urls["frames"] = self.frames_url
+            sock.send_multipart([identity, *wire.encode("endpoints", urls)])
+        elif msg.kind == "series_request":
+            series_id = str(msg.body.get("series_id"))
+            if series_id in self.headers:
+                sock.send_multipart([identity, *self.headers[series_id]], copy=False)
+            else:
+                self.pending.setdefault(series_id, []).append((identity, time.monotonic() + self.header_wait_s))
+
+    frames_url: str = ""  # set by the pipeline: where the fan-out binds its frames socket
+
+    def _expire_requests(self) -> None:
+        now = time.monotonic()
+        for series_id in list(self.pending):
+            waiting = self.pending[series_id]
+            for identity, deadline in [w for w in waiting if w[1] < now]:
+                self.sockets["control"].send_multipart(
+                    [identity, *self._wire.encode("unknown_series", {"series_id": series_id})])
+            self.pending[series_id] = [w for w in waiting if w[1] >= now]
+            if not self.pending[series_id]:
+                del self.pending[series_id]
+
+    def _publish_models(self) -> None:
+        while True:
+            try:
+                series_id, model = self.collector.models.get_nowait()
+            except queue.Empty:
+                return
+            self.sockets["model"].send_multipart(self._wire.encode("model", {"series_id": series_id, "model": model}))
+            if self.collector.publisher:
+                self.collector.publisher.publish("indexing", {"series_id": series_id, "indexing": model})

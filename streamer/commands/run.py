@@ -1,0 +1,241 @@
+"""`xtalstream run --connect URL --out DIR`: live processing of a detector stream.
+
+Also holds `run_session`, the part `process` and `demo` share: start the pipeline and the
+dashboard, push a source's events through, wait until every frame is accounted for, write
+the outputs and print the summary table.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from streamer.commands.common import cli_errors, parser
+from streamer.errors import BadInput
+
+log = logging.getLogger(__name__)
+
+
+def add_pipeline_arguments(p) -> None:
+    p.add_argument("--out", required=True, metavar="DIR", help="output directory (summary.json, per_image.csv, ...)")
+    p.add_argument("--workers", type=int, default=None, metavar="N", help="local worker processes (default cores - 1)")
+    p.add_argument("--http", default=None, metavar="HOST:PORT",
+                   help="dashboard and /metrics address (default from config: 127.0.0.1:8470; 'off' disables)")
+    p.add_argument("--result-stream", default=None, metavar="URL",
+                   help="PUB endpoint of the per-image result stream (default from config; 'off' disables)")
+    p.add_argument("--listen", default=None, metavar="HOST:PORT",
+                   help="bind the worker sockets on TCP ports PORT..PORT+3 so that `xtalstream worker --connect "
+                        "tcp://HOST:PORT` can join from another host (default: local ipc:// only)")
+
+
+def configure(args) -> Any:
+    """The effective configuration: file/env, then the command-line options."""
+    from streamer.config import load_config, log_modified
+    from streamer.http_server import parse_host_port
+
+    config = load_config(args.config)
+    fanout = {}
+    if args.workers is not None:
+        if args.workers < 1:
+            raise BadInput(f"--workers must be at least 1, got {args.workers}", reason="bad_argument")
+        fanout["workers"] = args.workers
+    if args.listen:
+        try:
+            host, port = parse_host_port(args.listen)
+        except ValueError as exc:
+            raise BadInput(f"--listen: {exc}", reason="bad_argument") from None
+        if not 0 < port <= 65532:
+            raise BadInput("--listen needs a port between 1 and 65532", reason="bad_argument")
+        fanout.update(bind_host=host, control_port=port, frame_port=port + 1, result_port=port + 2, model_port=port + 3)
+    output = {}
+    if args.http is not None:
+        output["http"] = None if args.http == "off" else args.http
+        if output["http"]:
+            try:
+                parse_host_port(output["http"])
+            except ValueError as exc:
+                raise BadInput(f"--http: {exc}", reason="bad_argument") from None
+    if args.result_stream is not None:
+        output["result_stream"] = None if args.result_stream == "off" else args.result_stream
+    config = config.model_copy(update={
+        "fanout": config.fanout.model_copy(update=fanout),
+        "output": config.output.model_copy(update=output),
+    })
+    log_modified(config)
+    return config
+
+
+class Progress:
+    """Prints the latest per-image result a few times a second (terminal feedback)."""
+
+    def __init__(self, collector, interval_s: float = 0.25, stream=sys.stdout):
+        self.collector, self.interval_s, self.stream = collector, interval_s, stream
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="progress", daemon=True)
+        self._shown = 0
+
+    def _run(self) -> None:
+        while not self.stop.wait(self.interval_s):
+            self.show()
+
+    def show(self) -> None:
+        frames = self.collector.summary()["frames"]
+        done = frames["processed"] + sum(frames["dropped"].values())
+        if done == self._shown:
+            return
+        self._shown = done
+        images = [im for im in self.collector.recent_images(50) if im.get("image") is not None]
+        last = images[-1] if images else {}
+        d_min = last.get("estimated_d_min")
+        ice = last.get("ice_rings")
+        ice = len(ice) if isinstance(ice, (list, tuple)) else ice
+        line = (f"image {last.get('image', '-'):>5}  phi {last.get('phi_deg') or 0:8.2f}  "
+                f"spots {last.get('n_spots', '-'):>6}  d_min {d_min if d_min is None else f'{d_min:.2f}'} A  "
+                f"ice {ice}  | received {frames['received']} processed {frames['processed']} "
+                f"dropped {sum(frames['dropped'].values())}")
+        print(line, file=self.stream, flush=True)
+
+    def __enter__(self) -> Progress:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop.set()
+        self.thread.join()
+        self.show()
+
+
+def print_table(summary: dict[str, Any], out: Path, stream=sys.stdout) -> None:
+    frames = summary["frames"]
+    rows = [("frames received", frames["received"]), ("frames processed", frames["processed"])]
+    rows += [(f"dropped: {reason}", n) for reason, n in frames["dropped"].items()]
+    idx = summary.get("indexing", {})
+    rows.append(("indexed", idx.get("indexed")))
+    if idx.get("indexed"):
+        rows += [("lattice", idx.get("lattice")), ("unit cell", idx.get("unit_cell"))]
+    elif idx.get("reason"):
+        rows.append(("not indexed because", idx["reason"]))
+    rows.append(("outputs", out))
+    width = max(len(k) for k, _ in rows)
+    print("\n".join(f"{k:<{width}}  {v}" for k, v in rows), file=stream, flush=True)
+
+
+def run_session(
+    config,
+    events: Callable[[], Iterable[Any]],
+    out_dir: str | Path,
+    live: bool,
+    once: bool = False,
+    progress: bool = True,
+    worker_args: Sequence[str] = (),
+    worker_env: dict[str, str] | None = None,
+    on_ready: Callable[[Any], None] | None = None,
+    serve: bool = False,
+    on_stop: Callable[[], None] | None = None,
+) -> dict[str, Any]:
+    """Run `events()` through a full pipeline; write the outputs; return summary.json's object."""
+    from streamer.http_server import FeedbackServer, parse_host_port
+    from streamer.pipeline import Pipeline, default_stages
+
+    out = Path(out_dir)
+    stop = threading.Event()
+
+    def stop_now(*_: Any) -> None:  # SIGTERM: finish with what was received, write the outputs
+        stop.set()
+        if on_stop is not None:
+            on_stop()
+
+    previous = signal.signal(signal.SIGTERM, stop_now) if threading.current_thread() is threading.main_thread() else None
+    with Pipeline(config, live=live, stage_factories=default_stages(config), worker_args=worker_args,
+                  worker_env=worker_env, result_stream=config.output.result_stream) as pipe:
+        server = None
+        if config.output.http:
+            server = FeedbackServer(parse_host_port(config.output.http), pipe.metrics,
+                                    pipe.collector.summary, pipe.collector.recent_images).start()
+            print(f"dashboard: {server.url}   metrics: {server.url}metrics", flush=True)
+        if config.fanout.control_port:
+            print(f"extra workers: xtalstream worker --connect {pipe.control_url}", flush=True)
+        if on_ready is not None:
+            on_ready(pipe)
+        try:
+            with Progress(pipe.collector) if progress else _Nothing():
+                try:
+                    pipe.feed(events(), once=once, stop=stop)
+                except KeyboardInterrupt:
+                    log.warning("interrupted: finishing with the frames received so far")
+                    if on_stop is not None:
+                        on_stop()
+                pipe.wait(config.fanout.result_timeout_s + 60)
+            summary = _write(pipe.collector, config, out)
+            if progress:
+                print_table(summary, out)
+            if serve and server is not None:
+                print(f"serving the dashboard at {server.url} until interrupted (Ctrl-C)", flush=True)
+                try:
+                    stop.clear()
+                    while not stop.wait(0.5):
+                        pass
+                except KeyboardInterrupt:
+                    pass
+        finally:
+            if server is not None:
+                server.close()
+    if previous is not None:
+        signal.signal(signal.SIGTERM, previous)
+    return summary
+
+
+def _write(collector, config, out: Path) -> dict[str, Any]:
+    """summary.json, per_image.csv, spots.csv, config.yaml from the collector's closed series."""
+    from streamer.summary import build_summary, per_image_rows, write_outputs
+
+    outputs: dict[str, Any] = {}
+    rows: list[dict[str, Any]] = []
+    for sid in collector.order:
+        state = collector.series[sid]
+        outputs.update(state.outputs)
+        rows += per_image_rows(state.series, state.results)
+    spots_writer = outputs.pop("_spots_writer", None)
+    summary = build_summary(collector.total.as_dict(), outputs)
+    write_outputs(out, config, summary, rows, spots_writer)
+    return summary
+
+
+class _Nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return None
+
+
+@cli_errors
+def main(argv: list[str] | None = None) -> int:
+    p = parser("run", "live processing of a detector stream (DECTRIS SIMPLON stream v1/v2, PULL from URL)")
+    p.add_argument("--connect", required=True, metavar="URL", help="the detector's stream endpoint, e.g. tcp://dcu:9999")
+    p.add_argument("--format", choices=["auto", "v1", "v2"], default=None, help="stream protocol (default auto)")
+    p.add_argument("--once", action="store_true", help="exit after the first series ends")
+    add_pipeline_arguments(p)
+    args = p.parse_args(argv)
+    config = configure(args)
+    if args.format:
+        config = config.model_copy(update={"receiver": config.receiver.model_copy(update={"format": args.format})})
+
+    import zmq
+
+    from streamer.receiver import Receiver
+
+    receiver = Receiver(zmq.Context.instance(), args.connect, config.receiver)
+    started = time.monotonic()
+    try:
+        run_session(config, receiver.events, args.out, live=True, once=args.once, on_stop=receiver.stop)
+    finally:
+        receiver.close()
+    log.info("run finished in %.1f s", time.monotonic() - started)
+    return 0

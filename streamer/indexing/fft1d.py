@@ -1,0 +1,167 @@
+"""Candidate real-space lattice vectors from 1D FFTs of projections (Steller, Bolotovsky &
+Rossmann 1997, J. Appl. Cryst. 30, 1036; the method of DIALS's fft1d and of DPS/MOSFLM).
+
+Reciprocal-lattice points x (1/A) of a lattice with real-space vector t lie on planes t.x = n.
+Projected onto a direction d parallel to t, their density is periodic with period 1/|t|; the
+Fourier transform of the projected histogram then peaks at frequency index m = |t| * (range of
+the projection). The strongest peaks over a hemisphere of directions give candidate vectors,
+which are then refined by least squares on t.x = round(t.x) over all spots.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+_GOLDEN = (1.0 + 5.0**0.5) / 2.0
+
+
+@dataclass(frozen=True)
+class CandidateVectors:
+    """Refined candidate real-space vectors (rows, A) with the fraction of spots they index."""
+
+    vectors: np.ndarray  # (M, 3) A
+    scores: np.ndarray  # (M,) fraction of spots with |t.x - round(t.x)| < tolerance
+
+    def __len__(self) -> int:
+        return len(self.vectors)
+
+
+def hemisphere_directions(n: int) -> np.ndarray:
+    """About `n` unit vectors spread evenly over the hemisphere z >= 0 (Fibonacci lattice)."""
+    i = np.arange(n, dtype=np.float64) + 0.5
+    z = 1.0 - i / n  # uniform in z over (0, 1] gives uniform area on the hemisphere
+    r = np.sqrt(np.clip(1.0 - z * z, 0.0, None))
+    az = 2.0 * math.pi * i / _GOLDEN
+    return np.column_stack([r * np.cos(az), r * np.sin(az), z])
+
+
+def estimate_max_cell(rlps: np.ndarray, multiplier: float = 1.5, percentile: float = 5.0) -> float:
+    """Largest cell edge (A) the spots can resolve, from nearest-neighbour distances in
+    reciprocal space (as DIALS's find_max_cell: the smallest common separation, times a margin)."""
+    from scipy.spatial import cKDTree
+
+    if len(rlps) < 3:
+        return 100.0
+    dist, _ = cKDTree(rlps).query(rlps, k=2)
+    nn = dist[:, 1]
+    nn = nn[nn > 1e-5]  # the same reflection split over images
+    if len(nn) == 0:
+        return 100.0
+    return float(np.clip(multiplier / np.percentile(nn, percentile), 10.0, 1000.0))
+
+
+def _projection_peaks(x: np.ndarray, directions: np.ndarray, q_range: float, n_bins: int,
+                      m_lo: int, m_hi: int, chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """Best FFT amplitude (normalised by the spot count) and its frequency index per direction."""
+    amp = np.empty(len(directions))
+    freq = np.empty(len(directions), dtype=np.int64)
+    scale = n_bins / (2.0 * q_range)
+    for start in range(0, len(directions), chunk):
+        d = directions[start:start + chunk]
+        p = x @ d.T  # (N, nd)
+        b = np.clip(((p + q_range) * scale).astype(np.int64), 0, n_bins - 1)
+        b += (np.arange(len(d)) * n_bins)[None, :]
+        hist = np.bincount(b.ravel(), minlength=len(d) * n_bins).reshape(len(d), n_bins)
+        spec = np.abs(np.fft.rfft(hist, axis=1))[:, m_lo:m_hi + 1]
+        k = np.argmax(spec, axis=1)
+        amp[start:start + chunk] = spec[np.arange(len(d)), k] / len(x)
+        freq[start:start + chunk] = k + m_lo
+    return amp, freq
+
+
+def refine_vector(t: np.ndarray, x_low: np.ndarray, x_all: np.ndarray, tolerances=(0.25, 0.15, 0.1)) -> np.ndarray:
+    """Least-squares refinement of a real-space vector t so that t.x is integral (DPS refinement):
+    first on the low-resolution points, where an approximate t still rounds correctly, then on all."""
+    for pts in (x_low, x_all):
+        for tol in tolerances:
+            n = pts @ t
+            sel = np.abs(n - np.rint(n)) < tol
+            if sel.sum() < 6:
+                return t
+            t, *_ = np.linalg.lstsq(pts[sel], np.rint(n[sel]), rcond=None)
+    return t
+
+
+def integral_fraction(vectors: np.ndarray, x: np.ndarray, tolerance: float = 0.1) -> np.ndarray:
+    """Fraction of points x with |t.x - round(t.x)| < tolerance, for each row t of `vectors`."""
+    n = x @ np.atleast_2d(vectors).T
+    return np.mean(np.abs(n - np.rint(n)) < tolerance, axis=0)
+
+
+def find_candidate_vectors(rlps: np.ndarray, max_cell_A: float, n_directions: int = 16000,
+                           max_spots: int = 4000, n_peaks: int = 60, min_cell_A: float = 3.0,
+                           seed: int = 0) -> CandidateVectors:
+    """Candidate real-space vectors (A) of the lattice behind the reciprocal-lattice points.
+
+    Directions are spaced ~sqrt(2 pi / n_directions) rad apart; only points with |x| below
+    q_cut = 0.35 / (spacing * max_cell_A) enter the FFT so that a direction that misses a cell
+    edge by half the spacing still keeps its projected planes within a third of a period.
+    """
+    x = np.asarray(rlps, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    if len(x) > max_spots:
+        x = x[rng.choice(len(x), max_spots, replace=False)]
+    qlen = np.linalg.norm(x, axis=1)
+    spacing = math.sqrt(2.0 * math.pi / n_directions)
+    q_cut = 0.35 / (spacing * max_cell_A)
+    low = qlen <= q_cut
+    if low.sum() < min(200, len(x)):
+        low = qlen <= np.sort(qlen)[min(200, len(x)) - 1]
+    x_low = x[low]
+    q_range = float(qlen[low].max()) * 1.0001
+    m_hi = int(math.ceil(2.0 * q_range * max_cell_A))
+    m_lo = max(1, int(math.floor(2.0 * q_range * min_cell_A)))
+    n_bins = max(256, 1 << int(math.ceil(math.log2(4 * m_hi + 1))))
+    directions = hemisphere_directions(n_directions)
+    amp, freq = _projection_peaks(x_low, directions, q_range, n_bins, m_lo, m_hi)
+    # local maxima over directions: the strongest first, suppressing neighbours within 3 spacings
+    from scipy.spatial import cKDTree
+
+    tree = cKDTree(np.vstack([directions, -directions]))
+    order = np.argsort(-amp)
+    taken = np.zeros(len(directions), dtype=bool)
+    peaks = []
+    for i in order:
+        if taken[i]:
+            continue
+        peaks.append(i)
+        near = np.asarray(tree.query_ball_point(directions[i], 3.0 * spacing)) % len(directions)
+        taken[near] = True
+        if len(peaks) >= n_peaks:
+            break
+    vectors = []
+    for i in peaks:
+        t0 = directions[i] * freq[i] / (2.0 * q_range)
+        vectors.append(refine_vector(t0, x_low, x))
+    vectors = np.array(vectors).reshape(-1, 3)
+    length = np.linalg.norm(vectors, axis=1)
+    ok = (length >= min_cell_A) & (length <= 1.2 * max_cell_A)
+    vectors = vectors[ok]
+    scores = integral_fraction(vectors, x)
+    return _unique(vectors, scores)
+
+
+def _unique(vectors: np.ndarray, scores: np.ndarray, angle_deg: float = 3.0, rel_len: float = 0.05) -> CandidateVectors:
+    """Drop duplicates (parallel or antiparallel, same length) keeping the best-scoring one."""
+    order = np.argsort(-scores)
+    keep: list[int] = []
+    cos_lim = math.cos(math.radians(angle_deg))
+    for i in order:
+        v = vectors[i]
+        lv = np.linalg.norm(v)
+        dup = False
+        for j in keep:
+            w = vectors[j]
+            lw = np.linalg.norm(w)
+            if abs(v @ w) / (lv * lw) > cos_lim and abs(lv - lw) < rel_len * max(lv, lw):
+                dup = True
+                break
+        if not dup:
+            keep.append(i)
+    return CandidateVectors(vectors[keep], scores[keep])

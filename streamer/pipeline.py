@@ -1,0 +1,321 @@
+"""The process layout: one source -> fan-out -> N worker processes -> collector.
+
+    detector --PULL--> receiver thread --PUSH frames--> workers (processes, local or remote)
+                           |  inproc feed (series, dispatch notices, drops, ends)      |
+                           v                                                          v
+                       collector thread <----------- PULL results ------------------+
+                           |-- PUB result stream, /metrics + dashboard, summary.json
+                           '-- PUB model channel --> workers (crystal model, when indexed)
+
+Only the receiver thread talks to the detector. Workers are started as `xtalstream worker
+--connect CONTROL` subprocesses, exactly as an extra worker on another host would be; they
+learn every other endpoint from the collector. Internal sockets use ipc:// in a private
+directory unless TCP ports are configured (needed for remote workers; loopback by default).
+Clean shutdown: an inproc stop notice to the collector, SIGTERM to the local workers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import zmq
+
+from streamer import wire
+from streamer.collector import Collector, CollectorService, StageFactory
+from streamer.config import Config
+from streamer.metrics import Metrics
+from streamer.result_stream import ResultPublisher
+from streamer.series import Dropped, EncodedFrame, SeriesEnd, SeriesInfo
+
+log = logging.getLogger(__name__)
+
+MISSING_END = "missing_end_of_series"
+
+
+def default_workers(requested: int = 0) -> int:
+    """0 means cores - 1, at least 1 (CONTRACT.md)."""
+    return requested if requested > 0 else max(1, (os.cpu_count() or 2) - 1)
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    """URLs the pipeline binds: control (workers join here), frames, results, model, feed."""
+
+    control: str
+    frames: str
+    results: str
+    model: str
+    feed: str
+
+    @classmethod
+    def make(cls, config: Config, private_dir: str) -> Endpoints:
+        f = config.fanout
+
+        def url(name: str, port: int) -> str:
+            return f"tcp://{f.bind_host}:{port}" if port > 0 else f"ipc://{private_dir}/{name}"
+
+        return cls(
+            control=url("control", f.control_port),
+            frames=url("frames", f.frame_port),
+            results=url("results", f.result_port),
+            model=url("model", f.model_port),
+            feed=f"inproc://feed-{id(private_dir)}",
+        )
+
+
+class FrameStore:
+    """A bounded store of compressed frames (by series and image) for re-integration later.
+
+    Holds references to the received buffers (no copy); the oldest go first past `max_bytes`.
+    """
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = max_bytes
+        self.nbytes = 0
+        self.frames: OrderedDict[tuple[str, int], EncodedFrame] = OrderedDict()
+
+    def add(self, frame: EncodedFrame) -> None:
+        size = memoryview(frame.data).nbytes
+        if size > self.max_bytes:
+            return
+        self.frames[(frame.series_id, frame.image_number)] = frame
+        self.nbytes += size
+        while self.nbytes > self.max_bytes:
+            _, old = self.frames.popitem(last=False)
+            self.nbytes -= memoryview(old.data).nbytes
+
+    def get(self, series_id: str, image_number: int) -> EncodedFrame | None:
+        return self.frames.get((series_id, image_number))
+
+
+def _is_frame(dropped: Dropped) -> bool:
+    """Whether a message the receiver refused counts as a lost frame.
+
+    A refused series header, or the end of a series that never started, is not a frame; any
+    other unusable message is taken for one (detectors send images, and an unreadable message
+    may have been one): the accounting errs on the side of showing a loss.
+    """
+    if dropped.reason == "bad_header":
+        return False
+    return not (dropped.reason == "no_series" and dropped.image_number is None and "end of series" in dropped.message)
+
+
+class Fanout:
+    """The receiver side: sends frames to the workers, tells the collector what it did.
+
+    `overload_wait_s` None blocks until a worker takes the frame (recorded data: as fast as
+    the workers go); a number is how long a live frame may wait before it is dropped as
+    "overload" (the detector does not wait for us).
+    """
+
+    def __init__(self, ctx: zmq.Context, endpoints: Endpoints, hwm: int, overload_wait_s: float | None,
+                 store: FrameStore | None = None, metrics: Metrics | None = None):
+        self.frames = ctx.socket(zmq.PUSH)
+        self.frames.setsockopt(zmq.LINGER, 0)
+        self.frames.setsockopt(zmq.SNDHWM, hwm)
+        self.frames.bind(endpoints.frames)
+        self.frames_url = self.frames.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.feed = ctx.socket(zmq.PUSH)
+        self.feed.setsockopt(zmq.LINGER, 0)
+        self.feed.setsockopt(zmq.SNDHWM, 0)
+        self.feed.connect(endpoints.feed)
+        self.overload_wait_s = overload_wait_s
+        self.store = store
+        self.metrics = metrics
+        self.open: dict[str, int] = {}  # series id -> frames dispatched so far
+        self.n_series_ended = 0
+
+    def handle(self, event: Any) -> None:
+        """Dispatch one source event (SeriesInfo, EncodedFrame, SeriesEnd, Dropped)."""
+        if isinstance(event, EncodedFrame):
+            self._frame(event)
+        elif isinstance(event, SeriesInfo):
+            for other in list(self.open):
+                if other != event.series_id:
+                    log.warning("series %s started before %s ended", event.series_id, other)
+                    self._end(other, MISSING_END)
+            if event.series_id not in self.open:
+                self.open[event.series_id] = 0
+                self.feed.send_multipart(wire.encode_series(event), copy=False)
+        elif isinstance(event, SeriesEnd):
+            if event.series_id in self.open:
+                self._end(event.series_id, "end" if event.reason == "end" else MISSING_END)
+        elif isinstance(event, Dropped):
+            self._drop(event.reason, event.series_id, event.image_number, is_frame=_is_frame(event))
+        else:
+            raise TypeError(f"unexpected source event {type(event).__name__}")
+
+    def _frame(self, frame: EncodedFrame) -> None:
+        seq = self.open.get(frame.series_id)
+        if seq is None:
+            log.warning("frame %d of series %s that never started: dropped", frame.image_number, frame.series_id)
+            self._drop("unknown_series", frame.series_id, frame.image_number)
+            return
+        received_at = frame.received_at or time.monotonic()
+        if frame.received_at == 0.0:
+            frame = dataclasses.replace(frame, received_at=received_at)
+        parts = wire.encode_frame(frame, seq)
+        try:
+            self.frames.send_multipart(parts, copy=False, flags=zmq.NOBLOCK)
+        except zmq.Again:
+            wait_ms = -1 if self.overload_wait_s is None else int(self.overload_wait_s * 1000)
+            if not self.frames.poll(wait_ms, zmq.POLLOUT):
+                self._drop("overload", frame.series_id, frame.image_number)
+                return
+            self.frames.send_multipart(parts, copy=False)
+        self.open[frame.series_id] = seq + 1
+        self.feed.send_multipart(wire.encode("dispatched", {
+            "series_id": frame.series_id, "seq": seq, "image_number": frame.image_number, "received_at": received_at}))
+        if self.store is not None:
+            self.store.add(frame)
+            if self.metrics is not None:
+                self.metrics.queue_depth.labels(queue="store").set(len(self.store.frames))
+
+    def _drop(self, reason: str, series_id: str | None, image_number: int | None, is_frame: bool = True) -> None:
+        self.feed.send_multipart(wire.encode("received_drop", {
+            "reason": reason, "series_id": series_id, "image_number": image_number, "frame": is_frame}))
+
+    def _end(self, series_id: str, how: str) -> None:
+        n = self.open.pop(series_id)
+        self.feed.send_multipart(wire.encode("series_end", {"series_id": series_id, "n_dispatched": n, "how": how}))
+        self.n_series_ended += 1
+
+    def finish(self) -> None:
+        """The source is exhausted: close what is open as missing its end, then stop the collector."""
+        for series_id in list(self.open):
+            self._end(series_id, MISSING_END)
+        self.feed.send_multipart(wire.encode("stop"))
+
+    def close(self) -> None:
+        self.frames.close(linger=0)
+        self.feed.close(linger=0)
+
+
+class Pipeline:
+    """Everything but the source: collector, result stream, local workers, fan-out.
+
+    Use as a context manager; `feed(events, once=...)` runs a source through it in the calling
+    thread (the receiver thread), then `wait()` for the collector to finish.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        ctx: zmq.Context | None = None,
+        metrics: Metrics | None = None,
+        n_workers: int | None = None,
+        live: bool = True,
+        stage_factories: Sequence[StageFactory] = (),
+        worker_args: Sequence[str] = (),
+        worker_env: dict[str, str] | None = None,
+        result_stream: str | None = None,
+        result_timeout_s: float | None = None,
+    ):
+        self.config = config
+        self.ctx = ctx or zmq.Context.instance()
+        self.metrics = metrics or Metrics()
+        self.n_workers = default_workers(config.fanout.workers if n_workers is None else n_workers)
+        self.live = live
+        self._dir = tempfile.TemporaryDirectory(prefix="xtalstream-")
+        self.endpoints = Endpoints.make(config, self._dir.name)
+        self.publisher = ResultPublisher(self.ctx, result_stream)
+        self.collector = Collector(
+            self.metrics, self.publisher, stage_factories,
+            reorder_bound=config.fanout.reorder_bound,
+            result_timeout_s=config.fanout.result_timeout_s if result_timeout_s is None else result_timeout_s,
+        )
+        self.service = CollectorService(self.ctx, self.collector, self.endpoints.control, self.endpoints.results,
+                                        self.endpoints.model, self.endpoints.feed)
+        store = FrameStore(config.fanout.frame_store_mb * 1024 * 1024) if config.fanout.frame_store_mb else None
+        self.fanout = Fanout(self.ctx, self.endpoints, config.fanout.hwm,
+                             config.fanout.overload_wait_s if live else None, store, self.metrics)
+        self.service.frames_url = self.fanout.frames_url
+        self.control_url = self.service.urls["control"]
+        self._thread = threading.Thread(target=self.service.run, name="collector", daemon=True)
+        self.worker_args = list(worker_args)
+        self.worker_env = worker_env
+        self.processes: list[subprocess.Popen] = []
+
+    def __enter__(self) -> Pipeline:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def start(self, worker_timeout_s: float = 120.0) -> None:
+        """Start the collector and the local workers; return when every worker has joined."""
+        self._thread.start()
+        cmd = [sys.executable, "-m", "streamer.cli", "worker", "--connect", self.control_url, *self.worker_args]
+        env = {**os.environ, **(self.worker_env or {})}
+        for _ in range(self.n_workers):
+            self.processes.append(subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL))
+        deadline = time.monotonic() + worker_timeout_s
+        while not self.service.wait_workers(self.n_workers, 0.5):
+            dead = [p for p in self.processes if p.poll() is not None]
+            if dead:
+                raise RuntimeError(f"worker process exited with status {dead[0].returncode} during start-up")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"workers did not join {self.control_url} within {worker_timeout_s} s")
+        log.info("%d local workers joined %s", self.n_workers, self.control_url)
+
+    def feed(self, events: Iterable[Any], once: bool = False, stop: threading.Event | None = None,
+             last: bool = True) -> None:
+        """Run a source's events through the fan-out; `once` returns after the next series ends.
+
+        `last` (default) tells the collector that no more sources follow: it closes what is
+        open and stops once every frame is accounted for.
+        """
+        ended = self.fanout.n_series_ended
+        try:
+            for event in events:
+                self.fanout.handle(event)
+                if once and self.fanout.n_series_ended > ended:
+                    break
+                if stop is not None and stop.is_set():
+                    break
+        finally:
+            if last:
+                self.fanout.finish()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait for the collector to account for every frame and the sweep stages to finish."""
+        if not self.service.stopped.wait(timeout):
+            return False
+        return self.collector.wait_stages(timeout)
+
+    def close(self) -> None:
+        for proc in self.processes:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.processes:
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if self._thread.is_alive():
+            self.fanout.feed.send_multipart(wire.encode("stop"))
+            self._thread.join(self.service.drain_timeout_s + 5)
+        self.fanout.close()
+        self.service.close()
+        self.publisher.close()
+        self._dir.cleanup()
+
+
+
+def default_stages(config: Config) -> list[StageFactory]:
+    """The sweep-wide stages the collector runs on every series (spot joining, indexing)."""
+    return []

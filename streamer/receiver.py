@@ -1,0 +1,331 @@
+"""The detector receiver: a PULL socket on a DECTRIS stream (v1 or v2, detected per message).
+
+`Receiver` connects to the detector (detectors bind PUSH), reads messages without copying the
+pixel blobs, and turns them into events: `SeriesInfo` (a series starts), `EncodedFrame`
+(compressed, not decoded: workers decode), `SeriesEnd`, `Dropped`. It keeps the state of the
+open series, so every frame is accounted: passed on, or dropped with a reason. Reasons (stable
+labels, counted in the `counters` mapping given to it, e.g. a `collections.Counter`):
+
+    truncated_message, wrong_part_count, unknown_type, malformed_json, malformed_cbor,
+    blob_size, unknown_encoding, bad_header, oversized_message, no_series (a frame or end of a
+    series that never started), wrong_shape (a frame that does not fit its series),
+    missing_channel (v2: none of the configured channels), restarted (a start before the
+    previous end: the old series ends with that reason), missing_end (no message for
+    `idle_timeout_s` while a series is open: it ends with that reason).
+
+Each reason is logged when first seen and then at most every LOG_EVERY_S with a count.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator, MutableMapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import zmq
+
+from streamer import stream_v1, stream_v2
+from streamer.config import ReceiverConfig
+from streamer.errors import BadInput, BadMessage
+from streamer.series import Dropped, EncodedFrame, SeriesEnd, SeriesInfo
+
+log = logging.getLogger(__name__)
+
+Event = SeriesInfo | EncodedFrame | SeriesEnd | Dropped
+LOG_EVERY_S = 10.0
+
+
+class _RateLimitedLog:
+    """Log each reason once, then a summary at most every `every_s` seconds."""
+
+    def __init__(self, every_s: float = LOG_EVERY_S):
+        self.every_s = every_s
+        self._last: dict[str, float] = {}
+        self._since: Counter[str] = Counter()
+
+    def __call__(self, reason: str, message: str) -> None:
+        now = time.monotonic()
+        last = self._last.get(reason)
+        if last is None or now - last >= self.every_s:
+            extra = self._since.pop(reason, 0)
+            log.warning("stream: %s: %s%s", reason, message, f" (and {extra} more since)" if extra else "")
+            self._last[reason] = now
+        else:
+            self._since[reason] += 1
+
+
+@dataclass
+class _OpenSeries:
+    key: Any  # v1: series number; v2: series_unique_id
+    fmt: str
+    info: SeriesInfo
+    announced: bool  # False while the pixel type waits for the first frame (EIGER 1 headers)
+    last_seen: float
+    n_frames: int = 0
+
+
+class Receiver:
+    """PULL receiver of a detector stream; iterate `events()` or call `poll()`.
+
+    `ctx`: the process's zmq.Context; `endpoint`: the detector URL to CONNECT to;
+    `config`: ReceiverConfig (format, rcvhwm, max_message_bytes, idle_timeout_s, channels);
+    `counters`: a Counter-like mapping incremented by reason. Call `stop()` from any thread to
+    end `events()`; `close()` (or the context manager) releases the sockets.
+    """
+
+    def __init__(self, ctx: zmq.Context, endpoint: str, config: ReceiverConfig | None = None,
+                 counters: MutableMapping[str, int] | None = None):
+        self.endpoint = endpoint
+        self.config = config or ReceiverConfig()
+        self.counters: MutableMapping[str, int] = counters if counters is not None else Counter()
+        self.messages_received = 0
+        self.frames_received = 0  # frames passed on as EncodedFrame
+        self._series: _OpenSeries | None = None
+        self._log = _RateLimitedLog()
+        self._ctx = ctx
+        self.socket = ctx.socket(zmq.PULL)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        self.socket.setsockopt(zmq.RCVHWM, self.config.rcvhwm)
+        self.socket.setsockopt(zmq.MAXMSGSIZE, self.config.max_message_bytes)
+        self.socket.connect(endpoint)
+        self._stop_url = f"inproc://xtalstream-receiver-stop-{uuid.uuid4().hex}"
+        self._stop_socket = ctx.socket(zmq.PULL)
+        self._stop_socket.setsockopt(zmq.LINGER, 0)
+        self._stop_socket.bind(self._stop_url)
+        self._poller = zmq.Poller()
+        self._poller.register(self.socket, zmq.POLLIN)
+        self._poller.register(self._stop_socket, zmq.POLLIN)
+        self.stopped = False
+
+    # --- life cycle ---------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Ask `events()` to return (thread-safe: a message on the inproc stop socket)."""
+        sock = self._ctx.socket(zmq.PUSH)
+        try:
+            sock.setsockopt(zmq.LINGER, 1000)
+            sock.connect(self._stop_url)
+            sock.send(b"stop")
+        finally:
+            sock.close()
+
+    def close(self) -> None:
+        self.socket.close(linger=0)
+        self._stop_socket.close(linger=0)
+
+    def __enter__(self) -> Receiver:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    @property
+    def open_series(self) -> SeriesInfo | None:
+        return self._series.info if self._series is not None else None
+
+    # --- receiving ----------------------------------------------------------------------------
+
+    def events(self, timeout_s: float | None = None) -> Iterator[Event]:
+        """Events until `stop()` is called, or until no message arrived for `timeout_s` seconds."""
+        while not self.stopped:
+            batch = self.poll(timeout_s)
+            if not batch and not self.stopped:
+                return
+            yield from batch
+
+    def poll(self, timeout_s: float | None = None) -> list[Event]:
+        """Events of the next message(s) that produce any (or of an idle series closing).
+
+        Returns [] when `timeout_s` passes without one, or on stop().
+        """
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            now = time.monotonic()
+            idle = self._idle_events(now)
+            if idle:
+                return idle
+            waits = [] if deadline is None else [deadline - now]
+            if self._series is not None:
+                waits.append(self._series.last_seen + self.config.idle_timeout_s - now)
+            wait_ms = None if not waits else max(0, int(min(waits) * 1000) + 1)
+            ready = dict(self._poller.poll(wait_ms))
+            if self._stop_socket in ready:
+                self._stop_socket.recv()
+                self.stopped = True
+                return []
+            if self.socket in ready:
+                parts = self.socket.recv_multipart(copy=False)
+                events = self.handle([p.buffer for p in parts], time.monotonic())
+                if events:
+                    return events
+                continue  # e.g. an EIGER 1 header, announced with its first image
+            if deadline is not None and time.monotonic() >= deadline:
+                return self._idle_events(time.monotonic())
+
+    def _idle_events(self, now: float) -> list[Event]:
+        s = self._series
+        if s is not None and now - s.last_seen >= self.config.idle_timeout_s:
+            return self._close("missing_end", f"no message for {self.config.idle_timeout_s} s")
+        return []
+
+    # --- message handling (socket-free, used by tests too) ---------------------------------------
+
+    def handle(self, parts: Sequence[Any], now: float | None = None) -> list[Event]:
+        """Events of one message given as its list of part buffers."""
+        now = time.monotonic() if now is None else now
+        self.messages_received += 1
+        if self._series is not None:
+            self._series.last_seen = now
+        try:
+            fmt = self._format_of(parts)
+            if fmt == "v2":
+                if len(parts) != 1:
+                    raise BadMessage(f"stream v2 message with {len(parts)} parts", reason="wrong_part_count")
+                msg = stream_v2.parse_message(parts[0], self.config.max_message_bytes)
+            else:
+                msg = stream_v1.parse_message(parts)
+        except BadInput as exc:
+            series, image = self._who(parts)
+            return [self._drop(exc.reason, str(exc), series, image)]
+        if isinstance(msg, (stream_v1.V1Header, stream_v2.V2Start)):
+            return self._start(msg, fmt, now)
+        if isinstance(msg, (stream_v1.V1Image, stream_v2.V2Image)):
+            return self._image(msg, fmt, now)
+        return self._end(msg, fmt)
+
+    def _format_of(self, parts: Sequence[Any]) -> str:
+        if self.config.format != "auto":
+            return self.config.format
+        if not parts:
+            raise BadMessage("empty message", reason="truncated_message")
+        return "v2" if len(parts) == 1 and stream_v2.looks_like_v2(parts[0]) else "v1"
+
+    def _who(self, parts: Sequence[Any]) -> tuple[str | None, int | None]:
+        """Best effort: series and image number of an unusable v1 message, for the Dropped record."""
+        try:
+            _, first = stream_v1.htype_of(parts)
+        except BadInput:
+            return None, None
+        series, frame = first.get("series"), first.get("frame")
+        return (str(series) if isinstance(series, int) else None), (frame if isinstance(frame, int) else None)
+
+    def _drop(self, reason: str, message: str, series: str | None = None, image: int | None = None) -> Dropped:
+        self.counters[reason] = self.counters.get(reason, 0) + 1
+        self._log(reason, message)
+        return Dropped(reason, message, series, image)
+
+    def _close(self, reason: str, message: str = "") -> list[Event]:
+        s = self._series
+        assert s is not None
+        self._series = None
+        events: list[Event] = [] if s.announced else [s.info]
+        if reason != "end":
+            self.counters[reason] = self.counters.get(reason, 0) + 1
+            self._log(reason, f"series {s.info.series_id} closed: {message}")
+        events.append(SeriesEnd(s.info.series_id, reason, s.n_frames))
+        return events
+
+    def _start(self, msg: Any, fmt: str, now: float) -> list[Event]:
+        events: list[Event] = []
+        if self._series is not None:
+            events += self._close("restarted", "a new series started before its end")
+        try:
+            if fmt == "v1":
+                pending = "bit_depth_image" not in msg.config
+                info = stream_v1.series_info(msg)
+                key: Any = msg.series
+            else:
+                pending = not ({"image_dtype", "bit_depth_image"} & set(msg.fields))
+                info = stream_v2.series_info(msg, channel=self.config.channels[0] if self.config.channels else None)
+                key = msg.series_unique_id
+        except BadInput as exc:
+            events.append(self._drop(exc.reason, str(exc)))
+            return events
+        self._series = _OpenSeries(key, fmt, info, announced=not pending, last_seen=now)
+        if not pending:
+            events.append(info)
+        log.info("series %s started (%s, %s %s, %s images)", info.series_id, fmt, info.image_shape,
+                 "pixel type from the first image" if pending else info.dtype, info.n_images)
+        return events
+
+    def _image(self, msg: Any, fmt: str, now: float) -> list[Event]:
+        s = self._series
+        key = msg.series if fmt == "v1" else msg.series_unique_id
+        number = msg.frame if fmt == "v1" else msg.image_id
+        if s is None or s.fmt != fmt or s.key != key:
+            return [self._drop("no_series", f"image {number} of series {key} that never started", str(key), number)]
+        try:
+            if fmt == "v1":
+                frames = [stream_v1.encoded_frame(msg, s.info, received_at=now)]
+            else:
+                frames = stream_v2.encoded_frames(msg, s.info.series_id, self.config.channels, received_at=now)
+        except BadInput as exc:
+            return [self._drop(exc.reason, str(exc), s.info.series_id, number)]
+        if not frames:
+            return [self._drop("missing_channel", f"image {number} has none of the channels {self.config.channels}",
+                               s.info.series_id, number)]
+        events: list[Event] = []
+        if not s.announced:  # EIGER 1: the pixel type is known from the first image only
+            dt = frames[0].dtype
+            s.info = dataclasses.replace(s.info, dtype=dt, bit_depth_image=8 * int(dt[-1]))
+            s.announced = True
+            events.append(s.info)
+        for frame in frames:
+            if frame.shape != s.info.image_shape or frame.dtype != s.info.dtype:
+                events.append(self._drop("wrong_shape", f"image {number} is {frame.shape} {frame.dtype}, series is "
+                                         f"{s.info.image_shape} {s.info.dtype}", s.info.series_id, number))
+                return events
+        s.n_frames += 1
+        self.frames_received += len(frames)
+        events += frames
+        return events
+
+    def _end(self, msg: Any, fmt: str) -> list[Event]:
+        s = self._series
+        key = msg.series if fmt == "v1" else msg.series_unique_id
+        if s is None or s.fmt != fmt or s.key != key:
+            return [self._drop("no_series", f"end of series {key} that never started", str(key))]
+        log.info("series %s ended after %d frames", s.info.series_id, s.n_frames)
+        return self._close("end")
+
+
+@dataclass
+class ReceivedSeries:
+    """What `receive_series` saw: the series, its frames in arrival order, its end, drops, counters."""
+
+    info: SeriesInfo | None = None
+    frames: list[EncodedFrame] = field(default_factory=list)
+    end: SeriesEnd | None = None
+    dropped: list[Dropped] = field(default_factory=list)
+    counters: Counter[str] = field(default_factory=Counter)
+
+
+def receive_series(endpoint: str, timeout_s: float = 10.0, ctx: zmq.Context | None = None,
+                   config: ReceiverConfig | None = None) -> ReceivedSeries:
+    """Receive one whole series from `endpoint` (for tests and `record`).
+
+    Returns at the first SeriesEnd of a started series; raises TimeoutError naming the endpoint
+    if no message arrives for `timeout_s` seconds before that.
+    """
+    ctx = ctx or zmq.Context.instance()
+    out = ReceivedSeries()
+    with Receiver(ctx, endpoint, config, out.counters) as receiver:
+        while True:
+            batch = receiver.poll(timeout_s)
+            if not batch:
+                raise TimeoutError(f"no message from {endpoint} for {timeout_s} s")
+            for event in batch:
+                if isinstance(event, SeriesInfo):
+                    out.info = event
+                elif isinstance(event, EncodedFrame):
+                    out.frames.append(event)
+                elif isinstance(event, Dropped):
+                    out.dropped.append(event)
+                elif isinstance(event, SeriesEnd) and out.info is not None and event.series_id == out.info.series_id:
+                    out.end = event
+                    return out

@@ -1,0 +1,233 @@
+"""The worker loop: encoded frames in, per-image results out (one process per core).
+
+A worker knows one URL, the collector's control socket. It asks it (`hello`) where the
+frames, results and model channel are, then PULLs frames (`wire` "frame" messages, the
+compressed bytes as one zero-copy part), decodes each into a buffer reused for the series,
+runs the series' `ImageAnalyser`, and PUSHes a "result" (or "dropped" with the reason) back.
+A frame of a series it has not seen makes it ask the collector for that series' header
+(late-joining and remote workers get it the same way). Bad input never stops the loop.
+
+The analyser and decoder are given as "module:name" so the same loop runs the product's
+(`streamer.perimage:ImageAnalyser`, `streamer.codecs:decode`) or another implementation.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import socket as _socket
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+import numpy as np
+import zmq
+
+from streamer import wire
+from streamer.errors import BadInput
+from streamer.series import SeriesInfo
+
+log = logging.getLogger(__name__)
+
+DEFAULT_ANALYSER = "streamer.perimage:ImageAnalyser"
+DEFAULT_DECODER = "streamer.codecs:decode"
+SERIES_CACHE = 4  # headers and analysers kept per worker (a few series in flight at most)
+
+
+def load_object(spec: str) -> Any:
+    """Import "package.module:name"."""
+    module, _, name = spec.partition(":")
+    if not module or not name:
+        raise ValueError(f"expected module:name, got {spec!r}")
+    return getattr(importlib.import_module(module), name)
+
+
+def _reachable(url: str, control_url: str) -> str:
+    """Endpoints bound on all interfaces are reached on the host the control URL names."""
+    parts = urlsplit(url)
+    if parts.scheme == "tcp" and parts.hostname in ("0.0.0.0", "*", "::"):
+        host = urlsplit(control_url).hostname or "127.0.0.1"
+        return f"tcp://{host}:{parts.port}"
+    return url
+
+
+class Worker:
+    """One worker's sockets and state; `run()` loops until `stop` is set."""
+
+    def __init__(
+        self,
+        ctx: zmq.Context,
+        control_url: str,
+        config: Any = None,
+        analyser: str = DEFAULT_ANALYSER,
+        decoder: str = DEFAULT_DECODER,
+        name: str | None = None,
+        header_timeout_s: float = 10.0,
+        rcvhwm: int = 4,
+    ):
+        self.ctx = ctx
+        self.control_url = control_url
+        self.config = config
+        self.analyser_factory: Callable[..., Any] = load_object(analyser)
+        self.decode: Callable[..., np.ndarray] = load_object(decoder)
+        self.name = name or f"{_socket.gethostname()}:{os.getpid()}"
+        self.header_timeout_s = header_timeout_s
+        self.rcvhwm = rcvhwm
+        self.stop = threading.Event()
+        self.series: OrderedDict[str, SeriesInfo] = OrderedDict()
+        self.analysers: dict[str, Any] = {}
+        self.setup_errors: dict[str, BadInput] = {}
+        self.buffers: dict[tuple[tuple[int, ...], str], np.ndarray] = {}
+        self.models: dict[str, dict[str, Any]] = {}
+        self.n_frames = 0
+        self.n_bad_messages = 0
+
+    # ------------------------------------------------------------------ sockets
+    def _connect(self) -> None:
+        self.control = self.ctx.socket(zmq.DEALER)
+        self.control.setsockopt(zmq.LINGER, 0)
+        self.control.connect(self.control_url)
+        endpoints = self._hello()
+        self.frames = self.ctx.socket(zmq.PULL)
+        self.frames.setsockopt(zmq.LINGER, 0)
+        self.frames.setsockopt(zmq.RCVHWM, self.rcvhwm)
+        self.frames.connect(_reachable(endpoints["frames"], self.control_url))
+        self.results = self.ctx.socket(zmq.PUSH)
+        self.results.setsockopt(zmq.LINGER, 2000)  # let the last results leave on a clean stop
+        self.results.connect(_reachable(endpoints["results"], self.control_url))
+        self.model = self.ctx.socket(zmq.SUB)
+        self.model.setsockopt(zmq.LINGER, 0)
+        self.model.setsockopt(zmq.SUBSCRIBE, b"")
+        self.model.connect(_reachable(endpoints["model"], self.control_url))
+        # Counted as joined only now, when its frame socket is connected.
+        self.control.send_multipart(wire.encode("hello", {"worker": self.name, "ready": True}))
+        log.info("worker %s connected to %s", self.name, self.control_url)
+
+    def _hello(self) -> dict[str, str]:
+        """Ask the collector for the endpoints; retry until it answers or we are stopped."""
+        while not self.stop.is_set():
+            self.control.send_multipart(wire.encode("hello", {"worker": self.name}))
+            deadline = time.monotonic() + 2.0
+            while time.monotonic() < deadline and not self.stop.is_set():
+                if self.control.poll(100):
+                    msg = wire.decode(self.control.recv_multipart(copy=False))
+                    if msg.kind == "endpoints":
+                        return {k: str(v) for k, v in msg.body.items()}
+            log.info("no answer from collector at %s yet, retrying", self.control_url)
+        raise TimeoutError(f"no collector answered at {self.control_url}")
+
+    def _close(self) -> None:
+        for name in ("frames", "model", "control", "results"):
+            sock = getattr(self, name, None)
+            if sock is not None:
+                sock.close()
+
+    # ------------------------------------------------------------------ loop
+    def run(self) -> int:
+        self._connect()
+        try:
+            poller = zmq.Poller()
+            poller.register(self.frames, zmq.POLLIN)
+            poller.register(self.model, zmq.POLLIN)
+            while not self.stop.is_set():
+                events = dict(poller.poll(200))
+                if self.model in events:
+                    self._on_model(self.model.recv_multipart(copy=False))
+                if self.frames in events:
+                    self._on_frame(self.frames.recv_multipart(copy=False))
+        finally:
+            self._close()
+        log.info("worker %s stopped after %d frames", self.name, self.n_frames)
+        return 0
+
+    def _on_model(self, parts: list[Any]) -> None:
+        try:
+            msg = wire.decode(parts)
+        except wire.WireError as exc:
+            log.warning("bad model message: %s", exc)
+            return
+        if msg.kind == "model":
+            self.models[str(msg.body.get("series_id"))] = dict(msg.body.get("model") or {})
+
+    def _on_frame(self, parts: list[Any]) -> None:
+        try:
+            work = wire.frame_from(wire.decode(parts))
+        except wire.WireError as exc:
+            # Without a readable header the frame cannot be named; the collector times it out.
+            self.n_bad_messages += 1
+            log.warning("unreadable frame message (%s): %s", exc.reason, exc)
+            return
+        frame = work.frame
+        self.n_frames += 1
+        result = wire.FrameResult(frame.series_id, work.seq, frame.image_number, self.name)
+        try:
+            analyser = self._analyser(frame.series_id)
+            t0 = time.perf_counter()
+            image = self.decode(frame, out=self._buffer(frame.shape, frame.dtype))
+            t1 = time.perf_counter()
+            out = analyser.analyse(image, frame.image_number)
+            t2 = time.perf_counter()
+            stats, profiles, spots = wire.split_result(out)
+            result = wire.FrameResult(frame.series_id, work.seq, frame.image_number, self.name,
+                                      decode_s=t1 - t0, analyse_s=t2 - t1,
+                                      stats=stats, profiles=profiles, spots=spots)
+        except BadInput as exc:
+            log.info("series %s image %d dropped: %s", frame.series_id, frame.image_number, exc)
+            result = wire.FrameResult(frame.series_id, work.seq, frame.image_number, self.name,
+                                      drop_reason=exc.reason, drop_message=str(exc)[:500])
+        self.results.send_multipart(wire.encode_result(result), copy=False)
+
+    def _buffer(self, shape: tuple[int, ...], dtype: str) -> np.ndarray:
+        """A decode buffer reused for every frame of this shape and dtype (no page faults per frame)."""
+        key = (tuple(shape), dtype)
+        buf = self.buffers.get(key)
+        if buf is None:
+            if len(self.buffers) >= SERIES_CACHE:
+                self.buffers.clear()
+            buf = self.buffers[key] = np.empty(shape, dtype=np.dtype(dtype))
+        return buf
+
+    def _analyser(self, series_id: str) -> Any:
+        if series_id in self.analysers:
+            return self.analysers[series_id]
+        if series_id in self.setup_errors:
+            raise self.setup_errors[series_id]
+        series = self._series(series_id)
+        try:
+            analyser = self.analyser_factory(series, self.config)
+        except BadInput as exc:
+            self.setup_errors[series_id] = exc
+            raise
+        if len(self.analysers) >= SERIES_CACHE:
+            self.analysers.pop(next(iter(self.analysers)))
+        self.analysers[series_id] = analyser
+        return analyser
+
+    def _series(self, series_id: str) -> SeriesInfo:
+        """The header of a series, asked of the collector the first time a frame of it comes."""
+        if series_id in self.series:
+            return self.series[series_id]
+        self.control.send_multipart(wire.encode("series_request", {"series_id": series_id}))
+        deadline = time.monotonic() + self.header_timeout_s
+        while time.monotonic() < deadline and not self.stop.is_set():
+            if not self.control.poll(100):
+                continue
+            try:
+                msg = wire.decode(self.control.recv_multipart(copy=False))
+            except wire.WireError as exc:
+                log.warning("bad control message: %s", exc)
+                continue
+            if msg.kind == "series":
+                series = wire.series_from(msg)
+                self.series[series.series_id] = series
+                while len(self.series) > SERIES_CACHE:
+                    self.series.popitem(last=False)
+                if series.series_id == series_id:
+                    return series
+            elif msg.kind == "unknown_series" and msg.body.get("series_id") == series_id:
+                break
+        raise BadInput(f"no header for series {series_id!r}", reason="unknown_series")

@@ -1,0 +1,215 @@
+"""The collector's ordering and accounting: every frame received ends processed or dropped with
+a reason, results come out in frame order, lost frames are given up on time, never twice."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+from pipeline_fakes import make_series
+
+from streamer.collector import Collector
+from streamer.metrics import Metrics
+from streamer.wire import FrameResult
+
+
+class Clock:
+    def __init__(self):
+        self.t = 100.0
+
+    def __call__(self):
+        return self.t
+
+
+class Recorder:
+    """Stands in for the PUB socket: keeps what would be published."""
+
+    def __init__(self):
+        self.messages = []
+
+    def publish(self, topic, payload):
+        self.messages.append((topic, dict(payload)))
+
+    def images(self):
+        return [p for t, p in self.messages if t == "image"]
+
+
+class JoinStage:
+    def __init__(self, series):
+        self.seen = []
+
+    def add(self, series, result):
+        self.seen.append(result.image_number)
+
+    def finish(self):
+        return {"spots_joined": len(self.seen)}
+
+
+def ok(series_id, seq, image, n_spots=3):
+    return FrameResult(series_id, seq, image, "w", 0.001, 0.002,
+                       stats={"n_spots": n_spots, "estimated_d_min": 2.5, "ice_rings": 0},
+                       spots={"x_px": np.arange(n_spots, dtype="<f4")})
+
+
+def make(clock=None, **kw):
+    pub = Recorder()
+    c = Collector(Metrics(), pub, clock=clock or Clock(), **kw)
+    return c, pub
+
+
+def check_balance(c):
+    t = c.total
+    assert t.received == t.processed + sum(t.dropped.values())
+
+
+def test_out_of_order_results_are_published_in_frame_order():
+    c, pub = make(stage_factories=[JoinStage])
+    s = make_series(n_images=50)
+    c.series_start(s)
+    for seq in range(50):
+        c.dispatched(s.series_id, seq, seq, 100.0)
+    order = list(range(50))
+    random.Random(1).shuffle(order)
+    for seq in order:
+        c.result(ok(s.series_id, seq, seq))
+    c.series_end(s.series_id, 50)
+    assert [p["image"] for p in pub.images()] == list(range(50))
+    assert c.wait_closed(1, 5)
+    assert c.series[s.series_id].outputs == {"spots_joined": 50}
+    assert c.total.as_dict() == {"received": 50, "processed": 50, "dropped": {}}
+    assert [t for t, _ in pub.messages][0] == "series_start" and pub.messages[-1][0] == "series_end"
+    assert pub.messages[-1][1]["frames"]["processed"] == 50
+
+
+def test_receiver_and_worker_drops_are_counted_by_reason():
+    c, pub = make()
+    s = make_series()
+    c.series_start(s)
+    c.received_drop("corrupt_compression", s.series_id, 0)
+    c.dispatched(s.series_id, 0, 1, 100.0)
+    c.dispatched(s.series_id, 1, 2, 100.0)
+    c.received_drop("malformed_message")  # not even a series id
+    c.result(FrameResult(s.series_id, 1, 2, "w", drop_reason="empty_frame"))
+    c.result(ok(s.series_id, 0, 1))
+    c.series_end(s.series_id, 2)
+    assert c.total.as_dict() == {"received": 4, "processed": 1,
+                                 "dropped": {"corrupt_compression": 1, "empty_frame": 1, "malformed_message": 1}}
+    assert c.series[s.series_id].tally.received == 3
+    assert [(p["image"], p["dropped"]) for p in pub.images()] == [
+        (0, "corrupt_compression"), (None, "malformed_message"), (1, None), (2, "empty_frame")]
+    text = c.metrics.exposition().decode()
+    assert 'xtal_frames_dropped_total{reason="empty_frame"} 1.0' in text
+    assert "xtal_frames_received_total 4.0" in text
+
+
+def test_frame_of_a_dead_worker_times_out_and_a_late_result_is_not_counted_twice():
+    clock = Clock()
+    c, pub = make(clock=clock, result_timeout_s=5.0)
+    s = make_series()
+    c.series_start(s)
+    for seq in range(4):
+        c.dispatched(s.series_id, seq, seq, clock.t)
+    c.result(ok(s.series_id, 0, 0))
+    c.result(ok(s.series_id, 2, 2))
+    c.result(ok(s.series_id, 3, 3))
+    c.tick()
+    assert [p["image"] for p in pub.images()] == [0]  # 1 is still awaited
+    clock.t += 5.1
+    c.tick()
+    assert [(p["image"], p["dropped"]) for p in pub.images()] == [(0, None), (1, "worker_lost"), (2, None), (3, None)]
+    c.result(ok(s.series_id, 1, 1))  # the late one
+    c.series_end(s.series_id, 4)
+    assert c.total.as_dict() == {"received": 4, "processed": 3, "dropped": {"worker_lost": 1}}
+
+
+def test_full_reorder_buffer_gives_up_the_missing_frame():
+    c, pub = make(reorder_bound=8)
+    s = make_series(n_images=30)
+    c.series_start(s)
+    for seq in range(30):
+        c.dispatched(s.series_id, seq, seq, 100.0)
+    for seq in range(1, 10):
+        c.result(ok(s.series_id, seq, seq))
+    # 9 buffered > bound 8: frame 0 is given up and everything buffered flows out
+    assert [p["image"] for p in pub.images()] == list(range(10))
+    assert c.total.dropped == {"worker_lost": 1}
+    assert len(c.series[s.series_id].buffer) == 0
+
+
+def test_missing_end_of_series_and_shutdown_account_for_every_frame():
+    c, pub = make()
+    s = make_series()
+    c.series_start(s)
+    for seq in range(5):
+        c.dispatched(s.series_id, seq, seq, 100.0)
+    for seq in (0, 1, 3):
+        c.result(ok(s.series_id, seq, seq))
+    c.finish()  # no end-of-series ever came; frames 2 and 4 never returned
+    state = c.series[s.series_id]
+    assert state.closed and state.how_ended == "missing_end_of_series"
+    assert c.total.as_dict() == {"received": 5, "processed": 3, "dropped": {"worker_lost": 2}}
+    assert pub.messages[-1] == ("series_end", {"series_id": s.series_id, "how": "missing_end_of_series",
+                                               "frames": c.total.as_dict()})
+    check_balance(c)
+
+
+def test_result_for_unknown_series_is_ignored():
+    c, pub = make()
+    c.result(ok("nope", 0, 0))
+    assert c.total.received == 0 and pub.images() == []
+
+
+def test_stage_failures_do_not_stop_per_image_results():
+    class Broken:
+        def __init__(self, series):
+            pass
+
+        def add(self, series, result):
+            raise RuntimeError("bug in a stage")
+
+        def finish(self):
+            raise RuntimeError("bug in a stage")
+
+    c, pub = make(stage_factories=[Broken])
+    s = make_series()
+    c.series_start(s)
+    c.dispatched(s.series_id, 0, 0, 100.0)
+    c.result(ok(s.series_id, 0, 0))
+    c.series_end(s.series_id, 1)
+    assert c.wait_closed(1, 5)
+    assert len(pub.images()) == 1 and c.total.processed == 1
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_random_interleavings_keep_the_books_balanced(seed):
+    rng = random.Random(seed)
+    clock = Clock()
+    c, pub = make(clock=clock, result_timeout_s=3.0, reorder_bound=5)
+    s = make_series(n_images=60)
+    c.series_start(s)
+    outstanding = []
+    for seq in range(60):
+        if rng.random() < 0.1:
+            c.received_drop("overload", s.series_id, 1000 + seq)
+        c.dispatched(s.series_id, seq, seq, clock.t)
+        outstanding.append(seq)
+        rng.shuffle(outstanding)
+        while outstanding and rng.random() < 0.6:
+            k = outstanding.pop()
+            if rng.random() < 0.05:
+                continue  # lost with its worker
+            c.result(ok(s.series_id, k, k) if rng.random() < 0.9 else
+                     FrameResult(s.series_id, k, k, "w", drop_reason="bad_frame"))
+        clock.t += rng.random()
+        c.tick()
+    for k in outstanding:
+        c.result(ok(s.series_id, k, k))
+    c.series_end(s.series_id, 60)
+    clock.t += 10
+    c.tick()
+    state = c.series[s.series_id]
+    assert state.closed
+    check_balance(c)
+    images = [p["image"] for p in pub.images() if p["image"] < 1000]
+    assert images == list(range(60))  # each dispatched frame published exactly once, in order

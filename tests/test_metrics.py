@@ -1,0 +1,51 @@
+"""Metric names follow xtal_<noun>_<verb>_<unit>, labels exist (as zeros) before any event, and
+each Metrics has its own registry."""
+
+from __future__ import annotations
+
+import re
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from streamer.metrics import KNOWN_DROP_REASONS, QUEUES, STAGES, Metrics
+
+
+def families(m):
+    return {f.name: f for f in text_string_to_metric_families(m.exposition().decode())}
+
+
+def test_names_follow_the_house_pattern():
+    fams = families(Metrics())
+    assert fams, "no metrics exposed"
+    for name in fams:
+        assert re.fullmatch(r"xtal_[a-z0-9]+(_[a-z0-9]+)+", name), name
+
+
+def test_label_values_exist_before_any_event():
+    fams = families(Metrics())
+    dropped = {s.labels["reason"]: s.value for s in fams["xtal_frames_dropped"].samples
+               if s.name == "xtal_frames_dropped_total"}
+    assert dropped == {r: 0.0 for r in KNOWN_DROP_REASONS}
+    depth = {s.labels["queue"] for s in fams["xtal_queue_depth"].samples}
+    assert depth == set(QUEUES)
+    stages = {s.labels["stage"] for s in fams["xtal_stage_latency_seconds"].samples}
+    assert stages == set(STAGES)
+    for name in ("xtal_frames_received", "xtal_frames_processed", "xtal_spots_per_image",
+                 "xtal_resolution_estimate_angstrom", "xtal_ice_rings"):
+        assert name in fams
+
+
+def test_registries_are_independent_and_counts_add_up():
+    a, b = Metrics(), Metrics()
+    a.frames_received.inc(3)
+    a.dropped("overload", 2)
+    a.dropped("a_new_reason")
+    a.stage_latency.labels(stage="end_to_end").observe(0.2)
+    fa, fb = families(a), families(b)
+    assert [s.value for s in fa["xtal_frames_received"].samples if s.name.endswith("_total")] == [3.0]
+    assert [s.value for s in fb["xtal_frames_received"].samples if s.name.endswith("_total")] == [0.0]
+    dropped = {s.labels["reason"]: s.value for s in fa["xtal_frames_dropped"].samples if s.name.endswith("_total")}
+    assert dropped["overload"] == 2 and dropped["a_new_reason"] == 1
+    count = [s.value for s in fa["xtal_stage_latency_seconds"].samples
+             if s.name.endswith("_count") and s.labels["stage"] == "end_to_end"]
+    assert count == [1.0]

@@ -1,0 +1,229 @@
+"""A real pipeline: worker processes started as `xtalstream worker`, the collector, the result
+stream, over ipc:// and loopback sockets. Every frame is accounted (received = processed +
+dropped), with bad frames, a missing end-of-series and a worker killed mid-series."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zmq
+from pipeline_fakes import make_frame, make_series
+
+from streamer import codecs
+from streamer.config import Config
+from streamer.pipeline import Pipeline
+from streamer.result_stream import read_message
+from streamer.series import Dropped, EncodedFrame, SeriesEnd
+
+TESTS = str(Path(__file__).resolve().parent)
+ENV = {"PYTHONPATH": os.pathsep.join([TESTS, os.environ.get("PYTHONPATH", "")])}
+
+
+def fake_args(analyser="CountingAnalyser"):
+    return ["--analyser", f"pipeline_fakes:{analyser}"]
+
+
+def balanced(frames):
+    return frames["received"] == frames["processed"] + sum(frames["dropped"].values())
+
+
+def compressed(frame: EncodedFrame) -> EncodedFrame:
+    image = np.frombuffer(frame.data, "<u2").reshape(frame.shape)
+    return EncodedFrame(frame.series_id, frame.image_number, frame.shape, "<u2", "bslz4", codecs.encode(image, "bslz4"))
+
+
+class Subscriber:
+    """Collects the result stream in a thread until series_end."""
+
+    def __init__(self, ctx, url):
+        self.sock = ctx.socket(zmq.SUB)
+        self.sock.setsockopt(zmq.SUBSCRIBE, b"")
+        self.sock.setsockopt(zmq.LINGER, 0)
+        monitor = self.sock.get_monitor_socket(zmq.EVENT_CONNECTED)
+        self.sock.connect(url)
+        self.connected = threading.Event()
+        if monitor.poll(10000):
+            monitor.recv_multipart()
+            self.connected.set()
+        self.sock.disable_monitor()
+        monitor.close(0)
+        self.messages = []
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        while not self.done.is_set():
+            if self.sock.poll(100):
+                topic, payload = read_message(self.sock.recv_multipart())
+                self.messages.append((topic, payload))
+                if topic == "series_end":
+                    self.done.set()
+        self.sock.close()
+
+
+@pytest.mark.slow
+def test_recorded_frames_with_bad_input_all_accounted_and_published_in_order(tmp_path):
+    config = Config()
+    ctx = zmq.Context.instance()
+    stream_url = f"ipc://{tmp_path}/results"
+    with Pipeline(config, n_workers=2, live=False, worker_args=fake_args(), worker_env=ENV,
+                  result_stream=stream_url) as pipe:
+        sub = Subscriber(ctx, pipe.publisher.url)
+        assert sub.connected.wait(10)
+        s = make_series(n_images=30)
+        events = [s]
+        truth = {}
+        for i in range(30):
+            frame = compressed(make_frame(s, i, n_hot=i % 9))
+            if i == 7:
+                frame = EncodedFrame(s.series_id, i, s.image_shape, "<u2", "bslz4", bytes(frame.data)[:30])
+            elif i == 11:
+                frame = EncodedFrame(s.series_id, i, (10, 10), "<u2", "raw", b"\x01\x00" * 100)  # wrong shape
+            else:
+                truth[i] = i % 9
+            events.append(frame)
+            if i == 20:
+                events.append(Dropped("malformed_message", "part count 3, expected 4", s.series_id, None))
+        events.append(SeriesEnd(s.series_id))
+        pipe.feed(events)
+        assert pipe.wait(60)
+        frames = pipe.collector.total.as_dict()
+        results = pipe.collector.series[s.series_id].results
+        sub.done.wait(10)
+    assert frames["received"] == 31 and balanced(frames)
+    assert frames["processed"] == 28
+    assert frames["dropped"] == {"malformed_message": 1, "wrong_shape": 1, "corrupt_compression": 1}
+    assert {r.image_number: r.stats["n_spots"] for r in results} == truth
+    images = [p for t, p in sub.messages if t == "image" and p["image"] is not None]
+    assert [p["image"] for p in images] == list(range(30))
+    assert sub.messages[-1][0] == "series_end" and sub.messages[-1][1]["frames"] == frames
+
+
+@pytest.mark.slow
+def test_killed_worker_and_missing_end_of_series(tmp_path):
+    config = Config()
+    with Pipeline(config, n_workers=2, live=False, worker_args=fake_args("SlowCountingAnalyser"), worker_env=ENV,
+                  result_timeout_s=1.5) as pipe:
+        s = make_series(n_images=40)
+        events = [s] + [make_frame(s, i, 3) for i in range(40)]  # and no SeriesEnd: the source just stops
+        feeder = threading.Thread(target=pipe.feed, args=(events,))
+        feeder.start()
+        deadline = time.monotonic() + 30
+        while pipe.collector.total.processed < 4:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        pipe.processes[0].send_signal(signal.SIGKILL)
+        feeder.join(60)
+        assert pipe.wait(60)
+        state = pipe.collector.series[s.series_id]
+        frames = pipe.collector.total.as_dict()
+    assert frames["received"] == 40 and balanced(frames)
+    assert frames["dropped"].get("worker_lost", 0) >= 1, frames
+    assert set(frames["dropped"]) == {"worker_lost"}
+    assert state.closed and state.how_ended == "missing_end_of_series"
+
+
+@pytest.mark.slow
+def test_run_session_writes_summary_per_image_and_config(tmp_path):
+    from streamer.commands.run import run_session
+
+    config = Config().model_copy(update={"output": Config().output.model_copy(update={"http": "127.0.0.1:0",
+                                                                                      "result_stream": None})})
+    s = make_series(n_images=8)
+
+    def events():
+        yield s
+        for i in range(8):
+            yield make_frame(s, i, i)
+        yield SeriesEnd(s.series_id, "idle_timeout")  # the receiver gave up waiting for the end
+
+    summary = run_session(config, events, tmp_path / "out", live=True, once=True, progress=False,
+                          worker_args=fake_args(), worker_env=ENV)
+    written = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert written == summary
+    assert written["frames"] == {"received": 8, "processed": 8, "dropped": {}}
+    assert written["indexing"]["indexed"] is False and written["indexing"]["reason"]
+    lines = (tmp_path / "out" / "per_image.csv").read_text().splitlines()
+    assert lines[0].startswith("image,phi,n_spots,") and len(lines) == 9
+    assert [int(line.split(",")[2]) for line in lines[1:]] == list(range(8))
+    assert "schema_version: 1" in (tmp_path / "out" / "config.yaml").read_text()
+
+
+def live_config(idle_timeout_s=30.0):
+    c = Config()
+    return c.model_copy(update={
+        "output": c.output.model_copy(update={"http": None, "result_stream": None}),
+        "receiver": c.receiver.model_copy(update={"idle_timeout_s": idle_timeout_s}),
+        "fanout": c.fanout.model_copy(update={"workers": 2}),
+    })
+
+
+def stream_through_run(tmp_path, fmt, send, idle_timeout_s=30.0):
+    """`run --once` as the command does it, fed by a real DetectorSender on loopback TCP."""
+    from streamer.commands.run import run_session
+    from streamer.receiver import Receiver
+    from streamer.sender import DetectorSender
+
+    config = live_config(idle_timeout_s)
+    ctx = zmq.Context.instance()
+    sender = DetectorSender(ctx, "tcp://127.0.0.1:*", fmt=fmt)
+    receiver = Receiver(ctx, sender.endpoint, config.receiver)
+    thread = threading.Thread(target=send, args=(sender,), daemon=True)
+    try:
+        summary = run_session(config, receiver.events, tmp_path / "out", live=True, once=True, progress=False,
+                              worker_args=fake_args(), worker_env=ENV, on_ready=lambda _: thread.start(),
+                              on_stop=receiver.stop)
+        thread.join(30)
+    finally:
+        receiver.close()
+        sender.close()
+    assert json.loads((tmp_path / "out" / "summary.json").read_text()) == summary
+    return summary
+
+
+@pytest.mark.slow
+def test_live_stream_v2_with_injected_bad_messages(tmp_path):
+    s = make_series(n_images=20)
+
+    def send(sender):
+        sender.send_start(s)
+        for i in range(20):
+            frame = compressed(make_frame(s, i, n_hot=i % 5))
+            if i == 5:  # corrupt compressed bytes: the receiver passes it on, a worker refuses it
+                data = bytearray(frame.data)
+                data[16:] = b"\xff" * (len(data) - 16)
+                frame = EncodedFrame(s.series_id, i, s.image_shape, "<u2", "bslz4", bytes(data))
+            sender.send_frame(frame)
+            if i == 10:
+                sender.send_raw_parts([b"\xd9\xd9\xf7 not cbor at all"])  # refused by the receiver
+        sender.send_end()
+
+    frames = stream_through_run(tmp_path, "v2", send)["frames"]
+    assert balanced(frames) and frames["received"] == 21 and frames["processed"] == 19, frames
+    assert frames["dropped"]["corrupt_compression"] == 1 and sum(frames["dropped"].values()) == 2
+    rows = (tmp_path / "out" / "per_image.csv").read_text().splitlines()[1:]
+    assert [int(r.split(",")[2]) for r in rows] == [i % 5 for i in range(20) if i != 5]
+
+
+@pytest.mark.slow
+def test_live_stream_v1_missing_end_of_series(tmp_path):
+    s = make_series(n_images=12)
+
+    def send(sender):
+        sender.send_start(s)
+        for i in range(12):
+            sender.send_frame(compressed(make_frame(s, i, 2)))
+        # no end-of-series: the receiver closes the series after its idle timeout
+
+    started = time.monotonic()
+    summary = stream_through_run(tmp_path, "v1", send, idle_timeout_s=1.0)
+    assert summary["frames"] == {"received": 12, "processed": 12, "dropped": {}}
+    assert time.monotonic() - started < 30

@@ -1,0 +1,169 @@
+"""The worker loop against the real collector service over ipc:// sockets: it joins with one
+URL, fetches series headers it lacks, decodes (real codecs) and reports results or drop reasons."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+import zmq
+from pipeline_fakes import HOT, make_frame, make_series
+
+from streamer import codecs, wire
+from streamer.collector import Collector, CollectorService
+from streamer.config import Config
+from streamer.metrics import Metrics
+from streamer.pipeline import Endpoints, Fanout
+from streamer.series import SeriesEnd
+from streamer.worker import Worker
+
+ANALYSER = "pipeline_fakes:CountingAnalyser"
+
+
+class Rig:
+    """Collector service + fan-out in this process, workers as threads."""
+
+    def __init__(self, tmp_path):
+        self.ctx = zmq.Context()
+        self.ep = Endpoints.make(Config(), str(tmp_path))
+        self.collector = Collector(Metrics(), None, result_timeout_s=30)
+        self.service = CollectorService(self.ctx, self.collector, self.ep.control, self.ep.results, self.ep.model,
+                                        self.ep.feed)
+        self.fanout = Fanout(self.ctx, self.ep, hwm=16, overload_wait_s=None)
+        self.service.frames_url = self.fanout.frames_url
+        self.thread = threading.Thread(target=self.service.run, daemon=True)
+        self.thread.start()
+        self.workers: list[tuple[Worker, threading.Thread]] = []
+
+    def add_worker(self, name):
+        w = Worker(self.ctx, self.ep.control, analyser=ANALYSER, name=name, header_timeout_s=2.0)
+        t = threading.Thread(target=w.run, daemon=True)
+        t.start()
+        self.workers.append((w, t))
+        assert self.service.wait_workers(len(self.workers), 10)
+        return w
+
+    def close(self):
+        if self.thread.is_alive():
+            self.fanout.finish()
+            self.thread.join(10)
+        for w, t in self.workers:
+            w.stop.set()
+            t.join(10)
+        self.fanout.close()
+        self.service.close()
+        self.ctx.term()
+
+
+@pytest.fixture
+def rig(tmp_path):
+    r = Rig(tmp_path)
+    yield r
+    r.close()
+
+
+def wait_for(cond, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.01)
+
+
+def test_worker_fetches_the_header_and_reports_spot_counts(rig):
+    rig.add_worker("w1")
+    s = make_series(n_images=6)
+    rig.fanout.handle(s)
+    truth = {}
+    for i in range(6):
+        frame = make_frame(s, i, n_hot=i + 1)
+        truth[i] = i + 1
+        if i % 2:  # half of them bitshuffle-LZ4 compressed, as a detector sends them
+            image = np.frombuffer(frame.data, "<u2").reshape(s.image_shape)
+            frame = type(frame)(s.series_id, i, s.image_shape, "<u2", "bslz4", codecs.encode(image, "bslz4"))
+        rig.fanout.handle(frame)
+    rig.fanout.handle(SeriesEnd(s.series_id))
+    assert rig.collector.wait_closed(1, 20)
+    state = rig.collector.series[s.series_id]
+    assert {r.image_number: r.stats["n_spots"] for r in state.results} == truth
+    assert all(r.spots["intensity"].min() > HOT for r in state.results)
+    assert rig.workers[0][0].series[s.series_id] == s  # the header it asked for
+
+
+def test_bad_frames_come_back_as_drops_with_reasons(rig):
+    rig.add_worker("w1")
+    s = make_series(n_images=4)
+    rig.fanout.handle(s)
+    good = make_frame(s, 0, 5)
+    rig.fanout.handle(good)
+    corrupt = bytearray(codecs.encode(np.frombuffer(good.data, "<u2").reshape(s.image_shape), "bslz4"))
+    corrupt[16:] = b"\xff" * (len(corrupt) - 16)  # keep the chunk header, break the LZ4 blocks
+    rig.fanout.handle(type(good)(s.series_id, 1, s.image_shape, "<u2", "bslz4", bytes(corrupt)))
+    rig.fanout.handle(type(good)(s.series_id, 2, s.image_shape, "<u2", "raw", b"\x00" * (64 * 48 * 2)))  # empty
+    rig.fanout.handle(type(good)(s.series_id, 3, s.image_shape, "<u2", "zstd", b"abc"))
+    rig.fanout.handle(type(good)("never-started", 0, s.image_shape, "<u2", "raw", good.data))
+    rig.fanout.handle(SeriesEnd(s.series_id))
+    assert rig.collector.wait_closed(1, 20)
+    assert rig.collector.total.as_dict() == {
+        "received": 5, "processed": 1,
+        "dropped": {"corrupt_compression": 1, "empty_frame": 1, "unknown_encoding": 1, "unknown_series": 1},
+    }
+
+
+def test_late_worker_gets_the_header_of_a_running_series_and_models(rig):
+    rig.add_worker("w1")
+    s = make_series(n_images=40)
+    rig.fanout.handle(s)
+    for i in range(20):
+        rig.fanout.handle(make_frame(s, i, 2))
+    wait_for(lambda: rig.collector.total.processed == 20)
+    late = rig.add_worker("late")
+    for i in range(20, 40):
+        rig.fanout.handle(make_frame(s, i, 2))
+    rig.fanout.handle(SeriesEnd(s.series_id))
+    assert rig.collector.wait_closed(1, 20)
+    assert rig.collector.total.processed == 40
+    workers = {r.worker for r in rig.collector.series[s.series_id].results[20:]}
+    assert "late" in workers and late.series[s.series_id] == s
+    rig.collector.models.put((s.series_id, {"indexed": True, "unit_cell": [79.1, 79.1, 38.0, 90, 90, 90]}))
+    wait_for(lambda: s.series_id in late.models)
+    assert late.models[s.series_id]["unit_cell"][0] == 79.1
+
+
+def test_worker_drops_a_frame_whose_series_the_collector_does_not_know(tmp_path):
+    """A worker asked for a header nobody has: the frame is reported as unknown_series."""
+    ctx = zmq.Context()
+    try:
+        router = ctx.socket(zmq.ROUTER)
+        router.bind(f"ipc://{tmp_path}/c")
+        frames, results, model = ctx.socket(zmq.PUSH), ctx.socket(zmq.PULL), ctx.socket(zmq.PUB)
+        urls = {}
+        for name, sock in (("frames", frames), ("results", results), ("model", model)):
+            sock.bind(f"ipc://{tmp_path}/{name}")
+            urls[name] = f"ipc://{tmp_path}/{name}"
+        w = Worker(ctx, f"ipc://{tmp_path}/c", analyser=ANALYSER, name="w", header_timeout_s=5)
+        t = threading.Thread(target=w.run, daemon=True)
+        t.start()
+        ident, *parts = router.recv_multipart()
+        assert wire.decode(parts).kind == "hello"
+        router.send_multipart([ident, *wire.encode("endpoints", urls)])
+        assert wire.decode(router.recv_multipart()[1:]).body["ready"]
+        s = make_series()
+        frames.send_multipart(wire.encode_frame(make_frame(s, 0, 1), 0), copy=False)
+        ident, *parts = router.recv_multipart()
+        request = wire.decode(parts)
+        assert request.kind == "series_request" and request.body["series_id"] == s.series_id
+        router.send_multipart([ident, *wire.encode("unknown_series", {"series_id": s.series_id})])
+        result = wire.result_from(wire.decode(results.recv_multipart()))
+        assert result.drop_reason == "unknown_series"
+        frames.send_multipart([b"\x93garbage"])  # unreadable: counted by the worker, loop goes on
+        frames.send_multipart(wire.encode_frame(make_frame(s, 1, 1), 1), copy=False)
+        ident, *parts = router.recv_multipart()
+        router.send_multipart([ident, *wire.encode_series(s)])
+        result = wire.result_from(wire.decode(results.recv_multipart()))
+        assert result.stats["n_spots"] == 1 and w.n_bad_messages == 1
+        w.stop.set()
+        t.join(10)
+    finally:
+        ctx.destroy(linger=0)
