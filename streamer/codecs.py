@@ -15,8 +15,9 @@ Encodings (`EncodedFrame.encoding`):
 
 Decoders: dectris-compression (`dectris.compression.decompress`, when importable) and
 bitshuffle (its C entry point writes straight into the output buffer) + lz4; `fastest_backend`
-says which one runs by default for each encoding. Both are checked
-bit-exact against each other in the tests. Untrusted input is validated before any decoder
+says which one runs by default for each encoding. Both are checked bit-exact against each
+other in the tests. bitshuffle's decoder runs on OpenMP threads: one per decode by default
+(`set_decode_threads`). Untrusted input is validated before any decoder
 runs: the declared size must equal shape * itemsize and every block must lie inside the buffer,
 so nothing allocates more than the expected frame and no C decoder reads past the input.
 Corrupt input raises `BadFrame` with reason "corrupt_compression", a size mismatch reason
@@ -26,11 +27,16 @@ Corrupt input raises `BadFrame` with reason "corrupt_compression", a size mismat
 from __future__ import annotations
 
 import ctypes
+import ctypes.util
+import glob
 import logging
+import os
 import struct
 from collections.abc import Sequence
 from typing import Any
 
+import bitshuffle
+import lz4.block
 import numpy as np
 
 from streamer.errors import BadFrame
@@ -45,13 +51,10 @@ LZ4_H5_BLOCK_BYTES = 8192  # DECTRIS stream v2 "lz4" block size, seen in the rea
 _HEADER = struct.Struct(">QI")
 _U32 = struct.Struct(">I")
 
-try:  # the fastest decoder, when its wheel builds
+try:  # optional ("fast" extra): one C call per frame, but it allocates its own output
     from dectris.compression import decompress as _dectris_decompress
 except ImportError:  # pragma: no cover - depends on the installation
     _dectris_decompress = None
-
-import bitshuffle
-import lz4.block
 
 
 def _bshuf_c_entry() -> Any:
@@ -68,20 +71,52 @@ def _bshuf_c_entry() -> Any:
     return func
 
 
+def _omp_thread_setter() -> Any:
+    """`omp_set_num_threads` of the OpenMP runtime bitshuffle's extension runs on, or None.
+
+    bitshuffle decodes blocks on OpenMP threads. With one worker process per core, those
+    threads spin-wait against each other: measured on 2 busy cores, 4M frames dropped from
+    256 to 65 frames/s. So decoding uses `decode_threads` OpenMP threads (default 1).
+    """
+    folder = os.path.dirname(bitshuffle.__file__) + ".libs"  # the wheel's bundled libgomp
+    candidates = sorted(glob.glob(os.path.join(folder, "libgomp*.so*"))) + [ctypes.util.find_library("gomp")]
+    for path in candidates:
+        if path:
+            try:
+                func = ctypes.CDLL(path).omp_set_num_threads
+            except (OSError, AttributeError):  # pragma: no cover - depends on the build
+                continue
+            func.argtypes = [ctypes.c_int]
+            return func
+    return None  # pragma: no cover
+
+
 _BSHUF_DECOMPRESS = _bshuf_c_entry()
+_OMP_SET_NUM_THREADS = _omp_thread_setter() if _BSHUF_DECOMPRESS is not None else None
+_decode_threads = 1
+
+
+def set_decode_threads(n: int) -> None:
+    """OpenMP threads bitshuffle may use per decode (default 1: one per worker process is best
+    when workers fill the cores; a lone receiver on an idle machine gains from 2-4)."""
+    global _decode_threads
+    if n < 1:
+        raise ValueError("decode threads must be at least 1")
+    _decode_threads = int(n)
 
 
 def available_backends() -> tuple[str, ...]:
-    """Decoder back-ends usable here, fastest first ("dectris", "bitshuffle")."""
+    """Decoder back-ends usable here ("dectris" when importable, "bitshuffle" always)."""
     return (("dectris",) if _dectris_decompress is not None else ()) + ("bitshuffle",)
 
 
 def fastest_backend(encoding: str) -> str:
     """The decoder used when none is asked for.
 
-    bslz4: bitshuffle's C entry point decoding straight into the caller's buffer (measured with
-    `xtalstream bench decode`: 4M uint32 370 vs 230 frames/s for dectris-compression, whose
-    fresh output buffer per frame costs page faults; 16M 67 vs 20 frames/s). Otherwise
+    bslz4: bitshuffle's C entry point decoding straight into the caller's buffer. Measured with
+    `xtalstream bench decode` (decode only, one thread, same run): 4M uint32 235 vs 226
+    frames/s for dectris-compression, 16M 40 vs 19 frames/s: dectris-compression cannot write
+    into a given buffer, and its fresh 72 MB output per frame costs page faults. Otherwise
     dectris-compression when importable (one C call for all lz4-h5 blocks), else bitshuffle/lz4.
     """
     if encoding == "bslz4" and _BSHUF_DECOMPRESS is not None:
@@ -100,7 +135,8 @@ def decode(frame: EncodedFrame, out: np.ndarray | None = None, backend: str | No
     `out`, when given, must be a writeable C-contiguous array of exactly that shape and dtype;
     it is filled and returned (reuse it across frames: a fresh 72 MB buffer per frame costs
     page faults). `backend` picks the decoder ("dectris" or "bitshuffle"; default
-    `fastest_backend(encoding)`). Raises BadFrame on corrupt or mis-sized input, ValueError on a bad `out`.
+    `fastest_backend(encoding)`). Raises BadFrame on corrupt or mis-sized input, ValueError on
+    a bad `out`.
     """
     return decode_buffer(frame.data, frame.shape, frame.dtype, frame.encoding, out=out, backend=backend)
 
@@ -114,7 +150,10 @@ def decode_buffer(
     backend: str | None = None,
 ) -> np.ndarray:
     """`decode` for a bare buffer: the same checks and conventions."""
-    dt = np.dtype(dtype)
+    try:
+        dt = np.dtype(dtype)
+    except TypeError as exc:
+        raise BadFrame(f"unknown pixel type {dtype!r}", reason="wrong_size") from exc
     shape = tuple(int(n) for n in shape)
     expected = _expected_bytes(shape, dt)
     if out is None:
@@ -219,6 +258,8 @@ def _decode_bslz4(data: Any, src: np.ndarray, dst: np.ndarray, itemsize: int, ex
         dst[:] = np.frombuffer(decoded, dtype=np.uint8)
         return
     if _BSHUF_DECOMPRESS is not None:
+        if _OMP_SET_NUM_THREADS is not None:
+            _OMP_SET_NUM_THREADS(_decode_threads)  # per calling thread (an OpenMP ICV)
         used = _BSHUF_DECOMPRESS(src.ctypes.data + _HEADER.size, dst.ctypes.data, n, itemsize, block)
         if used != src.size - _HEADER.size:
             raise BadFrame(f"bslz4 decode failed (bitshuffle status {used})", reason="corrupt_compression")

@@ -17,6 +17,7 @@ results in order through a queue, so they never hold up the per-image path.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import queue
 import threading
@@ -278,7 +279,8 @@ class Collector:
             with self._lock:
                 state.tally.processed += 1
                 self.total.processed += 1
-            state.results.append(result)
+            # kept for per_image.csv: the statistics only (spot tables go to the sweep stages)
+            state.results.append(dataclasses.replace(result, spots={}, profiles={}))
             m.frames_processed.inc()
             m.stage_latency.labels(stage="decode").observe(result.decode_s)
             m.stage_latency.labels(stage="analyse").observe(result.analyse_s)
@@ -333,8 +335,12 @@ class Collector:
                         model = getattr(stage, "take_model", lambda: None)()
                         if model is not None:
                             self.models.put((state.series.series_id, model))
+                            with self._lock:  # the live summary shows the latest model
+                                state.outputs["indexing"] = model
                     else:
-                        state.outputs.update(stage.finish())
+                        outputs = stage.finish()
+                        with self._lock:
+                            state.outputs.update(outputs)
                 except Exception:  # keep per-image feedback alive whatever a stage does
                     log.exception("sweep stage %s failed on series %s", type(stage).__name__, state.series.series_id)
             if op == "close":

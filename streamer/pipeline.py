@@ -135,23 +135,33 @@ class Fanout:
         self.store = store
         self.metrics = metrics
         self.open: dict[str, int] = {}  # series id -> frames dispatched so far
+        self.seen: set[str] = set()  # series ids announced so far
+        self.aliases: dict[str, str] = {}  # a repeated series id -> the id it has in this run
         self.n_series_ended = 0
 
     def handle(self, event: Any) -> None:
         """Dispatch one source event (SeriesInfo, EncodedFrame, SeriesEnd, Dropped)."""
         if isinstance(event, EncodedFrame):
-            self._frame(event)
+            alias = self.aliases.get(event.series_id)
+            self._frame(event if alias is None else dataclasses.replace(event, series_id=alias))
         elif isinstance(event, SeriesInfo):
+            series_id = event.series_id
             for other in list(self.open):
-                if other != event.series_id:
-                    log.warning("series %s started before %s ended", event.series_id, other)
+                if other != self.aliases.get(series_id, series_id):
+                    log.warning("series %s started before %s ended", series_id, other)
                     self._end(other, MISSING_END)
+            if series_id in self.seen and self.aliases.get(series_id, series_id) not in self.open:
+                # the same id again (a detector restarted its numbering): a new series for us
+                self.aliases[series_id] = f"{series_id}~{len(self.seen)}"
+                event = dataclasses.replace(event, series_id=self.aliases[series_id])
+            self.seen.add(series_id)
             if event.series_id not in self.open:
                 self.open[event.series_id] = 0
                 self.feed.send_multipart(wire.encode_series(event), copy=False)
         elif isinstance(event, SeriesEnd):
-            if event.series_id in self.open:
-                self._end(event.series_id, "end" if event.reason == "end" else MISSING_END)
+            series_id = self.aliases.get(event.series_id, event.series_id)
+            if series_id in self.open:
+                self._end(series_id, "end" if event.reason == "end" else MISSING_END)
         elif isinstance(event, Dropped):
             self._drop(event.reason, event.series_id, event.image_number, is_frame=_is_frame(event))
         else:

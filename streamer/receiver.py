@@ -1,7 +1,8 @@
 """The detector receiver: a PULL socket on a DECTRIS stream (v1 or v2, detected per message).
 
 `Receiver` connects to the detector (detectors bind PUSH), reads messages without copying the
-pixel blobs, and turns them into events: `SeriesInfo` (a series starts), `EncodedFrame`
+pixel blobs (v1 frames keep the ZeroMQ buffer; v2 payloads are copied once, by cbor2), and
+turns them into events: `SeriesInfo` (a series starts), `EncodedFrame`
 (compressed, not decoded: workers decode), `SeriesEnd`, `Dropped`. It keeps the state of the
 open series, so every frame is accounted: passed on, or dropped with a reason. Reasons (stable
 labels, counted in the `counters` mapping given to it, e.g. a `collections.Counter`):
@@ -101,20 +102,28 @@ class Receiver:
         self._poller.register(self.socket, zmq.POLLIN)
         self._poller.register(self._stop_socket, zmq.POLLIN)
         self.stopped = False
+        self._closed = False
 
     # --- life cycle ---------------------------------------------------------------------------
 
     def stop(self) -> None:
         """Ask `events()` to return (thread-safe: a message on the inproc stop socket)."""
+        if self._closed:
+            self.stopped = True
+            return
         sock = self._ctx.socket(zmq.PUSH)
         try:
             sock.setsockopt(zmq.LINGER, 1000)
+            sock.setsockopt(zmq.SNDTIMEO, 1000)
             sock.connect(self._stop_url)
             sock.send(b"stop")
+        except zmq.ZMQError as exc:  # the receiver went away meanwhile: nothing left to stop
+            log.debug("stop notice to %s not sent: %s", self._stop_url, exc)
         finally:
             sock.close()
 
     def close(self) -> None:
+        self._closed = True
         self.socket.close(linger=0)
         self._stop_socket.close(linger=0)
 
@@ -236,7 +245,8 @@ class Receiver:
             events += self._close("restarted", "a new series started before its end")
         try:
             if fmt == "v1":
-                pending = "bit_depth_image" not in msg.config
+                # EIGER 1 has no bit_depth_image, header_detail "none" no geometry: both from the first image
+                pending = "bit_depth_image" not in msg.config or msg.header_detail == "none"
                 info = stream_v1.series_info(msg)
                 key: Any = msg.series
             else:
@@ -270,9 +280,10 @@ class Receiver:
             return [self._drop("missing_channel", f"image {number} has none of the channels {self.config.channels}",
                                s.info.series_id, number)]
         events: list[Event] = []
-        if not s.announced:  # EIGER 1: the pixel type is known from the first image only
+        if not s.announced:  # EIGER 1 / header_detail none: pixel type (and shape) from the first image
             dt = frames[0].dtype
-            s.info = dataclasses.replace(s.info, dtype=dt, bit_depth_image=8 * int(dt[-1]))
+            shape = s.info.image_shape if all(s.info.image_shape) else frames[0].shape
+            s.info = dataclasses.replace(s.info, dtype=dt, bit_depth_image=8 * int(dt[-1]), image_shape=shape)
             s.announced = True
             events.append(s.info)
         for frame in frames:

@@ -57,6 +57,7 @@ class DetectorSender:
         self._unique_id = ""
         self._series_date = _dt.datetime.now(_dt.timezone.utc)
         self._t0 = 0.0
+        self._tick_s = 1e-9
         self._n_sent = 0
         self.frames_sent = 0
 
@@ -80,6 +81,8 @@ class DetectorSender:
         """Send one recorded message part for part (capture replay), paced like frames if it is an image."""
         head = bytes(memoryview(parts[0])[:128]) if parts else b""
         is_image = b'"dimage-1.0"' in head or b"\x65image" in head[:16]
+        if b'"dheader-1.0"' in head or b"\x65start" in head[:16]:  # a series starts: restart the pacing clock
+            self._t0, self._n_sent = 0.0, 0
         if is_image:
             self._pace()
         self._send(parts)
@@ -103,13 +106,16 @@ class DetectorSender:
             self._unique_id = unique or stream_v2.new_ulid()
             channels = series.channels or ("threshold_1",)
             parts = [stream_v2.encode_start(series, series_number, self._unique_id, detail, channels, appendix)]
-        self._t0 = time.monotonic()
+        self._tick_s = stream_v1.time_tick_s(stream_v1.config_of(series))
+        self._t0 = 0.0  # the pacing clock starts with the first frame
         self._n_sent = 0
         self._send(parts)
 
     def _pace(self) -> None:
         if self.rate_hz is None:
             return
+        if self._t0 == 0.0:  # first frame of the series
+            self._t0 = time.monotonic()
         due = self._t0 + self._n_sent / self.rate_hz
         delay = due - time.monotonic()
         if delay > 0:
@@ -140,7 +146,7 @@ class DetectorSender:
             if len(frames) != 1:
                 raise ValueError("stream v1 sends one channel per image")
             frame = _for_v1(frames[0])
-            tick = stream_v1.time_tick_s(stream_v1.config_of(self._series))
+            tick = self._tick_s
             ticks = tuple(int(round(t / tick)) for t in times)
             self._send(stream_v1.encode_image(frame, self._series_number, ticks, appendix))
         else:

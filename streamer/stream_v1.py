@@ -17,6 +17,7 @@ Bad messages raise `BadMessage` (or `BadHeader`) with a stable `reason`.
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -232,8 +233,8 @@ def _bool(value: Any) -> bool | None:
 
 def _float(config: dict[str, Any], key: str, default: float = 0.0) -> float:
     value = config.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise BadHeader(f"configuration field {key!r} is {value!r}, not a number", reason="bad_header")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise BadHeader(f"configuration field {key!r} is {value!r}, not a finite number", reason="bad_header")
     return float(value)
 
 
@@ -342,8 +343,8 @@ def _array_parts(htype: str, array: np.ndarray | None) -> list[Any]:
     if array is None:
         return [_json({"htype": htype, "shape": [], "type": "undefined"}), b""]
     arr = np.ascontiguousarray(array)
-    type_name = {v: k for k, v in _TYPES.items()}[arr.dtype.str[1:]]
-    return [_json({"htype": htype, "shape": list(arr.shape[::-1]), "type": type_name}), arr.astype(arr.dtype.newbyteorder("<")).tobytes()]
+    little = arr.astype(arr.dtype.newbyteorder("<")).tobytes()  # SIMPLON arrays are little-endian
+    return [_json({"htype": htype, "shape": list(arr.shape[::-1]), "type": type_name(arr.dtype.str)}), little]
 
 
 def encode_header(series: SeriesInfo, series_number: int, header_detail: str = "basic",

@@ -15,6 +15,7 @@ Bad messages raise BadMessage/BadHeader with a stable `reason`.
 from __future__ import annotations
 
 import datetime as _dt
+import math
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -194,8 +195,8 @@ def _num(msg: Mapping[str, Any], key: str, default: float = 0.0) -> float:
     value = msg.get(key, default)
     if value is None:
         return default
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise BadHeader(f"start field {key!r} is {value!r}, not a number", reason="bad_header")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise BadHeader(f"start field {key!r} is {value!r}, not a finite number", reason="bad_header")
     return float(value)
 
 
@@ -239,18 +240,15 @@ def series_info(start: V2Start, channel: str | None = None, dtype: str | None = 
     translation = m.get("detector_translation")
     distance_m = _num(m, "detector_distance", 0.0)
     if distance_m == 0.0 and isinstance(translation, Sequence) and len(translation) == 3:
-        distance_m = float(translation[2]) if isinstance(translation[2], (int, float)) else 0.0
+        distance_m = _num({"z": translation[2]}, "z")
     gonio = m.get("goniometer") if isinstance(m.get("goniometer"), Mapping) else {}
     omega = gonio.get("omega") if isinstance(gonio.get("omega"), Mapping) else {}
     saturation = m.get("saturation_value")
-    raw = {k: v for k, v in m.items() if not isinstance(v, (MultiDimArray, TypedArray, Mapping)) or k == "goniometer"}
+    raw = {k: v for k, v in m.items() if k not in ("pixel_mask", "flatfield", "countrate_correction_lookup_table")}
     raw["time_tick_s"] = 1.0 / TIME_BASE
     table = m.get("countrate_correction_lookup_table")
     if isinstance(table, TypedArray) and not isinstance(table.data, Compressed):
         raw["countrate_table"] = np.frombuffer(table.data, dtype=table.dtype).copy()
-    for key in ("threshold_energy",):
-        if isinstance(m.get(key), Mapping):
-            raw[key] = dict(m[key])
     return SeriesInfo(
         series_id=start.series_unique_id,
         source="stream-v2",

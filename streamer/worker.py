@@ -95,7 +95,14 @@ class Worker:
         self.frames = self.ctx.socket(zmq.PULL)
         self.frames.setsockopt(zmq.LINGER, 0)
         self.frames.setsockopt(zmq.RCVHWM, self.rcvhwm)
+        monitor = self.frames.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
         self.frames.connect(_reachable(endpoints["frames"], self.control_url))
+        try:  # join only once the fan-out can route frames here
+            if not monitor.poll(10000):
+                log.warning("frame socket of worker %s not connected after 10 s", self.name)
+        finally:
+            self.frames.disable_monitor()
+            monitor.close()
         self.results = self.ctx.socket(zmq.PUSH)
         self.results.setsockopt(zmq.LINGER, 2000)  # let the last results leave on a clean stop
         self.results.connect(_reachable(endpoints["results"], self.control_url))

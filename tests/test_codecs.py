@@ -134,3 +134,18 @@ def test_real_hdf5_chunks_decode_like_the_hdf5_filters(shared_data):
                 for backend in BACKENDS:
                     got = codecs.decode_buffer(chunk, truth.shape, truth.dtype.str, encoding, backend=backend)
                     np.testing.assert_array_equal(got, truth, err_msg=f"{path.name} image {i} {backend}")
+
+
+def test_decode_threads_setting_gives_the_same_pixels():
+    arr = _frame((300, 257), "<u4")
+    blob = codecs.encode(arr, "bslz4")
+    try:
+        for n in (1, 2, 3):
+            codecs.set_decode_threads(n)
+            np.testing.assert_array_equal(codecs.decode_buffer(blob, arr.shape, "<u4", "bslz4", backend="bitshuffle"),
+                                          arr)
+    finally:
+        codecs.set_decode_threads(1)
+    with pytest.raises(ValueError):
+        codecs.set_decode_threads(0)
+    assert codecs.fastest_backend("bslz4") in codecs.available_backends()

@@ -227,3 +227,75 @@ def test_live_stream_v1_missing_end_of_series(tmp_path):
     summary = stream_through_run(tmp_path, "v1", send, idle_timeout_s=1.0)
     assert summary["frames"] == {"received": 12, "processed": 12, "dropped": {}}
     assert time.monotonic() - started < 30
+
+
+def free_ports(n):
+    import socket
+
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+@pytest.mark.slow
+def test_extra_worker_joins_over_tcp_with_one_url(tmp_path):
+    import subprocess
+    import sys
+
+    control, frames, results, model = free_ports(4)
+    c = Config()
+    config = c.model_copy(update={"fanout": c.fanout.model_copy(update={
+        "control_port": control, "frame_port": frames, "result_port": results, "model_port": model})})
+    with Pipeline(config, n_workers=1, live=False, worker_args=fake_args("SlowCountingAnalyser"),
+                  worker_env=ENV) as pipe:
+        assert pipe.control_url == f"tcp://127.0.0.1:{control}"
+        extra = subprocess.Popen([sys.executable, "-m", "streamer.cli", "worker", "--connect", pipe.control_url,
+                                  "--name", "remote-1", *fake_args("SlowCountingAnalyser")],
+                                 env={**os.environ, **ENV}, stdin=subprocess.DEVNULL)
+        try:
+            assert pipe.service.wait_workers(2, 60)
+            s = make_series(n_images=40)
+            pipe.feed([s] + [make_frame(s, i, 1) for i in range(40)] + [SeriesEnd(s.series_id)])
+            assert pipe.wait(60)
+            results = pipe.collector.series[s.series_id].results
+        finally:
+            extra.send_signal(signal.SIGTERM)
+            assert extra.wait(20) == 0
+    assert len(results) == 40
+    by_worker = {r.worker for r in results}
+    assert "remote-1" in by_worker and len(by_worker) == 2
+
+
+def test_frame_store_is_bounded_and_keeps_the_newest():
+    from streamer.pipeline import FrameStore
+
+    store = FrameStore(max_bytes=1000)
+    for i in range(10):
+        store.add(EncodedFrame("s", i, (10, 10), "<u1", "raw", bytes(300)))
+    assert store.nbytes <= 1000 and sorted(k[1] for k in store.frames) == [7, 8, 9]
+    assert store.get("s", 9) is not None and store.get("s", 0) is None
+    store.add(EncodedFrame("s", 99, (100, 100), "<u1", "raw", bytes(10000)))  # larger than the bound
+    assert store.get("s", 99) is None
+
+
+@pytest.mark.slow
+def test_repeated_series_id_and_a_start_before_the_end(tmp_path):
+    """A detector that restarts its series numbering, and a series cut short by the next start."""
+    with Pipeline(Config(), n_workers=1, live=False, worker_args=fake_args(), worker_env=ENV) as pipe:
+        a = make_series("7", n_images=5)
+        b = make_series("8", n_images=5)
+        events = [a] + [make_frame(a, i, 1) for i in range(5)]  # no end: b starts
+        events += [b] + [make_frame(b, i, 2) for i in range(5)] + [SeriesEnd("8")]
+        events += [a] + [make_frame(a, i, 3) for i in range(5)] + [SeriesEnd("7")]  # "7" again
+        pipe.feed(events)
+        assert pipe.wait(60)
+        c = pipe.collector
+        assert c.total.as_dict() == {"received": 15, "processed": 15, "dropped": {}}
+        assert [(sid, c.series[sid].how_ended) for sid in c.order] == [
+            ("7", "missing_end_of_series"), ("8", "end"), ("7~2", "end")]
+        assert [r.stats["n_spots"] for r in c.series["7~2"].results] == [3] * 5

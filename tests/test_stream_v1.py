@@ -145,3 +145,16 @@ def test_header_blob_size_disagreeing_with_its_part_header(eiger_4m):
     with pytest.raises(BadInput) as err:
         stream_v1.parse_message(parts)
     assert err.value.reason == "blob_size"
+
+
+@pytest.mark.parametrize("value", ["NaN", "Infinity", '"ten"', "true"])
+def test_non_finite_or_non_numeric_configuration_is_a_bad_header(value):
+    series = SeriesInfo(series_id="1", source="simulator", image_shape=(4, 6), dtype="<u2")
+    parts = stream_v1.encode_header(series, 1, "basic")
+    config = json.loads(parts[1])
+    parts[1] = json.dumps(config).replace('"nimages": 0', f'"nimages": {value}').encode()
+    assert f'"nimages": {value}' in parts[1].decode()
+    header = stream_v1.parse_message(parts)
+    with pytest.raises(BadInput) as err:
+        stream_v1.series_info(header)
+    assert err.value.reason == "bad_header"

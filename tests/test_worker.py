@@ -22,13 +22,28 @@ from streamer.worker import Worker
 ANALYSER = "pipeline_fakes:CountingAnalyser"
 
 
+class Capture:
+    """A sweep stage that keeps the spot tables it is fed."""
+
+    seen: dict[int, dict] = {}
+
+    def __init__(self, series):
+        Capture.seen = {}
+
+    def add(self, series, result):
+        Capture.seen[result.image_number] = result.spots
+
+    def finish(self):
+        return {}
+
+
 class Rig:
     """Collector service + fan-out in this process, workers as threads."""
 
     def __init__(self, tmp_path):
         self.ctx = zmq.Context()
         self.ep = Endpoints.make(Config(), str(tmp_path))
-        self.collector = Collector(Metrics(), None, result_timeout_s=30)
+        self.collector = Collector(Metrics(), None, stage_factories=[Capture], result_timeout_s=30)
         self.service = CollectorService(self.ctx, self.collector, self.ep.control, self.ep.results, self.ep.model,
                                         self.ep.feed)
         self.fanout = Fanout(self.ctx, self.ep, hwm=16, overload_wait_s=None)
@@ -87,7 +102,10 @@ def test_worker_fetches_the_header_and_reports_spot_counts(rig):
     assert rig.collector.wait_closed(1, 20)
     state = rig.collector.series[s.series_id]
     assert {r.image_number: r.stats["n_spots"] for r in state.results} == truth
-    assert all(r.spots["intensity"].min() > HOT for r in state.results)
+    assert all(r.spots == {} for r in state.results)  # tables went to the sweep stages, not kept
+    assert sorted(Capture.seen) == list(range(6))
+    for i, spots in Capture.seen.items():
+        assert len(spots["x_px"]) == truth[i] and (spots["intensity"] > HOT).all()
     assert rig.workers[0][0].series[s.series_id] == s  # the header it asked for
 
 

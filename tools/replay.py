@@ -7,10 +7,10 @@
   captured, in the capture's own protocol (`--format` does not apply).
 
 The PUSH socket binds on `--bind` (loopback by default). Frames are paced at the recorded frame
-rate (1 / frame_time) unless `--rate HZ` says otherwise; `--rate 0` sends as fast as the socket
-takes them. PUSH queues nothing until a consumer connects, so no frame is lost to an absent
+rate (1 / frame_time; captures, which do not state it, go as fast as possible) unless `--rate HZ`
+says otherwise; `--rate 0` sends as fast as the socket takes them. PUSH queues nothing until a consumer connects, so no frame is lost to an absent
 consumer; `--wait-for-consumer` also holds the series start until a PULL peer has completed
-its handshake (ZeroMQ socket monitor), so the pacing clock starts when someone listens.
+its handshake (the PUSH socket turns writable), so the pacing clock starts when someone listens.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import zmq
-from zmq.utils.monitor import recv_monitor_message
 
 from streamer.commands.common import cli_errors, parser
 from streamer.errors import BadInput
@@ -35,16 +34,15 @@ DEFAULT_LINGER_S = 30.0
 
 
 def wait_for_peer(socket: zmq.Socket, timeout_s: float | None = None) -> None:
-    """Block until a peer completes its ZMTP handshake on `socket` (raise TimeoutError after `timeout_s`)."""
-    monitor = socket.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
-    try:
-        if not monitor.poll(None if timeout_s is None else int(timeout_s * 1000)):
-            raise TimeoutError(f"no consumer connected to {socket.getsockopt_string(zmq.LAST_ENDPOINT)} "
-                               f"within {timeout_s} s")
-        recv_monitor_message(monitor)
-    finally:
-        socket.disable_monitor()
-        monitor.close(linger=0)
+    """Block until a consumer is connected to the PUSH `socket` (TimeoutError after `timeout_s`).
+
+    A PUSH socket is writable only once it has a peer (a bound socket gets its pipe after the
+    ZMTP handshake), so polling for POLLOUT waits for exactly that, with no window in which a
+    consumer that connected earlier could be missed (as a socket monitor started late would).
+    """
+    if not socket.poll(None if timeout_s is None else int(timeout_s * 1000), zmq.POLLOUT):
+        raise TimeoutError(f"no consumer connected to {socket.getsockopt_string(zmq.LAST_ENDPOINT)} "
+                           f"within {timeout_s} s")
 
 
 def _is_capture(paths: Sequence[Path]) -> bool:
@@ -92,7 +90,8 @@ def replay_series(ctx: zmq.Context, paths: Sequence[Path], bind: str, fmt: str =
                   header_detail: str = "basic", series_id: str | None = None, repeat: int = 1,
                   wait_for_consumer: bool = False, wait_timeout_s: float | None = None, pedestal: int = 0,
                   compression: str = "bslz4", linger_s: float = DEFAULT_LINGER_S,
-                  on_bound: Callable[[str], None] | None = None) -> int:
+                  on_bound: Callable[[str], None] | None = None,
+                  on_series: Callable[[SeriesInfo], None] | None = None) -> int:
     """Stream an EIGER HDF5 file or CBF/SMV series as a detector; returns frames sent.
 
     `rate_hz`: frames per second; None = as fast as possible; negative = the recorded rate
@@ -102,7 +101,9 @@ def replay_series(ctx: zmq.Context, paths: Sequence[Path], bind: str, fmt: str =
     from streamer.sender import DetectorSender
     from streamer.sources.open_any import open_source
 
-    info, _ = open_source(paths, series_id, compression, pedestal)
+    info, frames = open_source(paths, series_id, compression, pedestal)
+    if on_series:
+        on_series(info)
     if rate_hz is not None and rate_hz < 0:
         rate_hz = 1.0 / info.frame_time_s if info.frame_time_s > 0 else None
     sender = DetectorSender(ctx, bind, fmt, rate_hz, header_detail)
@@ -113,9 +114,9 @@ def replay_series(ctx: zmq.Context, paths: Sequence[Path], bind: str, fmt: str =
         if wait_for_consumer:
             wait_for_peer(sender.socket, wait_timeout_s)
         for k in range(repeat):
-            info, frames = open_source(paths, series_id, compression, pedestal)
-            if repeat > 1:
-                info = dataclasses.replace(info, series_id=f"{info.series_id}" if k == 0 else f"{info.series_id}-{k + 1}")
+            if k > 0:  # a fresh pass over the files, announced as a new series
+                info, frames = open_source(paths, series_id, compression, pedestal)
+                info = dataclasses.replace(info, series_id=f"{info.series_id}-{k + 1}")
             log.info("replaying %s (%s, %d images, %s) on %s as %s at %s", info.series_id, info.source,
                      info.n_images or 0, "x".join(map(str, info.image_shape)), sender.endpoint, fmt,
                      f"{rate_hz:g} Hz" if rate_hz else "full speed")
@@ -173,13 +174,9 @@ def main(argv: list[str] | None = None) -> int:
         n = replay_capture(ctx, paths[0], args.bind, rate, args.repeat, args.wait_for_consumer, args.wait_timeout,
                            args.linger)
     else:
-        from streamer.sources.open_any import open_source
-
-        info, _ = open_source(paths, args.series_id, args.compression, args.pedestal)
-        print(describe(info))
         n = replay_series(ctx, paths, args.bind, args.format, -1.0 if args.rate is None else rate, args.header_detail,
                           args.series_id, args.repeat, args.wait_for_consumer, args.wait_timeout, args.pedestal,
-                          args.compression, args.linger)
+                          args.compression, args.linger, on_series=lambda info: print(describe(info), flush=True))
     elapsed = time.monotonic() - start
     print(f"sent {n} frames in {elapsed:.2f} s ({n / elapsed if elapsed > 0 else 0:.1f} frames/s) on {args.bind}")
     return 0

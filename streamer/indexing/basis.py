@@ -12,7 +12,7 @@ from streamer.indexing.fft1d import CandidateVectors
 
 
 def choose_basis(candidates: CandidateVectors, rlps: np.ndarray, n_best: int = 20, tolerance: float = 0.15,
-                 keep_fraction: float = 0.95, min_angle_deg: float = 15.0) -> np.ndarray | None:
+                 keep_fraction: float = 0.85, min_angle_deg: float = 15.0) -> np.ndarray | None:
     """Real-space basis (rows a, b, c in A, right-handed) or None if no non-coplanar triple exists.
 
     Every triple of the `n_best` best-scoring candidates is scored by the number of points whose

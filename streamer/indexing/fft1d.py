@@ -41,9 +41,14 @@ def hemisphere_directions(n: int) -> np.ndarray:
     return np.column_stack([r * np.cos(az), r * np.sin(az), z])
 
 
-def estimate_max_cell(rlps: np.ndarray, multiplier: float = 1.5, percentile: float = 5.0) -> float:
-    """Largest cell edge (A) the spots can resolve, from nearest-neighbour distances in
-    reciprocal space (as DIALS's find_max_cell: the smallest common separation, times a margin)."""
+def estimate_max_cell(rlps: np.ndarray, multiplier: float = 1.5) -> float:
+    """Largest cell edge (A) to search, from nearest-neighbour distances in reciprocal space.
+
+    Neighbouring reflections along the longest real axis are 1/a_max apart, so the most common
+    nearest-neighbour distance gives a_max; the mode (on a log scale) resists split spots and
+    side-lobe fragments, which make a small tail of very short distances (after DIALS's
+    find_max_cell, which also bins nearest-neighbour distances).
+    """
     from scipy.spatial import cKDTree
 
     if len(rlps) < 3:
@@ -53,14 +58,24 @@ def estimate_max_cell(rlps: np.ndarray, multiplier: float = 1.5, percentile: flo
     nn = nn[nn > 1e-5]  # the same reflection split over images
     if len(nn) == 0:
         return 100.0
-    return float(np.clip(multiplier / np.percentile(nn, percentile), 10.0, 1000.0))
+    edges = np.geomspace(5.0, 2000.0, 301)  # 2 % bins of the real-space length 1/nn
+    hist, _ = np.histogram(1.0 / nn, bins=edges)
+    hist = np.convolve(hist, np.ones(5) / 5.0, mode="same")
+    k = int(np.argmax(hist))
+    mode = float(np.sqrt(edges[k] * edges[k + 1]))
+    return float(np.clip(multiplier * mode, 10.0, 1000.0))
 
 
 def _projection_peaks(x: np.ndarray, directions: np.ndarray, q_range: float, n_bins: int,
                       m_lo: int, m_hi: int, chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:
-    """Best FFT amplitude (normalised by the spot count) and its frequency index per direction."""
-    amp = np.empty(len(directions))
-    freq = np.empty(len(directions), dtype=np.int64)
+    """Best peak prominence (in units of sqrt(N), the noise level) and its frequency per direction.
+
+    The projected distribution's smooth envelope (the shape of the sampled wedge of reciprocal
+    space, different for every direction) dominates the lowest frequencies; a lattice gives a
+    peak one frequency bin wide. Prominence is the amplitude minus the mean of the amplitudes
+    two bins either side, which removes the envelope's local trend.
+    """
+    prom = np.empty((len(directions), m_hi - m_lo + 1))
     scale = n_bins / (2.0 * q_range)
     for start in range(0, len(directions), chunk):
         d = directions[start:start + chunk]
@@ -68,11 +83,11 @@ def _projection_peaks(x: np.ndarray, directions: np.ndarray, q_range: float, n_b
         b = np.clip(((p + q_range) * scale).astype(np.int64), 0, n_bins - 1)
         b += (np.arange(len(d)) * n_bins)[None, :]
         hist = np.bincount(b.ravel(), minlength=len(d) * n_bins).reshape(len(d), n_bins)
-        spec = np.abs(np.fft.rfft(hist, axis=1))[:, m_lo:m_hi + 1]
-        k = np.argmax(spec, axis=1)
-        amp[start:start + chunk] = spec[np.arange(len(d)), k] / len(x)
-        freq[start:start + chunk] = k + m_lo
-    return amp, freq
+        spec = np.abs(np.fft.rfft(hist, axis=1))
+        m = np.arange(m_lo, m_hi + 1)
+        prom[start:start + chunk] = spec[:, m] - 0.5 * (spec[:, m - 2] + spec[:, m + 2])
+    k = np.argmax(prom, axis=1)
+    return prom[np.arange(len(directions)), k] / math.sqrt(len(x)), k + m_lo
 
 
 def refine_vector(t: np.ndarray, x_low: np.ndarray, x_all: np.ndarray, tolerances=(0.25, 0.15, 0.1)) -> np.ndarray:
@@ -104,20 +119,25 @@ def find_candidate_vectors(rlps: np.ndarray, max_cell_A: float, n_directions: in
     edge by half the spacing still keeps its projected planes within a third of a period.
     """
     x = np.asarray(rlps, dtype=np.float64)
-    rng = np.random.default_rng(seed)
-    if len(x) > max_spots:
-        x = x[rng.choice(len(x), max_spots, replace=False)]
-    qlen = np.linalg.norm(x, axis=1)
     spacing = math.sqrt(2.0 * math.pi / n_directions)
     q_cut = 0.35 / (spacing * max_cell_A)
-    low = qlen <= q_cut
-    if low.sum() < min(200, len(x)):
-        low = qlen <= np.sort(qlen)[min(200, len(x)) - 1]
-    x_low = x[low]
+    qlen_all = np.linalg.norm(x, axis=1)
+    low_all = qlen_all <= q_cut
+    if low_all.sum() < min(200, len(x)):
+        low_all = qlen_all <= np.sort(qlen_all)[min(200, len(x)) - 1]
+    rng = np.random.default_rng(seed)
+    x_low = x[low_all]
+    if len(x_low) > max_spots:
+        x_low = x_low[rng.choice(len(x_low), max_spots, replace=False)]
+    if len(x) > max_spots:
+        x = x[rng.choice(len(x), max_spots, replace=False)]
+    qlen = np.linalg.norm(x_low, axis=1)
+    low = slice(None)
     q_range = float(qlen[low].max()) * 1.0001
     m_hi = int(math.ceil(2.0 * q_range * max_cell_A))
-    m_lo = max(1, int(math.floor(2.0 * q_range * min_cell_A)))
-    n_bins = max(256, 1 << int(math.ceil(math.log2(4 * m_hi + 1))))
+    m_lo = max(3, int(math.floor(2.0 * q_range * min_cell_A)))
+    m_hi = max(m_hi, m_lo + 1)
+    n_bins = max(256, 1 << int(math.ceil(math.log2(4 * m_hi + 8))))
     directions = hemisphere_directions(n_directions)
     amp, freq = _projection_peaks(x_low, directions, q_range, n_bins, m_lo, m_hi)
     # local maxima over directions: the strongest first, suppressing neighbours within 3 spacings

@@ -12,16 +12,14 @@ with LZ4, Masui et al. 2015) -> "bslz4", 32004 (LZ4) -> "lz4-h5", no filter -> "
 with other filters or chunks holding more than one image are decoded by h5py (hdf5plugin) and
 passed on as "raw".
 
-Geometry: NXmx `depends_on` chains (McStas frame: z along the beam, y up) are followed to the
-origin and axes of the detector and the rotation axis, then converted to the DIALS/imgCIF frame
-by a 180-degree rotation about y, (x, y, z) -> (-x, y, -z), as dxtbx does. Without chains the
-older DECTRIS fields are used (beam_center_x/y in pixels, detector_distance, geometry/orientation).
+Geometry: NXmx `depends_on` chains give the detector origin and axes and the rotation axis
+(`streamer.sources.nxmx`); without chains the older DECTRIS fields are used (beam_center_x/y
+in pixels, detector_distance, geometry/orientation).
 """
 
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,15 +31,22 @@ import numpy as np
 
 from streamer.errors import BadHeader, BadInput
 from streamer.series import EncodedFrame, SeriesInfo
+from streamer.sources.nxmx import (
+    dataset_value,
+    decode_str,
+    detector_from_chain,
+    first_value,
+    length_mm,
+    scan_axis,
+    time_s,
+    to_imgcif,
+    wavelength_A_of,
+)
 
 log = logging.getLogger(__name__)
 
 FILTER_BSLZ4 = 32008
 FILTER_LZ4 = 32004
-HC_KEV_A = 12.398419843320026  # h*c in keV*Angstrom (CODATA 2018)
-MCSTAS_TO_IMGCIF = np.diag([-1.0, 1.0, -1.0])
-_LENGTH_TO_MM = {"m": 1e3, "meter": 1e3, "metre": 1e3, "mm": 1.0, "millimeter": 1.0, "um": 1e-3, "microns": 1e-3,
-                 "nm": 1e-6, "cm": 10.0}
 _SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
 
@@ -63,176 +68,6 @@ class ImageBlock:
     file: Path
     dataset: str
     source_start: int
-
-
-def _decode_str(value: Any) -> str:
-    if isinstance(value, np.ndarray):
-        value = value.reshape(-1)[0] if value.size else b""
-    if isinstance(value, bytes | np.bytes_):
-        return value.decode("utf-8", "replace").strip("\x00 ")
-    return str(value)
-
-
-def _first(data: Any) -> Any:
-    """First element as a Python number; float32 by its shortest decimal (0.075, not 0.0750000036)."""
-    x = np.asarray(data).reshape(-1)[0]
-    if isinstance(x, np.float32 | np.float16):
-        return float(str(x))
-    return x.item() if isinstance(x, np.generic) else x
-
-
-def _units(obj: h5py.Dataset) -> str:
-    return _decode_str(obj.attrs.get("units", "")).lower()
-
-
-def _value(group: h5py.Group, path: str) -> Any | None:
-    try:
-        obj = group.get(path)
-    except (KeyError, OSError):  # a dangling external link
-        return None
-    if not isinstance(obj, h5py.Dataset):
-        return None
-    data = obj[()]
-    if isinstance(data, np.ndarray | np.generic) and np.asarray(data).size >= 1 and np.asarray(data).dtype.kind in "fiub":
-        return _first(data)
-    if isinstance(data, np.generic):
-        return data.item()
-    return data
-
-
-def _length_mm(group: h5py.Group, path: str) -> float | None:
-    obj = group.get(path)
-    if not isinstance(obj, h5py.Dataset):
-        return None
-    value = float(_first(obj[()]))
-    units = _units(obj)
-    if units in _LENGTH_TO_MM:
-        return value * _LENGTH_TO_MM[units]
-    # DECTRIS writes metres; a unitless value too large for metres is taken as mm
-    return value * 1e3 if value < 1.0 else value
-
-
-def _time_s(group: h5py.Group, path: str) -> float:
-    value = _value(group, path)
-    return float(value) if isinstance(value, int | float) else 0.0
-
-
-def _to_imgcif(v) -> tuple[float, float, float]:
-    out = MCSTAS_TO_IMGCIF @ np.asarray(v, dtype=np.float64)
-    return tuple(float(x) + 0.0 for x in out)  # + 0.0 turns -0.0 into 0.0
-
-
-def _rotation(axis: np.ndarray, angle_deg: float) -> np.ndarray:
-    """Right-handed rotation matrix about `axis` (Rodrigues)."""
-    a = axis / np.linalg.norm(axis)
-    t = math.radians(angle_deg)
-    k = np.array([[0, -a[2], a[1]], [a[2], 0, -a[0]], [-a[1], a[0], 0]])
-    return np.eye(3) + math.sin(t) * k + (1 - math.cos(t)) * (k @ k)
-
-
-def _follow_chain(f: h5py.File, start: str, base: str = "/") -> list[h5py.Dataset]:
-    """The NXtransformations reached from `start` (a path), innermost first, up to "."."""
-    chain: list[h5py.Dataset] = []
-    path = start
-    while path and path != "." and len(chain) < 32:
-        if not path.startswith("/"):
-            path = base.rstrip("/") + "/" + path
-        obj = f.get(path)
-        if not isinstance(obj, h5py.Dataset):
-            raise BadHeader(f"depends_on chain points to a missing transformation {path!r}", reason="bad_geometry")
-        chain.append(obj)
-        base = obj.parent.name
-        path = _decode_str(obj.attrs.get("depends_on", "."))
-    return chain
-
-
-def _apply_chain(chain: list[h5py.Dataset], point: np.ndarray, directions: list[np.ndarray]) -> tuple:
-    """Place `point` (McStas, mm) and rotate `directions` through `chain` at its first value."""
-    point = point.astype(np.float64)
-    directions = [d.astype(np.float64) for d in directions]
-    for t in chain:
-        vector = np.asarray(t.attrs.get("vector", (0.0, 0.0, 1.0)), dtype=np.float64).reshape(3)
-        offset = np.asarray(t.attrs.get("offset", (0.0, 0.0, 0.0)), dtype=np.float64).reshape(3)
-        offset_units = _decode_str(t.attrs.get("offset_units", _units(t) or "m")).lower()
-        offset = offset * _LENGTH_TO_MM.get(offset_units, 1e3)
-        value = float(_first(t[()])) if t.size else 0.0
-        kind = _decode_str(t.attrs.get("transformation_type", "translation")).lower()
-        if kind == "rotation":
-            rot = _rotation(vector, value if _units(t).startswith("deg") else math.degrees(value))
-            point = rot @ point + offset
-            directions = [rot @ d for d in directions]
-        else:
-            point = point + offset + vector / np.linalg.norm(vector) * value * _LENGTH_TO_MM.get(_units(t), 1e3)
-    return point, directions
-
-
-def _detector_from_chain(f: h5py.File, det: h5py.Group) -> dict[str, Any] | None:
-    """Origin, axes, beam centre and distance from the NXdetector_module depends_on chains."""
-    modules = [g for g in det.values() if isinstance(g, h5py.Group) and "fast_pixel_direction" in g]
-    if not modules:
-        return None
-    module = modules[0]
-    fast_ds, slow_ds = module["fast_pixel_direction"], module["slow_pixel_direction"]
-    fast = np.asarray(fast_ds.attrs["vector"], dtype=np.float64).reshape(3)
-    slow = np.asarray(slow_ds.attrs["vector"], dtype=np.float64).reshape(3)
-    pixel = (
-        float(_first(fast_ds[()])) * _LENGTH_TO_MM.get(_units(fast_ds), 1e3),
-        float(_first(slow_ds[()])) * _LENGTH_TO_MM.get(_units(slow_ds), 1e3),
-    )
-    # pixel (0, 0)'s outer corner: the fast axis's own offset, then the chain it depends on
-    # (its own translation by one pixel is what steps to the next pixel, so it is left out)
-    corner = np.asarray(fast_ds.attrs.get("offset", (0.0, 0.0, 0.0)), dtype=np.float64).reshape(3)
-    corner = corner * _LENGTH_TO_MM.get(_decode_str(fast_ds.attrs.get("offset_units", "m")).lower(), 1e3)
-    chain = _follow_chain(f, fast_ds.name)[1:]
-    origin, (fast, slow) = _apply_chain(chain, corner, [fast, slow])
-    origin, fast, slow = (MCSTAS_TO_IMGCIF @ v for v in (origin, fast, slow))
-    fast, slow = fast / np.linalg.norm(fast), slow / np.linalg.norm(slow)
-    normal = np.cross(fast, slow)
-    beam = np.array([0.0, 0.0, -1.0])
-    if abs(normal @ beam) < 1e-9:
-        raise BadHeader("the beam does not hit the detector plane", reason="bad_geometry")
-    hit = beam * ((origin @ normal) / (beam @ normal))
-    rel = hit - origin
-    return {
-        "fast_axis": tuple(float(x) + 0.0 for x in fast),
-        "slow_axis": tuple(float(x) + 0.0 for x in slow),
-        "pixel_size_mm": pixel,
-        "beam_centre_px": (float(rel @ fast) / pixel[0], float(rel @ slow) / pixel[1]),
-        "distance_mm": abs(float(origin @ normal)),
-    }
-
-
-def _rotation_axis(f: h5py.File) -> tuple[tuple[float, float, float], float | None, float | None]:
-    """(axis in imgCIF, start, increment) of the scan axis of /entry/sample's depends_on chain."""
-    depends = f.get("/entry/sample/depends_on")
-    if depends is None:
-        return (1.0, 0.0, 0.0), None, None
-    chain = _follow_chain(f, _decode_str(depends[()]), "/entry/sample")
-    rotations = [t for t in chain if _decode_str(t.attrs.get("transformation_type", "")).lower() == "rotation"]
-    if not rotations:
-        return (1.0, 0.0, 0.0), None, None
-    scanned = [t for t in rotations if t.size > 1] or rotations
-    axis = scanned[0]
-    values = np.asarray(axis[()], dtype=np.float64).reshape(-1)
-    increment = None
-    inc_ds = axis.parent.get(axis.name.rsplit("/", 1)[1] + "_increment_set")
-    if values.size > 1:
-        increment = float(values[1] - values[0])
-    elif isinstance(inc_ds, h5py.Dataset):
-        increment = float(np.asarray(inc_ds[()]).reshape(-1)[0])
-    return _to_imgcif(axis.attrs["vector"]), float(values[0]) if values.size else None, increment
-
-
-def _wavelength_A(f: h5py.File) -> float | None:
-    for path in ("/entry/instrument/beam/incident_wavelength", "/entry/instrument/monochromator/wavelength",
-                 "/entry/instrument/beam/wavelength"):
-        value = _value(f, path)
-        if isinstance(value, int | float) and value > 0:
-            return float(value)
-    energy = _value(f, "/entry/instrument/detector/detectorSpecific/photon_energy")
-    if isinstance(energy, int | float) and energy > 0:
-        return HC_KEV_A / (energy / 1000.0)
-    return None
 
 
 def _filter_encoding(dset: h5py.Dataset) -> str | None:
@@ -286,12 +121,20 @@ def _external_blocks(f: h5py.File, master: Path) -> list[ImageBlock]:
     return blocks
 
 
+def _select_bounds(space: h5py.h5s.SpaceID) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Inclusive (start, end) of a dataspace selection ("all" selections included)."""
+    if space.get_select_type() == h5py.h5s.SEL_ALL:
+        shape = space.shape or (0,)  # a virtual source's "all" may report no extent: its start is 0
+        return tuple(0 for _ in shape), tuple(max(n - 1, 0) for n in shape)
+    return space.get_select_bounds()
+
+
 def _virtual_blocks(f: h5py.File, dset: h5py.Dataset, master: Path) -> list[ImageBlock]:
     """Blocks of a virtual dataset: each mapping's image range in its source file."""
     blocks = []
     for vmap in dset.virtual_sources():
-        (v0, *_), (v1, *_) = vmap.vspace.get_select_bounds()
-        (s0, *_), _ = vmap.src_space.get_select_bounds()
+        (v0, *_), (v1, *_) = _select_bounds(vmap.vspace)
+        (s0, *_), _ = _select_bounds(vmap.src_space)
         name = vmap.file_name
         target = master if name == "." else (master.parent / name)
         blocks.append(ImageBlock(int(v0), int(v1) - int(v0) + 1, target, vmap.dset_name, int(s0)))
@@ -343,14 +186,14 @@ class EigerH5Source:
         det = f.get(det_path)
         spec = f"{det_path}/detectorSpecific"
         ds = self._first_dataset()
-        nx, ny = _value(f, f"{spec}/x_pixels_in_detector"), _value(f, f"{spec}/y_pixels_in_detector")
+        nx, ny = dataset_value(f, f"{spec}/x_pixels_in_detector"), dataset_value(f, f"{spec}/y_pixels_in_detector")
         if ds is not None:
             shape = (int(ds.shape[1]), int(ds.shape[2]))
             dtype = ds.dtype.newbyteorder("<") if ds.dtype.byteorder == "=" else ds.dtype
             dtype_str = dtype.str
         elif (nx and ny) or isinstance(f.get(f"{spec}/pixel_mask"), h5py.Dataset):
             shape = (int(ny), int(nx)) if nx and ny else tuple(int(n) for n in f[f"{spec}/pixel_mask"].shape)
-            depth = int(_value(f, f"{det_path}/bit_depth_image") or 32)
+            depth = int(dataset_value(f, f"{det_path}/bit_depth_image") or 32)
             dtype_str = f"<u{max(depth // 8, 1)}"
         else:
             raise BadHeader(f"{self.path}: neither image data nor detector size", reason="bad_layout")
@@ -364,30 +207,30 @@ class EigerH5Source:
             flatfield = np.asarray(ff_ds[()], dtype=np.float32)
         geometry: dict[str, Any] = {}
         if isinstance(det, h5py.Group):
-            geometry = _detector_from_chain(f, det) or {}
+            geometry = detector_from_chain(f, det) or {}
         if not geometry:
             geometry = self._legacy_geometry(f, det_path)
-        axis, start, increment = _rotation_axis(f)
+        axis, start, increment = scan_axis(f)
         if start is None:
             omega = f.get("/entry/sample/goniometer/omega")
-            start = float(_first(omega[()])) if isinstance(omega, h5py.Dataset) else 0.0
+            start = float(first_value(omega[()])) if isinstance(omega, h5py.Dataset) else 0.0
         if increment is None:
             increment = 0.0
             for name in ("omega_range_average", "omega_increment"):
-                value = _value(f, f"/entry/sample/goniometer/{name}")
+                value = dataset_value(f, f"/entry/sample/goniometer/{name}")
                 if isinstance(value, int | float):
                     increment = float(value)
                     break
-        saturation = _value(f, f"{spec}/saturation_value")
+        saturation = dataset_value(f, f"{spec}/saturation_value")
         if saturation is None:
-            saturation = _value(f, f"{spec}/countrate_correction_count_cutoff")
+            saturation = dataset_value(f, f"{spec}/countrate_correction_count_cutoff")
         n_images = sum(b.count for b in self.blocks) or None
-        nimages, ntrigger = _value(f, f"{spec}/nimages"), _value(f, f"{spec}/ntrigger")
+        nimages, ntrigger = dataset_value(f, f"{spec}/nimages"), dataset_value(f, f"{spec}/ntrigger")
         if isinstance(nimages, int) and isinstance(ntrigger, int) and nimages * ntrigger > 0:
             n_images = max(n_images or 0, nimages * ntrigger)
-        booleans = {k: _value(f, f"{det_path}/{k}") for k in ("countrate_correction_applied",
+        booleans = {k: dataset_value(f, f"{det_path}/{k}") for k in ("countrate_correction_applied",
                                                                "flatfield_correction_applied")}
-        wavelength = _wavelength_A(f)
+        wavelength = wavelength_A_of(f)
         if wavelength is not None:
             geometry["wavelength_A"] = wavelength
         else:
@@ -399,17 +242,17 @@ class EigerH5Source:
             image_shape=shape,
             dtype=dtype_str,
             n_images=n_images,
-            detector_description=_decode_str(_value(f, f"{det_path}/description") or ""),
-            detector_serial=_decode_str(_value(f, f"{det_path}/detector_number") or ""),
-            sensor_material=_decode_str(_value(f, f"{det_path}/sensor_material") or ""),
-            sensor_thickness_mm=_length_mm(f, f"{det_path}/sensor_thickness") or 0.0,
+            detector_description=decode_str(dataset_value(f, f"{det_path}/description") or ""),
+            detector_serial=decode_str(dataset_value(f, f"{det_path}/detector_number") or ""),
+            sensor_material=decode_str(dataset_value(f, f"{det_path}/sensor_material") or ""),
+            sensor_thickness_mm=length_mm(f, f"{det_path}/sensor_thickness") or 0.0,
             rotation_axis=axis,
             omega_start_deg=float(start),
             omega_increment_deg=float(increment),
-            count_time_s=_time_s(f, f"{det_path}/count_time"),
-            frame_time_s=_time_s(f, f"{det_path}/frame_time"),
+            count_time_s=time_s(f, f"{det_path}/count_time"),
+            frame_time_s=time_s(f, f"{det_path}/frame_time"),
             saturation_value=int(saturation) if isinstance(saturation, int | float) else None,
-            bit_depth_image=_value(f, f"{det_path}/bit_depth_image"),
+            bit_depth_image=dataset_value(f, f"{det_path}/bit_depth_image"),
             countrate_correction_applied=None if booleans["countrate_correction_applied"] is None
             else bool(booleans["countrate_correction_applied"]),
             flatfield_applied=None if booleans["flatfield_correction_applied"] is None
@@ -424,20 +267,20 @@ class EigerH5Source:
     def _legacy_geometry(f: h5py.File, det_path: str) -> dict[str, Any]:
         """Pre-NXmx DECTRIS fields: beam_center_x/y (px), detector_distance, geometry/orientation."""
         out: dict[str, Any] = {}
-        px = _length_mm(f, f"{det_path}/x_pixel_size")
-        py = _length_mm(f, f"{det_path}/y_pixel_size")
+        px = length_mm(f, f"{det_path}/x_pixel_size")
+        py = length_mm(f, f"{det_path}/y_pixel_size")
         if px and py:
             out["pixel_size_mm"] = (px, py)
-        bx, by = _value(f, f"{det_path}/beam_center_x"), _value(f, f"{det_path}/beam_center_y")
+        bx, by = dataset_value(f, f"{det_path}/beam_center_x"), dataset_value(f, f"{det_path}/beam_center_y")
         if isinstance(bx, int | float) and isinstance(by, int | float):
             out["beam_centre_px"] = (float(bx), float(by))
-        distance = _length_mm(f, f"{det_path}/detector_distance")
+        distance = length_mm(f, f"{det_path}/detector_distance")
         if distance:
             out["distance_mm"] = distance
         orientation = f.get(f"{det_path}/geometry/orientation/value")
         if isinstance(orientation, h5py.Dataset) and orientation.size == 6:
             v = np.asarray(orientation[()], dtype=np.float64).reshape(2, 3)
-            out["fast_axis"], out["slow_axis"] = _to_imgcif(v[0]), _to_imgcif(v[1])
+            out["fast_axis"], out["slow_axis"] = to_imgcif(v[0]), to_imgcif(v[1])
         return out
 
     def _file(self, path: Path) -> h5py.File:
@@ -471,6 +314,8 @@ class EigerH5Source:
     def frames(self) -> Iterator[EncodedFrame]:
         """All images in series order."""
         for block in self.blocks:
+            if not block.file.exists():
+                raise BadInput(f"data file {block.file} is missing", reason="missing_data_file")
             for k in range(block.count):
                 yield self.frame(block, k)
 

@@ -30,7 +30,10 @@ SHAPES = {"4M": (2162, 2068), "16M": (4362, 4148)}
 
 
 def add_arguments(parser: Any) -> None:
-    parser.add_argument("--frames", type=int, default=None, help="frames per transport (default 200 for 4M, 60 for 16M)")
+    parser.add_argument("--frames", type=int, default=None,
+                        help="frames per transport (default 200 for 4M, 60 for 16M)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="OpenMP threads of the bitshuffle decoder (codecs.set_decode_threads)")
     parser.add_argument("--backend", choices=codecs.available_backends(), default=None,
                         help=f"decoder back-end (default {codecs.fastest_backend('bslz4')})")
 
@@ -116,6 +119,8 @@ def run(args: Any) -> dict[str, Any]:
     shape = SHAPES[detector]
     n = args.frames or (200 if detector == "4M" else 60)
     backend = getattr(args, "backend", None) or codecs.fastest_backend("bslz4")
+    threads = getattr(args, "threads", 1) or 1
+    codecs.set_decode_threads(threads)
     frame = realistic_frame(shape)
     blob = codecs.encode(frame, "bslz4")
     series = _series(shape, n + 1)
@@ -136,6 +141,7 @@ def run(args: Any) -> dict[str, Any]:
         "detector": detector,
         "frames": n,
         "backend": backend,
+        "decode_threads": threads,
         "compression_ratio": frame.nbytes / len(blob),
         "memcpy_frames_per_s": copy_fps,
         "transports": {name: {"frames_per_s": fps, "gb_per_s": fps * gb, "memcpy_ratio": fps / copy_fps}

@@ -1,0 +1,309 @@
+"""One indexing attempt from start to finish, for a rotation sweep or a still.
+
+spots -> reciprocal-lattice points -> 1D-FFT candidate vectors -> basis -> Niggli cell ->
+P1 refinement (positional for rotation data) -> Bravais lattices with distortion -> constrained
+refinement of each from the highest symmetry down, recommending the highest that keeps the
+RMSD within `bravais_rmsd_ratio` of the P1 fit (DIALS's refine_bravais_settings, simplified:
+metric fit plus RMSD, no intensity correlation) -> acceptance by fraction indexed and RMSD.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import gemmi
+import numpy as np
+
+from streamer.geometry import Crystal, Experiment, b_matrix
+from streamer.indexing.assign import assign_indices, index_and_fit
+from streamer.indexing.basis import choose_basis
+from streamer.indexing.fft1d import estimate_max_cell, find_candidate_vectors
+from streamer.indexing.lattice_symmetry import BRAVAIS, SPACE_GROUP, SYMMETRY_ORDER, bravais_solutions, symmetrised_cell
+from streamer.indexing.reduction import cell_of_basis, niggli_reduce_basis
+from streamer.indexing.refinement import Observations, nearest_rotation, refine
+from streamer.indexing.rlp import Spots, rlps_from_spots
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class IndexingOptions:
+    """The knobs of one attempt (a plain copy of the config section's indexing fields)."""
+
+    min_spots: int = 20
+    max_cell_A: float | None = None
+    min_fraction_indexed: float = 0.5
+    max_rmsd_px: float = 2.0
+    max_distortion_deg: float = 3.0
+    bravais_rmsd_ratio: float = 1.5
+    refine_distance: bool | None = None  # None: fixed for electrons (wavelength < 0.1 A)
+    refine_axis: bool = False
+    refine_tilt: bool | None = None  # None: only once the spots span `tilt_min_degrees`
+    tilt_min_degrees: float = 20.0
+    known_cell: tuple[float, ...] | None = None
+    known_space_group: str | None = None
+    max_refine_obs: int = 3000
+
+    @classmethod
+    def from_config(cls, config) -> IndexingOptions:
+        if config is None:
+            return cls()
+        kw = {f: getattr(config, f) for f in cls.__dataclass_fields__ if hasattr(config, f)}
+        return cls(**kw)
+
+
+@dataclass(frozen=True)
+class BravaisRow:
+    lattice: str
+    distortion_deg: float
+    unit_cell: tuple[float, ...]
+    rmsd_px: float | None
+    recommended: bool
+
+    def to_dict(self) -> dict:
+        return {"lattice": self.lattice, "metric_fit_deg": round(self.distortion_deg, 4),
+                "unit_cell": [round(v, 4) for v in self.unit_cell],
+                "rmsd_px": None if self.rmsd_px is None else round(self.rmsd_px, 4), "recommended": self.recommended}
+
+
+@dataclass(frozen=True)
+class IndexingResult:
+    """Outcome of an attempt. `indexed` is True only when the acceptance criteria hold."""
+
+    indexed: bool
+    reason: str  # why not indexed ("" when indexed)
+    experiment: Experiment | None = None  # refined; crystal in the conventional setting
+    lattice: str | None = None
+    n_spots: int = 0
+    n_indexed: int = 0
+    rmsd_x_px: float | None = None
+    rmsd_y_px: float | None = None
+    rmsd_deg: float | None = None
+    bravais: tuple[BravaisRow, ...] = ()
+    hkl: np.ndarray | None = field(default=None, repr=False)  # per spot, conventional setting
+    indexed_mask: np.ndarray | None = field(default=None, repr=False)
+    seconds: float = 0.0
+    max_cell_A: float | None = None
+
+    @property
+    def fraction_indexed(self) -> float:
+        return self.n_indexed / self.n_spots if self.n_spots else 0.0
+
+    @property
+    def rmsd_px(self) -> float | None:
+        if self.rmsd_x_px is None:
+            return None
+        return float(np.hypot(self.rmsd_x_px, self.rmsd_y_px))
+
+    @property
+    def unit_cell(self) -> tuple[float, ...] | None:
+        return None if self.experiment is None or self.experiment.crystal is None else self.experiment.crystal.unit_cell
+
+    @property
+    def space_group(self) -> str | None:
+        return None if self.lattice is None else gemmi.SpaceGroup(SPACE_GROUP[self.lattice]).hm
+
+    def summary(self) -> dict:
+        """The CONTRACT.md `indexing` object, plus figures of merit and the Bravais table.
+
+        space_group is the highest-symmetry chiral group of the lattice with no absences beyond
+        its centring (e.g. "P 4 2 2" for tP), as DIALS reports before symmetry analysis.
+        """
+        crystal = None if self.experiment is None else self.experiment.crystal
+        def r(v, n=4):
+            return None if v is None else round(float(v), n)
+        return {
+            "indexed": bool(self.indexed),
+            "lattice": self.lattice,
+            "space_group": self.space_group,
+            "unit_cell": None if crystal is None else [round(v, 4) for v in crystal.unit_cell],
+            "UB": None if crystal is None else crystal.A_matrix.tolist(),
+            "rmsd_px": r(self.rmsd_px),
+            "rmsd_deg": r(self.rmsd_deg),
+            "fraction_indexed": round(self.fraction_indexed, 4),
+            "status": "indexed" if self.indexed else f"not indexed yet: {self.reason}",
+            "n_spots": self.n_spots,
+            "n_indexed": self.n_indexed,
+            "rmsd_x_px": r(self.rmsd_x_px),
+            "rmsd_y_px": r(self.rmsd_y_px),
+            "max_cell_A": r(self.max_cell_A, 2),
+            "seconds": r(self.seconds, 3),
+            "bravais": [b.to_dict() for b in self.bravais],
+        }
+
+
+def _crystal_for(lattice: str, basis: np.ndarray, mosaicity_deg: float = 0.0) -> Crystal:
+    """Crystal with the symmetrised cell of `basis` and the orientation nearest to it."""
+    a_matrix = np.linalg.inv(basis)
+    from streamer.indexing.reduction import cell_of_basis
+
+    cell = symmetrised_cell(lattice, cell_of_basis(basis))
+    u = nearest_rotation(a_matrix @ np.linalg.inv(b_matrix(cell)))
+    return Crystal.from_cell(cell, u, SPACE_GROUP[lattice], mosaicity_deg)
+
+
+def _known_lattice(space_group: str | None) -> str | None:
+    if space_group is None:
+        return None
+    sg = gemmi.SpaceGroup(space_group)
+    system = sg.crystal_system_str()
+    letter = {"triclinic": "a", "monoclinic": "m", "orthorhombic": "o", "tetragonal": "t", "trigonal": "h",
+              "hexagonal": "h", "cubic": "c"}[system]
+    centring = sg.centring_type()
+    if system == "trigonal":
+        return "hR" if centring == "R" else "hP"
+    if centring in ("A", "B"):
+        centring = "C"
+    return letter + centring
+
+
+def _matches_known(cell, known, tol: float = 0.05) -> bool:
+    a, k = np.asarray(cell, float), np.asarray(known, float)
+    return bool(np.all(np.abs(a[:3] - k[:3]) <= tol * k[:3]) and np.all(np.abs(a[3:] - k[3:]) <= 3.0))
+
+
+def _failed(reason: str, n: int, t0: float, **kw) -> IndexingResult:
+    log.info("indexing attempt failed: %s", reason)
+    return IndexingResult(False, reason, n_spots=n, seconds=time.perf_counter() - t0, **kw)
+
+
+def low_resolution(rlps: np.ndarray, max_cell_A: float, max_index: float = 25.0, min_count: int = 300) -> np.ndarray:
+    """Mask of the points whose indices along the longest cell edge stay below `max_index`: a
+    geometry error of a fraction e shifts index h by e*h, so the first basis search and fits use
+    these, and resolution grows over macro-cycles (as DIALS's refinement protocol d_min steps)."""
+    q = np.linalg.norm(rlps, axis=1)
+    q_cut = max_index / max_cell_A
+    if np.count_nonzero(q <= q_cut) < min(min_count, len(q)):
+        q_cut = np.sort(q)[min(min_count, len(q)) - 1]
+    return q <= q_cut
+
+
+def find_basis(rlps: np.ndarray, max_cell_A: float | None):
+    """(reduced real-space basis rows or None, max cell used): the search without geometry."""
+    max_cell = max_cell_A or estimate_max_cell(rlps)
+    rlps = rlps[low_resolution(rlps, max_cell)]
+    candidates = find_candidate_vectors(rlps, max_cell)
+    basis = choose_basis(candidates, rlps)
+    if basis is None:
+        return None, max_cell
+    reduced, _ = niggli_reduce_basis(basis)
+    return reduced, max_cell
+
+
+def index_rotation(experiment: Experiment, spots: Spots, options: IndexingOptions | None = None) -> IndexingResult:
+    """Index a rotation sweep's spots (no cell needed) and refine the model; see the module doc."""
+    opt = options or IndexingOptions()
+    t0 = time.perf_counter()
+    n = len(spots)
+    if n < opt.min_spots:
+        return _failed(f"too few spots ({n} < {opt.min_spots})", n, t0)
+    exp = experiment.replace(crystal=None)
+    rlps = rlps_from_spots(exp, spots)
+    reduced, max_cell = find_basis(rlps, opt.max_cell_A)
+    if reduced is None:
+        return _failed("no lattice found", n, t0, max_cell_A=max_cell)
+    low = low_resolution(rlps, max_cell)
+    log.debug("basis: cell %s from %d low-resolution spots", np.round(cell_of_basis(reduced), 3), low.sum())
+    a_red, hkl, ok = index_and_fit(np.linalg.inv(reduced), rlps[low])
+    if ok.sum() < max(opt.min_spots, 0.1 * low.sum()):
+        return _failed(f"no lattice found (best basis indexes {ok.mean():.2f})", n, t0, max_cell_A=max_cell)
+    hkl, ok = assign_indices(a_red, rlps)
+    ok &= low
+    refine_distance = opt.refine_distance if opt.refine_distance is not None else exp.beam.wavelength_A >= 0.1
+    span = float(np.ptp(spots.z_image)) * abs(exp.scan.width_deg)
+    refine_tilt = opt.refine_tilt if opt.refine_tilt is not None else span >= opt.tilt_min_degrees
+    kw = dict(refine_distance=refine_distance, refine_axis=opt.refine_axis, refine_tilt=refine_tilt,
+              max_obs=opt.max_refine_obs)
+    # P1 macro-cycles: positional refinement on the low-resolution spots, then on all, each
+    # followed by re-assignment with the refined geometry
+    current = exp.replace(crystal=Crystal(a_red))
+    p1 = None
+    for next_index in (50.0, 100.0, np.inf, np.inf):
+        obs = Observations(hkl[ok], spots.x_px[ok], spots.y_px[ok], spots.z_image[ok])
+        p1 = refine(current, obs, "triclinic", **kw)
+        current = p1.experiment
+        rlps = rlps_from_spots(current.replace(crystal=None), spots)
+        hkl, ok = assign_indices(current.crystal.A_matrix, rlps)
+        ok &= low_resolution(rlps, max_cell, next_index)
+        log.debug("P1 cycle: cell %s rmsd %.3f px, %d indexed", np.round(current.crystal.unit_cell, 3), p1.rmsd_px, ok.sum())
+    reduced_basis = np.linalg.inv(current.crystal.A_matrix)
+    solutions = bravais_solutions(reduced_basis, opt.max_distortion_deg)
+    known_lattice = _known_lattice(opt.known_space_group)
+    rows: list[BravaisRow] = []
+    chosen = None
+    for sol in sorted(solutions, key=lambda s: -SYMMETRY_ORDER.index(s.lattice)):
+        if known_lattice is not None and sol.lattice != known_lattice:
+            continue
+        crystal = _crystal_for(sol.lattice, sol.basis)
+        if opt.known_cell is not None and not _matches_known(crystal.unit_cell, opt.known_cell):
+            continue
+        hkl_c, ok_c = assign_indices(crystal.A_matrix, rlps)
+        if ok_c.sum() < opt.min_spots:
+            rows.append(BravaisRow(sol.lattice, sol.distortion_deg, crystal.unit_cell, None, False))
+            continue
+        obs = Observations(hkl_c[ok_c], spots.x_px[ok_c], spots.y_px[ok_c], spots.z_image[ok_c])
+        res = refine(current.replace(crystal=crystal), obs, BRAVAIS[sol.lattice], **kw)
+        good = sol.lattice == "aP" or res.rmsd_px <= opt.bravais_rmsd_ratio * p1.rmsd_px + 0.05
+        rows.append(BravaisRow(sol.lattice, sol.distortion_deg, res.experiment.crystal.unit_cell, res.rmsd_px,
+                               good and chosen is None))
+        if good and chosen is None:
+            chosen = (sol.lattice, res)
+            if known_lattice is None and opt.known_cell is None:
+                # the lower-symmetry rows are listed without their (slower) refinements
+                for other in solutions:
+                    if SYMMETRY_ORDER.index(other.lattice) < SYMMETRY_ORDER.index(sol.lattice):
+                        rows.append(BravaisRow(other.lattice, other.distortion_deg,
+                                               symmetrised_cell(other.lattice, other.cell), None, False))
+                break
+    rows.sort(key=lambda r: SYMMETRY_ORDER.index(r.lattice))
+    if chosen is None:
+        reason = "known cell or space group not found" if (known_lattice or opt.known_cell) else "no Bravais lattice fits"
+        return _failed(reason, n, t0, bravais=tuple(rows), max_cell_A=max_cell)
+    lattice, res = chosen
+    final = res.experiment
+    rlps = rlps_from_spots(final.replace(crystal=None), spots)
+    hkl, ok = assign_indices(final.crystal.A_matrix, rlps)
+    result = dict(experiment=final, lattice=lattice, n_spots=n, n_indexed=int(ok.sum()), rmsd_x_px=res.rmsd_x_px,
+                  rmsd_y_px=res.rmsd_y_px, rmsd_deg=res.rmsd_deg, bravais=tuple(rows), hkl=hkl, indexed_mask=ok,
+                  seconds=time.perf_counter() - t0, max_cell_A=max_cell)
+    frac = ok.mean()
+    if frac < opt.min_fraction_indexed:
+        return IndexingResult(False, f"fraction indexed {frac:.2f} below {opt.min_fraction_indexed:.2f}", **result)
+    if not res.rmsd_px <= opt.max_rmsd_px:
+        return IndexingResult(False, f"rmsd {res.rmsd_px:.2f} px above {opt.max_rmsd_px:.2f}", **result)
+    log.info("indexed %d/%d spots: %s %s, rmsd %.3f px", ok.sum(), n, lattice,
+             " ".join(f"{v:.3f}" for v in final.crystal.unit_cell), res.rmsd_px)
+    return IndexingResult(True, "", **result)
+
+
+def index_still(rlps: np.ndarray, options: IndexingOptions | None = None, tolerance: float = 0.3) -> IndexingResult:
+    """Index the reciprocal-lattice points (1/A) of one still: basis search, reciprocal-space fit
+    of A, and the highest-symmetry Bravais lattice whose metric distortion is within
+    `max_distortion_deg` (no positional refinement: a still has no rotation to refine against)."""
+    from streamer.geometry import Beam, Detector
+
+    opt = options or IndexingOptions()
+    t0 = time.perf_counter()
+    rlps = np.asarray(rlps, dtype=np.float64)
+    n = len(rlps)
+    if n < opt.min_spots:
+        return _failed(f"too few spots ({n} < {opt.min_spots})", n, t0)
+    reduced, max_cell = find_basis(rlps, opt.max_cell_A)
+    if reduced is None:
+        return _failed("no lattice found", n, t0, max_cell_A=max_cell)
+    a_red, hkl, ok = index_and_fit(np.linalg.inv(reduced), rlps, tolerances=(tolerance,) * 3)
+    reduced, _ = niggli_reduce_basis(np.linalg.inv(a_red))
+    solutions = bravais_solutions(reduced, opt.max_distortion_deg)
+    best = max(solutions, key=lambda s: SYMMETRY_ORDER.index(s.lattice))
+    crystal = _crystal_for(best.lattice, best.basis)
+    hkl, ok = assign_indices(crystal.A_matrix, rlps, tolerance)
+    rows = tuple(BravaisRow(s.lattice, s.distortion_deg, symmetrised_cell(s.lattice, s.cell), None, s is best)
+                 for s in solutions)
+    exp = Experiment(Beam(1.0), Detector((0.0, 0.0, 100.0)), crystal=crystal)  # placeholder geometry: stills here are given in reciprocal space
+    frac = ok.mean()
+    indexed = frac >= opt.min_fraction_indexed
+    return IndexingResult(indexed, "" if indexed else f"fraction indexed {frac:.2f} below {opt.min_fraction_indexed:.2f}",
+                          exp, best.lattice, n, int(ok.sum()), bravais=rows, hkl=hkl, indexed_mask=ok,
+                          seconds=time.perf_counter() - t0, max_cell_A=max_cell)

@@ -1,0 +1,125 @@
+"""The static pixel mask of a series, built once: detector mask and gaps, user masks, resolution limits.
+
+`SeriesMask.build(series, mask_config, d_min, d_max, resolution_map)` gives a uint8 array
+(1 = usable) combining
+- the detector's pixel mask (any bit set in `SeriesInfo.pixel_mask` excludes the pixel);
+- the module gaps of a PILATUS detector (modules of 487 x 195 pixels separated by 7 columns
+  and 17 rows, as dxtbx's PILATUS formats mask them) when the image size fits that layout;
+- user masks (`MaskConfig`): untrusted rectangles [x0, x1, y0, y1) (half-open pixel
+  ranges), circles (x, y, radius; pixel centres within the radius) and polygons (pixel centres
+  inside, even-odd rule), in pixel coordinates (x fast, y slow, pixel centre at +0.5);
+- resolution limits: pixels whose centre is at d < d_min or d > d_max (Angstrom).
+
+Per frame the values themselves decide the rest (`trusted_range`): DIALS excludes pixels
+outside the open interval (-1, saturation), which covers PILATUS's -1 (gap) and -2 (bad)
+markers, EIGER's all-ones "invalid" value and overloads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from streamer.config import MaskConfig
+from streamer.errors import BadFrame
+from streamer.series import SeriesInfo
+
+PILATUS_MODULE = (487, 195)  # (fast, slow) pixels
+PILATUS_GAP = (7, 17)
+
+
+def pilatus_gap_mask(image_shape: tuple[int, int]) -> np.ndarray | None:
+    """uint8 mask (0 in the gaps) for a PILATUS module layout of this size, or None if it does not fit."""
+    ny, nx = image_shape
+    (mx, my), (gx, gy) = PILATUS_MODULE, PILATUS_GAP
+    if (nx + gx) % (mx + gx) or (ny + gy) % (my + gy):
+        return None
+    mask = np.ones(image_shape, dtype=np.uint8)
+    for x0 in range(mx, nx, mx + gx):
+        mask[:, x0:x0 + gx] = 0
+    for y0 in range(my, ny, my + gy):
+        mask[y0:y0 + gy, :] = 0
+    return mask
+
+
+def _polygon_inside(xc: np.ndarray, yc: np.ndarray, vertices: list[tuple[float, float]]) -> np.ndarray:
+    """Even-odd rule for points (xc, yc) against a closed polygon."""
+    inside = np.zeros(np.broadcast(xc, yc).shape, dtype=bool)
+    n = len(vertices)
+    for k in range(n):
+        x1, y1 = vertices[k]
+        x2, y2 = vertices[(k + 1) % n]
+        if y1 == y2:
+            continue
+        crosses = (yc >= min(y1, y2)) & (yc < max(y1, y2))
+        x_cross = x1 + (yc - y1) * (x2 - x1) / (y2 - y1)
+        inside ^= crosses & (xc < x_cross)
+    return inside
+
+
+def user_mask(image_shape: tuple[int, int], config: MaskConfig) -> np.ndarray:
+    """uint8 mask (0 = excluded by the user's rectangles, circles and polygons)."""
+    ny, nx = image_shape
+    mask = np.ones(image_shape, dtype=np.uint8)
+    for x0, x1, y0, y1 in config.untrusted_rectangles:
+        mask[max(y0, 0):max(min(y1, ny), 0), max(x0, 0):max(min(x1, nx), 0)] = 0
+    if config.untrusted_circles or config.untrusted_polygons:
+        yc = np.arange(ny, dtype=np.float64)[:, None] + 0.5
+        xc = np.arange(nx, dtype=np.float64)[None, :] + 0.5
+        for x, y, radius in config.untrusted_circles:
+            mask[(xc - x) ** 2 + (yc - y) ** 2 <= radius * radius] = 0
+        for polygon in config.untrusted_polygons:
+            if len(polygon) >= 3:
+                mask[_polygon_inside(xc, yc, list(polygon))] = 0
+    return mask
+
+
+def trusted_range(series: SeriesInfo) -> tuple[float, float]:
+    """Open interval of usable pixel values (DIALS/dxtbx: (-1, saturation)).
+
+    Without a saturation value in the header, integer images exclude their all-ones value
+    (the DECTRIS invalid/overload marker) and float images nothing above.
+    """
+    dt = np.dtype(series.dtype)
+    if series.saturation_value is not None and series.saturation_value > 0:
+        upper = float(series.saturation_value)
+    elif dt.kind in "iu":
+        upper = float(np.iinfo(dt).max)
+    else:
+        upper = float("inf")
+    return -1.0, upper
+
+
+@dataclass(frozen=True)
+class SeriesMask:
+    """The per-series static mask (uint8, 1 = usable) and the trusted value range."""
+
+    mask: np.ndarray
+    trusted_range: tuple[float, float]
+    n_masked: int
+
+    @classmethod
+    def build(cls, series: SeriesInfo, config: MaskConfig | None = None, d_min: float | None = None,
+              d_max: float | None = None, resolution_map: np.ndarray | None = None) -> SeriesMask:
+        shape = tuple(series.image_shape)
+        mask = np.ones(shape, dtype=np.uint8)
+        if series.pixel_mask is not None:
+            if tuple(series.pixel_mask.shape) != shape:
+                raise BadFrame(f"pixel mask is {series.pixel_mask.shape}, images are {shape}", reason="wrong_mask_size")
+            mask[series.pixel_mask != 0] = 0
+        if "PILATUS" in series.detector_description.upper():
+            gaps = pilatus_gap_mask(shape)
+            if gaps is not None:
+                mask &= gaps
+        if config is not None:
+            mask &= user_mask(shape, config)
+        if d_min is not None or d_max is not None:
+            if resolution_map is None or resolution_map.shape != shape:
+                raise ValueError("resolution limits need a resolution map of the image shape")
+            if d_min is not None:
+                mask[resolution_map < d_min] = 0
+            if d_max is not None:
+                mask[resolution_map > d_max] = 0
+        mask.setflags(write=False)
+        return cls(mask, trusted_range(series), int(mask.size - np.count_nonzero(mask)))
