@@ -80,6 +80,12 @@ class SpotfindingConfig(Section):
     max_separation: float = Field(2.0, ge=0, description="drop spots whose peak is further than this from the centroid (px)")
     d_min: float | None = Field(None, gt=0, description="ignore pixels beyond this resolution (A)")
     d_max: float | None = Field(None, gt=0, description="ignore pixels below this resolution (A)")
+    max_strong_pixel_fraction: float = Field(
+        0.25, gt=0, le=1, description="an image with more strong pixels than this fraction is refused (DIALS)"
+    )
+    ice_ring_width: float = Field(0.004, gt=0, description="full width of an ice ring in 1/d^2 (A^-2), DIALS per-image analysis")
+    radial_bin_width: float = Field(0.002, gt=0, description="bin width of the radial background profile in 1/d^2 (A^-2)")
+    radial_row_step: int = Field(4, ge=1, description="radial profile and background sample every Nth row")
 
 
 class MaskConfig(Section):

@@ -15,6 +15,7 @@ the neighbours with at least `min_spots` spots there.
 from __future__ import annotations
 
 import functools
+import math
 
 import numpy as np
 
@@ -53,8 +54,10 @@ def on_ice_rings(d_spacing: np.ndarray, width: float = ICE_RING_WIDTH) -> np.nda
     if not finite.any():
         return out
     half = width / 2.0
-    d_min = 1.0 / np.sqrt(1.0 / np.min(d_spacing[finite]) ** 2 + half)
-    rings = ice_ring_d_star_sq(round(float(d_min), 6))
+    # rings beyond the highest-resolution spot by more than half a width cannot match: DIALS
+    # generates them down to that limit; generating a fixed, wider set gives the same answer
+    d_limit = 1.0 / np.sqrt(1.0 / np.min(d_spacing[finite]) ** 2 + half)
+    rings = ice_ring_d_star_sq(min(1.0, math.floor(d_limit * 10.0) / 10.0))
     ds2 = 1.0 / d_spacing[finite] ** 2
     pos = np.searchsorted(rings, ds2)
     near = np.full(ds2.shape, np.inf)

@@ -169,7 +169,7 @@ def _failed(reason: str, n: int, t0: float, **kw) -> IndexingResult:
     return IndexingResult(False, reason, n_spots=n, seconds=time.perf_counter() - t0, **kw)
 
 
-def low_resolution(rlps: np.ndarray, max_cell_A: float, max_index: float = 25.0, min_count: int = 300) -> np.ndarray:
+def low_resolution(rlps: np.ndarray, max_cell_A: float, max_index: float = 50.0, min_count: int = 300) -> np.ndarray:
     """Mask of the points whose indices along the longest cell edge stay below `max_index`: a
     geometry error of a fraction e shifts index h by e*h, so the first basis search and fits use
     these, and resolution grows over macro-cycles (as DIALS's refinement protocol d_min steps)."""
@@ -213,14 +213,15 @@ def index_rotation(experiment: Experiment, spots: Spots, options: IndexingOption
     ok &= low
     refine_distance = opt.refine_distance if opt.refine_distance is not None else exp.beam.wavelength_A >= 0.1
     span = float(np.ptp(spots.z_image)) * abs(exp.scan.width_deg)
-    refine_tilt = opt.refine_tilt if opt.refine_tilt is not None else span >= opt.tilt_min_degrees
+    electrons = exp.beam.wavelength_A < 0.1  # a flat Ewald sphere: tilt and distance mimic the cell
+    refine_tilt = opt.refine_tilt if opt.refine_tilt is not None else (span >= opt.tilt_min_degrees and not electrons)
     kw = dict(refine_distance=refine_distance, refine_axis=opt.refine_axis, refine_tilt=refine_tilt,
               max_obs=opt.max_refine_obs)
     # P1 macro-cycles: positional refinement on the low-resolution spots, then on all, each
     # followed by re-assignment with the refined geometry
     current = exp.replace(crystal=Crystal(a_red))
     p1 = None
-    for next_index in (50.0, 100.0, np.inf, np.inf):
+    for next_index in (100.0, np.inf, np.inf):
         obs = Observations(hkl[ok], spots.x_px[ok], spots.y_px[ok], spots.z_image[ok])
         p1 = refine(current, obs, "triclinic", **kw)
         current = p1.experiment

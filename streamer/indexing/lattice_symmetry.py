@@ -146,10 +146,10 @@ def bravais_solutions(reduced_basis: np.ndarray, max_distortion_deg: float = 5.0
         cand = cand[_centring_ok(_M_ALL[cand], centring)]
         if len(cand) == 0:
             continue
-        if BRAVAIS[lattice] == "monoclinic":  # prefer beta nearest 90 among equally good cells
-            key = np.round(delta[cand], 3) * 1e6 + np.abs(ang[cand, 1] - 90.0) * 1e3 + volume_sum[cand] * 1e-3
-        else:
-            key = np.round(delta[cand], 3) * 1e6 + volume_sum[cand]
+        # among cells nearly as good as the best (they differ only by noise), the most reduced
+        near = cand[delta[cand] <= delta[cand].min() + 0.25]
+        key = np.round(volume_sum[near], 1) * 1e3 + np.abs(ang[near, 1] - 90.0)
+        cand = near
         best = cand[np.argmin(key)]
         m = _M_ALL[best].copy()
         basis = vec[best].copy()

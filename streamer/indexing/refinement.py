@@ -120,7 +120,8 @@ class ModelParameters:
             if refine_distance:
                 names += ["distance_mm"]
             if refine_tilt:
-                names += ["tau_normal_mrad", "tau_fast_mrad", "tau_slow_mrad"]
+                # with a refined axis, turning the detector about the beam equals turning everything
+                names += (["tau_normal_mrad"] if not refine_axis else []) + ["tau_fast_mrad", "tau_slow_mrad"]
         if refine_axis:
             names += ["axis_1_mrad", "axis_2_mrad"]
         self.names = names
@@ -141,8 +142,8 @@ class ModelParameters:
         det = self.exp.detector
         if "shift_fast_px" in v:
             r = np.eye(3)
-            if "tau_normal_mrad" in v:
-                r = (rotation_matrix(self.n0, np.degrees(v["tau_normal_mrad"] * 1e-3))
+            if "tau_fast_mrad" in v:
+                r = (rotation_matrix(self.n0, np.degrees(v.get("tau_normal_mrad", 0.0) * 1e-3))
                      @ rotation_matrix(self.f0, np.degrees(v["tau_fast_mrad"] * 1e-3))
                      @ rotation_matrix(self.s0_, np.degrees(v["tau_slow_mrad"] * 1e-3)))
             f, s = r @ self.f0, r @ self.s0_

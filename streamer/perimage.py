@@ -1,0 +1,244 @@
+"""Per-image analysis: strong pixels, 2D spots and the per-image statistics of one frame.
+
+`ImageAnalyser(series, config)` is built once per series (static mask, resolution map and
+radial bins, buffers, JIT warm-up), then `analyse(image, image_number) -> ImageResult` runs
+per frame: DIALS dispersion(_extended) threshold -> 4-connected labelling of the strong
+pixels -> centroids, intensities, DIALS's spot filters -> statistics as DIALS per-image
+analysis defines them (`dials.algorithms.spot_finding.per_image_analysis`, 3.12): spots on
+ice rings (width 0.004 A^-2), spots with d > 4 A, total intensity of spots off the ice
+rings, estimated d_min (`streamer.resolution_estimate`, DIALS's I/sigma method, -1 with 10
+or fewer spots off the ice). Coordinates: x fast, y slow, 0-based, pixel centre at +0.5;
+z_image in 0-based frame units (a spot on image i has z = i + 0.5).
+
+The result also carries every strong pixel of the image (flat index and raw value), so the
+collector can join the 2D spots of a rotation sweep into 3D spots exactly
+(`streamer.spot_joiner`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field, fields
+
+import numpy as np
+
+from kernels.centroids import spot_filter, spot_moments
+from kernels.dispersion import DispersionWorkspace, strong_pixels
+from kernels.labelling import label_pixels
+from kernels.radial import bin_map, radial_profile
+from streamer.config import Config
+from streamer.errors import BadFrame
+from streamer.geometry import Experiment, s1_vectors
+from streamer.ice_rings import detect_ice_rings, on_ice_rings
+from streamer.masks import SeriesMask
+from streamer.resolution_estimate import estimate_d_min
+from streamer.series import SeriesInfo
+
+log = logging.getLogger(__name__)
+
+D_4A = 4.0
+
+
+@dataclass(frozen=True)
+class SpotTable:
+    """Columnar 2D spots of one image (one row per spot) plus all its strong pixels.
+
+    x_px, y_px, z_image: centroid (px, frames); intensity: summed raw counts; n_pixels;
+    bbox (n, 6) int32 [x0, x1, y0, y1, z0, z1) half-open; variance (n, 3) px^2 (x, y, z);
+    d_spacing (A). pixel_index (int64, ascending flat y*nx + x) and pixel_value (float32) list
+    every strong pixel of the image, including those of spots the filters removed.
+    """
+
+    x_px: np.ndarray
+    y_px: np.ndarray
+    z_image: np.ndarray
+    intensity: np.ndarray
+    n_pixels: np.ndarray
+    bbox: np.ndarray
+    variance: np.ndarray
+    d_spacing: np.ndarray
+    pixel_index: np.ndarray = field(repr=False)
+    pixel_value: np.ndarray = field(repr=False)
+
+    def __len__(self) -> int:
+        return int(self.x_px.shape[0])
+
+    def columns(self) -> dict[str, np.ndarray]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def empty(cls) -> SpotTable:
+        f8 = np.zeros(0, dtype=np.float64)
+        return cls(f8, f8, f8, f8, np.zeros(0, np.int32), np.zeros((0, 6), np.int32), np.zeros((0, 3)), f8,
+                   np.zeros(0, np.int64), np.zeros(0, np.float32))
+
+
+@dataclass(frozen=True)
+class ImageResult:
+    """What one image gives (CONTRACT.md per_image.csv names). d in A, phi in degrees.
+
+    estimated_d_min is -1 when it cannot be estimated (DIALS's convention); background is the
+    mean of valid non-spot pixels (sampled rows); radial_profile the mean background per
+    1/d^2 bin (edges: `ImageAnalyser.radial_bin_edges`), NaN for empty bins.
+    """
+
+    image_number: int
+    phi_deg: float
+    n_spots: int
+    n_spots_no_ice: int
+    n_spots_4A: int
+    total_intensity: float
+    estimated_d_min: float
+    background: float
+    n_overloads: int
+    ice_rings: int
+    strong_pixels: int
+    radial_profile: np.ndarray
+    spots: SpotTable
+
+
+def default_min_spot_size(series: SeriesInfo) -> int:
+    """DIALS's Auto: 3 pixels for pixel-array detectors, 6 otherwise (SMV files come from CCDs)."""
+    return 6 if series.source == "smv" else 3
+
+
+class ImageAnalyser:
+    """Per-series set-up, then `analyse(image, image_number)` per frame (one worker core)."""
+
+    def __init__(self, series: SeriesInfo, config: Config | None = None, warm_up: bool = True):
+        self.series = series
+        self.config = config if config is not None else Config()
+        sf = self.config.spotfinding
+        self.params = sf
+        self.shape = tuple(int(n) for n in series.image_shape)
+        self.dtype = np.dtype(series.dtype)
+        if len(self.shape) != 2 or min(self.shape) < 1:
+            raise BadFrame(f"series image shape {self.shape} is not a 2D image", reason="wrong_shape")
+        self.experiment = Experiment.from_series(series)
+        self.resolution_map = self.experiment.detector.resolution_map(self.experiment.beam)
+        self.series_mask = SeriesMask.build(series, self.config.mask, sf.d_min, sf.d_max, self.resolution_map)
+        self.mask = self.series_mask.mask
+        self.trusted_range = self.series_mask.trusted_range
+        with np.errstate(divide="ignore"):
+            d_star_sq = 1.0 / self.resolution_map.astype(np.float64) ** 2
+        top = float(np.nanmax(np.where(np.isfinite(d_star_sq), d_star_sq, 0.0)))
+        n_bins = max(1, int(math.ceil(top / sf.radial_bin_width)))
+        self.radial_bin_edges = np.arange(n_bins + 1, dtype=np.float64) * sf.radial_bin_width
+        self.radial_bins = bin_map(d_star_sq, self.radial_bin_edges)
+        self.min_spot_size = sf.min_spot_size or default_min_spot_size(series)
+        if sf.max_spot_size <= self.min_spot_size:
+            raise BadFrame(f"max_spot_size {sf.max_spot_size} must exceed min_spot_size {self.min_spot_size}",
+                           reason="bad_config")
+        self.workspace = DispersionWorkspace(self.shape)
+        self.max_strong = int(math.ceil(sf.max_strong_pixel_fraction * self.shape[0] * self.shape[1]))
+        if warm_up:
+            self._warm_up()
+
+    # ------------------------------------------------------------------ per frame
+    def strong(self, image: np.ndarray) -> np.ndarray:
+        """Strong pixel flat indices of a checked frame (a view into the workspace)."""
+        sf = self.params
+        return strong_pixels(image, self.mask, sf.algorithm, tuple(sf.kernel_size), sf.sigma_background,
+                             sf.sigma_strong, sf.global_threshold, sf.min_local, sf.gain, self.trusted_range,
+                             self.workspace)
+
+    def check(self, image: np.ndarray) -> np.ndarray:
+        """The frame as a native, C-contiguous array of the series dtype, or BadFrame."""
+        if not isinstance(image, np.ndarray) or image.ndim != 2:
+            raise BadFrame(f"frame is not a 2D array ({getattr(image, 'shape', None)})", reason="wrong_shape")
+        if tuple(image.shape) != self.shape:
+            raise BadFrame(f"frame shape {image.shape} differs from the series {self.shape}", reason="wrong_shape")
+        if image.dtype.newbyteorder("=") != self.dtype.newbyteorder("="):
+            raise BadFrame(f"frame dtype {image.dtype} differs from the series {self.dtype}", reason="wrong_dtype")
+        if not image.dtype.isnative or not image.flags.c_contiguous:
+            image = np.ascontiguousarray(image, dtype=image.dtype.newbyteorder("="))
+        if image.dtype.kind == "f" and np.isnan(image).any():
+            raise BadFrame("float frame contains NaN", reason="nan_pixels")
+        return image
+
+    def analyse(self, image: np.ndarray, image_number: int) -> ImageResult:
+        image = self.check(image)
+        strong = self.strong(image)
+        ws = self.workspace
+        if ws.n_valid == 0:
+            raise BadFrame(f"image {image_number} has no valid pixel (all saturated or masked)", reason="all_saturated")
+        if ws.n_valid_nonzero == 0 and ws.n_overloads == 0:
+            raise BadFrame(f"image {image_number} is all zero", reason="all_zero")
+        if strong.size > self.max_strong:
+            raise BadFrame(f"image {image_number} has {strong.size} strong pixels, more than "
+                           f"{self.params.max_strong_pixel_fraction:.0%} of the detector", reason="too_many_strong_pixels")
+        index = strong.copy()
+        values = image.reshape(-1)[index]
+        spots = self.spots(index, values, image_number)
+        profile, counts = radial_profile(image, self.mask, self.radial_bins, len(self.radial_bin_edges) - 1, ws.flag,
+                                         self.trusted_range, self.params.radial_row_step)
+        total_counts = counts.sum()
+        background = float(np.nansum(profile.astype(np.float64) * counts) / total_counts) if total_counts else float("nan")
+        return self.statistics(image_number, spots, index.size, ws.n_overloads, background, profile, counts)
+
+    def spots(self, index: np.ndarray, values: np.ndarray, image_number: int) -> SpotTable:
+        """2D spots from one image's strong pixels, with DIALS's size and peak-separation filters."""
+        if index.size == 0:
+            return SpotTable.empty()
+        labels, n = label_pixels(index, self.shape)
+        moments = spot_moments(index, values, labels, n, self.shape)
+        keep = spot_filter(moments, self.min_spot_size, self.params.max_spot_size, self.params.max_separation)
+        m = moments.select(keep)
+        x, y = m.centroid[:, 0], m.centroid[:, 1]
+        bbox = m.bbox.astype(np.int32)
+        bbox[:, 4:] += image_number
+        return SpotTable(
+            x_px=np.ascontiguousarray(x), y_px=np.ascontiguousarray(y),
+            z_image=m.centroid[:, 2] + image_number, intensity=m.intensity, n_pixels=m.n_pixels.astype(np.int32),
+            bbox=bbox, variance=m.variance, d_spacing=self.d_spacing(x, y),
+            pixel_index=index.astype(np.int64), pixel_value=values.astype(np.float32),
+        )
+
+    def d_spacing(self, x_px: np.ndarray, y_px: np.ndarray) -> np.ndarray:
+        """Resolution (A) at continuous pixel positions: 1/|s1 - s0|."""
+        if len(x_px) == 0:
+            return np.zeros(0, dtype=np.float64)
+        q = s1_vectors(self.experiment, x_px, y_px) - self.experiment.beam.s0
+        with np.errstate(divide="ignore"):
+            return 1.0 / np.linalg.norm(q, axis=1)
+
+    def statistics(self, image_number: int, spots: SpotTable, n_strong: int, n_overloads: int, background: float,
+                   profile: np.ndarray, counts: np.ndarray) -> ImageResult:
+        d = spots.d_spacing
+        ice = on_ice_rings(d, self.params.ice_ring_width)
+        n_no_ice = int(np.count_nonzero(~ice))
+        d_min_est = estimate_d_min(d, spots.intensity, ice) if n_no_ice > 10 else -1.0
+        rings = detect_ice_rings(profile, counts, self.radial_bin_edges, d, self.params.ice_ring_width)
+        return ImageResult(
+            image_number=int(image_number),
+            phi_deg=float(self.series.phi_deg(image_number + 0.5)),
+            n_spots=len(spots),
+            n_spots_no_ice=n_no_ice,
+            n_spots_4A=int(np.count_nonzero(d > D_4A)),
+            total_intensity=float(np.sum(spots.intensity[~ice])),
+            estimated_d_min=float(d_min_est),
+            background=background,
+            n_overloads=int(n_overloads),
+            ice_rings=len(rings),
+            strong_pixels=int(n_strong),
+            radial_profile=profile,
+            spots=spots,
+        )
+
+    # ------------------------------------------------------------------ set-up
+    def _warm_up(self) -> None:
+        """Compile (or load from numba's cache) every kernel for this dtype on a tiny frame."""
+        rng = np.random.default_rng(0)
+        small = rng.poisson(3.0, (24, 24)).astype(self.dtype.newbyteorder("="))
+        small[10:13, 10:13] = 200
+        mask = np.ones(small.shape, dtype=np.uint8)
+        sf = self.params
+        for algorithm in ("dispersion", "dispersion_extended"):
+            ws = DispersionWorkspace(small.shape)
+            idx = strong_pixels(small, mask, algorithm, tuple(sf.kernel_size), sf.sigma_background, sf.sigma_strong,
+                                sf.global_threshold, sf.min_local, sf.gain, self.trusted_range, ws).copy()
+        labels, n = label_pixels(idx, small.shape)
+        spot_moments(idx, small.reshape(-1)[idx], labels, n, small.shape)
+        bins = np.zeros(small.shape, dtype=np.int16)
+        radial_profile(small, mask, bins, 1, ws.flag, self.trusted_range, 1)
