@@ -36,25 +36,40 @@ SUPPORTED_DTYPES = (np.uint8, np.uint16, np.uint32, np.int16, np.int32, np.float
 
 
 @njit
-def _load_row(image, mask, row, lower, upper, vm, mm, stats):
-    """Row `row` as window-sum inputs: vm = value where counted (else 0), mm = 1 where counted.
-    Adds to stats: [0] usable pixels at/above `upper` (overloads), [1] valid pixels, [2] valid
-    nonzero pixels."""
+def _update_columns(image, mask, enter, leave, lower, upper, sum_upper, colm, colx, coly, stats):
+    """Column sums of the window rows: add row `enter`, remove row `leave` (either may be -1).
+
+    The accumulators' dtype decides the arithmetic: int64 for integer images (exact, and
+    cheaper), float64 for float images. `lower`/`upper` bound valid values (open interval),
+    `sum_upper` = min(upper, 2**24) bounds the values that enter the sums. Counts overloads /
+    valid / valid nonzero pixels of the entering row into stats.
+    """
     nx = image.shape[1]
+    one = colm.dtype.type(1)
     over = 0
     valid = 0
     nonzero = 0
-    for i in range(nx):
-        v = np.float64(image[row, i])
-        usable = mask[row, i] != 0
-        inrange = (v > lower) & (v < upper)
-        ok = usable & inrange & (v < BIG)
-        w = np.float64(ok)
-        mm[i] = w
-        vm[i] = w * v
-        over += usable & (v >= upper)
-        valid += usable & inrange
-        nonzero += usable & inrange & (v != 0.0)
+    if enter >= 0:
+        for i in range(nx):
+            v = colx.dtype.type(image[enter, i])
+            usable = mask[enter, i] != 0
+            inrange = (v > lower) & (v < upper)
+            w = one * (usable & (v > lower) & (v < sum_upper))
+            vw = v * w
+            colm[i] += w
+            colx[i] += vw
+            coly[i] += vw * v
+            over += usable & (v >= upper)
+            valid += usable & inrange
+            nonzero += usable & inrange & (v != 0)
+    if leave >= 0:
+        for i in range(nx):
+            u = colx.dtype.type(image[leave, i])
+            w = one * ((mask[leave, i] != 0) & (u > lower) & (u < sum_upper))
+            uw = u * w
+            colm[i] -= w
+            colx[i] -= uw
+            coly[i] -= uw * u
     stats[0] += over
     stats[1] += valid
     stats[2] += nonzero
@@ -69,95 +84,93 @@ def _window_1d(col, out, tmp, k):
         for i in range(nx - 1):
             tmp[i] = col[i] + col[i + 1]
         for i in range(nx - 6):
-            out[i + 3] = tmp[i] + tmp[i + 2] + tmp[i + 4] + col[i + 6]
+            out[i + 3] = np.float64(tmp[i] + tmp[i + 2] + tmp[i + 4] + col[i + 6])
     elif nx > 2 * k + 1:
         for i in range(k, nx - k):
-            s = 0.0
+            s = col[i] - col[i]
             for d in range(-k, k + 1):
                 s += col[i + d]
-            out[i] = s
-    edge = min(k, nx)
-    for i in range(edge):
+            out[i] = np.float64(s)
+    else:
+        for i in range(nx):
+            _clipped_sum(col, out, i, k)
+        return
+    for i in range(k):
         _clipped_sum(col, out, i, k)
-    for i in range(max(nx - k, edge), nx):
+    for i in range(nx - k, nx):
         _clipped_sum(col, out, i, k)
 
 
 @njit
 def _clipped_sum(col, out, i, k):
-    s = 0.0
+    s = col[i] - col[i]
     for d in range(max(0, i - k), min(col.shape[0], i + k + 1)):
         s += col[d]
-    out[i] = s
+    out[i] = np.float64(s)
+
+
+@njit
+def _test_row(image, mask, j, lower, upper, hm, hx, hy, nb2, ns2, gain, threshold, min_count, dispersion_only,
+              flag):
+    """Branch-free dispersion (and strong) test of row j; returns how many pixels pass."""
+    nx = image.shape[1]
+    count = 0
+    if dispersion_only:
+        for i in range(nx):
+            m = hm[i]
+            x = hx[i]
+            v = np.float64(image[j, i])
+            gx = gain * x
+            a = m * hy[i] - x * x - gx * (m - 1.0)
+            sel = ((mask[j, i] != 0) & (v > lower) & (v < upper) & (m >= min_count) & (x >= 0.0) & (a > 0.0)
+                   & (a * a > nb2 * (m - 1.0) * gx * gx))
+            flag[j, i] = sel
+            count += sel
+    else:
+        for i in range(nx):
+            m = hm[i]
+            x = hx[i]
+            v = np.float64(image[j, i])
+            gx = gain * x
+            a = m * hy[i] - x * x - gx * (m - 1.0)
+            b = m * v - x
+            sel = ((mask[j, i] != 0) & (v > lower) & (v < upper) & (m >= min_count) & (x >= 0.0) & (a > 0.0)
+                   & (a * a > nb2 * (m - 1.0) * gx * gx) & (v > threshold) & (b > 0.0) & (b * b > ns2 * x * m))
+            flag[j, i] = sel
+            count += sel
+    return count
 
 
 @njit
 def _dispersion_pass(image, mask, lower, upper, kx, ky, nsig_b, nsig_s, gain, threshold, min_count,
-                     dispersion_only, flag, out_index, stats):
+                     dispersion_only, flag, out_index, stats, colm, colx, coly, tmp, lo, hi, hi_sum):
     """One streaming pass; writes flag (1 = selected) for every pixel and the selected flat
     indices (row-major) into out_index; returns how many. dispersion_only: skip the
-    strong-value and global tests (first pass of the extended variant)."""
+    strong-value and global tests (first pass of the extended variant). colm/colx/coly/tmp:
+    zeroed accumulators of the image width (int64 for integer images, else float64); lo, hi,
+    hi_sum: the valid-value bounds (and the summed-value bound) in the accumulators' type."""
     ny, nx = image.shape
-    nring = 2 * ky + 2
-    ring_v = np.zeros((nring, nx), np.float64)
-    ring_m = np.zeros((nring, nx), np.float64)
-    zeros = np.zeros(nx, np.float64)
-    colm = np.zeros(nx, np.float64)
-    colx = np.zeros(nx, np.float64)
-    coly = np.zeros(nx, np.float64)
     hm = np.empty(nx, np.float64)
     hx = np.empty(nx, np.float64)
     hy = np.empty(nx, np.float64)
-    tmp = np.empty(nx, np.float64)
     nb2 = 2.0 * nsig_b * nsig_b
     ns2 = nsig_s * nsig_s * gain
     n = 0
     for r in range(-ky, ny):
-        # the window of row r + ky ... gains row r + ky and loses row r - ky - 1
-        enter = r + ky
-        leave = r - ky - 1
-        if enter < ny:
-            vn = ring_v[enter % nring]
-            mn = ring_m[enter % nring]
-            _load_row(image, mask, enter, lower, upper, vn, mn, stats)
-        else:
-            vn = zeros
-            mn = zeros
-        if leave >= 0:
-            vo = ring_v[leave % nring]
-            mo = ring_m[leave % nring]
-        else:
-            vo = zeros
-            mo = zeros
-        for i in range(nx):
-            colm[i] += mn[i] - mo[i]
-            colx[i] += vn[i] - vo[i]
-            coly[i] += vn[i] * vn[i] - vo[i] * vo[i]
+        # the window of row r spans rows r - ky .. r + ky: row r + ky enters, row r - ky - 1 leaves
+        enter = r + ky if r + ky < ny else -1
+        leave = r - ky - 1 if r - ky - 1 >= 0 else -1
+        _update_columns(image, mask, enter, leave, lo, hi, hi_sum, colm, colx, coly, stats)
         if r < 0:
             continue
-        j = r
         _window_1d(colm, hm, tmp, kx)
         _window_1d(colx, hx, tmp, kx)
         _window_1d(coly, hy, tmp, kx)
-        count = 0
-        for i in range(nx):
-            m = hm[i]
-            x = hx[i]
-            y = hy[i]
-            v = np.float64(image[j, i])
-            ok = (mask[j, i] != 0) & (v > lower) & (v < upper) & (m >= min_count) & (x >= 0.0)
-            gx = gain * x
-            a = m * y - x * x - gx * (m - 1.0)
-            sel = ok & (a > 0.0) & (a * a > nb2 * (m - 1.0) * gx * gx)
-            if not dispersion_only:
-                b = m * v - x
-                sel = sel & (v > threshold) & (b > 0.0) & (b * b > ns2 * x * m)
-            flag[j, i] = sel
-            count += sel
-        if count:
-            base = j * nx
+        if _test_row(image, mask, r, lower, upper, hm, hx, hy, nb2, ns2, gain, threshold, min_count,
+                     dispersion_only, flag):
+            base = r * nx
             for i in range(nx):
-                if flag[j, i]:
+                if flag[r, i]:
                     out_index[n] = base + i
                     n += 1
     return n
@@ -195,23 +208,49 @@ def _erode_core(flag, index, n, radius, core_out):
 
 
 @njit
+def _background_column(image, mask, lower, upper, flag, i, j0, j1):
+    """(count, sum) of the valid, non-core pixels of column i in rows [j0, j1)."""
+    m = 0.0
+    x = 0.0
+    if i < 0 or i >= image.shape[1]:
+        return m, x
+    for jj in range(j0, j1):
+        w = np.float64(image[jj, i])
+        ok = (flag[jj, i] != 2) & (mask[jj, i] != 0) & (w > lower) & (w < upper) & (w < BIG)
+        m += ok
+        x += w * ok
+    return m, x
+
+
+@njit
 def _extended_final(image, mask, lower, upper, kx, ky, nsig_s, gain, threshold, flag, core, nc, out_index):
     """Strong test of the extended variant at core pixels against the mean of the valid
-    non-core pixels in the widened window; returns the number of strong pixels."""
+    non-core pixels in the widened window; returns the number of strong pixels. Along a run
+    of consecutive core pixels the window slides by one column (two column sums per step)."""
     ny, nx = image.shape
     n = 0
+    m = 0.0
+    x = 0.0
+    previous = -2
     for t in range(nc):
         p = core[t]
         j = p // nx
         i = p - j * nx
-        m = 0.0
-        x = 0.0
-        for jj in range(max(j - ky, 0), min(j + ky + 1, ny)):
+        j0 = max(j - ky, 0)
+        j1 = min(j + ky + 1, ny)
+        if p == previous + 1 and i > 0:
+            m_out, x_out = _background_column(image, mask, lower, upper, flag, i - kx - 1, j0, j1)
+            m_in, x_in = _background_column(image, mask, lower, upper, flag, i + kx, j0, j1)
+            m += m_in - m_out
+            x += x_in - x_out
+        else:
+            m = 0.0
+            x = 0.0
             for ii in range(max(i - kx, 0), min(i + kx + 1, nx)):
-                w = np.float64(image[jj, ii])
-                if (flag[jj, ii] != 2) & (mask[jj, ii] != 0) & (w > lower) & (w < upper) & (w < BIG):
-                    m += 1.0
-                    x += w
+                mc, xc = _background_column(image, mask, lower, upper, flag, ii, j0, j1)
+                m += mc
+                x += xc
+        previous = p
         v = np.float64(image[j, i])
         mean = x / m if m >= 2.0 else 0.0
         if (x >= 0.0) & (v > threshold) & (v >= mean + nsig_s * np.sqrt(gain * mean)):
@@ -295,9 +334,17 @@ def strong_pixels(
     lower, upper = float(trusted_range[0]), float(trusted_range[1])
     ws.stats[:] = 0
     extended = algorithm == "dispersion_extended"
+    if image.dtype.kind in "iu":  # exact int64 sums; v > lower <=> v > floor(lower), v < upper <=> v < ceil(upper)
+        acc = np.int64
+        bounds = (np.int64(max(np.floor(lower), -4e18)), np.int64(min(np.ceil(upper), 4e18)),
+                  np.int64(min(np.ceil(upper), BIG)))
+    else:
+        acc = np.float64
+        bounds = (np.float64(lower), np.float64(upper), np.float64(min(upper, BIG)))
+    columns = [np.zeros(image.shape[1], dtype=acc) for _ in range(4)]
     n = _dispersion_pass(image, mask, lower, upper, kx, ky, float(sigma_background), float(sigma_strong),
                          float(gain), float(global_threshold), float(min_local), extended, ws.flag, ws.index,
-                         ws.stats)
+                         ws.stats, *columns, *bounds)
     if not extended:
         return ws.index[:n]
     # core and strong lists are written in place over the dispersed list (each is a subset in order)

@@ -30,6 +30,7 @@ from typing import Any, Protocol
 from streamer.metrics import Metrics
 from streamer.result_stream import ResultPublisher, series_start_payload
 from streamer.series import SeriesInfo
+from streamer.summary import jsonable
 from streamer.wire import FrameResult
 
 log = logging.getLogger(__name__)
@@ -248,7 +249,7 @@ class Collector:
             self.total.drop("worker_lost")
         self.metrics.dropped("worker_lost")
         payload = {"series_id": state.series.series_id, "image": image_number,
-                   "phi_deg": state.series.phi_deg(image_number), "dropped": "worker_lost"}
+                   "phi_deg": state.series.phi_deg(image_number + 0.5), "dropped": "worker_lost"}
         if self.publisher:
             self.publisher.publish("image", payload)
         self._recent_image(payload)
@@ -260,7 +261,7 @@ class Collector:
         payload: dict[str, Any] = {
             "series_id": series.series_id,
             "image": result.image_number,
-            "phi_deg": series.phi_deg(result.image_number),
+            "phi_deg": result.stats.get("phi_deg", series.phi_deg(result.image_number + 0.5)),
             "dropped": result.drop_reason,
             "worker": result.worker,
         }
@@ -334,6 +335,7 @@ class Collector:
                         stage.add(state.series, result)
                         model = getattr(stage, "take_model", lambda: None)()
                         if model is not None:
+                            model = jsonable(model)  # plain types for msgpack and JSON
                             self.models.put((state.series.series_id, model))
                             with self._lock:  # the live summary shows the latest model
                                 state.outputs["indexing"] = model
@@ -379,7 +381,8 @@ class CollectorService:
     """The collector's sockets, polled by one thread (`run`); events go to a `Collector`.
 
     Binds: `control` (ROUTER: worker hello -> endpoints, series_request -> series header),
-    `results` (PULL from workers), `model` (PUB to workers: crystal models), and `feed`
+    `results` (PULL from workers), `model` (PUB to workers: each new series header, so that
+    workers set up before its first frame, and crystal models), and `feed`
     (PULL, usually inproc://, from the fan-out: series starts, dispatch notices, receiver drops,
     series ends, stop). A series_request for a series not announced yet waits up to
     `header_wait_s` for its announcement (the fan-out announces before it dispatches).
@@ -461,6 +464,8 @@ class CollectorService:
         if msg.kind == "series":
             series = wire.series_from(msg)
             self.headers[series.series_id] = wire.encode_series(series)
+            # Every connected worker sets the series up now, while the detector starts.
+            self.sockets["model"].send_multipart(self.headers[series.series_id], copy=False)
             self.collector.series_start(series)
             for identity, _ in self.pending.pop(series.series_id, []):
                 self.sockets["control"].send_multipart([identity, *self.headers[series.series_id]], copy=False)

@@ -122,6 +122,22 @@ class IndexingConfig(Section):
     min_fraction_indexed: float = Field(0.5, ge=0, le=1, description="accept a solution indexing at least this fraction")
     max_rmsd_px: float = Field(2.0, gt=0, description="accept a solution with positional RMSD below this (px)")
     refine_every_images: int = Field(10, ge=1, description="re-refine every N images once indexed")
+    min_spots: int = Field(20, ge=6, description="fewest spots an indexing attempt needs")
+    min_cell_A: float = Field(10.0, gt=0, description="shortest cell edge searched (A)")
+    max_distortion_deg: float = Field(3.0, ge=0, description="Bravais lattices listed up to this metric distortion (Le Page delta, degrees)")
+    bravais_rmsd_ratio: float = Field(
+        3.0, ge=1, description="recommend the highest symmetry whose refined RMSD is within this factor of the P1 fit"
+    )
+    max_rmsd_images: float = Field(1.5, gt=0, description="accept a solution with rotation RMSD below this (images)")
+    refine_distance: bool | None = Field(None, description="refine the distance; None: yes for X-rays, no for electrons")
+    refine_tilt: bool | None = Field(None, description="refine detector tilts; None: once spots span tilt_min_degrees (X-rays)")
+    tilt_min_degrees: float = Field(20.0, ge=0, description="rotation range needed before tilts are refined (degrees)")
+    refine_axis: bool = Field(False, description="refine the rotation-axis direction (two angles)")
+    max_refine_obs: int = Field(3000, ge=50, description="at most this many spots (random subset) enter each least-squares fit")
+    second_lattice: bool = Field(True, description="search the unindexed spots for a second lattice once indexed")
+    scan_varying_block_deg: float = Field(
+        0.0, ge=0, description="scan-varying orientation in blocks of this many degrees at re-refinement; 0: static"
+    )
 
 
 class OutputConfig(Section):

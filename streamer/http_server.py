@@ -125,7 +125,8 @@ function plot(id, key, invert) {
   const c = document.getElementById(id), g = c.getContext("2d");
   g.clearRect(0, 0, c.width, c.height);
   const val = p => Array.isArray(p[key]) ? p[key].length : p[key];
-  const pts = images.filter(p => typeof val(p) === "number").map(p => [p.image, val(p)]);
+  // estimated_d_min is -1 when there is no estimate (DIALS's convention): not plotted
+  const pts = images.filter(p => typeof val(p) === "number" && (!invert || val(p) > 0)).map(p => [p.image, val(p)]);
   if (!pts.length) { g.fillText("no data yet", 10, 20); return; }
   const xs = pts.map(p => p[0]), ys = pts.map(p => p[1]);
   const x0 = Math.min(...xs), x1 = Math.max(...xs) + 1, y0 = Math.min(0, ...ys), y1 = Math.max(...ys) || 1;

@@ -57,7 +57,7 @@ def on_ice_rings(d_spacing: np.ndarray, width: float = ICE_RING_WIDTH) -> np.nda
     # rings beyond the highest-resolution spot by more than half a width cannot match: DIALS
     # generates them down to that limit; generating a fixed, wider set gives the same answer
     d_limit = 1.0 / np.sqrt(1.0 / np.min(d_spacing[finite]) ** 2 + half)
-    rings = ice_ring_d_star_sq(min(1.0, math.floor(d_limit * 10.0) / 10.0))
+    rings = ice_ring_d_star_sq(max(0.3, min(1.0, math.floor(d_limit * 10.0) / 10.0)))
     ds2 = 1.0 / d_spacing[finite] ** 2
     pos = np.searchsorted(rings, ds2)
     near = np.full(ds2.shape, np.inf)

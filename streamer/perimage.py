@@ -98,9 +98,13 @@ class ImageResult:
     spots: SpotTable
 
 
+CCD_NAMES = ("ADSC", "CCD", "RAYONIX", "MAR", "SATURN", "Q315", "Q210", "Q270", "MX225", "MX300")
+
+
 def default_min_spot_size(series: SeriesInfo) -> int:
-    """DIALS's Auto: 3 pixels for pixel-array detectors, 6 otherwise (SMV files come from CCDs)."""
-    return 6 if series.source == "smv" else 3
+    """DIALS's Auto: 3 pixels for pixel-array detectors, 6 for CCDs (known by their header's name)."""
+    name = series.detector_description.upper()
+    return 6 if any(ccd in name for ccd in CCD_NAMES) else 3
 
 
 class ImageAnalyser:

@@ -17,6 +17,7 @@ Clean shutdown: an inproc stop notice to the collector, SIGTERM to the local wor
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 import signal
@@ -26,7 +27,7 @@ import tempfile
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +43,7 @@ from streamer.series import Dropped, EncodedFrame, SeriesEnd, SeriesInfo
 log = logging.getLogger(__name__)
 
 MISSING_END = "missing_end_of_series"
+WORKER_THREADS = {"NUMBA_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
 def default_workers(requested: int = 0) -> int:
@@ -134,6 +136,7 @@ class Fanout:
         self.overload_wait_s = overload_wait_s
         self.store = store
         self.metrics = metrics
+        self.check_workers: Callable[[], None] = lambda: None  # raises when no worker is left
         self.open: dict[str, int] = {}  # series id -> frames dispatched so far
         self.seen: set[str] = set()  # series ids announced so far
         self.aliases: dict[str, str] = {}  # a repeated series id -> the id it has in this run
@@ -180,10 +183,13 @@ class Fanout:
         try:
             self.frames.send_multipart(parts, copy=False, flags=zmq.NOBLOCK)
         except zmq.Again:
-            wait_ms = -1 if self.overload_wait_s is None else int(self.overload_wait_s * 1000)
-            if not self.frames.poll(wait_ms, zmq.POLLOUT):
-                self._drop("overload", frame.series_id, frame.image_number)
-                return
+            if self.overload_wait_s is not None:
+                if not self.frames.poll(int(self.overload_wait_s * 1000), zmq.POLLOUT):
+                    self._drop("overload", frame.series_id, frame.image_number)
+                    return
+            else:  # recorded data: wait for a worker, as long as there is one
+                while not self.frames.poll(1000, zmq.POLLOUT):
+                    self.check_workers()
             self.frames.send_multipart(parts, copy=False)
         self.open[frame.series_id] = seq + 1
         self.feed.send_multipart(wire.encode("dispatched", {
@@ -251,6 +257,7 @@ class Pipeline:
         store = FrameStore(config.fanout.frame_store_mb * 1024 * 1024) if config.fanout.frame_store_mb else None
         self.fanout = Fanout(self.ctx, self.endpoints, config.fanout.hwm,
                              config.fanout.overload_wait_s if live else None, store, self.metrics)
+        self.fanout.check_workers = self._check_workers
         self.service.frames_url = self.fanout.frames_url
         self.control_url = self.service.urls["control"]
         self._thread = threading.Thread(target=self.service.run, name="collector", daemon=True)
@@ -269,7 +276,8 @@ class Pipeline:
         """Start the collector and the local workers; return when every worker has joined."""
         self._thread.start()
         cmd = [sys.executable, "-m", "streamer.cli", "worker", "--connect", self.control_url, *self.worker_args]
-        env = {**os.environ, **(self.worker_env or {})}
+        # One process per core: no thread pools inside a worker (unless the user set them).
+        env = {**WORKER_THREADS, **os.environ, **(self.worker_env or {})}
         for _ in range(self.n_workers):
             self.processes.append(subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL))
         deadline = time.monotonic() + worker_timeout_s
@@ -280,6 +288,13 @@ class Pipeline:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"workers did not join {self.control_url} within {worker_timeout_s} s")
         log.info("%d local workers joined %s", self.n_workers, self.control_url)
+
+    def _check_workers(self) -> None:
+        """Raise when every local worker has exited (and none joined from elsewhere)."""
+        if self.processes and all(p.poll() is not None for p in self.processes) \
+                and len(self.service.hellos) <= len(self.processes):
+            codes = sorted({p.returncode for p in self.processes})
+            raise RuntimeError(f"all {len(self.processes)} worker processes exited (status {codes})")
 
     def feed(self, events: Iterable[Any], once: bool = False, stop: threading.Event | None = None,
              last: bool = True) -> None:
@@ -326,6 +341,32 @@ class Pipeline:
 
 
 
+
+class SweepAnalysis:
+    """The collector's sweep stage: 3D spot joining and incremental indexing
+    (`streamer.indexing.incremental.IndexingStage`), in frame order, off the per-image path.
+
+    `take_model()` passes each new crystal model on (model channel, result stream, dashboard);
+    `finish()` gives `indexing` to summary.json and `_spots` (the joined spots) to spots.csv.
+    """
+
+    def __init__(self, series: SeriesInfo, config: Config):
+        from streamer.indexing.incremental import IndexingStage
+
+        self.stage = IndexingStage(series, config)
+
+    def add(self, series: SeriesInfo, result: Any) -> None:
+        self.stage.add(series, result)
+
+    def take_model(self) -> dict[str, Any] | None:
+        return self.stage.take_model()
+
+    def finish(self) -> dict[str, Any]:
+        outputs = dict(self.stage.finish())
+        outputs["_spots"] = self.stage.joiner.spots()
+        return outputs
+
+
 def default_stages(config: Config) -> list[StageFactory]:
-    """The sweep-wide stages the collector runs on every series (spot joining, indexing)."""
-    return []
+    """The sweep-wide stages the collector runs on every series."""
+    return [functools.partial(SweepAnalysis, config=config)]

@@ -1,16 +1,16 @@
 """Outputs written to `--out DIR` when a run ends (CONTRACT.md "Files written to --out DIR").
 
 - `summary.json`: `frames` {received, processed, dropped: {reason: count}} always;
-  `indexing` from the indexing stage, or {"indexed": false, "reason": ...} saying why there is
-  no model; every other key only when the stage that owns it ran (never a placeholder value).
-- `per_image.csv`: one row per processed image, in frame order.
+  `indexing` from the indexing stage (with `status` saying why when there is no model), or
+  {"indexed": false, "status": ...} when no indexing stage ran; every other key only when the stage that owns it ran (never a placeholder value).
+- `per_image.csv`: one row per processed image, in frame order; `phi` at the image's centre
+  (degrees); columns of stages that did not run are left empty.
 - `spots.csv`: the spot joiner's table, when that stage ran.
 - `config.yaml`: the full effective configuration, stored beside the outputs.
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import math
@@ -22,14 +22,11 @@ import numpy as np
 import yaml
 
 from streamer.config import Config
+from streamer.spots_io import PER_IMAGE_COLUMNS, PerImageWriter, SpotsWriter
 
 log = logging.getLogger(__name__)
 
-PER_IMAGE_COLUMNS = (
-    "image", "phi", "n_spots", "n_spots_no_ice", "n_spots_4A", "total_intensity", "estimated_d_min",
-    "background", "n_overloads", "ice_rings", "n_integrated", "mean_i_over_sigma", "scale", "b_factor",
-)
-NO_INDEXING = {"indexed": False, "reason": "no indexing stage ran"}
+NO_INDEXING = {"indexed": False, "status": "not indexed: no indexing stage ran"}
 
 
 def jsonable(value: Any) -> Any:
@@ -61,22 +58,25 @@ def per_image_rows(series: Any, results: Sequence[Any]) -> list[dict[str, Any]]:
     """Rows of per_image.csv from the collector's processed results (columns the stages filled)."""
     rows = []
     for r in results:
-        row: dict[str, Any] = {"image": r.image_number, "phi": series.phi_deg(r.image_number)}
+        row: dict[str, Any] = {"image": r.image_number,
+                               "phi": r.stats.get("phi_deg", series.phi_deg(r.image_number + 0.5))}
         for column in PER_IMAGE_COLUMNS[2:]:
             value = r.stats.get(column)
-            if column == "ice_rings" and isinstance(value, (list, tuple)):
-                value = len(value)
-            row[column] = "" if value is None else value
+            row[column] = len(value) if column == "ice_rings" and isinstance(value, (list, tuple)) else value
         rows.append(row)
     return rows
 
 
 def write_per_image(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
-    with open(path, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=PER_IMAGE_COLUMNS, extrasaction="ignore")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+    """per_image.csv with the per-image stage's writer (CONTRACT.md columns)."""
+    with PerImageWriter(path) as writer:
+        writer.write_all(rows)
+
+
+def write_spots(path: Path, spots: Any) -> None:
+    """spots.csv from the spot joiner's columnar table (x_px, y_px, z_image, intensity, n_pixels)."""
+    with SpotsWriter(path) as writer:
+        writer.write(spots.x_px, spots.y_px, spots.z_image, spots.intensity, spots.n_pixels)
 
 
 def write_config(path: Path, config: Config) -> None:
@@ -85,16 +85,24 @@ def write_config(path: Path, config: Config) -> None:
 
 
 def write_outputs(out_dir: str | Path, config: Config, summary: Mapping[str, Any],
-                  per_image: Sequence[Mapping[str, Any]] | None = None,
-                  spots_writer: Any = None) -> Path:
-    """Write summary.json, per_image.csv, spots.csv (when `spots_writer(path)` is given), config.yaml."""
+                  per_image: Sequence[Mapping[str, Any]] | None = None, spots: Any = None) -> Path:
+    """Write summary.json, per_image.csv, spots.csv (when the joined spots are given), config.yaml.
+
+    Each file is written beside and then renamed over the old one, so a reader never sees half a file.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "summary.json").write_text(json.dumps(jsonable(summary), indent=2) + "\n")
+    _replace(out / "summary.json", lambda p: p.write_text(json.dumps(jsonable(summary), indent=2) + "\n"))
     if per_image is not None:
-        write_per_image(out / "per_image.csv", per_image)
-    if spots_writer is not None:
-        spots_writer(out / "spots.csv")
-    write_config(out / "config.yaml", config)
+        _replace(out / "per_image.csv", lambda p: write_per_image(p, per_image))
+    if spots is not None:
+        _replace(out / "spots.csv", lambda p: write_spots(p, spots))
+    _replace(out / "config.yaml", lambda p: write_config(p, config))
     log.info("outputs written to %s", out)
     return out
+
+
+def _replace(path: Path, write: Any) -> None:
+    partial = path.with_name(path.name + ".partial")
+    write(partial)
+    partial.replace(path)

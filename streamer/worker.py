@@ -35,7 +35,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_ANALYSER = "streamer.perimage:ImageAnalyser"
 DEFAULT_DECODER = "streamer.codecs:decode"
-SERIES_CACHE = 4  # headers and analysers kept per worker (a few series in flight at most)
+SERIES_CACHE = 4  # series headers kept per worker (a few series in flight at most)
+ANALYSER_CACHE = 2  # analysers hold per-series tables and buffers (hundreds of MB for a 16M detector)
 
 
 def load_object(spec: str) -> Any:
@@ -95,24 +96,28 @@ class Worker:
         self.frames = self.ctx.socket(zmq.PULL)
         self.frames.setsockopt(zmq.LINGER, 0)
         self.frames.setsockopt(zmq.RCVHWM, self.rcvhwm)
-        monitor = self.frames.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
-        self.frames.connect(_reachable(endpoints["frames"], self.control_url))
-        try:  # join only once the fan-out can route frames here
-            if not monitor.poll(10000):
-                log.warning("frame socket of worker %s not connected after 10 s", self.name)
-        finally:
-            self.frames.disable_monitor()
-            monitor.close()
         self.results = self.ctx.socket(zmq.PUSH)
         self.results.setsockopt(zmq.LINGER, 2000)  # let the last results leave on a clean stop
         self.results.connect(_reachable(endpoints["results"], self.control_url))
         self.model = self.ctx.socket(zmq.SUB)
         self.model.setsockopt(zmq.LINGER, 0)
         self.model.setsockopt(zmq.SUBSCRIBE, b"")
-        self.model.connect(_reachable(endpoints["model"], self.control_url))
+        # Join only once the fan-out can route frames here and announcements reach us.
+        self._connect_and_wait(self.model, endpoints["model"])
+        self._connect_and_wait(self.frames, endpoints["frames"])
         # Counted as joined only now, when its frame socket is connected.
         self.control.send_multipart(wire.encode("hello", {"worker": self.name, "ready": True}))
         log.info("worker %s connected to %s", self.name, self.control_url)
+
+    def _connect_and_wait(self, sock: zmq.Socket, url: str, timeout_s: float = 10.0) -> None:
+        monitor = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
+        try:
+            sock.connect(_reachable(url, self.control_url))
+            if not monitor.poll(int(timeout_s * 1000)):
+                log.warning("worker %s: no connection to %s after %.0f s", self.name, url, timeout_s)
+        finally:
+            sock.disable_monitor()
+            monitor.close()
 
     def _hello(self) -> dict[str, str]:
         """Ask the collector for the endpoints; retry until it answers or we are stopped."""
@@ -159,6 +164,17 @@ class Worker:
             return
         if msg.kind == "model":
             self.models[str(msg.body.get("series_id"))] = dict(msg.body.get("model") or {})
+        elif msg.kind == "series":  # announced: set up now rather than on the first frame
+            try:
+                series = wire.series_from(msg)
+            except wire.WireError as exc:
+                log.warning("bad series announcement: %s", exc)
+                return
+            self._remember(series)
+            try:
+                self._analyser(series.series_id)
+            except BadInput as exc:
+                log.warning("series %s cannot be analysed: %s", series.series_id, exc)
 
     def _on_frame(self, parts: list[Any]) -> None:
         try:
@@ -209,10 +225,15 @@ class Worker:
         except BadInput as exc:
             self.setup_errors[series_id] = exc
             raise
-        if len(self.analysers) >= SERIES_CACHE:
+        if len(self.analysers) >= ANALYSER_CACHE:
             self.analysers.pop(next(iter(self.analysers)))
         self.analysers[series_id] = analyser
         return analyser
+
+    def _remember(self, series: SeriesInfo) -> None:
+        self.series[series.series_id] = series
+        while len(self.series) > SERIES_CACHE:
+            self.series.popitem(last=False)
 
     def _series(self, series_id: str) -> SeriesInfo:
         """The header of a series, asked of the collector the first time a frame of it comes."""
@@ -230,9 +251,7 @@ class Worker:
                 continue
             if msg.kind == "series":
                 series = wire.series_from(msg)
-                self.series[series.series_id] = series
-                while len(self.series) > SERIES_CACHE:
-                    self.series.popitem(last=False)
+                self._remember(series)
                 if series.series_id == series_id:
                     return series
             elif msg.kind == "unknown_series" and msg.body.get("series_id") == series_id:

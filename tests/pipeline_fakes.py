@@ -92,3 +92,13 @@ class SlowCountingAnalyser(CountingAnalyser):
 
         time.sleep(0.03)
         return super().analyse(image, image_number)
+
+
+class DecodeOnlyAnalyser:
+    """No analysis at all: measures the plumbing (receive, fan-out, decode, collect) alone."""
+
+    def __init__(self, series: SeriesInfo, config=None):
+        self.series = series
+
+    def analyse(self, image: np.ndarray, image_number: int) -> dict:
+        return {"image_number": image_number, "n_spots": 0}

@@ -213,3 +213,37 @@ def test_random_interleavings_keep_the_books_balanced(seed):
     check_balance(c)
     images = [p["image"] for p in pub.images() if p["image"] < 1000]
     assert images == list(range(60))  # each dispatched frame published exactly once, in order
+
+
+def test_a_stage_model_is_passed_on_once_in_plain_types():
+    class Indexer:
+        def __init__(self, series):
+            self.n = 0
+            self.pending = None
+
+        def add(self, series, result):
+            self.n += 1
+            if self.n == 3:
+                self.pending = {"indexed": True, "unit_cell": np.array([79.0, 79.0, 37.0, 90.0, 90.0, 90.0]),
+                                "rmsd_px": np.float64(0.3)}
+
+        def take_model(self):
+            model, self.pending = self.pending, None
+            return model
+
+        def finish(self):
+            return {"indexing": {"indexed": True, "images": self.n}}
+
+    c, pub = make(stage_factories=[Indexer])
+    s = make_series()
+    c.series_start(s)
+    for seq in range(5):
+        c.dispatched(s.series_id, seq, seq, 100.0)
+        c.result(ok(s.series_id, seq, seq))
+    c.series_end(s.series_id, 5)
+    assert c.wait_closed(1, 5)
+    series_id, model = c.models.get_nowait()
+    assert series_id == s.series_id and model == {"indexed": True, "unit_cell": [79.0, 79.0, 37.0, 90.0, 90.0, 90.0],
+                                                  "rmsd_px": 0.3}
+    assert type(model["rmsd_px"]) is float and c.models.empty()
+    assert c.summary()["series"][0]["indexing"] == {"indexed": True, "images": 5}

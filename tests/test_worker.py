@@ -86,10 +86,12 @@ def wait_for(cond, timeout=10.0):
         time.sleep(0.01)
 
 
-def test_worker_fetches_the_header_and_reports_spot_counts(rig):
-    rig.add_worker("w1")
+def test_worker_sets_up_on_the_announcement_and_reports_spot_counts(rig):
+    w = rig.add_worker("w1")
     s = make_series(n_images=6)
     rig.fanout.handle(s)
+    wait_for(lambda: s.series_id in w.analysers)  # set up before any frame of the series came
+    assert w.n_frames == 0
     truth = {}
     for i in range(6):
         frame = make_frame(s, i, n_hot=i + 1)

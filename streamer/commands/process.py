@@ -14,6 +14,8 @@ from streamer.commands.run import add_pipeline_arguments, configure, run_session
 def main(argv: list[str] | None = None) -> int:
     p = parser("process", "process recorded data (EIGER HDF5/NeXus master file, CBF/SMV image series)")
     p.add_argument("paths", nargs="+", metavar="PATH", help="master file, or image files (e.g. images/*.cbf)")
+    p.add_argument("--pedestal", type=int, default=0, metavar="ADU",
+                   help="offset subtracted from SMV pixels (nanoBragg writes 40); default 0")
     add_pipeline_arguments(p)
     p.set_defaults(http="off")
     args = p.parse_args(argv)
@@ -22,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     from streamer.series import SeriesEnd
     from streamer.sources.open_any import open_source
 
-    series, frames = open_source(args.paths)  # bad paths raise BadInput here: exit 2
+    series, frames = open_source(args.paths, pedestal=args.pedestal)  # bad paths raise BadInput: exit 2
 
     def events():
         yield series

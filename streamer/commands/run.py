@@ -119,8 +119,8 @@ def print_table(summary: dict[str, Any], out: Path, stream=sys.stdout) -> None:
     rows.append(("indexed", idx.get("indexed")))
     if idx.get("indexed"):
         rows += [("lattice", idx.get("lattice")), ("unit cell", idx.get("unit_cell"))]
-    elif idx.get("reason"):
-        rows.append(("not indexed because", idx["reason"]))
+    elif idx.get("status") or idx.get("reason"):
+        rows.append(("indexing", idx.get("status") or idx.get("reason")))
     rows.append(("outputs", out))
     width = max(len(k) for k, _ in rows)
     print("\n".join(f"{k:<{width}}  {v}" for k, v in rows), file=stream, flush=True)
@@ -163,6 +163,11 @@ def run_session(
             print(f"extra workers: xtalstream worker --connect {pipe.control_url}", flush=True)
         if on_ready is not None:
             on_ready(pipe)
+        done = threading.Event()
+        writer = threading.Thread(target=_write_on_close, args=(pipe.collector, config, out, done),
+                                  name="outputs", daemon=True)
+        if not once:
+            writer.start()
         try:
             with Progress(pipe.collector) if progress else _Nothing():
                 try:
@@ -172,6 +177,9 @@ def run_session(
                     if on_stop is not None:
                         on_stop()
                 pipe.wait(config.fanout.result_timeout_s + 60)
+            done.set()
+            if writer.is_alive():
+                writer.join()
             summary = _write(pipe.collector, config, out)
             if progress:
                 print_table(summary, out)
@@ -192,19 +200,26 @@ def run_session(
 
 
 def _write(collector, config, out: Path) -> dict[str, Any]:
-    """summary.json, per_image.csv, spots.csv, config.yaml from the collector's closed series."""
+    """summary.json (the run's frame accounting; the stages' keys of the last closed series),
+    per_image.csv, spots.csv of that series, config.yaml."""
     from streamer.summary import build_summary, per_image_rows, write_outputs
 
-    outputs: dict[str, Any] = {}
-    rows: list[dict[str, Any]] = []
-    for sid in collector.order:
-        state = collector.series[sid]
-        outputs.update(state.outputs)
-        rows += per_image_rows(state.series, state.results)
-    spots_writer = outputs.pop("_spots_writer", None)
+    closed = [collector.series[sid] for sid in collector.order if collector.series[sid].closed]
+    outputs: dict[str, Any] = dict(closed[-1].outputs) if closed else {}
+    rows = per_image_rows(closed[-1].series, closed[-1].results) if closed else []
+    spots = outputs.pop("_spots", None)
     summary = build_summary(collector.total.as_dict(), outputs)
-    write_outputs(out, config, summary, rows, spots_writer)
+    write_outputs(out, config, summary, rows, spots)
     return summary
+
+
+def _write_on_close(collector, config, out: Path, done: threading.Event) -> None:
+    """Live runs: rewrite the outputs each time a series is closed (not only at exit)."""
+    n = 0
+    while not done.is_set():
+        if collector.wait_closed(n + 1, 0.5):
+            n += 1
+            _write(collector, config, out)
 
 
 class _Nothing:

@@ -1,0 +1,14 @@
+"""Indexing and geometry refinement: spots -> reciprocal lattice -> basis -> Bravais lattice -> model.
+
+Modules, in the order the data flows: rlp (spot centroids to reciprocal-lattice points), fft1d
+(candidate real-space vectors, Steller, Bolotovsky & Rossmann 1997), basis (the triple that indexes
+most spots), reduction (Niggli cell, gemmi), assign (Miller indices), lattice_symmetry (Bravais
+lattices compatible with the metric), refinement (positional least squares, scipy), predict
+(reflections on any image), second_lattice, autoindex (one attempt end to end) and incremental
+(the controller the collector runs as images arrive).
+"""
+
+from streamer.indexing.autoindex import IndexingResult, index_rotation, index_still
+from streamer.indexing.incremental import IncrementalIndexer, IndexingUpdate
+
+__all__ = ["IncrementalIndexer", "IndexingResult", "IndexingUpdate", "index_rotation", "index_still"]

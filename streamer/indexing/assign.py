@@ -20,17 +20,34 @@ def refine_a_matrix(hkl: np.ndarray, rlps: np.ndarray) -> np.ndarray:
     return sol.T
 
 
-def index_and_fit(a_matrix: np.ndarray, rlps: np.ndarray, tolerances=(0.3, 0.25, 0.2), min_indexed: int = 6):
-    """Alternate assignment and reciprocal-space fits of A; returns (A, hkl, indexed)."""
+def index_and_fit(a_matrix: np.ndarray, rlps: np.ndarray, tolerances=(0.3, 0.25, 0.2), min_indexed: int = 6,
+                  fit_shift: bool = False):
+    """Alternate assignment and reciprocal-space fits of A; returns (A, hkl, indexed, shift).
+
+    With `fit_shift`, the points may be offset by one common vector s (1/A): x = A h + s, as
+    a wrong beam centre does to a short wedge. s is estimated from the phases of the indices
+    and fitted with A; the positional refinement then moves the beam centre to remove it.
+    """
+    x = np.asarray(rlps, dtype=np.float64)
     a = np.asarray(a_matrix, dtype=np.float64)
-    hkl, ok = assign_indices(a, rlps, tolerances[0])
+    shift = np.zeros(3)
+    if fit_shift:
+        from streamer.indexing.fft1d import phase_offset
+
+        shift = a @ phase_offset(np.linalg.inv(a), x)
+    hkl, ok = assign_indices(a, x - shift, tolerances[0])
     for tol in tolerances:
         if ok.sum() < min_indexed:
             break
-        a_new = refine_a_matrix(hkl[ok], rlps[ok])
+        h = hkl[ok].astype(np.float64)
+        design = np.column_stack([h, np.ones(len(h))]) if fit_shift else h
+        sol, *_ = np.linalg.lstsq(design, x[ok], rcond=None)
+        a_new = sol[:3].T
         if abs(np.linalg.det(a_new)) < 1e-15:
             break
         a = a_new
-        hkl, ok = assign_indices(a, rlps, tol)
-    hkl, ok = assign_indices(a, rlps, tolerances[0])
-    return a, hkl, ok
+        if fit_shift:
+            shift = sol[3]
+        hkl, ok = assign_indices(a, x - shift, tol)
+    hkl, ok = assign_indices(a, x - shift, tolerances[0])
+    return a, hkl, ok, shift

@@ -34,10 +34,12 @@ class IndexingOptions:
 
     min_spots: int = 20
     max_cell_A: float | None = None
+    min_cell_A: float = 10.0
     min_fraction_indexed: float = 0.5
     max_rmsd_px: float = 2.0
     max_distortion_deg: float = 3.0
-    bravais_rmsd_ratio: float = 1.5
+    max_rmsd_images: float = 1.5
+    bravais_rmsd_ratio: float = 3.0
     refine_distance: bool | None = None  # None: fixed for electrons (wavelength < 0.1 A)
     refine_axis: bool = False
     refine_tilt: bool | None = None  # None: only once the spots span `tilt_min_degrees`
@@ -180,16 +182,65 @@ def low_resolution(rlps: np.ndarray, max_cell_A: float, max_index: float = 50.0,
     return q <= q_cut
 
 
-def find_basis(rlps: np.ndarray, max_cell_A: float | None):
+def find_basis(rlps: np.ndarray, max_cell_A: float | None, min_cell_A: float = 10.0):
     """(reduced real-space basis rows or None, max cell used): the search without geometry."""
     max_cell = max_cell_A or estimate_max_cell(rlps)
     rlps = rlps[low_resolution(rlps, max_cell)]
-    candidates = find_candidate_vectors(rlps, max_cell)
+    candidates = find_candidate_vectors(rlps, max_cell, min_cell_A=min_cell_A)
     basis = choose_basis(candidates, rlps)
     if basis is None:
         return None, max_cell
     reduced, _ = niggli_reduce_basis(basis)
     return reduced, max_cell
+
+
+def _beam_centre_from_shift(exp: Experiment, shift: np.ndarray, spots: Spots, min_px: float = 1.0) -> Experiment | None:
+    """The experiment with its beam centre moved to remove a common reciprocal-space shift of
+    the spots (what a wrong beam centre causes: s1 errs by the in-plane origin error / (D lambda)),
+    or None when the implied move is below `min_px`."""
+    from streamer.geometry import Detector
+
+    gonio = exp.goniometer
+    phi_mid = float(exp.scan.phi_deg(np.median(spots.z_image)))
+    s_lab = gonio.rotation_matrix(phi_mid) @ shift
+    det = exp.detector
+    scale = det.distance_mm * exp.beam.wavelength_A
+    f, sl = np.asarray(det.fast_axis), np.asarray(det.slow_axis)
+    dx = (s_lab @ f) * scale / det.pixel_size_mm[0]
+    dy = (s_lab @ sl) * scale / det.pixel_size_mm[1]
+    if np.hypot(dx, dy) < min_px or not np.isfinite(dx + dy):
+        return None
+    bx, by = det.beam_centre_px(exp.beam)
+    moved = Detector.from_beam_centre((bx + dx, by + dy), det.distance_mm, det.pixel_size_mm, det.image_size,
+                                      det.fast_axis, det.slow_axis, exp.beam.direction)
+    return exp.replace(detector=moved)
+
+
+def _best_origin(exp: Experiment, a_red: np.ndarray, shift: np.ndarray, spots: Spots, max_cell: float,
+                 max_move_px: float = 40.0) -> Experiment | None:
+    """The shift is known only modulo a reciprocal-lattice vector; each of the 27 nearest choices
+    implies a beam-centre move. Keep the one whose moved geometry indexes the most spots out to
+    higher resolution (where the distortion of a wrong centre shows), or None if no move is needed."""
+    best, best_count = None, -1
+    for n in np.array(np.meshgrid([-1, 0, 1], [-1, 0, 1], [-1, 0, 1], indexing="ij")).reshape(3, -1).T:
+        moved = _beam_centre_from_shift(exp, shift + a_red @ n, spots, min_px=0.0)
+        if moved is None:
+            continue
+        move = np.subtract(moved.detector.beam_centre_px(exp.beam), exp.detector.beam_centre_px(exp.beam))
+        if np.hypot(*move) > max_move_px:
+            continue
+        rlps = rlps_from_spots(moved, spots)
+        a_fit, hkl, ok, _ = index_and_fit(a_red, rlps)
+        if ok.sum() < 6:
+            continue
+        frac = rlps[ok] @ np.linalg.inv(a_fit).T - hkl[ok]
+        ok = np.all(np.abs(frac) < 0.1, axis=1)  # tight: the right centre fits the high-resolution spots
+        if ok.sum() > best_count:
+            best, best_count = (moved, np.hypot(*move)), int(ok.sum())
+    if best is None or best[1] < 1.0:
+        return None
+    log.info("reciprocal-space origin shift: beam centre moved by %.2f px", best[1])
+    return best[0]
 
 
 def index_rotation(experiment: Experiment, spots: Spots, options: IndexingOptions | None = None) -> IndexingResult:
@@ -200,16 +251,22 @@ def index_rotation(experiment: Experiment, spots: Spots, options: IndexingOption
     if n < opt.min_spots:
         return _failed(f"too few spots ({n} < {opt.min_spots})", n, t0)
     exp = experiment.replace(crystal=None)
-    rlps = rlps_from_spots(exp, spots)
-    reduced, max_cell = find_basis(rlps, opt.max_cell_A)
-    if reduced is None:
-        return _failed("no lattice found", n, t0, max_cell_A=max_cell)
-    low = low_resolution(rlps, max_cell)
-    log.debug("basis: cell %s from %d low-resolution spots", np.round(cell_of_basis(reduced), 3), low.sum())
-    a_red, hkl, ok = index_and_fit(np.linalg.inv(reduced), rlps[low])
-    if ok.sum() < max(opt.min_spots, 0.1 * low.sum()):
-        return _failed(f"no lattice found (best basis indexes {ok.mean():.2f})", n, t0, max_cell_A=max_cell)
-    hkl, ok = assign_indices(a_red, rlps)
+    for _ in range(3):  # a large origin shift moves the beam centre and starts again
+        rlps = rlps_from_spots(exp, spots)
+        reduced, max_cell = find_basis(rlps, opt.max_cell_A, opt.min_cell_A)
+        if reduced is None:
+            return _failed("no lattice found", n, t0, max_cell_A=max_cell)
+        low = low_resolution(rlps, max_cell)
+        log.debug("basis: cell %s from %d low-resolution spots", np.round(cell_of_basis(reduced), 3), low.sum())
+        a_red, hkl, ok, shift = index_and_fit(np.linalg.inv(reduced), rlps[low], fit_shift=True)
+        if ok.sum() < opt.min_spots or ok.mean() < 0.1 + 0.5 * opt.min_fraction_indexed:
+            # random points index about 22 % within the 0.3 tolerance
+            return _failed(f"no lattice found (best basis indexes {ok.mean():.2f})", n, t0, max_cell_A=max_cell)
+        moved = _best_origin(exp, a_red, shift, spots, max_cell)
+        if moved is None:
+            break
+        exp = moved
+    hkl, ok = assign_indices(a_red, rlps - shift)
     ok &= low
     refine_distance = opt.refine_distance if opt.refine_distance is not None else exp.beam.wavelength_A >= 0.1
     span = float(np.ptp(spots.z_image)) * abs(exp.scan.width_deg)
@@ -229,6 +286,9 @@ def index_rotation(experiment: Experiment, spots: Spots, options: IndexingOption
         hkl, ok = assign_indices(current.crystal.A_matrix, rlps)
         ok &= low_resolution(rlps, max_cell, next_index)
         log.debug("P1 cycle: cell %s rmsd %.3f px, %d indexed", np.round(current.crystal.unit_cell, 3), p1.rmsd_px, ok.sum())
+    if ok.mean() < opt.min_fraction_indexed or not p1.rmsd_px <= 2.0 * opt.max_rmsd_px:
+        return _failed(f"no lattice found (P1 fit: fraction indexed {ok.mean():.2f}, rmsd {p1.rmsd_px:.2f} px)",
+                       n, t0, max_cell_A=max_cell)
     reduced_basis = np.linalg.inv(current.crystal.A_matrix)
     solutions = bravais_solutions(reduced_basis, opt.max_distortion_deg)
     known_lattice = _known_lattice(opt.known_space_group)
@@ -274,6 +334,8 @@ def index_rotation(experiment: Experiment, spots: Spots, options: IndexingOption
         return IndexingResult(False, f"fraction indexed {frac:.2f} below {opt.min_fraction_indexed:.2f}", **result)
     if not res.rmsd_px <= opt.max_rmsd_px:
         return IndexingResult(False, f"rmsd {res.rmsd_px:.2f} px above {opt.max_rmsd_px:.2f}", **result)
+    if not res.rmsd_z_images <= opt.max_rmsd_images:
+        return IndexingResult(False, f"rmsd {res.rmsd_z_images:.2f} images above {opt.max_rmsd_images:.2f}", **result)
     log.info("indexed %d/%d spots: %s %s, rmsd %.3f px", ok.sum(), n, lattice,
              " ".join(f"{v:.3f}" for v in final.crystal.unit_cell), res.rmsd_px)
     return IndexingResult(True, "", **result)
@@ -291,10 +353,20 @@ def index_still(rlps: np.ndarray, options: IndexingOptions | None = None, tolera
     n = len(rlps)
     if n < opt.min_spots:
         return _failed(f"too few spots ({n} < {opt.min_spots})", n, t0)
-    reduced, max_cell = find_basis(rlps, opt.max_cell_A)
-    if reduced is None:
-        return _failed("no lattice found", n, t0, max_cell_A=max_cell)
-    a_red, hkl, ok = index_and_fit(np.linalg.inv(reduced), rlps, tolerances=(tolerance,) * 3)
+    # a still samples reciprocal space on a surface, so nearest neighbours understate the cell:
+    # try the estimate and twice and three times it, keeping the basis that indexes most
+    estimate = opt.max_cell_A or estimate_max_cell(rlps)
+    best = None
+    for factor in ((1.0,) if opt.max_cell_A else (1.0, 2.0, 3.0)):
+        reduced, max_cell = find_basis(rlps, estimate * factor, opt.min_cell_A)
+        if reduced is None:
+            continue
+        a_red, hkl, ok, _ = index_and_fit(np.linalg.inv(reduced), rlps, tolerances=(tolerance,) * 3)
+        if best is None or ok.sum() > best[2].sum():
+            best = (a_red, max_cell, ok)
+    if best is None:
+        return _failed("no lattice found", n, t0, max_cell_A=estimate)
+    a_red, max_cell, ok = best
     reduced, _ = niggli_reduce_basis(np.linalg.inv(a_red))
     solutions = bravais_solutions(reduced, opt.max_distortion_deg)
     best = max(solutions, key=lambda s: SYMMETRY_ORDER.index(s.lattice))
@@ -308,3 +380,36 @@ def index_still(rlps: np.ndarray, options: IndexingOptions | None = None, tolera
     return IndexingResult(indexed, "" if indexed else f"fraction indexed {frac:.2f} below {opt.min_fraction_indexed:.2f}",
                           exp, best.lattice, n, int(ok.sum()), bravais=rows, hkl=hkl, indexed_mask=ok,
                           seconds=time.perf_counter() - t0, max_cell_A=max_cell)
+
+
+def refine_model(experiment: Experiment, lattice: str, spots: Spots, options: IndexingOptions | None = None,
+                 previous: IndexingResult | None = None) -> IndexingResult:
+    """Re-refine an accepted model against a (grown) spot list: assign with the current model,
+    refine in the same lattice, re-assign. `previous` supplies the Bravais table to carry over."""
+    opt = options or IndexingOptions()
+    t0 = time.perf_counter()
+    n = len(spots)
+    rlps = rlps_from_spots(experiment.replace(crystal=None), spots)
+    hkl, ok = assign_indices(experiment.crystal.A_matrix, rlps)
+    if ok.sum() < opt.min_spots:
+        return _failed(f"model indexes only {int(ok.sum())} spots", n, t0)
+    span = float(np.ptp(spots.z_image)) * abs(experiment.scan.width_deg)
+    electrons = experiment.beam.wavelength_A < 0.1
+    refine_distance = opt.refine_distance if opt.refine_distance is not None else not electrons
+    refine_tilt = opt.refine_tilt if opt.refine_tilt is not None else (span >= opt.tilt_min_degrees and not electrons)
+    obs = Observations(hkl[ok], spots.x_px[ok], spots.y_px[ok], spots.z_image[ok])
+    res = refine(experiment, obs, BRAVAIS[lattice], refine_distance=refine_distance, refine_axis=opt.refine_axis,
+                 refine_tilt=refine_tilt, max_obs=opt.max_refine_obs)
+    final = res.experiment
+    rlps = rlps_from_spots(final.replace(crystal=None), spots)
+    hkl, ok = assign_indices(final.crystal.A_matrix, rlps)
+    result = dict(experiment=final, lattice=lattice, n_spots=n, n_indexed=int(ok.sum()), rmsd_x_px=res.rmsd_x_px,
+                  rmsd_y_px=res.rmsd_y_px, rmsd_deg=res.rmsd_deg, bravais=previous.bravais if previous else (),
+                  hkl=hkl, indexed_mask=ok, seconds=time.perf_counter() - t0,
+                  max_cell_A=previous.max_cell_A if previous else None)
+    frac = ok.mean() if n else 0.0
+    if frac < opt.min_fraction_indexed:
+        return IndexingResult(False, f"fraction indexed {frac:.2f} below {opt.min_fraction_indexed:.2f}", **result)
+    if not res.rmsd_px <= opt.max_rmsd_px:
+        return IndexingResult(False, f"rmsd {res.rmsd_px:.2f} px above {opt.max_rmsd_px:.2f}", **result)
+    return IndexingResult(True, "", **result)

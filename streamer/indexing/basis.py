@@ -24,7 +24,9 @@ def choose_basis(candidates: CandidateVectors, rlps: np.ndarray, n_best: int = 2
         return None
     order = np.argsort(-candidates.scores)[:n_best]
     vec = candidates.vectors[order]
-    n = rlps @ vec.T
+    from streamer.indexing.fft1d import phase_offset
+
+    n = rlps @ vec.T - phase_offset(vec, rlps)[None, :]
     good = np.abs(n - np.rint(n)) < tolerance  # (N, M)
     unit = vec / np.linalg.norm(vec, axis=1)[:, None]
     sin_min = math.sin(math.radians(min_angle_deg))

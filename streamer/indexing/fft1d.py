@@ -90,22 +90,36 @@ def _projection_peaks(x: np.ndarray, directions: np.ndarray, q_range: float, n_b
     return prom[np.arange(len(directions)), k] / math.sqrt(len(x)), k + m_lo
 
 
+def phase_offset(vectors: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Per vector t, the fractional offset c (circular mean of t.x mod 1) so that t.x - c is
+    nearest integers. A wrong beam centre shifts every reciprocal-lattice point by about the same
+    vector; the projections keep their period but lose their origin, which c restores."""
+    n = x @ np.atleast_2d(vectors).T
+    z = np.exp(2j * np.pi * n).mean(axis=0)
+    return np.angle(z) / (2.0 * np.pi)
+
+
 def refine_vector(t: np.ndarray, x_low: np.ndarray, x_all: np.ndarray, tolerances=(0.25, 0.15, 0.1)) -> np.ndarray:
-    """Least-squares refinement of a real-space vector t so that t.x is integral (DPS refinement):
-    first on the low-resolution points, where an approximate t still rounds correctly, then on all."""
+    """Least-squares refinement of a real-space vector t so that t.x - c is integral (DPS
+    refinement with a free origin offset c): first on the low-resolution points, where an
+    approximate t still rounds correctly, then on all."""
     for pts in (x_low, x_all):
+        c = float(phase_offset(t, pts)[0])
+        design = np.column_stack([pts, -np.ones(len(pts))])
         for tol in tolerances:
-            n = pts @ t
+            n = pts @ t - c
             sel = np.abs(n - np.rint(n)) < tol
             if sel.sum() < 6:
                 return t
-            t, *_ = np.linalg.lstsq(pts[sel], np.rint(n[sel]), rcond=None)
+            sol, *_ = np.linalg.lstsq(design[sel], np.rint(n[sel]), rcond=None)
+            t, c = sol[:3], sol[3]
     return t
 
 
 def integral_fraction(vectors: np.ndarray, x: np.ndarray, tolerance: float = 0.1) -> np.ndarray:
-    """Fraction of points x with |t.x - round(t.x)| < tolerance, for each row t of `vectors`."""
-    n = x @ np.atleast_2d(vectors).T
+    """Fraction of points x with |t.x - c - round(t.x - c)| < tolerance for each row t of
+    `vectors`, with c its phase offset (zero for a correct beam centre)."""
+    n = x @ np.atleast_2d(vectors).T - phase_offset(vectors, x)[None, :]
     return np.mean(np.abs(n - np.rint(n)) < tolerance, axis=0)
 
 

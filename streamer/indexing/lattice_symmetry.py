@@ -127,9 +127,15 @@ def bravais_solutions(reduced_basis: np.ndarray, max_distortion_deg: float = 5.0
     def rel(i, j):
         return np.abs(length[:, i] - length[:, j]) / ((length[:, i] + length[:, j]) / 2) * rad
 
+    # Le Page's delta for the twofold along b: the angle between b and the normal of (a, c),
+    # which unlike the cell angles does not shrink for oblique choices of a and c
+    normal = np.cross(vec[:, 0], vec[:, 2])
+    with np.errstate(invalid="ignore", divide="ignore"):  # coplanar a, c: NaN, never selected
+        cos_b = np.abs(np.einsum("ti,ti->t", normal, vec[:, 1])) / (np.linalg.norm(normal, axis=1) * length[:, 1])
+    lepage_b = np.nan_to_num(np.degrees(np.arccos(np.clip(cos_b, -1, 1))), nan=180.0)
     gam120 = np.minimum(np.abs(ang[:, 2] - 120.0), np.abs(ang[:, 2] - 60.0))
     systems = {
-        "monoclinic": np.maximum(dev90[:, 0], dev90[:, 2]),
+        "monoclinic": lepage_b,
         "orthorhombic": dev90.max(axis=1),
         "tetragonal": np.maximum(dev90.max(axis=1), rel(0, 1)),
         "hexagonal": np.maximum.reduce([dev90[:, 0], dev90[:, 1], gam120, rel(0, 1)]),

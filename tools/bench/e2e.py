@@ -30,7 +30,7 @@ TIME_BUDGET_S = 100.0
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--start-rate", type=float, default=50.0, help="first rate of the ramp (frames/s)")
+    parser.add_argument("--start-rate", type=float, default=20.0, help="first rate of the ramp (frames/s)")
     parser.add_argument("--max-rate", type=float, default=2000.0, help="stop the ramp at this rate (frames/s)")
     parser.add_argument("--analyser", default=None, metavar="MODULE:NAME",
                         help="per-image analyser the workers run (default streamer.perimage:ImageAnalyser)")

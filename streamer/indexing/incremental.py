@@ -1,0 +1,236 @@
+"""Incremental indexing as images arrive: the controller the collector runs off the per-image path.
+
+    indexer = IncrementalIndexer(series_info_or_experiment, config.indexing)
+    indexer.add_spots(spot_table)        # columns x_px, y_px, z_image (mapping or attributes)
+    update = indexer.step()              # None, or an IndexingUpdate to publish
+    indexer.status(); indexer.summary()  # reason when not indexed yet; CONTRACT.md `indexing`
+
+Policy: the first attempt waits for `min_images` images and `min_degrees` of rotation; failed
+attempts are retried every `retry_every_images` new images (with all spots so far); a solution
+is accepted by fraction indexed and RMSDs (px and images); once accepted, the model is
+re-refined every `refine_every_images` images, re-indexing from scratch if it stops fitting.
+Everything runs in the caller's thread (the collector's sweep-stage thread); numpy and scipy
+release the GIL in their heavy parts, so the per-image path keeps running.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from streamer.geometry import Experiment
+from streamer.indexing.autoindex import IndexingOptions, IndexingResult, index_rotation, refine_model
+from streamer.indexing.rlp import BadSpots, Spots
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class IndexingUpdate:
+    """A new model to publish: kind is "indexed" (first acceptance or re-index) or "refined"."""
+
+    kind: str
+    image: int  # images seen when the update was made (the model uses spots up to here)
+    result: IndexingResult
+    seconds: float  # wall time of the attempt or re-refinement
+
+    @property
+    def experiment(self) -> Experiment:
+        return self.result.experiment
+
+    def model(self) -> dict[str, Any]:
+        """The published form: the `indexing` summary plus the experiment (for workers)."""
+        out = self.result.summary()
+        out["update"] = self.kind
+        out["image"] = self.image
+        out["experiment"] = self.result.experiment.to_dict()
+        return out
+
+
+def _spots_from(table) -> Spots:
+    if isinstance(table, Spots):
+        return table
+    if isinstance(table, Mapping) or hasattr(table, "dtype"):
+        return Spots.from_table(table)
+    return Spots.from_table({k: getattr(table, k) for k in ("x_px", "y_px", "z_image")})
+
+
+class IncrementalIndexer:
+    """Holds the spots of one sweep and the current model; see the module docstring."""
+
+    def __init__(self, series_or_experiment: Any, config: Any = None):
+        if isinstance(series_or_experiment, Experiment):
+            self.experiment = series_or_experiment.replace(crystal=None)
+        else:
+            self.experiment = Experiment.from_series(series_or_experiment)
+        cfg = getattr(config, "indexing", config)  # the whole Config or its indexing section
+        self.options = IndexingOptions.from_config(cfg)
+        self.min_images = getattr(cfg, "min_images", 5)
+        self.min_degrees = getattr(cfg, "min_degrees", 3.0)
+        self.retry_every = getattr(cfg, "retry_every_images", 5)
+        self.refine_every = getattr(cfg, "refine_every_images", 10)
+        self.want_second = getattr(cfg, "second_lattice", False)
+        self._parts: list[Spots] = []
+        self.images_seen = 0
+        self.last_attempt_image: int | None = None
+        self.last_refine_image: int | None = None
+        self.result: IndexingResult | None = None  # last attempt (accepted or not)
+        self.model: IndexingResult | None = None  # last accepted
+        self.second: IndexingResult | None = None
+        self.n_attempts = 0
+        self.n_bad_tables = 0
+        self.timings: list[tuple[str, float]] = []
+
+    # -- input ------------------------------------------------------------------------------
+    def add_spots(self, table, images_seen: int | None = None) -> None:
+        """Add spots (any columnar table with x_px, y_px, z_image); `images_seen` defaults to
+        the highest frame the spots reach."""
+        try:
+            spots = _spots_from(table)
+        except BadSpots as exc:
+            self.n_bad_tables += 1
+            log.warning("spot table skipped: %s", exc)
+            return
+        if len(spots):
+            self._parts.append(spots)
+            self.images_seen = max(self.images_seen, int(np.floor(spots.z_image.max())) + 1)
+        if images_seen is not None:
+            self.images_seen = max(self.images_seen, int(images_seen))
+
+    def set_spots(self, table) -> None:
+        """Replace the spot list (e.g. with a spot joiner's full, growing list)."""
+        self._parts = []
+        self.add_spots(table)
+
+    def note_images(self, images_seen: int) -> None:
+        self.images_seen = max(self.images_seen, int(images_seen))
+
+    @property
+    def spots(self) -> Spots:
+        if len(self._parts) > 1:
+            self._parts = [Spots.concatenate(self._parts)]
+        return self._parts[0] if self._parts else Spots.concatenate([])
+
+    @property
+    def degrees_seen(self) -> float:
+        return self.images_seen * abs(self.experiment.scan.width_deg)
+
+    # -- control ----------------------------------------------------------------------------
+    def due(self) -> str | None:
+        """What step() would do now: "index", "refine" or None (and why not, in status())."""
+        if self.model is None:
+            if self.images_seen < self.min_images or self.degrees_seen < self.min_degrees:
+                return None
+            if self.last_attempt_image is not None and self.images_seen - self.last_attempt_image < self.retry_every:
+                return None
+            return "index"
+        if self.images_seen - (self.last_refine_image or 0) >= self.refine_every:
+            return "refine"
+        return None
+
+    def step(self) -> IndexingUpdate | None:
+        """Try indexing or re-refinement if due; returns an update when a new model is accepted."""
+        action = self.due()
+        if action is None:
+            return None
+        t0 = time.perf_counter()
+        spots = self.spots
+        image = self.images_seen
+        if action == "index":
+            self.last_attempt_image = image
+            self.n_attempts += 1
+            result = index_rotation(self.experiment, spots, self.options)
+            self.result = result
+            seconds = time.perf_counter() - t0
+            self.timings.append(("index", seconds))
+            if not result.indexed:
+                log.info("image %d: not indexed yet: %s", image, result.reason)
+                return None
+            self.model, self.last_refine_image = result, image
+            self._look_for_second_lattice(spots, result)
+            return IndexingUpdate("indexed", image, result, seconds)
+        result = refine_model(self.model.experiment, self.model.lattice, spots, self.options, self.model)
+        seconds = time.perf_counter() - t0
+        self.timings.append(("refine", seconds))
+        self.last_refine_image = image
+        if result.indexed:
+            self.model = self.result = result
+            return IndexingUpdate("refined", image, result, seconds)
+        log.warning("image %d: model no longer fits (%s); indexing again", image, result.reason)
+        self.model, self.last_attempt_image = None, None
+        return self.step()
+
+    def _look_for_second_lattice(self, spots: Spots, result: IndexingResult) -> None:
+        if not self.want_second or result.indexed_mask is None:
+            return
+        from streamer.indexing.second_lattice import find_second_lattice
+
+        self.second = find_second_lattice(result.experiment, spots, result.indexed_mask, self.options)
+
+    # -- reporting --------------------------------------------------------------------------
+    def status(self) -> str:
+        """"indexed", or "not indexed yet: <reason>"."""
+        if self.model is not None:
+            return "indexed"
+        if self.images_seen < self.min_images or self.degrees_seen < self.min_degrees:
+            return (f"not indexed yet: waiting for data ({self.images_seen} images, {self.degrees_seen:.1f} deg; "
+                    f"needs {self.min_images} images and {self.min_degrees:.1f} deg)")
+        if self.result is None:
+            return "not indexed yet: first attempt pending"
+        return f"not indexed yet: {self.result.reason}"
+
+    def summary(self) -> dict[str, Any]:
+        """CONTRACT.md `indexing`: the accepted model, or the last attempt's figures of merit
+        with indexed = False (never a cell presented as accepted when it was not)."""
+        shown = self.model or self.result
+        if shown is None:
+            out = IndexingResult(False, "").summary()
+        else:
+            out = shown.summary()
+        out["indexed"] = self.model is not None
+        out["status"] = self.status()
+        out["attempts"] = self.n_attempts
+        out["images_seen"] = self.images_seen
+        if self.model is None and shown is not None:
+            out["candidate"] = {"lattice": out.get("lattice"), "unit_cell": out.get("unit_cell")}
+            out.update({"lattice": None, "space_group": None, "unit_cell": None, "UB": None})
+        if self.second is not None:
+            s = self.second.summary()
+            out["second_lattice"] = {k: s[k] for k in ("lattice", "unit_cell", "UB", "fraction_indexed", "rmsd_px")}
+        return out
+
+
+class IndexingStage:
+    """The collector's sweep stage (streamer.collector.SweepStage): joins each frame's strong
+    pixels into 3D spots (streamer.spot_joiner) and feeds them to an IncrementalIndexer;
+    `take_model()` hands the collector each new model once."""
+
+    def __init__(self, series: Any, config: Any = None):
+        from streamer.spot_joiner import SpotJoinerStage
+
+        self.joiner = SpotJoinerStage(series, config)
+        self.indexer = IncrementalIndexer(series, getattr(config, "indexing", config))
+        self._pending: dict[str, Any] | None = None
+
+    def add(self, series: Any, result: Any) -> None:
+        self.joiner.add(series, result)
+        self.indexer.note_images(int(result.image_number) + 1)
+        if self.indexer.due() is None:
+            return
+        self.indexer.set_spots(self.joiner.spots())  # all 3D spots finished so far
+        update = self.indexer.step()
+        if update is not None:
+            self._pending = update.model()
+
+    def take_model(self) -> dict[str, Any] | None:
+        model, self._pending = self._pending, None
+        return model
+
+    def finish(self) -> Mapping[str, Any]:
+        self.joiner.finish()
+        return {"indexing": self.indexer.summary()}

@@ -1,0 +1,211 @@
+"""The per-image analyser on synthetic frames with known spots, its masks, statistics and bad input."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from kernels.radial import bin_map, radial_profile
+from streamer import wire
+from streamer.config import Config, MaskConfig
+from streamer.errors import BadFrame
+from streamer.ice_rings import detect_ice_rings, ice_ring_d_star_sq, on_ice_rings
+from streamer.masks import SeriesMask, pilatus_gap_mask, user_mask
+from streamer.perimage import ImageAnalyser, ImageResult
+from streamer.resolution_estimate import equal_population_bins, estimate_d_min, wilson_outliers
+from streamer.series import SeriesInfo
+
+SHAPE = (180, 220)
+
+
+def series(**changes) -> SeriesInfo:
+    base = SeriesInfo("test", "simulator", SHAPE, "<u4", n_images=10, pixel_size_mm=(0.172, 0.172),
+                      beam_centre_px=(110.0, 90.0), distance_mm=60.0, wavelength_A=1.0, saturation_value=60000,
+                      omega_start_deg=10.0, omega_increment_deg=0.5)
+    return dataclasses.replace(base, **changes)
+
+
+def spots_frame(positions, seed=0, background=3.0, height=400.0, sigma=0.8, dtype=np.uint32):
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:SHAPE[0], 0:SHAPE[1]] + 0.5
+    lam = np.full(SHAPE, background)
+    for x, y in positions:
+        lam += height * np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * sigma**2))
+    return rng.poisson(lam).astype(dtype)
+
+
+POSITIONS = [(30.3, 40.7), (150.5, 30.2), (60.8, 150.4), (190.1, 120.9), (100.4, 100.6), (20.6, 160.3)]
+
+
+@pytest.fixture(scope="module")
+def analyser():
+    return ImageAnalyser(series(), Config())
+
+
+def test_finds_known_spots(analyser):
+    result = analyser.analyse(spots_frame(POSITIONS), 3)
+    assert isinstance(result, ImageResult)
+    assert result.n_spots == len(POSITIONS)
+    found = np.column_stack([result.spots.x_px, result.spots.y_px])
+    for x, y in POSITIONS:
+        assert np.min(np.hypot(found[:, 0] - x, found[:, 1] - y)) < 0.25
+    np.testing.assert_array_equal(result.spots.z_image, 3.5)
+    assert np.all(result.spots.bbox[:, 4] == 3) and np.all(result.spots.bbox[:, 5] == 4)
+    assert result.strong_pixels == result.spots.pixel_index.size >= result.spots.n_pixels.sum()
+    assert result.phi_deg == pytest.approx(10.0 + 3.5 * 0.5)
+    assert 2.5 < result.background < 3.5  # Poisson mean 3 away from the spots
+    assert result.n_overloads == 0
+    # d-spacings follow the geometry: 1/d = 2 sin(theta) / lambda
+    x, y = result.spots.x_px, result.spots.y_px
+    r = np.hypot((x - 110.0) * 0.172, (y - 90.0) * 0.172)
+    np.testing.assert_allclose(result.spots.d_spacing, 1.0 / (2 * np.sin(np.arctan2(r, 60.0) / 2)), rtol=1e-9)
+    assert result.n_spots_4A == int(np.count_nonzero(result.spots.d_spacing > 4))
+    # spot intensity is the sum of the raw values of its strong pixels
+    assert result.spots.intensity.sum() <= result.spots.pixel_value.sum()
+
+
+def test_result_goes_over_the_wire(analyser):
+    result = analyser.analyse(spots_frame(POSITIONS, seed=2), 1)
+    stats, profiles, spots = wire.split_result(result)
+    assert stats["n_spots"] == result.n_spots and "radial_profile" in profiles
+    assert set(spots) >= {"x_px", "y_px", "z_image", "intensity", "n_pixels", "pixel_index", "pixel_value"}
+    fr = wire.FrameResult("test", 1, 1, "w", stats=stats, profiles=profiles, spots=spots)
+    back = wire.result_from(wire.decode(wire.encode_result(fr)))
+    np.testing.assert_array_equal(back.spots["x_px"], result.spots.x_px)
+
+
+def test_radial_profile_shape_and_values(analyser):
+    result = analyser.analyse(spots_frame(POSITIONS, background=5.0), 0)
+    assert result.radial_profile.dtype == np.float32
+    assert result.radial_profile.shape == (len(analyser.radial_bin_edges) - 1,)
+    filled = np.isfinite(result.radial_profile)
+    assert filled.sum() > 5 and abs(np.nanmean(result.radial_profile) - 5.0) < 0.5
+
+
+def test_overloads_counted_and_excluded(analyser):
+    image = spots_frame(POSITIONS)
+    image[100:102, 100:102] = 60000  # at saturation: invalid, counted
+    result = analyser.analyse(image, 0)
+    assert result.n_overloads == 4
+    x, y = result.spots.x_px, result.spots.y_px
+    inside = (x > 99) & (x < 103) & (y > 99) & (y < 103)
+    assert not np.any(np.isin(result.spots.pixel_index, [100 * 220 + 100, 100 * 220 + 101])) or not inside.any()
+
+
+def test_user_masks_and_resolution_limits():
+    config = Config(mask=MaskConfig(untrusted_rectangles=[(25, 36, 35, 46)], untrusted_circles=[(150.5, 30.2, 4.0)]))
+    an = ImageAnalyser(series(), config, warm_up=False)
+    result = an.analyse(spots_frame(POSITIONS), 0)
+    assert result.n_spots == len(POSITIONS) - 2
+    d_at = an.resolution_map[int(160.3), int(20.6)]
+    limited = Config(spotfinding=Config().spotfinding.model_copy(update={"d_min": float(d_at) + 0.05}))
+    an2 = ImageAnalyser(series(), limited, warm_up=False)
+    assert an2.analyse(spots_frame(POSITIONS), 0).n_spots == len(POSITIONS) - 1
+
+
+def test_mask_helpers():
+    mask = user_mask((10, 10), MaskConfig(untrusted_rectangles=[(2, 4, 0, 1)],
+                                          untrusted_polygons=[[(5.0, 5.0), (9.0, 5.0), (9.0, 9.0)]]))
+    assert mask[0, 2] == 0 and mask[0, 4] == 1 and mask[1, 2] == 1
+    assert mask[6, 8] == 0 and mask[6, 5] == 1  # (8.5, 6.5) inside the triangle, (5.5, 6.5) outside
+    gaps = pilatus_gap_mask((2527, 2463))
+    assert gaps is not None and gaps[:, 487:494].sum() == 0 and gaps[195:212].sum() == 0 and gaps[0, 486] == 1
+    assert pilatus_gap_mask((100, 100)) is None
+    s = series(pixel_mask=np.zeros((5, 5), np.uint32))
+    with pytest.raises(BadFrame) as err:
+        SeriesMask.build(s)
+    assert err.value.reason == "wrong_mask_size"
+
+
+def test_pixel_mask_from_header_is_used():
+    pm = np.zeros(SHAPE, np.uint32)
+    pm[30:52, 20:42] = 2  # dead pixels over the first spot
+    an = ImageAnalyser(series(pixel_mask=pm), warm_up=False)
+    assert an.analyse(spots_frame(POSITIONS), 0).n_spots == len(POSITIONS) - 1
+
+
+@pytest.mark.parametrize("dtype,series_dtype", [(np.uint16, "<u2"), (np.int32, "<i4"), (np.float32, "<f4")])
+def test_other_dtypes(dtype, series_dtype):
+    an = ImageAnalyser(series(dtype=series_dtype), warm_up=False)
+    assert an.analyse(spots_frame(POSITIONS, dtype=dtype), 0).n_spots == len(POSITIONS)
+
+
+def test_bad_frames_raise_with_reasons(analyser):
+    good = spots_frame(POSITIONS)
+    cases = {
+        "wrong_shape": good[:, :100],
+        "wrong_dtype": good.astype(np.uint16),
+        "all_zero": np.zeros(SHAPE, np.uint32),
+        "all_saturated": np.full(SHAPE, 60000, np.uint32),
+    }
+    for reason, image in cases.items():
+        with pytest.raises(BadFrame) as err:
+            analyser.analyse(image, 0)
+        assert err.value.reason == reason
+    an = ImageAnalyser(series(dtype="<f4"), warm_up=False)
+    bad = good.astype(np.float32)
+    bad[3, 3] = np.nan
+    with pytest.raises(BadFrame) as err:
+        an.analyse(bad, 0)
+    assert err.value.reason == "nan_pixels"
+    noisy = np.random.default_rng(1).integers(0, 50000, SHAPE).astype(np.uint32)
+    noisy[::2] = 0
+    with pytest.raises(BadFrame) as err:
+        analyser.analyse(noisy, 0)
+    assert err.value.reason == "too_many_strong_pixels"
+    assert analyser.analyse(good, 0).n_spots == len(POSITIONS)  # and it carries on
+
+
+def test_ice_ring_membership():
+    rings = 1.0 / np.sqrt(ice_ring_d_star_sq(1.5))
+    assert np.any(np.abs(rings - 3.897) < 0.01) and np.any(np.abs(rings - 3.669) < 0.01)
+    assert np.any(np.abs(rings - 2.249) < 0.01)
+    d = np.array([3.90, 3.67, 3.0, 2.5, 10.0, np.inf])
+    assert list(on_ice_rings(d)) == [True, True, False, False, False, False]
+
+
+def test_ice_ring_detection_from_profile():
+    edges = np.arange(0, 0.4, 0.002)
+    centres = 0.5 * (edges[1:] + edges[:-1])
+    counts = np.full(centres.size, 1000)
+    profile = np.full(centres.size, 10.0, dtype=np.float32)
+    assert detect_ice_rings(profile, counts, edges) == ()
+    ring = 1 / 3.669**2
+    profile[np.abs(centres - ring) < 0.002] = 20.0
+    assert detect_ice_rings(profile, counts, edges) == (3.669,)
+
+
+def test_resolution_estimate_pieces():
+    bins = equal_population_bins(np.linspace(0.01, 0.3, 100))
+    assert len(bins) == 5 and bins[0][1] > bins[0][0] > bins[1][0]
+    intensity = np.array([1.0, 1.0, 1.0, 1.0, 400.0])
+    assert list(wilson_outliers(intensity, np.zeros(5, bool))) == [False, False, False, False, True]
+    # falling I/sigma with resolution gives an estimate inside the data range
+    rng = np.random.default_rng(0)
+    d = rng.uniform(1.5, 10, 300)
+    intensity = 5000 * np.exp(-20 / d**2 * 4) * rng.lognormal(0, 0.3, 300)
+    est = estimate_d_min(d, intensity)
+    assert 1.5 <= est < 4.0
+    assert estimate_d_min(d[:1], intensity[:1]) == -1.0
+
+
+def test_radial_kernel_against_numpy():
+    rng = np.random.default_rng(3)
+    image = rng.poisson(4, (31, 29)).astype(np.uint16)
+    mask = (rng.random(image.shape) > 0.1).astype(np.uint8)
+    exclude = (rng.random(image.shape) > 0.9).astype(np.uint8)
+    ds2 = rng.random(image.shape) * 0.1
+    edges = np.linspace(0, 0.1, 11)
+    bins = bin_map(ds2, edges)
+    for step in (1, 3):
+        mean, counts = radial_profile(image, mask, bins, 10, exclude, (-1, 5), step)
+        rows = np.zeros(image.shape, bool)
+        rows[::step] = True
+        use = rows & (mask == 1) & (exclude == 0) & (image < 5)
+        for b in range(10):
+            sel = use & (bins == b)
+            assert counts[b] == sel.sum()
+            if sel.any():
+                assert mean[b] == pytest.approx(image[sel].mean(), rel=1e-6)
