@@ -36,19 +36,17 @@ SUPPORTED_DTYPES = (np.uint8, np.uint16, np.uint32, np.int16, np.int32, np.float
 
 
 @njit
-def _update_columns(image, mask, enter, leave, lower, upper, sum_upper, colm, colx, coly, stats):
+def _update_columns(image, mask, enter, leave, lower, upper, sum_upper, colm, colx, coly, counts):
     """Column sums of the window rows: add row `enter`, remove row `leave` (either may be -1).
 
     The accumulators' dtype decides the arithmetic: int64 for integer images (exact, and
     cheaper), float64 for float images. `lower`/`upper` bound valid values (open interval),
-    `sum_upper` = min(upper, 2**24) bounds the values that enter the sums. Counts overloads /
-    valid / valid nonzero pixels of the entering row into stats.
+    `sum_upper` = min(upper, 2**24) bounds the values that enter the sums. counts (3, nx)
+    int32 gains per column the entering row's overloads, valid and valid nonzero pixels
+    (per-column counters keep the loop vectorised).
     """
     nx = image.shape[1]
     one = colm.dtype.type(1)
-    over = 0
-    valid = 0
-    nonzero = 0
     if enter >= 0:
         for i in range(nx):
             v = colx.dtype.type(image[enter, i])
@@ -59,9 +57,9 @@ def _update_columns(image, mask, enter, leave, lower, upper, sum_upper, colm, co
             colm[i] += w
             colx[i] += vw
             coly[i] += vw * v
-            over += usable & (v >= upper)
-            valid += usable & inrange
-            nonzero += usable & inrange & (v != 0)
+            counts[0, i] += np.int32(usable & (v >= upper))
+            counts[1, i] += np.int32(usable & inrange)
+            counts[2, i] += np.int32(usable & inrange & (v != 0))
     if leave >= 0:
         for i in range(nx):
             u = colx.dtype.type(image[leave, i])
@@ -70,9 +68,6 @@ def _update_columns(image, mask, enter, leave, lower, upper, sum_upper, colm, co
             colm[i] -= w
             colx[i] -= uw
             coly[i] -= uw * u
-    stats[0] += over
-    stats[1] += valid
-    stats[2] += nonzero
 
 
 @njit
@@ -142,17 +137,38 @@ def _test_row(image, mask, j, lower, upper, hm, hx, hy, nb2, ns2, gain, threshol
 
 
 @njit
+def _gather_row(flag_flat, flag_words, base, nx, out_index, n):
+    """Append the flat indices of flagged pixels in [base, base + nx) to out_index, skipping
+    all-zero 8-byte words (most of a row); returns the new count."""
+    end = base + nx
+    w = base // 8
+    while w * 8 < end:
+        if w < flag_words.shape[0] and flag_words[w] == 0:
+            w += 1
+            continue
+        for p in range(max(w * 8, base), min(w * 8 + 8, end)):
+            if flag_flat[p]:
+                out_index[n] = p
+                n += 1
+        w += 1
+    return n
+
+
+@njit
 def _dispersion_pass(image, mask, lower, upper, kx, ky, nsig_b, nsig_s, gain, threshold, min_count,
-                     dispersion_only, flag, out_index, stats, colm, colx, coly, tmp, lo, hi, hi_sum):
+                     dispersion_only, flag, flag_flat, flag_words, out_index, stats, colm, colx, coly, tmp, lo, hi,
+                     hi_sum):
     """One streaming pass; writes flag (1 = selected) for every pixel and the selected flat
     indices (row-major) into out_index; returns how many. dispersion_only: skip the
     strong-value and global tests (first pass of the extended variant). colm/colx/coly/tmp:
     zeroed accumulators of the image width (int64 for integer images, else float64); lo, hi,
-    hi_sum: the valid-value bounds (and the summed-value bound) in the accumulators' type."""
+    hi_sum: the valid-value bounds (and the summed-value bound) in the accumulators' type.
+    flag_flat / flag_words: the flag buffer seen as flat bytes and as uint64 words."""
     ny, nx = image.shape
     hm = np.empty(nx, np.float64)
     hx = np.empty(nx, np.float64)
     hy = np.empty(nx, np.float64)
+    counts = np.zeros((3, nx), np.int32)
     nb2 = 2.0 * nsig_b * nsig_b
     ns2 = nsig_s * nsig_s * gain
     n = 0
@@ -160,7 +176,7 @@ def _dispersion_pass(image, mask, lower, upper, kx, ky, nsig_b, nsig_s, gain, th
         # the window of row r spans rows r - ky .. r + ky: row r + ky enters, row r - ky - 1 leaves
         enter = r + ky if r + ky < ny else -1
         leave = r - ky - 1 if r - ky - 1 >= 0 else -1
-        _update_columns(image, mask, enter, leave, lo, hi, hi_sum, colm, colx, coly, stats)
+        _update_columns(image, mask, enter, leave, lo, hi, hi_sum, colm, colx, coly, counts)
         if r < 0:
             continue
         _window_1d(colm, hm, tmp, kx)
@@ -168,11 +184,9 @@ def _dispersion_pass(image, mask, lower, upper, kx, ky, nsig_b, nsig_s, gain, th
         _window_1d(coly, hy, tmp, kx)
         if _test_row(image, mask, r, lower, upper, hm, hx, hy, nb2, ns2, gain, threshold, min_count,
                      dispersion_only, flag):
-            base = r * nx
-            for i in range(nx):
-                if flag[r, i]:
-                    out_index[n] = base + i
-                    n += 1
+            n = _gather_row(flag_flat, flag_words, r * nx, nx, out_index, n)
+    for c in range(3):
+        stats[c] += counts[c].sum()
     return n
 
 
@@ -288,7 +302,10 @@ class DispersionWorkspace:
     def __init__(self, shape: tuple[int, int]):
         self.shape = tuple(shape)
         self.flag = np.zeros(self.shape, dtype=np.uint8)
-        self.index = np.empty(self.shape[0] * self.shape[1], dtype=np.int64)
+        self.flag_flat = self.flag.reshape(-1)
+        self.flag_words = self.flag_flat[: self.flag_flat.size // 8 * 8].view(np.uint64)
+        size = self.shape[0] * self.shape[1]
+        self.index = np.empty(size, dtype=np.int32 if size < 2**31 else np.int64)
         self.stats = np.zeros(3, dtype=np.int64)
 
     @property
@@ -317,7 +334,7 @@ def strong_pixels(
     trusted_range: tuple[float, float] = (-1.0, np.inf),
     workspace: DispersionWorkspace | None = None,
 ) -> np.ndarray:
-    """Flat row-major indices (int64, ascending) of the strong pixels of `image`.
+    """Flat row-major indices (ascending; int32, int64 past 2**31 pixels) of the strong pixels.
 
     `mask` is uint8 (nonzero = usable pixel). Pixels count as valid only strictly inside
     `trusted_range` (DIALS: (-1, saturation) open interval). `kernel_size` is the window
@@ -343,8 +360,8 @@ def strong_pixels(
         bounds = (np.float64(lower), np.float64(upper), np.float64(min(upper, BIG)))
     columns = [np.zeros(image.shape[1], dtype=acc) for _ in range(4)]
     n = _dispersion_pass(image, mask, lower, upper, kx, ky, float(sigma_background), float(sigma_strong),
-                         float(gain), float(global_threshold), float(min_local), extended, ws.flag, ws.index,
-                         ws.stats, *columns, *bounds)
+                         float(gain), float(global_threshold), float(min_local), extended, ws.flag, ws.flag_flat,
+                         ws.flag_words, ws.index, ws.stats, *columns, *bounds)
     if not extended:
         return ws.index[:n]
     # core and strong lists are written in place over the dispersed list (each is a subset in order)

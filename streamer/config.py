@@ -68,7 +68,9 @@ class SpotfindingConfig(Section):
         "dispersion_extended", description="threshold algorithm (DIALS 3.12 default: dispersion_extended)"
     )
     gain: float = Field(1.0, gt=0, description="detector gain (ADU per photon)")
-    kernel_size: tuple[int, int] = Field((3, 3), description="half-size of the local window (fast, slow): 3 -> 7x7")
+    kernel_size: tuple[int, int] = Field(
+        (3, 3), description="half-size of the local window (fast, slow): 3 -> 7x7 (DIALS phil kernel_size lists slow first)"
+    )
     sigma_background: float = Field(6.0, gt=0, description="index-of-dispersion threshold for background")
     sigma_strong: float = Field(3.0, gt=0, description="pixel threshold above the local mean in sigmas")
     min_local: int = Field(2, ge=0, description="minimum valid pixels in the local window")
@@ -85,7 +87,7 @@ class SpotfindingConfig(Section):
     )
     ice_ring_width: float = Field(0.004, gt=0, description="full width of an ice ring in 1/d^2 (A^-2), DIALS per-image analysis")
     radial_bin_width: float = Field(0.002, gt=0, description="bin width of the radial background profile in 1/d^2 (A^-2)")
-    radial_row_step: int = Field(4, ge=1, description="radial profile and background sample every Nth row")
+    radial_row_step: int = Field(8, ge=1, description="radial profile and background sample every Nth row")
 
 
 class MaskConfig(Section):
@@ -125,8 +127,9 @@ class IndexingConfig(Section):
     min_spots: int = Field(20, ge=6, description="fewest spots an indexing attempt needs")
     min_cell_A: float = Field(10.0, gt=0, description="shortest cell edge searched (A)")
     max_distortion_deg: float = Field(3.0, ge=0, description="Bravais lattices listed up to this metric distortion (Le Page delta, degrees)")
-    bravais_rmsd_ratio: float = Field(
-        3.0, ge=1, description="recommend the highest symmetry whose refined RMSD is within this factor of the P1 fit"
+    bravais_rmsd_ratio: float | None = Field(
+        None, ge=1,
+        description="recommend the highest symmetry whose refined RMSD is within this factor of the P1 fit; None: 1.5 X-rays, 3 electrons",
     )
     max_rmsd_images: float = Field(1.5, gt=0, description="accept a solution with rotation RMSD below this (images)")
     refine_distance: bool | None = Field(None, description="refine the distance; None: yes for X-rays, no for electrons")

@@ -8,8 +8,8 @@ called by `per_image_analysis.ice_rings_selection`).
 Ice on an image (`detect_ice_rings`) is judged from the azimuthally averaged background in
 resolution bins: a ring counts when the mean background in its shell is well above the
 neighbouring shells on both sides (by `min_excess` relative and `n_sigma` in Poisson
-terms), or when the spot density in the shell is more than `density_factor` times that of
-the neighbours with at least `min_spots` spots there.
+terms), or when the shell holds at least `min_spots` spots, more than `density_factor` times
+and `n_sigma` Poisson sigmas above what the neighbouring shells' spot density predicts.
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ def on_ice_rings(d_spacing: np.ndarray, width: float = ICE_RING_WIDTH) -> np.nda
 
 def detect_ice_rings(profile: np.ndarray, counts: np.ndarray, bin_edges_ds2: np.ndarray,
                      spot_d: np.ndarray | None = None, width: float = ICE_RING_WIDTH, min_excess: float = 0.1,
-                     n_sigma: float = 5.0, density_factor: float = 3.0, min_spots: int = 5) -> tuple[float, ...]:
+                     n_sigma: float = 5.0, density_factor: float = 3.0, min_spots: int = 10) -> tuple[float, ...]:
     """d-spacings (A) of the strong ice rings that show on this image.
 
     `profile`/`counts`: mean background and pixel count per 1/d^2 bin (`bin_edges_ds2`).
@@ -95,7 +95,9 @@ def detect_ice_rings(profile: np.ndarray, counts: np.ndarray, bin_edges_ds2: np.
         if not ice and spot_ds2 is not None:
             s_in = int(np.count_nonzero(np.abs(spot_ds2 - ring) < half))
             s_side = int(np.count_nonzero((np.abs(spot_ds2 - ring) >= half) & (np.abs(spot_ds2 - ring) < 3 * half)))
-            ice = s_in >= min_spots and s_in / n_in > density_factor * max(s_side, 1) / n_side
+            expected = s_side * n_in / n_side
+            ice = (s_in >= min_spots and s_in > density_factor * max(expected, 1.0)
+                   and s_in - expected > n_sigma * math.sqrt(expected + 1.0))
         if ice:
             found.append(d_ring)
     return tuple(found)

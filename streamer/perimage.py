@@ -166,19 +166,22 @@ class ImageAnalyser:
         strong = self.strong(image)
         ws = self.workspace
         if ws.n_valid == 0:
-            raise BadFrame(f"image {image_number} has no valid pixel (all saturated or masked)", reason="all_saturated")
+            raise BadFrame(f"image {image_number} has no valid pixel (all saturated or masked)",
+                           reason="all_saturated")
         if ws.n_valid_nonzero == 0 and ws.n_overloads == 0:
             raise BadFrame(f"image {image_number} is all zero", reason="all_zero")
         if strong.size > self.max_strong:
             raise BadFrame(f"image {image_number} has {strong.size} strong pixels, more than "
-                           f"{self.params.max_strong_pixel_fraction:.0%} of the detector", reason="too_many_strong_pixels")
+                           f"{self.params.max_strong_pixel_fraction:.0%} of the detector",
+                           reason="too_many_strong_pixels")
         index = strong.copy()
         values = image.reshape(-1)[index]
         spots = self.spots(index, values, image_number)
         profile, counts = radial_profile(image, self.mask, self.radial_bins, len(self.radial_bin_edges) - 1, ws.flag,
                                          self.trusted_range, self.params.radial_row_step)
         total_counts = counts.sum()
-        background = float(np.nansum(profile.astype(np.float64) * counts) / total_counts) if total_counts else float("nan")
+        background = float(np.nansum(profile.astype(np.float64) * counts) / total_counts) if total_counts \
+            else float("nan")
         return self.statistics(image_number, spots, index.size, ws.n_overloads, background, profile, counts)
 
     def spots(self, index: np.ndarray, values: np.ndarray, image_number: int) -> SpotTable:

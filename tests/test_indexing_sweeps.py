@@ -73,3 +73,16 @@ def test_summary_follows_the_contract():
     m = np.rint(np.linalg.inv(truth.crystal.A_matrix) @ ub)
     np.testing.assert_allclose(ub @ np.linalg.solve(m, h.T), truth.crystal.A_matrix @ h.T, atol=2e-5)
     assert s["bravais"][-1]["recommended"] and s["bravais"][-1]["lattice"] == "oP"
+
+
+def test_known_cell_and_space_group_select_the_setting():
+    truth = sweep_experiment((60.0, 70.0, 80.0, 90, 90, 90), "P 21 21 21")
+    spots = simulated_spots(truth)
+    known = IndexingOptions(known_cell=(60.0, 70.0, 80.0, 90.0, 90.0, 90.0), known_space_group="P 21 21 21")
+    result = index_rotation(truth.replace(crystal=None), spots, known)
+    assert result.indexed and result.lattice == "oP"
+    np.testing.assert_allclose(result.unit_cell[:3], (60.0, 70.0, 80.0), rtol=1e-3)  # in the given order
+    # a known cell the data do not have is not forced onto them
+    wrong = IndexingOptions(known_cell=(61.0, 75.0, 90.0, 90.0, 90.0, 90.0), known_space_group="P 21 21 21")
+    result = index_rotation(truth.replace(crystal=None), spots, wrong)
+    assert not result.indexed and result.reason == "known cell or space group not found"

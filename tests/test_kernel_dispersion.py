@@ -69,7 +69,8 @@ def frame(shape, dtype, seed=0, n_spots=6, background=2.0, peak=300.0):
     lam = np.full(shape, background)
     for _ in range(n_spots):
         cy, cx = rng.uniform(0, ny), rng.uniform(0, nx)
-        lam += rng.uniform(0.2, 1.0) * peak * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * rng.uniform(0.5, 1.5) ** 2))
+        width = rng.uniform(0.5, 1.5)
+        lam += rng.uniform(0.2, 1.0) * peak * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * width**2))
     return rng.poisson(lam).astype(dtype)
 
 
@@ -159,3 +160,64 @@ def test_property_strong_pixels_are_valid_and_match_reference(seed, ny, nx, algo
     assert np.all(np.diff(got) > 0)
     assert np.all(mask.reshape(-1)[got] == 1)
     np.testing.assert_array_equal(got, reference(image, mask, algorithm))
+
+
+DIALS_SCRIPT = """
+import sys, numpy as np
+from dials.array_family import flex
+from dials.algorithms.image.threshold import DispersionThreshold, DispersionExtendedThreshold
+cases = np.load(sys.argv[1])
+out = {}
+for key in sorted({k.split(':')[0] for k in cases.files}):
+    img, mask, params = cases[key + ':image'], cases[key + ':mask'], cases[key + ':params']
+    kx, ky, nsig_b, nsig_s, threshold, min_count, gain, extended = params
+    im = flex.double(img.astype(np.float64))
+    mk = flex.bool(mask.astype(bool))
+    cls = DispersionExtendedThreshold if extended else DispersionThreshold
+    alg = cls(im.all(), (int(ky), int(kx)), nsig_b, nsig_s, threshold, int(min_count))
+    dst = flex.bool(flex.grid(im.all()))
+    if gain != 1.0:
+        alg(im, mk, flex.double(flex.grid(im.all()), gain), dst)
+    else:
+        alg(im, mk, dst)
+    out[key] = np.flatnonzero(dst.as_numpy_array())
+np.savez(sys.argv[2], **out)
+"""
+
+
+@pytest.mark.dials
+def test_identical_to_dials_threshold_classes(tmp_path):
+    """The kernel against DIALS 3.12's own DispersionThreshold / DispersionExtendedThreshold
+    (Debian's DIALS, run on /usr/bin/python3) on frames with spots, gaps and overloads."""
+    import shutil
+    import subprocess
+
+    if shutil.which("dials.find_spots") is None:
+        pytest.skip("DIALS is not installed")
+    cases, ours = {}, {}
+    settings_list = [(3, 3, 6.0, 3.0, 0.0, 2, 1.0), (2, 4, 4.0, 2.5, 5.0, 8, 1.0), (3, 3, 6.0, 3.0, 0.0, 2, 1.6)]
+    for seed in range(3):
+        image = frame((150 + seed, 170), np.int32, seed=seed, n_spots=30, background=1.0 + 4 * seed)
+        static = np.ones(image.shape, np.uint8)
+        static[:, 60:67] = 0
+        image[:, 60:67] = -1
+        image[70, 10:15] = 7000
+        trusted = (-1.0, 6000.0)
+        dials_mask = (static == 1) & (image > trusted[0]) & (image < trusted[1])
+        for s, (kx, ky, nb, ns, thr, mc, gain) in enumerate(settings_list):
+            for extended in (0, 1):
+                key = f"s{seed}k{s}e{extended}"
+                cases[key + ":image"] = image
+                cases[key + ":mask"] = dials_mask
+                cases[key + ":params"] = np.array([kx, ky, nb, ns, thr, mc, gain, extended], dtype=np.float64)
+                ours[key] = strong_pixels(image, static, "dispersion_extended" if extended else "dispersion", (kx, ky),
+                                          nb, ns, thr, mc, gain, trusted).copy()
+    np.savez(tmp_path / "cases.npz", **cases)
+    command = ["/usr/bin/python3", "-c", DIALS_SCRIPT, str(tmp_path / "cases.npz"), str(tmp_path / "out.npz")]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=300,
+                          env={"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    dials = np.load(tmp_path / "out.npz")
+    for key, got in ours.items():
+        np.testing.assert_array_equal(got, dials[key], err_msg=key)
+    assert sum(len(v) for v in ours.values()) > 100

@@ -86,12 +86,12 @@ def test_radial_profile_shape_and_values(analyser):
 
 def test_overloads_counted_and_excluded(analyser):
     image = spots_frame(POSITIONS)
-    image[100:102, 100:102] = 60000  # at saturation: invalid, counted
+    image[10:12, 200:202] = 60000  # at saturation: invalid, counted
     result = analyser.analyse(image, 0)
     assert result.n_overloads == 4
-    x, y = result.spots.x_px, result.spots.y_px
-    inside = (x > 99) & (x < 103) & (y > 99) & (y < 103)
-    assert not np.any(np.isin(result.spots.pixel_index, [100 * 220 + 100, 100 * 220 + 101])) or not inside.any()
+    saturated = [10 * 220 + 200, 10 * 220 + 201, 11 * 220 + 200, 11 * 220 + 201]
+    assert not np.any(np.isin(result.spots.pixel_index, saturated))  # never strong, never summed
+    assert result.n_spots == len(POSITIONS)
 
 
 def test_user_masks_and_resolution_limits():
@@ -209,3 +209,14 @@ def test_radial_kernel_against_numpy():
             assert counts[b] == sel.sum()
             if sel.any():
                 assert mean[b] == pytest.approx(image[sel].mean(), rel=1e-6)
+
+
+def test_ice_ring_detection_from_spot_density():
+    edges = np.arange(0, 0.4, 0.002)
+    counts = np.full(edges.size - 1, 1000)
+    profile = np.full(edges.size - 1, 10.0, dtype=np.float32)
+    rng = np.random.default_rng(2)
+    uniform = 1.0 / np.sqrt(rng.uniform(0.01, 0.35, 2000))  # protein spots, no rings
+    assert detect_ice_rings(profile, counts, edges, spot_d=uniform) == ()
+    ring = 1.0 / np.sqrt(1 / 2.249**2 + rng.uniform(-0.0015, 0.0015, 60))
+    assert detect_ice_rings(profile, counts, edges, spot_d=np.concatenate([uniform, ring])) == (2.249,)

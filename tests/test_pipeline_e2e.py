@@ -388,3 +388,30 @@ def test_recorded_data_does_not_hang_when_every_worker_died(tmp_path):
         assert pipe.wait(60)  # the collector still closes the books
         frames = pipe.collector.total.as_dict()
     assert balanced(frames) and frames["dropped"].get("worker_lost", 0) == frames["received"]
+
+
+@pytest.mark.slow
+def test_demo_command_streams_a_simulated_sweep_end_to_end(tmp_path, capsys):
+    """`xtalstream demo`: simulator child process -> stream -> pipeline -> outputs, live progress."""
+    from streamer.commands.demo import main as demo_main
+    from streamer.spots_io import read_spots_csv
+
+    out = tmp_path / "demo"
+    assert demo_main(["--images", "6", "--out", str(out), "--http", "127.0.0.1:0", "--workers", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert "dashboard: http://127.0.0.1:" in printed and "frames processed" in printed
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["frames"] == {"received": 6, "processed": 6, "dropped": {}}
+    rows = (out / "per_image.csv").read_text().splitlines()[1:]
+    assert [int(r.split(",")[0]) for r in rows] == list(range(6))
+    assert all(int(r.split(",")[2]) > 50 for r in rows)  # a simulated lysozyme pattern has spots
+    spots = read_spots_csv(out / "spots.csv")
+    assert len(spots["x_px"]) > 100 and spots["z_image"].min() >= 0 and spots["z_image"].max() < 6
+
+
+def test_demo_exits_when_the_simulator_fails(tmp_path, capsys):
+    from streamer.commands.demo import main as demo_main
+
+    code = demo_main(["--images", "3", "--preset", "no-such-crystal", "--out", str(tmp_path / "d"),
+                      "--http", "off", "--workers", "1"])
+    assert code != 0

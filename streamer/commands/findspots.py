@@ -24,9 +24,12 @@ log = logging.getLogger(__name__)
 
 def build_parser():
     p = parser("findspots", __doc__.splitlines()[0])
-    p.add_argument("paths", nargs="+", metavar="PATH", help="EIGER master/data files, CBF/SMV images or a folder")
-    p.add_argument("--out", default="spots.csv", metavar="spots.csv", help="spot list to write (per_image.csv goes next to it)")
-    p.add_argument("--nproc", type=int, default=1, help="threads analysing images in parallel (the kernels release the GIL)")
+    p.add_argument("paths", nargs="+", metavar="PATH",
+                   help="EIGER master/data files, CBF/SMV images or a folder")
+    p.add_argument("--out", default="spots.csv", metavar="spots.csv",
+                   help="spot list to write (per_image.csv goes next to it)")
+    p.add_argument("--nproc", type=int, default=1,
+                   help="threads analysing images in parallel (the kernels release the GIL)")
     p.add_argument("--algorithm", choices=["dispersion_extended", "dispersion"], help="threshold algorithm")
     p.add_argument("--sigma-background", type=float, help="index-of-dispersion threshold (DIALS sigma_background)")
     p.add_argument("--sigma-strong", type=float, help="pixel threshold in sigmas above the local mean")

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
-
 import gemmi
 import numpy as np
 
@@ -20,120 +18,19 @@ from streamer.geometry import Crystal, Experiment, b_matrix
 from streamer.indexing.assign import assign_indices, index_and_fit
 from streamer.indexing.basis import choose_basis
 from streamer.indexing.fft1d import estimate_max_cell, find_candidate_vectors
-from streamer.indexing.lattice_symmetry import BRAVAIS, SPACE_GROUP, SYMMETRY_ORDER, bravais_solutions, symmetrised_cell
+from streamer.indexing.lattice_symmetry import (
+    BRAVAIS,
+    SPACE_GROUP,
+    SYMMETRY_ORDER,
+    bravais_solutions,
+    symmetrised_cell,
+)
 from streamer.indexing.reduction import cell_of_basis, niggli_reduce_basis
 from streamer.indexing.refinement import Observations, nearest_rotation, refine
+from streamer.indexing.result import BravaisRow, IndexingOptions, IndexingResult
 from streamer.indexing.rlp import Spots, rlps_from_spots
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class IndexingOptions:
-    """The knobs of one attempt (a plain copy of the config section's indexing fields)."""
-
-    min_spots: int = 20
-    max_cell_A: float | None = None
-    min_cell_A: float = 10.0
-    min_fraction_indexed: float = 0.5
-    max_rmsd_px: float = 2.0
-    max_distortion_deg: float = 3.0
-    max_rmsd_images: float = 1.5
-    bravais_rmsd_ratio: float = 3.0
-    refine_distance: bool | None = None  # None: fixed for electrons (wavelength < 0.1 A)
-    refine_axis: bool = False
-    refine_tilt: bool | None = None  # None: only once the spots span `tilt_min_degrees`
-    tilt_min_degrees: float = 20.0
-    known_cell: tuple[float, ...] | None = None
-    known_space_group: str | None = None
-    max_refine_obs: int = 3000
-
-    @classmethod
-    def from_config(cls, config) -> IndexingOptions:
-        if config is None:
-            return cls()
-        kw = {f: getattr(config, f) for f in cls.__dataclass_fields__ if hasattr(config, f)}
-        return cls(**kw)
-
-
-@dataclass(frozen=True)
-class BravaisRow:
-    lattice: str
-    distortion_deg: float
-    unit_cell: tuple[float, ...]
-    rmsd_px: float | None
-    recommended: bool
-
-    def to_dict(self) -> dict:
-        return {"lattice": self.lattice, "metric_fit_deg": round(self.distortion_deg, 4),
-                "unit_cell": [round(v, 4) for v in self.unit_cell],
-                "rmsd_px": None if self.rmsd_px is None else round(self.rmsd_px, 4), "recommended": self.recommended}
-
-
-@dataclass(frozen=True)
-class IndexingResult:
-    """Outcome of an attempt. `indexed` is True only when the acceptance criteria hold."""
-
-    indexed: bool
-    reason: str  # why not indexed ("" when indexed)
-    experiment: Experiment | None = None  # refined; crystal in the conventional setting
-    lattice: str | None = None
-    n_spots: int = 0
-    n_indexed: int = 0
-    rmsd_x_px: float | None = None
-    rmsd_y_px: float | None = None
-    rmsd_deg: float | None = None
-    bravais: tuple[BravaisRow, ...] = ()
-    hkl: np.ndarray | None = field(default=None, repr=False)  # per spot, conventional setting
-    indexed_mask: np.ndarray | None = field(default=None, repr=False)
-    seconds: float = 0.0
-    max_cell_A: float | None = None
-
-    @property
-    def fraction_indexed(self) -> float:
-        return self.n_indexed / self.n_spots if self.n_spots else 0.0
-
-    @property
-    def rmsd_px(self) -> float | None:
-        if self.rmsd_x_px is None:
-            return None
-        return float(np.hypot(self.rmsd_x_px, self.rmsd_y_px))
-
-    @property
-    def unit_cell(self) -> tuple[float, ...] | None:
-        return None if self.experiment is None or self.experiment.crystal is None else self.experiment.crystal.unit_cell
-
-    @property
-    def space_group(self) -> str | None:
-        return None if self.lattice is None else gemmi.SpaceGroup(SPACE_GROUP[self.lattice]).hm
-
-    def summary(self) -> dict:
-        """The CONTRACT.md `indexing` object, plus figures of merit and the Bravais table.
-
-        space_group is the highest-symmetry chiral group of the lattice with no absences beyond
-        its centring (e.g. "P 4 2 2" for tP), as DIALS reports before symmetry analysis.
-        """
-        crystal = None if self.experiment is None else self.experiment.crystal
-        def r(v, n=4):
-            return None if v is None else round(float(v), n)
-        return {
-            "indexed": bool(self.indexed),
-            "lattice": self.lattice,
-            "space_group": self.space_group,
-            "unit_cell": None if crystal is None else [round(v, 4) for v in crystal.unit_cell],
-            "UB": None if crystal is None else crystal.A_matrix.tolist(),
-            "rmsd_px": r(self.rmsd_px),
-            "rmsd_deg": r(self.rmsd_deg),
-            "fraction_indexed": round(self.fraction_indexed, 4),
-            "status": "indexed" if self.indexed else f"not indexed yet: {self.reason}",
-            "n_spots": self.n_spots,
-            "n_indexed": self.n_indexed,
-            "rmsd_x_px": r(self.rmsd_x_px),
-            "rmsd_y_px": r(self.rmsd_y_px),
-            "max_cell_A": r(self.max_cell_A, 2),
-            "seconds": r(self.seconds, 3),
-            "bravais": [b.to_dict() for b in self.bravais],
-        }
 
 
 def _crystal_for(lattice: str, basis: np.ndarray, mosaicity_deg: float = 0.0) -> Crystal:
@@ -164,6 +61,26 @@ def _known_lattice(space_group: str | None) -> str | None:
 def _matches_known(cell, known, tol: float = 0.05) -> bool:
     a, k = np.asarray(cell, float), np.asarray(known, float)
     return bool(np.all(np.abs(a[:3] - k[:3]) <= tol * k[:3]) and np.all(np.abs(a[3:] - k[3:]) <= 3.0))
+
+
+def _in_known_setting(lattice: str, basis: np.ndarray, known) -> Crystal | None:
+    """The crystal in the axis order of a known cell, if the lattice has it: primitive, body-
+    and face-centred orthorhombic cells may permute their axes (C-centred ones may swap a, b)."""
+    import itertools
+
+    perms = [(0, 1, 2)]
+    if lattice in ("oP", "oI", "oF"):
+        perms = list(itertools.permutations(range(3)))
+    elif lattice in ("oC", "mP", "mC"):
+        perms = [(0, 1, 2), (1, 0, 2)] if lattice == "oC" else [(0, 1, 2), (2, 1, 0)]
+    for perm in perms:
+        b = basis[list(perm)]
+        if np.linalg.det(b) < 0:
+            b = b * np.array([[1.0], [1.0], [-1.0]]) if lattice != "mP" and lattice != "mC" else -b
+        crystal = _crystal_for(lattice, b)
+        if _matches_known(crystal.unit_cell, known):
+            return crystal
+    return None
 
 
 def _failed(reason: str, n: int, t0: float, **kw) -> IndexingResult:
@@ -285,28 +202,34 @@ def index_rotation(experiment: Experiment, spots: Spots, options: IndexingOption
         rlps = rlps_from_spots(current.replace(crystal=None), spots)
         hkl, ok = assign_indices(current.crystal.A_matrix, rlps)
         ok &= low_resolution(rlps, max_cell, next_index)
-        log.debug("P1 cycle: cell %s rmsd %.3f px, %d indexed", np.round(current.crystal.unit_cell, 3), p1.rmsd_px, ok.sum())
+        log.debug("P1 cycle: cell %s rmsd %.3f px, %d indexed",
+                  np.round(current.crystal.unit_cell, 3), p1.rmsd_px, ok.sum())
     if ok.mean() < opt.min_fraction_indexed or not p1.rmsd_px <= 2.0 * opt.max_rmsd_px:
         return _failed(f"no lattice found (P1 fit: fraction indexed {ok.mean():.2f}, rmsd {p1.rmsd_px:.2f} px)",
                        n, t0, max_cell_A=max_cell)
     reduced_basis = np.linalg.inv(current.crystal.A_matrix)
     solutions = bravais_solutions(reduced_basis, opt.max_distortion_deg)
     known_lattice = _known_lattice(opt.known_space_group)
+    # electron data (flat Ewald sphere, coarse centroids) fit a symmetric cell less closely:
+    # DIALS recommends mC for the MyD88 sweep at 2.6 times the P1 RMSD
+    ratio = opt.bravais_rmsd_ratio or (3.0 if electrons else 1.5)
     rows: list[BravaisRow] = []
     chosen = None
     for sol in sorted(solutions, key=lambda s: -SYMMETRY_ORDER.index(s.lattice)):
         if known_lattice is not None and sol.lattice != known_lattice:
             continue
         crystal = _crystal_for(sol.lattice, sol.basis)
-        if opt.known_cell is not None and not _matches_known(crystal.unit_cell, opt.known_cell):
-            continue
+        if opt.known_cell is not None:
+            crystal = _in_known_setting(sol.lattice, sol.basis, opt.known_cell)
+            if crystal is None:
+                continue
         hkl_c, ok_c = assign_indices(crystal.A_matrix, rlps)
         if ok_c.sum() < opt.min_spots:
             rows.append(BravaisRow(sol.lattice, sol.distortion_deg, crystal.unit_cell, None, False))
             continue
         obs = Observations(hkl_c[ok_c], spots.x_px[ok_c], spots.y_px[ok_c], spots.z_image[ok_c])
         res = refine(current.replace(crystal=crystal), obs, BRAVAIS[sol.lattice], **kw)
-        good = sol.lattice == "aP" or res.rmsd_px <= opt.bravais_rmsd_ratio * p1.rmsd_px + 0.05
+        good = sol.lattice == "aP" or res.rmsd_px <= ratio * p1.rmsd_px + 0.05
         rows.append(BravaisRow(sol.lattice, sol.distortion_deg, res.experiment.crystal.unit_cell, res.rmsd_px,
                                good and chosen is None))
         if good and chosen is None:
@@ -320,7 +243,8 @@ def index_rotation(experiment: Experiment, spots: Spots, options: IndexingOption
                 break
     rows.sort(key=lambda r: SYMMETRY_ORDER.index(r.lattice))
     if chosen is None:
-        reason = "known cell or space group not found" if (known_lattice or opt.known_cell) else "no Bravais lattice fits"
+        known = known_lattice or opt.known_cell
+        reason = "known cell or space group not found" if known else "no Bravais lattice fits"
         return _failed(reason, n, t0, bravais=tuple(rows), max_cell_A=max_cell)
     lattice, res = chosen
     final = res.experiment
@@ -345,8 +269,6 @@ def index_still(rlps: np.ndarray, options: IndexingOptions | None = None, tolera
     """Index the reciprocal-lattice points (1/A) of one still: basis search, reciprocal-space fit
     of A, and the highest-symmetry Bravais lattice whose metric distortion is within
     `max_distortion_deg` (no positional refinement: a still has no rotation to refine against)."""
-    from streamer.geometry import Beam, Detector
-
     opt = options or IndexingOptions()
     t0 = time.perf_counter()
     rlps = np.asarray(rlps, dtype=np.float64)
@@ -364,6 +286,8 @@ def index_still(rlps: np.ndarray, options: IndexingOptions | None = None, tolera
         a_red, hkl, ok, _ = index_and_fit(np.linalg.inv(reduced), rlps, tolerances=(tolerance,) * 3)
         if best is None or ok.sum() > best[2].sum():
             best = (a_red, max_cell, ok)
+        if ok.mean() >= max(0.7, opt.min_fraction_indexed):
+            break  # good enough: skip the longer searches
     if best is None:
         return _failed("no lattice found", n, t0, max_cell_A=estimate)
     a_red, max_cell, ok = best
@@ -374,12 +298,11 @@ def index_still(rlps: np.ndarray, options: IndexingOptions | None = None, tolera
     hkl, ok = assign_indices(crystal.A_matrix, rlps, tolerance)
     rows = tuple(BravaisRow(s.lattice, s.distortion_deg, symmetrised_cell(s.lattice, s.cell), None, s is best)
                  for s in solutions)
-    exp = Experiment(Beam(1.0), Detector((0.0, 0.0, 100.0)), crystal=crystal)  # placeholder geometry: stills here are given in reciprocal space
     frac = ok.mean()
     indexed = frac >= opt.min_fraction_indexed
-    return IndexingResult(indexed, "" if indexed else f"fraction indexed {frac:.2f} below {opt.min_fraction_indexed:.2f}",
-                          exp, best.lattice, n, int(ok.sum()), bravais=rows, hkl=hkl, indexed_mask=ok,
-                          seconds=time.perf_counter() - t0, max_cell_A=max_cell)
+    reason = "" if indexed else f"fraction indexed {frac:.2f} below {opt.min_fraction_indexed:.2f}"
+    return IndexingResult(indexed, reason, None, best.lattice, n, int(ok.sum()), bravais=rows, hkl=hkl, indexed_mask=ok,
+                          seconds=time.perf_counter() - t0, max_cell_A=max_cell, still_crystal=crystal)
 
 
 def refine_model(experiment: Experiment, lattice: str, spots: Spots, options: IndexingOptions | None = None,

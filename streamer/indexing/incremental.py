@@ -75,6 +75,8 @@ class IncrementalIndexer:
         self.retry_every = getattr(cfg, "retry_every_images", 5)
         self.refine_every = getattr(cfg, "refine_every_images", 10)
         self.want_second = getattr(cfg, "second_lattice", False)
+        self.block_deg = getattr(cfg, "scan_varying_block_deg", 0.0)
+        self.scan_varying = None  # ScanVaryingModel once the sweep spans two blocks
         self._parts: list[Spots] = []
         self.images_seen = 0
         self.last_attempt_image: int | None = None
@@ -160,10 +162,26 @@ class IncrementalIndexer:
         self.last_refine_image = image
         if result.indexed:
             self.model = self.result = result
+            self._refine_scan_varying(spots, result)
+            seconds = time.perf_counter() - t0
             return IndexingUpdate("refined", image, result, seconds)
         log.warning("image %d: model no longer fits (%s); indexing again", image, result.reason)
         self.model, self.last_attempt_image = None, None
         return self.step()
+
+    def _refine_scan_varying(self, spots: Spots, result: IndexingResult) -> None:
+        width = abs(self.experiment.scan.width_deg)
+        if self.block_deg <= 0 or width <= 0 or result.indexed_mask is None:
+            return
+        block_images = max(1, int(round(self.block_deg / width)))
+        if self.images_seen < 2 * block_images:
+            return
+        from streamer.indexing.refinement import Observations
+        from streamer.indexing.scan_varying import refine_scan_varying
+
+        ok = result.indexed_mask
+        obs = Observations(result.hkl[ok], spots.x_px[ok], spots.y_px[ok], spots.z_image[ok])
+        self.scan_varying = refine_scan_varying(result.experiment, obs, block_images)
 
     def _look_for_second_lattice(self, spots: Spots, result: IndexingResult) -> None:
         if not self.want_second or result.indexed_mask is None:
@@ -199,6 +217,8 @@ class IncrementalIndexer:
         if self.model is None and shown is not None:
             out["candidate"] = {"lattice": out.get("lattice"), "unit_cell": out.get("unit_cell")}
             out.update({"lattice": None, "space_group": None, "unit_cell": None, "UB": None})
+        if self.scan_varying is not None and self.model is not None:
+            out["scan_varying"] = self.scan_varying.to_dict()
         if self.second is not None:
             s = self.second.summary()
             out["second_lattice"] = {k: s[k] for k in ("lattice", "unit_cell", "UB", "fraction_indexed", "rmsd_px")}

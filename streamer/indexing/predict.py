@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from streamer.geometry import Beam, Detector, Experiment, Goniometer, Predictions, predict_rotation, rotate_vectors
+from streamer.geometry import Beam, Detector, Experiment, Goniometer, Predictions, predict_rotation, rotate_vectors  # noqa: E501
 
 
 def crossings(beam: Beam, gonio: Goniometer, a_matrix: np.ndarray, hkl: np.ndarray):

@@ -24,8 +24,6 @@ from streamer.geometry import Crystal, Detector, Experiment, Goniometer, b_matri
 from streamer.indexing.predict import predict_near
 
 log = logging.getLogger(__name__)
-import os
-PHI_WEIGHT = float(os.environ.get("PW", "1"))
 
 #: indices into (a, b, c, alpha, beta, gamma) that are free per crystal system
 _FREE = {
@@ -176,7 +174,7 @@ def residuals(model: ModelParameters, p: np.ndarray, obs: Observations) -> np.nd
     big = 50.0  # a reflection that no longer crosses the sphere: a large, finite residual
     dx = np.where(ok, x - obs.x_px, big)
     dy = np.where(ok, y - obs.y_px, big)
-    dz = np.where(ok, (phi - phi_obs) / width, big) * PHI_WEIGHT
+    dz = np.where(ok, (phi - phi_obs) / width, big)
     return np.concatenate([dx, dy, dz])
 
 
@@ -202,9 +200,13 @@ def refine(experiment: Experiment, obs: Observations, system: str = "triclinic",
         if len(fit_obs) * 3 <= len(p):
             break
         sol = least_squares(lambda q: residuals(model, q, fit_obs), p, loss="soft_l1", f_scale=1.0,
-                            x_scale="jac", max_nfev=200, ftol=1e-12, xtol=1e-10, gtol=1e-12)
+                            x_scale="jac", max_nfev=200, ftol=1e-12, xtol=1e-10, gtol=1e-12,
+                            # LSMR: no dense SVD of the Jacobian, which multithreaded BLAS makes
+                            # slow on a busy machine; tight tolerances keep it exact enough
+                            tr_solver="lsmr", tr_options={"atol": 1e-12, "btol": 1e-12})
         p, success = sol.x, bool(sol.success)
-        log.debug("least_squares: %s nfev %d cost %.4g %s", sol.message, sol.nfev, sol.cost, dict(zip(model.names, np.round(p, 4))))
+        log.debug("least_squares: %s nfev %d cost %.4g %s", sol.message, sol.nfev, sol.cost,
+                  dict(zip(model.names, np.round(p, 4))))
         r = residuals(model, p, sub).reshape(3, -1)
         norm = np.sqrt((r**2).sum(axis=0))
         mad = 1.4826 * np.median(np.abs(norm - np.median(norm)))

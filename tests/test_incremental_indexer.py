@@ -1,0 +1,145 @@
+"""The incremental indexer: when it tries, what it reports while not indexed (bad input), that it
+re-refines as the sweep grows, runs in a background thread, and feeds the collector as a stage."""
+
+from __future__ import annotations
+
+import threading
+from types import SimpleNamespace
+
+import numpy as np
+from indexing_helpers import misorientation_deg, simulated_spots, sweep_experiment
+
+from streamer.config import IndexingConfig
+from streamer.geometry import Detector
+from streamer.indexing import IncrementalIndexer
+from streamer.indexing.incremental import IndexingStage
+from streamer.indexing.rlp import Spots
+from streamer.series import SeriesInfo
+
+CELL = (78.9, 78.9, 36.9, 90, 90, 90)
+
+
+def _by_image(spots: Spots, n_images: int):
+    image = np.floor(spots.z_image).astype(int)
+    for i in range(n_images):
+        sel = image == i
+        yield i, {"x_px": spots.x_px[sel], "y_px": spots.y_px[sel], "z_image": spots.z_image[sel]}
+
+
+def _feed(indexer, spots, n_images):
+    updates = []
+    for i, table in _by_image(spots, n_images):
+        indexer.add_spots(table, images_seen=i + 1)
+        update = indexer.step()
+        if update is not None:
+            updates.append(update)
+    return updates
+
+
+def test_indexes_after_min_degrees_and_re_refines():
+    truth = sweep_experiment(CELL, "P 43 21 2", n_images=30, width=0.5)
+    spots = simulated_spots(truth, missing=0.1, outliers=0.02)
+    config = IndexingConfig(min_images=5, min_degrees=3.0, retry_every_images=2, refine_every_images=10,
+                            scan_varying_block_deg=2.5)
+    indexer = IncrementalIndexer(truth.replace(crystal=None), config)
+    assert indexer.status().startswith("not indexed yet: waiting for data")
+    updates = _feed(indexer, spots, 30)
+    assert updates[0].kind == "indexed" and updates[0].image == 6  # 3 degrees = 6 images
+    assert [u.kind for u in updates[1:]] == ["refined", "refined"]  # images 16 and 26
+    final = indexer.summary()
+    assert final["indexed"] and final["lattice"] == "tP" and final["space_group"] == "P 4 2 2"
+    np.testing.assert_allclose(final["unit_cell"][:3], [78.9, 78.9, 36.9], rtol=5e-4)
+    assert misorientation_deg(truth.crystal.A_matrix, np.array(final["UB"])) < 0.05
+    assert final["rmsd_px"] < 0.5 and final["fraction_indexed"] > 0.85
+    sv = final["scan_varying"]  # blocks of 5 images; a static crystal: rotations stay near zero
+    assert sv["block_images"] == 5 and np.abs(sv["rotations_mrad"]).max() < 0.5
+    assert sv["rmsd_px"] < 0.5
+    model = updates[-1].model()
+    assert model["experiment"]["crystal"] is not None and model["update"] == "refined"
+    assert all(seconds < 10 for _, seconds in indexer.timings)
+
+
+def _status_after(spots: Spots, n_images=10, experiment=None):
+    truth = experiment or sweep_experiment(CELL, "P 43 21 2", n_images=n_images, width=0.5)
+    indexer = IncrementalIndexer(truth.replace(crystal=None), IndexingConfig(retry_every_images=2))
+    _feed(indexer, spots, n_images)
+    return indexer
+
+
+def test_too_few_spots_keeps_trying():
+    truth = sweep_experiment(CELL, "P 43 21 2", n_images=10, width=0.5)
+    few = simulated_spots(truth).select(np.arange(12))
+    indexer = _status_after(few)
+    assert indexer.status().startswith("not indexed yet: too few spots (") and "< 20)" in indexer.status()
+    assert indexer.n_attempts >= 2  # retried as images came
+    s = indexer.summary()
+    assert s["indexed"] is False and s["unit_cell"] is None and s["UB"] is None
+
+
+def test_noise_and_ice_rings_are_not_indexed():
+    rng = np.random.default_rng(0)
+    n = 2000
+    noise = Spots(rng.uniform(0, 1024, n), rng.uniform(0, 1024, n), rng.uniform(0, 10, n))
+    indexer = _status_after(noise)
+    assert indexer.status().startswith("not indexed yet: no lattice found")
+    assert indexer.summary()["indexed"] is False
+    # ice: spots on the hexagonal-ice powder rings only (d = 3.90, 3.67, 3.44, 2.67, 2.25 A)
+    d = rng.choice([3.897, 3.669, 3.441, 2.671, 2.249], n)
+    radius = 150.0 * np.tan(2 * np.arcsin(1.0 / (2 * d))) / 0.172
+    azimuth = rng.uniform(0, 2 * np.pi, n)
+    ice = Spots(513 + radius * np.cos(azimuth), 513 + radius * np.sin(azimuth), rng.uniform(0, 10, n))
+    indexer = _status_after(ice)
+    assert indexer.model is None and indexer.status().startswith("not indexed yet")
+
+
+def test_wrong_beam_centre_and_distance_are_recovered():
+    truth = sweep_experiment(CELL, "P 43 21 2", n_images=10, width=0.5)
+    spots = simulated_spots(truth)
+    for centre, distance in (((519.0, 507.0), 150.0), ((513.0, 513.0), 154.5)):  # 8.5 px; +3 %
+        wrong = truth.replace(detector=Detector.from_beam_centre(centre, distance, (0.172, 0.172), (1024, 1024)))
+        indexer = _status_after(spots, experiment=wrong)
+        s = indexer.summary()
+        assert s["indexed"], s["status"]
+        np.testing.assert_allclose(s["unit_cell"][:3], [78.9, 78.9, 36.9], rtol=1e-3)
+        det = indexer.model.experiment.detector
+        np.testing.assert_allclose(det.beam_centre_px(truth.beam), (513.0, 513.0), atol=0.1)
+        assert abs(det.distance_mm - 150.0) < 0.15
+
+
+def test_step_runs_in_a_background_thread():
+    truth = sweep_experiment(CELL, "P 43 21 2", n_images=10, width=0.5)
+    indexer = IncrementalIndexer(truth.replace(crystal=None), IndexingConfig())
+    indexer.add_spots(simulated_spots(truth), images_seen=10)
+    out = []
+    worker = threading.Thread(target=lambda: out.append(indexer.step()))
+    worker.start()
+    worker.join(timeout=60)
+    assert out and out[0] is not None and out[0].kind == "indexed"
+
+
+def test_collector_stage_joins_pixels_and_publishes_a_model():
+    truth = sweep_experiment(CELL, "P 43 21 2", n_images=12, width=0.5)
+    spots = simulated_spots(truth, noise_px=0.0, noise_images=0.0)
+    series = SeriesInfo("s1", "simulator", (1024, 1024), "<u2", n_images=12, pixel_size_mm=(0.172, 0.172),
+                        beam_centre_px=(513.0, 513.0), distance_mm=150.0, wavelength_A=1.0,
+                        omega_start_deg=0.0, omega_increment_deg=0.5)
+    config = SimpleNamespace(indexing=IndexingConfig(min_images=6, min_degrees=3.0), spotfinding=None)
+    stage = IndexingStage(series, config)
+    image = np.floor(spots.z_image).astype(int)
+    models = []
+    for i in range(12):
+        sel = image == i
+        x, y = np.floor(spots.x_px[sel]).astype(int), np.floor(spots.y_px[sel]).astype(int)
+        pix = []
+        for dx in (-1, 0, 1):  # a 3 x 3 block of strong pixels per spot
+            for dy in (-1, 0, 1):
+                pix.append(np.clip(y + dy, 0, 1023) * 1024 + np.clip(x + dx, 0, 1023))
+        index = np.unique(np.concatenate(pix)) if pix else np.zeros(0, np.int64)
+        result = SimpleNamespace(image_number=i, spots={"pixel_index": index, "pixel_value": np.full(len(index), 50.0)})
+        stage.add(series, result)
+        model = stage.take_model()
+        if model is not None:
+            models.append(model)
+    assert models and models[0]["indexed"] and models[0]["lattice"] == "tP"
+    summary = stage.finish()["indexing"]
+    assert summary["indexed"] and summary["unit_cell"][0] > 78 and summary["unit_cell"][0] < 80
