@@ -105,12 +105,15 @@ class Collector:
         result_timeout_s: float = 10.0,
         recent: int = 2000,
         clock: Callable[[], float] = time.monotonic,
+        stage_queue_bound: int = 2000,
     ):
         self.metrics = metrics
         self.publisher = publisher
         self.stage_factories = list(stage_factories)
         self.reorder_bound = reorder_bound
         self.result_timeout_s = result_timeout_s
+        self.stage_queue_bound = stage_queue_bound
+        self.n_stage_skipped = 0
         self.clock = clock
         self.total = Tally()
         self.series: dict[str, SeriesState] = {}
@@ -296,7 +299,7 @@ class Collector:
             m.ice_rings.set(len(ice) if isinstance(ice, (list, tuple)) else (ice if isinstance(ice, (int, float)) else 0))
             m.image_number.set(result.image_number)
             if state.stages:
-                self._stage_queue.put(("add", state, result))
+                self._feed_stages(state, result)
         if received_at is not None:
             latency = self.clock() - received_at
             payload["latency_s"] = latency
@@ -316,6 +319,19 @@ class Collector:
             self.publisher.publish("series_end", {"series_id": state.series.series_id, "how": how,
                                                   "frames": state.tally.as_dict()})
         self._stage_queue.put(("close", state, None))
+
+    def _feed_stages(self, state: SeriesState, result: FrameResult) -> None:
+        """Queue a result for the sweep stages; past the bound the image is skipped (counted), so
+        that a stage slower than the frame rate costs completeness, not unbounded memory."""
+        depth = self._stage_queue.qsize()
+        self.metrics.queue_depth.labels(queue="sweep_stages").set(depth)
+        if depth >= self.stage_queue_bound:
+            self.metrics.stage_images_skipped.inc()
+            self.n_stage_skipped += 1
+            if self.n_stage_skipped == 1:  # log once; the metric counts on
+                log.warning("sweep stages %d images behind: skipping images until they catch up", depth)
+            return
+        self._stage_queue.put(("add", state, result))
 
     def _update_depths(self) -> None:
         open_states = [s for s in self.series.values() if not s.closed]

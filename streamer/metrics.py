@@ -21,7 +21,7 @@ KNOWN_DROP_REASONS = (
     # workers: decoding and per-image analysis
     "corrupt_compression", "wrong_size", "bad_frame",
 )
-QUEUES = ("in_flight", "reorder", "store")
+QUEUES = ("in_flight", "reorder", "store", "sweep_stages")
 STAGES = ("decode", "analyse", "worker", "end_to_end")
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 SPOT_BUCKETS = (0, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
@@ -50,6 +50,10 @@ class Metrics:
         self.stage_latency = Histogram(
             "xtal_stage_latency_seconds", "time per frame in each stage (end_to_end: received to published)",
             ["stage"], buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.stage_images_skipped = Counter(
+            "xtal_stage_images_skipped_total", "processed images not fed to the sweep stages (they lagged too far)",
+            registry=r,
         )
         self.spots_per_image = Histogram(
             "xtal_spots_per_image", "strong spots found per image", buckets=SPOT_BUCKETS, registry=r

@@ -126,7 +126,11 @@ class Worker:
             deadline = time.monotonic() + 2.0
             while time.monotonic() < deadline and not self.stop.is_set():
                 if self.control.poll(100):
-                    msg = wire.decode(self.control.recv_multipart(copy=False))
+                    try:
+                        msg = wire.decode(self.control.recv_multipart(copy=False))
+                    except wire.WireError as exc:
+                        log.warning("bad answer from %s: %s", self.control_url, exc)
+                        continue
                     if msg.kind == "endpoints":
                         return {k: str(v) for k, v in msg.body.items()}
             log.info("no answer from collector at %s yet, retrying", self.control_url)

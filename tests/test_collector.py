@@ -247,3 +247,34 @@ def test_a_stage_model_is_passed_on_once_in_plain_types():
                                                   "rmsd_px": 0.3}
     assert type(model["rmsd_px"]) is float and c.models.empty()
     assert c.summary()["series"][0]["indexing"] == {"indexed": True, "images": 5}
+
+
+def test_a_slow_sweep_stage_is_bounded_and_never_blocks_per_image_results():
+    import threading
+
+    gate = threading.Event()
+
+    class Stuck:
+        def __init__(self, series):
+            self.n = 0
+
+        def add(self, series, result):
+            gate.wait(10)
+            self.n += 1
+
+        def finish(self):
+            return {"stage_images": self.n}
+
+    c, pub = make(stage_factories=[Stuck], stage_queue_bound=5)
+    s = make_series(n_images=30)
+    c.series_start(s)
+    for seq in range(30):
+        c.dispatched(s.series_id, seq, seq, 100.0)
+        c.result(ok(s.series_id, seq, seq))
+    assert len(pub.images()) == 30  # published while the stage is stuck
+    assert 20 <= c.n_stage_skipped <= 25
+    gate.set()
+    c.series_end(s.series_id, 30)
+    assert c.wait_closed(1, 10)
+    assert c.series[s.series_id].outputs["stage_images"] == 30 - c.n_stage_skipped
+    assert "xtal_stage_images_skipped_total" in c.metrics.exposition().decode()

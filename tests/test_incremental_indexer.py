@@ -141,5 +141,27 @@ def test_collector_stage_joins_pixels_and_publishes_a_model():
         if model is not None:
             models.append(model)
     assert models and models[0]["indexed"] and models[0]["lattice"] == "tP"
+    import json
+
+    json.dumps(models[0])  # plain types only: it goes over the model channel and into summary.json
     summary = stage.finish()["indexing"]
     assert summary["indexed"] and summary["unit_cell"][0] > 78 and summary["unit_cell"][0] < 80
+
+
+def test_stills_are_indexed_one_image_at_a_time():
+    from streamer.geometry import Scan, miller_indices
+
+    truth = sweep_experiment(CELL, "P 43 21 2", n_images=1, width=0.0)
+    truth = truth.replace(scan=Scan(1, 0.0, 0.0))
+    hkl = miller_indices(truth.crystal, 2.0)
+    q = hkl @ truth.crystal.A_matrix.T
+    s1 = truth.beam.s0 + q
+    near = np.abs(np.linalg.norm(s1, axis=1) - 1.0) < 0.002  # reflections close to the Ewald sphere
+    x, y, on = truth.detector.lab_to_pixel(s1[near])
+    indexer = IncrementalIndexer(truth.replace(crystal=None), IndexingConfig())
+    indexer.add_spots({"x_px": x[on], "y_px": y[on], "z_image": np.full(on.sum(), 0.5)}, images_seen=1)
+    update = indexer.step()
+    assert update is not None and update.result.lattice == "tP", indexer.status()
+    np.testing.assert_allclose(sorted(update.result.unit_cell[:3]), [36.9, 78.9, 78.9], rtol=5e-3)
+    assert indexer.summary()["stills_indexed"] == 1
+    assert indexer.step() is None  # nothing new

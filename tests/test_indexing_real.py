@@ -123,3 +123,39 @@ def test_nanobragg_lysozyme_from_five_degrees(shared_data):
     assert misorientation_deg(a_true, result.experiment.crystal.A_matrix) < 0.05
     assert result.rmsd_px < 0.5
     assert result.fraction_indexed > 0.6  # side-lobe fragments stay unindexed (DIALS: 70.0 %)
+
+
+@pytest.mark.slow
+def test_nanobragg_through_the_spot_finder_and_the_collector_stage(shared_data, unpacked):
+    """The project's chain: SMV source (pedestal 40) -> ImageAnalyser (global threshold 10, as
+    DIALS needed) -> IndexingStage (3D spot joining + incremental indexing) on 5 degrees."""
+    from types import SimpleNamespace
+
+    from streamer.config import Config, IndexingConfig, SpotfindingConfig
+    from streamer.indexing.incremental import IndexingStage
+    from streamer.perimage import ImageAnalyser
+    from streamer.sources.image_files import ImageSeriesSource
+
+    folder = shared_data / "sim" / "lyso-nanobragg"
+    paths = [unpacked(folder / "images" / f"lyso_{i:03d}.img.bz2") for i in range(1, 11)]
+    source = ImageSeriesSource(paths, pedestal=40)
+    config = Config(spotfinding=SpotfindingConfig(global_threshold=10),
+                    indexing=IndexingConfig(min_images=10, min_degrees=5.0))
+    analyser = ImageAnalyser(source.info, config)
+    stage = IndexingStage(source.info, config)
+    models = []
+    for i in range(len(paths)):
+        found = analyser.analyse(source.pixels(i), i).spots
+        stage.add(source.info, SimpleNamespace(image_number=i, spots={"pixel_index": found.pixel_index,
+                                                                      "pixel_value": found.pixel_value}))
+        model = stage.take_model()
+        if model is not None:
+            models.append(model)
+    assert len(models) == 1 and models[0]["image"] == 10  # indexed as soon as 5 degrees were in
+    s = stage.finish()["indexing"]
+    assert s["indexed"] and s["lattice"] == "tP"
+    np.testing.assert_allclose(s["unit_cell"][:3], [78.903, 78.903, 36.941], rtol=1e-3)
+    assert s["rmsd_px"] < 0.5 and s["fraction_indexed"] > 0.6
+    truth = json.loads((folder / "truth.json").read_text())
+    a_true = np.array(truth["crystal"]["orientation_phi0"]["A_matrix_rows"])
+    assert misorientation_deg(a_true, np.array(s["UB"])) < 0.05

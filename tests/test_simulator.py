@@ -274,3 +274,53 @@ def test_lysozyme_preset_on_the_4m_geometry():
     assert np.median(f[y[on], x[on]]) > 20
     info = sim.series_info()
     assert info.image_shape == (2162, 2068) and info.pixel_mask.sum() == load_preset("4M").gap_mask().sum()
+
+
+@pytest.mark.parametrize("counts", [6.0, 400.0])  # photon-by-photon and pixel-by-pixel drawing
+def test_rendered_spot_pixels_are_poisson_with_the_gaussian_means(counts):
+    from tools.simulator.noise import seed_numba
+    from tools.simulator.render import render_spots, spot_means
+
+    mask = np.zeros((40, 40), dtype=np.uint8)
+    mask[:, 22] = 1  # a gap through the spot: its photons are lost
+    x, y, s = np.array([20.3]), np.array([17.8]), np.array([0.9])
+    means = np.zeros((40, 40))
+    spot_means(x, y, s, np.array([counts]), mask, means)
+    assert means[:, 22].sum() == 0 and 0.6 * counts < means.sum() < 0.99 * counts
+    n = 3000
+    total = np.zeros((40, 40))
+    square = np.zeros((40, 40))
+    zeros = np.zeros((40, 40))
+    touched = np.zeros(100000, dtype=np.int64)
+    seed_numba(11)
+    for _ in range(n):
+        frame = np.zeros((40, 40), dtype=np.uint32)
+        render_spots(x, y, s, np.array([counts]), mask, frame, touched, 0, 1, 10**9)
+        total += frame
+        square += frame.astype(np.float64) ** 2
+        zeros += frame == 0
+    lit = means > 0.05 * means.max()
+    mean = total / n
+    var = square / n - mean**2
+    z = (mean[lit] - means[lit]) / np.sqrt(means[lit] / n)
+    assert np.mean(z**2) < 2.0 and abs(z.mean()) < 1.0
+    np.testing.assert_allclose(var[lit], means[lit], rtol=0.15)
+    np.testing.assert_allclose(zeros[lit] / n, np.exp(-means[lit]), atol=0.03)
+    assert total[means == 0].sum() == 0
+
+
+def test_intensities_from_an_mtz_follow_its_symmetry(shared_data):
+    from tools.simulator.structure import from_mtz
+
+    root = shared_data / "sim" / "lyso-nanobragg"
+    table = np.loadtxt(root / "truth_intensities.csv", delimiter=",", skiprows=1)
+    hkl, i_true = table[:, :3].astype(np.int64), table[:, 5]
+    model = from_mtz(str(root / "truth_intensities.mtz"))
+    assert model.space_group == "P 43 21 2"
+    np.testing.assert_allclose(model.intensities(hkl), i_true, rtol=1e-6, atol=1e-3)  # MTZ float32
+    sg = gemmi.SpaceGroup("P 43 21 2")
+    for op in sg.operations().sym_ops:  # every symmetry mate and Friedel mate reads the same value
+        rot = np.array(op.rot) // gemmi.Op.DEN
+        np.testing.assert_allclose(model.intensities(hkl @ rot), i_true, rtol=1e-6, atol=1e-3)  # MTZ float32
+        np.testing.assert_allclose(model.intensities(-(hkl @ rot)), i_true, rtol=1e-6, atol=1e-3)  # MTZ float32
+    assert np.all(model.intensities(np.array([[0, 0, 1], [0, 0, 2], [1, 0, 0]])) == 0)  # 4_3 and 2_1 absences

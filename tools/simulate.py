@@ -27,7 +27,7 @@ def build_parser():
     p.add_argument("--cell", type=float, nargs=6, metavar=("A", "B", "C", "AL", "BE", "GA"), help="unit cell (A, deg)")
     p.add_argument("--space-group", help="space group symbol or number (gemmi)")
     p.add_argument("--orientation", type=float, nargs=3, metavar=("RX", "RY", "RZ"),
-                   help="U from rotations about lab x, y, z (deg, nanoBragg -misset order); default random from --seed")
+                   help="U from rotations about the lab x, then y, then z axes (deg, DIALS frame); default random from --seed")
     p.add_argument("--seed", type=int, default=1, help="random seed (orientation, structure, noise)")
     p.add_argument("--images", type=int, required=True, metavar="N", help="number of images")
     out = p.add_mutually_exclusive_group(required=True)
@@ -57,7 +57,9 @@ def build_parser():
                    help="add a second, randomly turned lattice at this relative intensity (0.3 if given alone)")
     p.add_argument("--mtz", metavar="FILE", help="intensities from an MTZ (I, I(+)/I(-), F or F(+)/F(-) column)")
     p.add_argument("--zingers", type=float, default=1.0, metavar="N", help="mean zingers per image")
-    p.add_argument("--gain", type=float, default=1.0, help="ADU per photon (integer, default 1)")
+    p.add_argument("--gain", type=float, default=1.0, help="ADU per photon, rounded to an integer >= 1 (default 1)")
+    p.add_argument("--header-detail", choices=["none", "basic", "all"], default="all",
+                   help="header detail of the stream (default all: with the pixel mask)")
     p.add_argument("--wait-for-consumer", action="store_true", help="do not start until a consumer has connected")
     p.add_argument("--wait-timeout", type=float, default=None, metavar="S", help="give up waiting after S seconds")
     return p
@@ -71,9 +73,16 @@ def spec_from_args(args):
     from tools.simulator.sweep import SimulationSpec, misset_u
 
     preset = PRESETS[args.preset]
+    mtz_sg, mtz_cell = None, None
+    if args.mtz:  # an MTZ brings its own space group and cell unless they are given
+        try:
+            mtz = gemmi.read_mtz_file(args.mtz)
+        except (RuntimeError, OSError, ValueError) as exc:
+            raise BadInput(f"cannot read MTZ {args.mtz}: {exc}", reason="bad_mtz") from exc
+        mtz_sg, mtz_cell = mtz.spacegroup.hm, tuple(mtz.cell.parameters)
     try:
-        space_group = gemmi.SpaceGroup(args.space_group).hm if args.space_group else preset.space_group
-        cell = tuple(args.cell) if args.cell else preset.cell
+        space_group = gemmi.SpaceGroup(args.space_group).hm if args.space_group else (mtz_sg or preset.space_group)
+        cell = tuple(args.cell) if args.cell else (mtz_cell or preset.cell)
         gemmi.UnitCell(*cell)
     except (ValueError, RuntimeError) as exc:
         raise BadInput(f"bad cell or space group: {exc}", reason="bad_argument") from exc
@@ -108,13 +117,14 @@ def wait_for_consumer(socket, timeout_s: float | None) -> None:
             raise TimeoutError("no consumer connected")
 
 
-def stream(sim, url: str, fmt: str, rate: float | None, wait: bool, wait_timeout: float | None) -> int:
+def stream(sim, url: str, fmt: str, rate: float | None, wait: bool, wait_timeout: float | None,
+           header_detail: str = "all") -> int:
     import zmq
 
     from streamer.sender import DetectorSender
 
     ctx = zmq.Context.instance()
-    sender = DetectorSender(ctx, url, fmt=fmt, rate_hz=rate)
+    sender = DetectorSender(ctx, url, fmt=fmt, rate_hz=rate, header_detail=header_detail)
     try:
         if wait:
             wait_for_consumer(sender.socket, wait_timeout)
@@ -158,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         log.info("truth written to %s", truth)
     t0 = time.monotonic()
     if args.bind:
-        stream(sim, args.bind, args.format, args.rate, args.wait_for_consumer, args.wait_timeout)
+        stream(sim, args.bind, args.format, args.rate, args.wait_for_consumer, args.wait_timeout, args.header_detail)
     else:
         write_hdf5(sim, args.out)
     print(f"simulated {spec.n_images} images ({args.preset}, {sim.preset.name}, {len(sim.reflections.intensity)} "

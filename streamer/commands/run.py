@@ -74,8 +74,8 @@ def configure(args) -> Any:
 class Progress:
     """Prints the latest per-image result a few times a second (terminal feedback)."""
 
-    def __init__(self, collector, interval_s: float = 0.25, stream=sys.stdout):
-        self.collector, self.interval_s, self.stream = collector, interval_s, stream
+    def __init__(self, collector, interval_s: float = 0.25, stream=None):
+        self.collector, self.interval_s, self.stream = collector, interval_s, stream or sys.stdout
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, name="progress", daemon=True)
         self._shown = 0
@@ -96,7 +96,7 @@ class Progress:
         ice = last.get("ice_rings")
         ice = len(ice) if isinstance(ice, (list, tuple)) else ice
         line = (f"image {last.get('image', '-'):>5}  phi {last.get('phi_deg') or 0:8.2f}  "
-                f"spots {last.get('n_spots', '-'):>6}  d_min {d_min if d_min is None else f'{d_min:.2f}'} A  "
+                f"spots {last.get('n_spots', '-'):>6}  d_min {f'{d_min:.2f} A' if d_min and d_min > 0 else '-'}  "
                 f"ice {ice}  | received {frames['received']} processed {frames['processed']} "
                 f"dropped {sum(frames['dropped'].values())}")
         print(line, file=self.stream, flush=True)
@@ -111,7 +111,7 @@ class Progress:
         self.show()
 
 
-def print_table(summary: dict[str, Any], out: Path, stream=sys.stdout) -> None:
+def print_table(summary: dict[str, Any], out: Path, stream=None) -> None:
     frames = summary["frames"]
     rows = [("frames received", frames["received"]), ("frames processed", frames["processed"])]
     rows += [(f"dropped: {reason}", n) for reason, n in frames["dropped"].items()]
@@ -123,7 +123,7 @@ def print_table(summary: dict[str, Any], out: Path, stream=sys.stdout) -> None:
         rows.append(("indexing", idx.get("status") or idx.get("reason")))
     rows.append(("outputs", out))
     width = max(len(k) for k, _ in rows)
-    print("\n".join(f"{k:<{width}}  {v}" for k, v in rows), file=stream, flush=True)
+    print("\n".join(f"{k:<{width}}  {v}" for k, v in rows), file=stream or sys.stdout, flush=True)
 
 
 def run_session(

@@ -183,6 +183,16 @@ def index_rotation(experiment: Experiment, spots: Spots, options: IndexingOption
         if moved is None:
             break
         exp = moved
+    try:
+        return _refine_and_choose(exp, spots, opt, a_red, rlps, shift, low, max_cell, t0)
+    except (ValueError, np.linalg.LinAlgError) as exc:  # a model driven singular by junk spots
+        return _failed(f"no lattice found (refinement diverged: {exc})", n, t0, max_cell_A=max_cell)
+
+
+def _refine_and_choose(exp: Experiment, spots: Spots, opt: IndexingOptions, a_red: np.ndarray, rlps: np.ndarray,
+                       shift: np.ndarray, low: np.ndarray, max_cell: float, t0: float) -> IndexingResult:
+    """P1 macro-cycles, the Bravais table with constrained refinements, the choice, acceptance."""
+    n = len(spots)
     hkl, ok = assign_indices(a_red, rlps - shift)
     ok &= low
     refine_distance = opt.refine_distance if opt.refine_distance is not None else exp.beam.wavelength_A >= 0.1
@@ -292,7 +302,8 @@ def index_still(rlps: np.ndarray, options: IndexingOptions | None = None, tolera
         return _failed("no lattice found", n, t0, max_cell_A=estimate)
     a_red, max_cell, ok = best
     reduced, _ = niggli_reduce_basis(np.linalg.inv(a_red))
-    solutions = bravais_solutions(reduced, opt.max_distortion_deg)
+    # no refinement can test a symmetric cell against a still, so only near-exact metrics count
+    solutions = bravais_solutions(reduced, min(opt.max_distortion_deg, 1.0))
     best = max(solutions, key=lambda s: SYMMETRY_ORDER.index(s.lattice))
     crystal = _crystal_for(best.lattice, best.basis)
     hkl, ok = assign_indices(crystal.A_matrix, rlps, tolerance)

@@ -40,7 +40,8 @@ class IndexingUpdate:
     seconds: float  # wall time of the attempt or re-refinement
 
     @property
-    def experiment(self) -> Experiment:
+    def experiment(self) -> Experiment | None:
+        """The refined experiment (None for a still indexed from reciprocal vectors alone)."""
         return self.result.experiment
 
     def model(self) -> dict[str, Any]:
@@ -48,7 +49,7 @@ class IndexingUpdate:
         out = self.result.summary()
         out["update"] = self.kind
         out["image"] = self.image
-        out["experiment"] = self.result.experiment.to_dict()
+        out["experiment"] = None if self.result.experiment is None else self.result.experiment.to_dict()
         return out
 
 
@@ -85,6 +86,7 @@ class IncrementalIndexer:
         self.model: IndexingResult | None = None  # last accepted
         self.second: IndexingResult | None = None
         self.n_attempts = 0
+        self.n_stills_indexed = 0
         self.n_bad_tables = 0
         self.timings: list[tuple[str, float]] = []
 
@@ -124,7 +126,9 @@ class IncrementalIndexer:
 
     # -- control ----------------------------------------------------------------------------
     def due(self) -> str | None:
-        """What step() would do now: "index", "refine" or None (and why not, in status())."""
+        """What step() would do now: "index", "refine", "still" or None (and why not, in status())."""
+        if self.experiment.scan.is_still:
+            return "still" if self.images_seen > (self.last_attempt_image or 0) else None
         if self.model is None:
             if self.images_seen < self.min_images or self.degrees_seen < self.min_degrees:
                 return None
@@ -143,6 +147,8 @@ class IncrementalIndexer:
         t0 = time.perf_counter()
         spots = self.spots
         image = self.images_seen
+        if action == "still":
+            return self._step_still(spots, image, t0)
         if action == "index":
             self.last_attempt_image = image
             self.n_attempts += 1
@@ -168,6 +174,25 @@ class IncrementalIndexer:
         log.warning("image %d: model no longer fits (%s); indexing again", image, result.reason)
         self.model, self.last_attempt_image = None, None
         return self.step()
+
+    def _step_still(self, spots: Spots, image: int, t0: float) -> IndexingUpdate | None:
+        """Stills: index the newest image on its own (one orientation per image)."""
+        from streamer.indexing.autoindex import index_still
+        from streamer.indexing.rlp import rlps_of_still
+
+        self.last_attempt_image = image
+        self.n_attempts += 1
+        mine = np.floor(spots.z_image) == image - 1
+        rlps = rlps_of_still(self.experiment, spots.x_px[mine], spots.y_px[mine])
+        result = index_still(rlps, self.options)
+        self.result = result
+        seconds = time.perf_counter() - t0
+        self.timings.append(("still", seconds))
+        if not result.indexed:
+            return None
+        self.n_stills_indexed += 1
+        self.model = result
+        return IndexingUpdate("indexed", image, result, seconds)
 
     def _refine_scan_varying(self, spots: Spots, result: IndexingResult) -> None:
         width = abs(self.experiment.scan.width_deg)
@@ -195,6 +220,8 @@ class IncrementalIndexer:
         """"indexed", or "not indexed yet: <reason>"."""
         if self.model is not None:
             return "indexed"
+        if self.experiment.scan.is_still:
+            return "not indexed yet: no image yet" if self.result is None else f"not indexed yet: {self.result.reason}"
         if self.images_seen < self.min_images or self.degrees_seen < self.min_degrees:
             return (f"not indexed yet: waiting for data ({self.images_seen} images, {self.degrees_seen:.1f} deg; "
                     f"needs {self.min_images} images and {self.min_degrees:.1f} deg)")
@@ -213,6 +240,8 @@ class IncrementalIndexer:
         out["indexed"] = self.model is not None
         out["status"] = self.status()
         out["attempts"] = self.n_attempts
+        if self.experiment.scan.is_still:
+            out["stills_indexed"] = self.n_stills_indexed
         out["images_seen"] = self.images_seen
         if self.model is None and shown is not None:
             out["candidate"] = {"lattice": out.get("lattice"), "unit_cell": out.get("unit_cell")}

@@ -86,17 +86,30 @@ def _build_row_tables(weights2d, prob, alias, row_total):
 
 
 @njit
-def _throw_photons(counts, prob, alias, frame, touched, t0, adu, overload):
+def _pack_tables(prob, alias, table):
+    """table = alias << 32 | round(prob * 2^32): one 8-byte word per pixel, one cache miss per photon."""
+    ny, nx = prob.shape
+    for j in range(ny):
+        for i in range(nx):
+            thr = prob[j, i] * 4294967296.0
+            if thr > 4294967295.0:
+                thr = 4294967295.0
+            table[j, i] = (np.uint64(alias[j, i]) << np.uint64(32)) | np.uint64(thr)
+
+
+@njit
+def _throw_photons(counts, table, frame, touched, t0, adu, overload):
     ny, nx = frame.shape
     t = t0
     for j in range(ny):
         for _ in range(counts[j]):
             u = np.random.random() * nx
-            k = int(u)
+            k = np.int64(u)
             if k >= nx:
-                k = nx - 1
-            if u - k >= prob[j, k]:
-                k = alias[j, k]
+                k = np.int64(nx - 1)
+            word = table[j, k]
+            if (u - k) * 4294967296.0 >= np.float64(word & np.uint64(0xFFFFFFFF)):
+                k = np.int64(word >> np.uint64(32))
             v = frame[j, k] + adu
             frame[j, k] = v if v < overload else overload
             touched[t] = j * nx + k
@@ -122,6 +135,9 @@ class SparseBackground:
         self.row_total = np.zeros(ny, dtype=np.float64)
         _build_row_tables(weights, self.prob, self.alias, self.row_total)
         self.total = float(self.row_total.sum())
+        self.table = np.empty((ny, nx), dtype=np.uint64)
+        _pack_tables(self.prob, self.alias, self.table)
+        del self.prob, self.alias  # only the packed table is used per image
 
     def throw(self, rng: np.random.Generator, frame: np.ndarray, touched: np.ndarray, t0: int, adu: int,
               overload: int) -> int:
@@ -131,4 +147,4 @@ class SparseBackground:
         counts = rng.poisson(self.row_total)
         if t0 + int(counts.sum()) > len(touched):
             raise ValueError("touched buffer too small")
-        return int(_throw_photons(counts, self.prob, self.alias, frame, touched, t0, adu, overload))
+        return int(_throw_photons(counts, self.table, frame, touched, t0, adu, overload))

@@ -4,7 +4,9 @@ A spot centred at continuous pixel coordinates (x, y) (pixel centre at +0.5) wit
 deviation sigma (px) puts the fraction
     [Phi((i + 1 - x)/sigma) - Phi((i - x)/sigma)] * [Phi((j + 1 - y)/sigma) - Phi((j - y)/sigma)]
 of its expected counts on pixel (i, j) (separable erf differences, so counts are conserved up
-to the +-`n_sigma` window), and the pixel gets Poisson(that mean) photons. Masked pixels lose
+to the +-`n_sigma` window), and the pixel gets Poisson(that mean) photons. For weak spots
+(fewer expected photons than half the window's pixels) the same distribution is drawn
+photon by photon: a Poisson total, each photon placed with the pixel probabilities. Masked pixels lose
 their photons (they fall into a gap). Values saturate at `overload` (a counting detector's
 cut-off value).
 """
@@ -44,6 +46,35 @@ def _spots(x, y, sigma, counts, mask, frame, touched, t0, adu, overload, n_sigma
         w = 2 * half + 1
         _fractions(x[r], s, i0, w, gx)
         _fractions(y[r], s, j0, w, gy)
+        if noisy and counts[r] < 0.5 * w * w:
+            # weak spot: throw Poisson(total) photons with the pixel probabilities instead
+            # (Poisson splitting: the same joint distribution as a draw per pixel, less work)
+            sx = 0.0
+            sy = 0.0
+            for a in range(w):
+                sx += gx[a]
+                sy += gy[a]
+            n_photons = np.random.poisson(counts[r] * sx * sy)
+            for _ in range(n_photons):
+                u = np.random.random() * sx
+                a = 0
+                while a < w - 1 and u >= gx[a]:
+                    u -= gx[a]
+                    a += 1
+                u = np.random.random() * sy
+                b = 0
+                while b < w - 1 and u >= gy[b]:
+                    u -= gy[b]
+                    b += 1
+                i = i0 + a
+                j = j0 + b
+                if i < 0 or i >= nx or j < 0 or j >= ny or mask[j, i] != 0:
+                    continue
+                v = frame[j, i] + adu
+                frame[j, i] = v if v < overload else overload
+                touched[t] = j * nx + i
+                t += 1
+            continue
         for b in range(w):
             j = j0 + b
             if j < 0 or j >= ny:

@@ -94,7 +94,7 @@ def random_u(seed: int) -> np.ndarray:
 
 
 def misset_u(angles_deg) -> np.ndarray:
-    """U from rotations about lab x, then y, then z by the given angles (nanoBragg's -misset order)."""
+    """U from rotations about the lab x, then y, then z axes by the given angles (degrees, extrinsic)."""
     return Rotation.from_euler("xyz", angles_deg, degrees=True).as_matrix()
 
 
@@ -273,7 +273,9 @@ class Simulation:
         seed_numba(int(rng.integers(0, 2**31)))
         x, y, s, c = self._spot_arrays(i)
         n_bg = self.background.total
-        need = int(n_bg + 10 * math.sqrt(n_bg + 1) + 100) + window_pixels(s, N_SIGMA_PX) + 64
+        w = 2 * np.clip(np.ceil(N_SIGMA_PX * s), 1, 127) + 1
+        n_spot = float(c[c < 0.5 * w * w].sum())  # weak spots are drawn photon by photon
+        need = int(n_bg + n_spot + 10 * math.sqrt(n_bg + n_spot + 1) + 100) + window_pixels(s, N_SIGMA_PX) + 64
         if need > len(self._touched):
             self._touched = np.zeros(max(need, 2 * len(self._touched)), dtype=np.int64)
         t = self.background.throw(rng, frame, self._touched, 0, self.adu, self.overload)
@@ -290,6 +292,7 @@ class Simulation:
         return frame
 
     def encoded_frame(self, i: int, encoding: str = "bslz4") -> EncodedFrame:
+        single_threaded_compression()
         data = codecs.encode(self.frame(i), encoding)
         ft = self.spec.frame_time_s
         return EncodedFrame(self.spec.series_id, i, self.preset.shape, self.dtype.str, encoding, data,
@@ -310,6 +313,15 @@ class Simulation:
             bit_depth_image=preset.bit_depth, countrate_correction_applied=True, flatfield_applied=True,
             pixel_mask=self.mask.copy(),
         )
+
+
+def single_threaded_compression() -> None:
+    """Compress on this thread only: bitshuffle's OpenMP threads spin against the processor's
+    workers on a busy machine (see `streamer.codecs._omp_thread_setter`); omp_set_num_threads
+    is per calling thread, so this is called before each encode (cheap)."""
+    setter = getattr(codecs, "_OMP_SET_NUM_THREADS", None)
+    if setter is not None:
+        setter(1)
 
 
 def sorted_pair(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -1,0 +1,85 @@
+"""`xtalstream simulate` end to end: EIGER HDF5 output and live streaming (v1, v2) over real sockets."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import h5py
+import hdf5plugin  # noqa: F401  (registers the bitshuffle filter)
+import numpy as np
+import pytest
+import zmq
+
+from streamer import codecs
+from streamer.geometry import Experiment
+from streamer.receiver import Receiver
+from streamer.series import EncodedFrame, SeriesEnd, SeriesInfo
+from tools import simulate
+from tools.simulator.sweep import Simulation
+from tools.simulator.truth import load_truth
+
+ARGS = ["--preset", "orthorhombic", "--detector", "test512", "--images", "3", "--seed", "4", "--zingers", "0"]
+
+
+def test_simulate_writes_eiger_hdf5_and_truth(tmp_path):
+    master = tmp_path / "sweep_master.h5"
+    assert simulate.main([*ARGS, "--out", str(master)]) == 0
+    truth = load_truth(tmp_path / "sweep_truth.h5")
+    assert truth.n_images == 3 and truth.experiment.crystal.space_group == "P 21 21 21"
+    sim = Simulation(simulate.spec_from_args(simulate.build_parser().parse_args([*ARGS, "--out", "x"])))
+    with h5py.File(master) as f:
+        data = f["/entry/data/data_000001"][()]
+        assert f["/entry/instrument/detector/beam_center_x"][()] == pytest.approx(truth.experiment.detector.beam_centre_px(truth.experiment.beam)[0])
+    assert data.shape == (3, 512, 512) and data.dtype == np.uint16
+    for i in range(3):
+        np.testing.assert_array_equal(data[i], sim.frame(i))
+
+
+def test_simulate_bad_arguments_exit_2(tmp_path):
+    assert simulate.main(["--images", "0", "--out", str(tmp_path / "x.h5")]) == 2
+    assert simulate.main(["--images", "2", "--out", str(tmp_path / "x.h5"), "--space-group", "Q 99"]) == 2
+    assert simulate.main(["--images", "2", "--out", str(tmp_path / "x.h5"), "--detector", "nope"]) == 2
+    assert simulate.main(["--images", "2"]) == 2  # neither --bind nor --out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt, wait", [("v2", True), ("v1", False)])
+def test_simulate_streams_live_to_a_consumer(tmp_path, fmt, wait):
+    url = f"ipc://{tmp_path}/det.sock"
+    truth_path = tmp_path / "truth.h5"
+    argv = [*ARGS, "--bind", url, "--format", fmt, "--rate", "200", "--truth", str(truth_path)]
+    if wait:
+        argv.append("--wait-for-consumer")
+    status = []
+    thread = threading.Thread(target=lambda: status.append(simulate.main(argv)), daemon=True)
+    thread.start()
+    if wait:  # connect only once the simulator is set up and waiting: it must still send everything
+        deadline = time.monotonic() + 60
+        while not truth_path.exists() and time.monotonic() < deadline:
+            thread.join(0.05)
+        assert thread.is_alive() and truth_path.exists()
+    events = []
+    with Receiver(zmq.Context.instance(), url) as receiver:
+        for event in receiver.events(timeout_s=60):
+            events.append(event)
+            if isinstance(event, SeriesEnd):
+                break
+    thread.join(60)
+    assert status == [0]
+    infos = [e for e in events if isinstance(e, SeriesInfo)]
+    frames = [e for e in events if isinstance(e, EncodedFrame)]
+    assert len(infos) == 1 and [f.image_number for f in frames] == [0, 1, 2]
+    assert isinstance(events[-1], SeriesEnd) and events[-1].reason == "end"
+    info = infos[0]
+    truth = load_truth(truth_path)
+    assert info.beam_centre_px == pytest.approx(truth.experiment.detector.beam_centre_px(truth.experiment.beam))
+    assert info.pixel_mask is not None and int(info.pixel_mask.sum()) == int(truth.pixel_mask.sum())
+    # a processor that builds its geometry from the stream header gets the truth's
+    from_header = Experiment.from_series(info, polarization_fraction=truth.experiment.beam.polarization_fraction)
+    np.testing.assert_allclose(from_header.detector.origin_mm, truth.experiment.detector.origin_mm, atol=1e-9)
+    assert from_header.scan == truth.experiment.scan
+    assert from_header.beam == truth.experiment.beam and from_header.goniometer == truth.experiment.goniometer
+    sim = Simulation(simulate.spec_from_args(simulate.build_parser().parse_args([*ARGS, "--out", "x"])))
+    for frame in frames:
+        np.testing.assert_array_equal(codecs.decode(frame), sim.frame(frame.image_number))
