@@ -36,7 +36,8 @@ def truth_experiment(truth: dict, phi_shift_deg: float = 0.0) -> Experiment:
         (det["beam_centre_px"]["fast"], det["beam_centre_px"]["slow"]), det["distance_mm"],
         (det["pixel_size_mm"], det["pixel_size_mm"]),
         (det["image_size_px"]["fast"], det["image_size_px"]["slow"]), det["fast_axis"], det["slow_axis"])
-    scan = Scan(truth["images"]["count"], gon["phi_start_deg_image_1"] + phi_shift_deg, gon["oscillation_deg_per_image"])
+    scan = Scan(truth["images"]["count"], gon["phi_start_deg_image_1"] + phi_shift_deg,
+                gon["oscillation_deg_per_image"])
     crystal = Crystal(tuple(map(tuple, cry["orientation_phi0"]["A_matrix_rows"])), cry["space_group"])
     return Experiment(beam, detector, Goniometer(tuple(gon["rotation_axis_dials_frame"])), scan, crystal)
 
@@ -132,7 +133,8 @@ def test_smv_reader_takes_the_geometry_from_the_headers(nanobragg):
     np.testing.assert_allclose(from_header.detector.slow_axis, exp.detector.slow_axis, atol=1e-9)
     np.testing.assert_allclose(from_header.goniometer.rotation_axis, exp.goniometer.rotation_axis, atol=1e-9)
     # the header's model, with the known crystal, predicts the spots as well as the truth's
-    scan = Scan(truth["images"]["count"], info.omega_start_deg - 0.025, truth["goniometer"]["oscillation_deg_per_image"])
+    width = truth["goniometer"]["oscillation_deg_per_image"]
+    scan = Scan(truth["images"]["count"], info.omega_start_deg - 0.025, width)
     header_exp = from_header.replace(crystal=exp.crystal, scan=scan)
     spots = {n: strong_spots(_read_smv(p)) for n, p in paths.items()}
     d = match_distances(header_exp, spots)

@@ -30,7 +30,8 @@ def test_simulate_writes_eiger_hdf5_and_truth(tmp_path):
     sim = Simulation(simulate.spec_from_args(simulate.build_parser().parse_args([*ARGS, "--out", "x"])))
     with h5py.File(master) as f:
         data = f["/entry/data/data_000001"][()]
-        assert f["/entry/instrument/detector/beam_center_x"][()] == pytest.approx(truth.experiment.detector.beam_centre_px(truth.experiment.beam)[0])
+        beam_x = truth.experiment.detector.beam_centre_px(truth.experiment.beam)[0]
+        assert f["/entry/instrument/detector/beam_center_x"][()] == pytest.approx(beam_x)
     assert data.shape == (3, 512, 512) and data.dtype == np.uint16
     for i in range(3):
         np.testing.assert_array_equal(data[i], sim.frame(i))

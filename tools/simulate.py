@@ -27,14 +27,16 @@ def build_parser():
     p.add_argument("--cell", type=float, nargs=6, metavar=("A", "B", "C", "AL", "BE", "GA"), help="unit cell (A, deg)")
     p.add_argument("--space-group", help="space group symbol or number (gemmi)")
     p.add_argument("--orientation", type=float, nargs=3, metavar=("RX", "RY", "RZ"),
-                   help="U from rotations about the lab x, then y, then z axes (deg, DIALS frame); default random from --seed")
+                   help="U from rotations about the lab x, then y, then z axes (deg, DIALS frame); "
+                        "default: random from --seed")
     p.add_argument("--seed", type=int, default=1, help="random seed (orientation, structure, noise)")
     p.add_argument("--images", type=int, required=True, metavar="N", help="number of images")
     out = p.add_mutually_exclusive_group(required=True)
     out.add_argument("--bind", metavar="URL", help="act as the detector: PUSH bound on URL (e.g. tcp://127.0.0.1:9999)")
     out.add_argument("--out", metavar="FILE.h5", help="write an EIGER-style HDF5 master + data files")
     p.add_argument("--format", choices=["v1", "v2"], default="v1", help="stream protocol (default v1)")
-    p.add_argument("--rate", type=float, default=None, metavar="HZ", help="frames per second (default: as fast as possible)")
+    p.add_argument("--rate", type=float, default=None, metavar="HZ",
+                   help="frames per second (default: as fast as possible)")
     p.add_argument("--truth", metavar="PATH", help="truth file (HDF5); default next to --out, none for --bind")
     p.add_argument("--detector", default="eiger2_1m", help="detector preset in config/detectors (default eiger2_1m)")
     p.add_argument("--wavelength", type=float, default=1.0, metavar="A", help="wavelength (A, default 1.0)")

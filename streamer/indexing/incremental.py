@@ -254,6 +254,20 @@ class IncrementalIndexer:
         return out
 
 
+def _untruncated(spots, end_image: int | None = None) -> dict[str, np.ndarray]:
+    """Finished 3D spots minus those that start on the first image: they may have begun before
+    the sweep did, so their rotation centroid is biased late. While the sweep runs the end needs
+    no cut (spots open on the newest image are not finished yet); at the end, spots reaching
+    `end_image` (exclusive frame bound) are cut likewise."""
+    if not len(spots):
+        return {"x_px": np.zeros(0), "y_px": np.zeros(0), "z_image": np.zeros(0)}
+    bbox = np.asarray(spots.bbox)
+    keep = bbox[:, 4] > 0
+    if end_image is not None:
+        keep &= bbox[:, 5] < end_image
+    return {"x_px": spots.x_px[keep], "y_px": spots.y_px[keep], "z_image": spots.z_image[keep]}
+
+
 class IndexingStage:
     """The collector's sweep stage (streamer.collector.SweepStage): joins each frame's strong
     pixels into 3D spots (streamer.spot_joiner) and feeds them to an IncrementalIndexer;
@@ -271,7 +285,7 @@ class IndexingStage:
         self.indexer.note_images(int(result.image_number) + 1)
         if self.indexer.due() is None:
             return
-        self.indexer.set_spots(self.joiner.spots())  # all 3D spots finished so far
+        self.indexer.set_spots(_untruncated(self.joiner.spots()))
         update = self.indexer.step()
         if update is not None:
             self._pending = update.model()
@@ -281,5 +295,15 @@ class IndexingStage:
         return model
 
     def finish(self) -> Mapping[str, Any]:
+        """Close the series: a last re-refinement (or attempt) with every spot, then the summary."""
         self.joiner.finish()
-        return {"indexing": self.indexer.summary()}
+        indexer = self.indexer
+        if indexer.images_seen and not indexer.experiment.scan.is_still:
+            indexer.set_spots(_untruncated(self.joiner.spots(), indexer.images_seen))
+            indexer.last_refine_image = -indexer.refine_every  # due now, whatever the count
+            if indexer.model is None:
+                indexer.last_attempt_image = None
+            update = indexer.step()
+            if update is not None:
+                self._pending = update.model()
+        return {"indexing": indexer.summary()}

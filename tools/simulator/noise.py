@@ -5,8 +5,9 @@ distribution as: draw the total T ~ Poisson(sum lambda), then throw T photons in
 onto pixels with probabilities lambda_p / sum lambda (the Poisson splitting / multinomial
 theorem). For a sparse background (mean << 1 photon per pixel, as on fast EIGER frames) this
 costs O(photons) instead of O(pixels). Each photon's pixel is drawn in O(1) with Walker's alias
-method (Walker 1977; Vose 1991's stable construction), one table per detector row. The touched pixels are recorded so the
-frame buffer can be cleared in O(photons) too.
+method (Walker 1977; Vose 1991's stable construction), one table per detector row (rows are
+independent Poisson totals), packed as one 8-byte word per pixel. The touched pixels are
+recorded so the frame buffer can be cleared in O(photons) too.
 """
 
 from __future__ import annotations
