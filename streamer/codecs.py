@@ -94,6 +94,16 @@ def _omp_thread_setter() -> Any:
 _BSHUF_DECOMPRESS = _bshuf_c_entry()
 _OMP_SET_NUM_THREADS = _omp_thread_setter() if _BSHUF_DECOMPRESS is not None else None
 _decode_threads = 1
+_encode_threads = 1
+
+
+def set_encode_threads(n: int) -> None:
+    """OpenMP threads bitshuffle may use per encode (default 1: the simulator and replay share
+    the machine with the processor's workers, and spinning OpenMP threads slow everyone)."""
+    global _encode_threads
+    if n < 1:
+        raise ValueError("encode threads must be at least 1")
+    _encode_threads = int(n)
 
 
 def set_decode_threads(n: int) -> None:
@@ -349,6 +359,8 @@ def encode(array: np.ndarray, encoding: str, block_bytes: int | None = None) -> 
         block = (block_bytes or BSLZ4_BLOCK_BYTES) // itemsize
         if block <= 0 or block % 8:
             raise ValueError(f"bslz4 block of {block_bytes} bytes is not a multiple of 8 elements")
+        if _OMP_SET_NUM_THREADS is not None:
+            _OMP_SET_NUM_THREADS(_encode_threads)  # per calling thread (an OpenMP ICV)
         body = bitshuffle.compress_lz4(flat.view(f"u{itemsize}") if arr.dtype.kind != "u" else flat, block)
         return _HEADER.pack(arr.nbytes, block * itemsize) + body.tobytes()
     block = block_bytes or LZ4_H5_BLOCK_BYTES

@@ -44,8 +44,9 @@ def test_indexes_after_min_degrees_and_re_refines():
     indexer = IncrementalIndexer(truth.replace(crystal=None), config)
     assert indexer.status().startswith("not indexed yet: waiting for data")
     updates = _feed(indexer, spots, 30)
-    assert updates[0].kind == "indexed" and updates[0].image == 6  # 3 degrees = 6 images
-    assert [u.kind for u in updates[1:]] == ["refined", "refined"]  # images 16 and 26
+    # the first attempt waits until the spots span 3 degrees: image 7 (spots of images 0-6)
+    assert updates[0].kind == "indexed" and updates[0].image == 7
+    assert [u.kind for u in updates[1:]] == ["refined", "refined"]  # images 17 and 27
     final = indexer.summary()
     assert final["indexed"] and final["lattice"] == "tP" and final["space_group"] == "P 4 2 2"
     np.testing.assert_allclose(final["unit_cell"][:3], [78.9, 78.9, 36.9], rtol=5e-4)
@@ -68,7 +69,8 @@ def _status_after(spots: Spots, n_images=10, experiment=None):
 
 def test_too_few_spots_keeps_trying():
     truth = sweep_experiment(CELL, "P 43 21 2", n_images=10, width=0.5)
-    few = simulated_spots(truth).select(np.arange(12))
+    spots = simulated_spots(truth)
+    few = spots.select(np.argsort(spots.z_image)[np.linspace(0, len(spots) - 1, 12).astype(int)])  # over 5 deg
     indexer = _status_after(few)
     assert indexer.status().startswith("not indexed yet: too few spots (") and "< 20)" in indexer.status()
     assert indexer.n_attempts >= 2  # retried as images came

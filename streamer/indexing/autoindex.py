@@ -138,6 +138,15 @@ def _best_origin(exp: Experiment, a_red: np.ndarray, shift: np.ndarray, spots: S
     """The shift is known only modulo a reciprocal-lattice vector; each of the 27 nearest choices
     implies a beam-centre move. Keep the one whose moved geometry indexes the most spots out to
     higher resolution (where the distortion of a wrong centre shows), or None if no move is needed."""
+    def tight_count(candidate: Experiment) -> int:
+        rlps = rlps_from_spots(candidate, spots)
+        a_fit, hkl, ok, _ = index_and_fit(a_red, rlps)
+        if ok.sum() < 6:
+            return 0
+        frac = rlps[ok] @ np.linalg.inv(a_fit).T - hkl[ok]
+        return int(np.all(np.abs(frac) < 0.1, axis=1).sum())  # tight: the right centre fits high resolution
+
+    stay = tight_count(exp)
     best, best_count = None, -1
     for n in np.array(np.meshgrid([-1, 0, 1], [-1, 0, 1], [-1, 0, 1], indexing="ij")).reshape(3, -1).T:
         moved = _beam_centre_from_shift(exp, shift + a_red @ n, spots, min_px=0.0)
@@ -146,15 +155,12 @@ def _best_origin(exp: Experiment, a_red: np.ndarray, shift: np.ndarray, spots: S
         move = np.subtract(moved.detector.beam_centre_px(exp.beam), exp.detector.beam_centre_px(exp.beam))
         if np.hypot(*move) > max_move_px:
             continue
-        rlps = rlps_from_spots(moved, spots)
-        a_fit, hkl, ok, _ = index_and_fit(a_red, rlps)
-        if ok.sum() < 6:
-            continue
-        frac = rlps[ok] @ np.linalg.inv(a_fit).T - hkl[ok]
-        ok = np.all(np.abs(frac) < 0.1, axis=1)  # tight: the right centre fits the high-resolution spots
-        if ok.sum() > best_count:
-            best, best_count = (moved, np.hypot(*move)), int(ok.sum())
-    if best is None or best[1] < 1.0:
+        count = tight_count(moved)
+        if count > best_count:
+            best, best_count = (moved, np.hypot(*move)), count
+    # move only when it clearly helps: the header's centre is kept unless another fits much better
+    log.debug("origin search: %d spots fit tightly in place, %s after the best move", stay, best_count)
+    if best is None or best[1] < 1.0 or best_count < 1.2 * stay + 10:
         return None
     log.info("reciprocal-space origin shift: beam centre moved by %.2f px", best[1])
     return best[0]
@@ -189,6 +195,46 @@ def index_rotation(experiment: Experiment, spots: Spots, options: IndexingOption
         return _failed(f"no lattice found (refinement diverged: {exc})", n, t0, max_cell_A=max_cell)
 
 
+def _observations(spots: Spots, hkl: np.ndarray, indexed: np.ndarray) -> Observations:
+    """Indexed spots that may enter refinement (not those flagged as truncated by the sweep start)."""
+    use = indexed if spots.refine is None else indexed & spots.refine
+    return Observations(hkl[use], spots.x_px[use], spots.y_px[use], spots.z_image[use])
+
+
+def _upgrade(sol, res, rows, spots: Spots, opt: IndexingOptions, kw: dict, max_rmsd_px: float):
+    """Bootstrap: the Bravais search again on the refined primitive cell of the chosen lattice.
+
+    A narrow wedge determines the P1 cell poorly, so a higher symmetry can look distorted there
+    (a hexagonal cell 1.2 degrees off after 2 degrees of data) yet fit well once a lower
+    symmetric setting (e.g. orthohexagonal oC) has been refined."""
+    for _ in range(2):
+        primitive = np.linalg.inv(sol.transform.astype(np.float64)) @ np.linalg.inv(res.experiment.crystal.A_matrix)
+        reduced, _ = niggli_reduce_basis(primitive)
+        higher = [s for s in bravais_solutions(reduced, opt.max_distortion_deg)
+                  if SYMMETRY_ORDER.index(s.lattice) > SYMMETRY_ORDER.index(sol.lattice)]
+        rlps = rlps_from_spots(res.experiment.replace(crystal=None), spots)
+        upgraded = None
+        for cand in sorted(higher, key=lambda s: -SYMMETRY_ORDER.index(s.lattice)):
+            crystal = _crystal_for(cand.lattice, cand.basis)
+            hkl, ok = assign_indices(crystal.A_matrix, rlps)
+            if ok.sum() < opt.min_spots:
+                continue
+            obs = _observations(spots, hkl, ok)
+            trial = refine(res.experiment.replace(crystal=crystal), obs, BRAVAIS[cand.lattice], **kw)
+            if trial.rmsd_px <= max_rmsd_px:
+                upgraded = (cand, trial)
+                break
+        if upgraded is None:
+            break
+        sol, res = upgraded
+        log.info("lattice upgraded to %s after refinement in a lower symmetry", sol.lattice)
+        rows = [r for r in rows if r.lattice != sol.lattice] + [
+            BravaisRow(sol.lattice, sol.distortion_deg, res.experiment.crystal.unit_cell, res.rmsd_px, True)]
+        rows = [BravaisRow(r.lattice, r.distortion_deg, r.unit_cell, r.rmsd_px, r.lattice == sol.lattice) for r in rows]
+        rows.sort(key=lambda r: SYMMETRY_ORDER.index(r.lattice))
+    return sol, res, rows
+
+
 def _refine_and_choose(exp: Experiment, spots: Spots, opt: IndexingOptions, a_red: np.ndarray, rlps: np.ndarray,
                        shift: np.ndarray, low: np.ndarray, max_cell: float, t0: float) -> IndexingResult:
     """P1 macro-cycles, the Bravais table with constrained refinements, the choice, acceptance."""
@@ -206,7 +252,7 @@ def _refine_and_choose(exp: Experiment, spots: Spots, opt: IndexingOptions, a_re
     current = exp.replace(crystal=Crystal(a_red))
     p1 = None
     for next_index in (100.0, np.inf, np.inf):
-        obs = Observations(hkl[ok], spots.x_px[ok], spots.y_px[ok], spots.z_image[ok])
+        obs = _observations(spots, hkl, ok)
         p1 = refine(current, obs, "triclinic", **kw)
         current = p1.experiment
         rlps = rlps_from_spots(current.replace(crystal=None), spots)
@@ -237,13 +283,22 @@ def _refine_and_choose(exp: Experiment, spots: Spots, opt: IndexingOptions, a_re
         if ok_c.sum() < opt.min_spots:
             rows.append(BravaisRow(sol.lattice, sol.distortion_deg, crystal.unit_cell, None, False))
             continue
-        obs = Observations(hkl_c[ok_c], spots.x_px[ok_c], spots.y_px[ok_c], spots.z_image[ok_c])
+        obs = _observations(spots, hkl_c, ok_c)
         res = refine(current.replace(crystal=crystal), obs, BRAVAIS[sol.lattice], **kw)
+        if not res.rmsd_px <= ratio * p1.rmsd_px + 0.05:
+            # a poorly determined P1 cell (narrow wedge) starts the symmetric model off: re-assign
+            # with the refined model and refine once more before judging it
+            rl = rlps_from_spots(res.experiment.replace(crystal=None), spots)
+            hkl_c, ok_c = assign_indices(res.experiment.crystal.A_matrix, rl)
+            if ok_c.sum() >= opt.min_spots:
+                obs = _observations(spots, hkl_c, ok_c)
+                again = refine(res.experiment, obs, BRAVAIS[sol.lattice], **kw)
+                res = again if again.rmsd_px < res.rmsd_px else res
         good = sol.lattice == "aP" or res.rmsd_px <= ratio * p1.rmsd_px + 0.05
         rows.append(BravaisRow(sol.lattice, sol.distortion_deg, res.experiment.crystal.unit_cell, res.rmsd_px,
                                good and chosen is None))
         if good and chosen is None:
-            chosen = (sol.lattice, res)
+            chosen = (sol, res)
             if known_lattice is None and opt.known_cell is None:
                 # the lower-symmetry rows are listed without their (slower) refinements
                 for other in solutions:
@@ -256,7 +311,10 @@ def _refine_and_choose(exp: Experiment, spots: Spots, opt: IndexingOptions, a_re
         known = known_lattice or opt.known_cell
         reason = "known cell or space group not found" if known else "no Bravais lattice fits"
         return _failed(reason, n, t0, bravais=tuple(rows), max_cell_A=max_cell)
-    lattice, res = chosen
+    sol, res = chosen
+    if known_lattice is None and opt.known_cell is None:
+        sol, res, rows = _upgrade(sol, res, rows, spots, opt, kw, ratio * min(p1.rmsd_px, res.rmsd_px) + 0.05)
+    lattice = sol.lattice
     final = res.experiment
     rlps = rlps_from_spots(final.replace(crystal=None), spots)
     hkl, ok = assign_indices(final.crystal.A_matrix, rlps)
@@ -331,7 +389,7 @@ def refine_model(experiment: Experiment, lattice: str, spots: Spots, options: In
     electrons = experiment.beam.wavelength_A < 0.1
     refine_distance = opt.refine_distance if opt.refine_distance is not None else not electrons
     refine_tilt = opt.refine_tilt if opt.refine_tilt is not None else (span >= opt.tilt_min_degrees and not electrons)
-    obs = Observations(hkl[ok], spots.x_px[ok], spots.y_px[ok], spots.z_image[ok])
+    obs = _observations(spots, hkl, ok)
     res = refine(experiment, obs, BRAVAIS[lattice], refine_distance=refine_distance, refine_axis=opt.refine_axis,
                  refine_tilt=refine_tilt, max_obs=opt.max_refine_obs)
     final = res.experiment

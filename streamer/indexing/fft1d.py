@@ -100,19 +100,31 @@ def phase_offset(vectors: np.ndarray, x: np.ndarray) -> np.ndarray:
 
 
 def refine_vector(t: np.ndarray, x_low: np.ndarray, x_all: np.ndarray, tolerances=(0.25, 0.15, 0.1)) -> np.ndarray:
-    """Least-squares refinement of a real-space vector t so that t.x - c is integral (DPS
-    refinement with a free origin offset c): first on the low-resolution points, where an
-    approximate t still rounds correctly, then on all."""
+    """Least-squares refinement of a real-space vector t so that t.x is integral (DPS refinement):
+    first on the low-resolution points, where an approximate t still rounds correctly, then on all.
+
+    Refined twice, with the origin fixed and with a free origin offset c (t.x - c integral, for
+    a wrong beam centre); the offset is kept only if it indexes clearly more points, because in
+    a narrow wedge c and the length of t can trade against each other."""
+    fixed = _refine(t, x_low, x_all, tolerances, free_origin=False)
+    free = _refine(t, x_low, x_all, tolerances, free_origin=True)
+    score = integral_fraction(np.array([fixed, free]), x_all)
+    return free if score[1] > 1.2 * score[0] else fixed
+
+
+def _refine(t: np.ndarray, x_low: np.ndarray, x_all: np.ndarray, tolerances, free_origin: bool) -> np.ndarray:
     for pts in (x_low, x_all):
-        c = float(phase_offset(t, pts)[0])
-        design = np.column_stack([pts, -np.ones(len(pts))])
+        c = float(phase_offset(t, pts)[0]) if free_origin else 0.0
+        design = np.column_stack([pts, -np.ones(len(pts))]) if free_origin else pts
         for tol in tolerances:
             n = pts @ t - c
             sel = np.abs(n - np.rint(n)) < tol
             if sel.sum() < 6:
                 return t
             sol, *_ = np.linalg.lstsq(design[sel], np.rint(n[sel]), rcond=None)
-            t, c = sol[:3], sol[3]
+            t = sol[:3]
+            if free_origin:
+                c = sol[3]
     return t
 
 

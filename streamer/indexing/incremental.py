@@ -121,6 +121,13 @@ class IncrementalIndexer:
         return self._parts[0] if self._parts else Spots.concatenate([])
 
     @property
+    def spot_degrees(self) -> float:
+        """Rotation range (degrees) the spots span: what indexing can use, which lags the images
+        seen while 3D spots are still open on the newest images."""
+        spots = self.spots
+        return float(np.ptp(spots.z_image)) * abs(self.experiment.scan.width_deg) if len(spots) > 1 else 0.0
+
+    @property
     def degrees_seen(self) -> float:
         return self.images_seen * abs(self.experiment.scan.width_deg)
 
@@ -130,7 +137,7 @@ class IncrementalIndexer:
         if self.experiment.scan.is_still:
             return "still" if self.images_seen > (self.last_attempt_image or 0) else None
         if self.model is None:
-            if self.images_seen < self.min_images or self.degrees_seen < self.min_degrees:
+            if self.images_seen < self.min_images or self.spot_degrees < self.min_degrees:
                 return None
             if self.last_attempt_image is not None and self.images_seen - self.last_attempt_image < self.retry_every:
                 return None
@@ -222,9 +229,9 @@ class IncrementalIndexer:
             return "indexed"
         if self.experiment.scan.is_still:
             return "not indexed yet: no image yet" if self.result is None else f"not indexed yet: {self.result.reason}"
-        if self.images_seen < self.min_images or self.degrees_seen < self.min_degrees:
-            return (f"not indexed yet: waiting for data ({self.images_seen} images, {self.degrees_seen:.1f} deg; "
-                    f"needs {self.min_images} images and {self.min_degrees:.1f} deg)")
+        if self.images_seen < self.min_images or self.spot_degrees < self.min_degrees:
+            return (f"not indexed yet: waiting for data ({self.images_seen} images, spots over "
+                    f"{self.spot_degrees:.1f} deg; needs {self.min_images} images and {self.min_degrees:.1f} deg)")
         if self.result is None:
             return "not indexed yet: first attempt pending"
         return f"not indexed yet: {self.result.reason}"
@@ -255,17 +262,17 @@ class IncrementalIndexer:
 
 
 def _untruncated(spots, end_image: int | None = None) -> dict[str, np.ndarray]:
-    """Finished 3D spots minus those that start on the first image: they may have begun before
-    the sweep did, so their rotation centroid is biased late. While the sweep runs the end needs
-    no cut (spots open on the newest image are not finished yet); at the end, spots reaching
-    `end_image` (exclusive frame bound) are cut likewise."""
+    """All finished 3D spots, with `refine` False for those that start on the first image: they
+    may have begun before the sweep did, so their rotation centroid is biased late (they still
+    help find the lattice). While the sweep runs the end needs no flag (spots open on the newest
+    image are not finished yet); at the end, spots reaching `end_image` (exclusive) are flagged."""
     if not len(spots):
         return {"x_px": np.zeros(0), "y_px": np.zeros(0), "z_image": np.zeros(0)}
     bbox = np.asarray(spots.bbox)
-    keep = bbox[:, 4] > 0
+    refine = bbox[:, 4] > 0
     if end_image is not None:
-        keep &= bbox[:, 5] < end_image
-    return {"x_px": spots.x_px[keep], "y_px": spots.y_px[keep], "z_image": spots.z_image[keep]}
+        refine &= bbox[:, 5] < end_image
+    return {"x_px": spots.x_px, "y_px": spots.y_px, "z_image": spots.z_image, "refine": refine}
 
 
 class IndexingStage:
@@ -283,6 +290,8 @@ class IndexingStage:
     def add(self, series: Any, result: Any) -> None:
         self.joiner.add(series, result)
         self.indexer.note_images(int(result.image_number) + 1)
+        if self.indexer.model is None and not self.indexer.experiment.scan.is_still:
+            self.indexer.set_spots(_untruncated(self.joiner.spots()))  # the span decides when to try
         if self.indexer.due() is None:
             return
         self.indexer.set_spots(_untruncated(self.joiner.spots()))

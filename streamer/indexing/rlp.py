@@ -28,6 +28,7 @@ class Spots:
     x_px: np.ndarray
     y_px: np.ndarray
     z_image: np.ndarray
+    refine: np.ndarray | None = None  # bool: may enter refinement (None: all); e.g. not truncated
 
     def __len__(self) -> int:
         return len(self.x_px)
@@ -42,16 +43,25 @@ class Spots:
         if len({len(c) for c in cols}) != 1:
             raise BadSpots("spot table columns differ in length")
         keep = np.all(np.isfinite(np.stack(cols)), axis=0)
-        return cls(*(c[keep] for c in cols))
+        refine = None
+        try:
+            refine = np.asarray(table["refine"], dtype=bool).ravel()[keep]
+        except (KeyError, ValueError, TypeError, IndexError):
+            pass
+        return cls(*(c[keep] for c in cols), refine)
 
     @classmethod
     def concatenate(cls, parts: list[Spots]) -> Spots:
         if not parts:
             return cls(np.zeros(0), np.zeros(0), np.zeros(0))
-        return cls(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("x_px", "y_px", "z_image")))
+        refine = None
+        if any(p.refine is not None for p in parts):
+            refine = np.concatenate([np.ones(len(p), bool) if p.refine is None else p.refine for p in parts])
+        return cls(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("x_px", "y_px", "z_image")), refine)
 
     def select(self, mask) -> Spots:
-        return Spots(self.x_px[mask], self.y_px[mask], self.z_image[mask])
+        return Spots(self.x_px[mask], self.y_px[mask], self.z_image[mask],
+                     None if self.refine is None else self.refine[mask])
 
 
 def rlps_from_spots(experiment: Experiment, spots: Spots) -> np.ndarray:

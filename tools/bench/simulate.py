@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from streamer import codecs
-from tools.simulator.sweep import Simulation, SimulationSpec, single_threaded_compression
+from tools.simulator.sweep import Simulation, SimulationSpec
 
 DETECTORS = {"4M": "eiger2_4m", "16M": "eiger2_16m"}
 
@@ -35,7 +35,6 @@ def run(args: Any) -> dict:
         sim.frame(i)
     generate = time.perf_counter() - t0
     sizes = []
-    single_threaded_compression()
     t0 = time.perf_counter()
     for i in range(1, n + 1):
         sizes.append(len(codecs.encode(sim.frame(i), "bslz4")))

@@ -292,7 +292,6 @@ class Simulation:
         return frame
 
     def encoded_frame(self, i: int, encoding: str = "bslz4") -> EncodedFrame:
-        single_threaded_compression()
         data = codecs.encode(self.frame(i), encoding)
         ft = self.spec.frame_time_s
         return EncodedFrame(self.spec.series_id, i, self.preset.shape, self.dtype.str, encoding, data,
@@ -313,15 +312,6 @@ class Simulation:
             bit_depth_image=preset.bit_depth, countrate_correction_applied=True, flatfield_applied=True,
             pixel_mask=self.mask.copy(),
         )
-
-
-def single_threaded_compression() -> None:
-    """Compress on this thread only: bitshuffle's OpenMP threads spin against the processor's
-    workers on a busy machine (see `streamer.codecs._omp_thread_setter`); omp_set_num_threads
-    is per calling thread, so this is called before each encode (cheap)."""
-    setter = getattr(codecs, "_OMP_SET_NUM_THREADS", None)
-    if setter is not None:
-        setter(1)
 
 
 def sorted_pair(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
