@@ -34,7 +34,8 @@ from typing import Any
 import zmq
 
 from streamer import wire
-from streamer.collector import Collector, CollectorService, StageFactory
+from streamer.collector import Collector, StageFactory
+from streamer.collector_service import CollectorService
 from streamer.config import Config
 from streamer.metrics import Metrics
 from streamer.result_stream import ResultPublisher

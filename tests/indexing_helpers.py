@@ -1,4 +1,4 @@
-"""Simulated rotation sweeps for the indexing tests: spots from streamer.geometry.predict_rotation
+"""Simulated rotation sweeps for the indexing tests: spots from streamer.prediction.predict_rotation
 with centroid noise, missing spots and outliers, and comparisons against the truth."""
 
 from __future__ import annotations
@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 from scipy.spatial.transform import Rotation
 
-from streamer.geometry import Beam, Crystal, Detector, Experiment, Goniometer, Scan, predict_rotation
+from streamer.geometry import Beam, Crystal, Detector, Experiment, Goniometer, Scan
+from streamer.prediction import predict_rotation
 from streamer.indexing.rlp import Spots
 
 BEAM_CENTRE = (513.0, 513.0)

@@ -8,9 +8,9 @@ import pytest
 
 from streamer.geometry import (
     Beam, Crystal, Detector, Experiment, Goniometer, Scan, b_matrix, cell_from_a_matrix,
-    lorentz_zeta, miller_indices, polarization_factor, predict_rotation, reciprocal_vectors,
-    rotation_matrix, systematically_absent,
+    lorentz_zeta, polarization_factor, reciprocal_vectors, rotation_matrix,
 )
+from streamer.prediction import miller_indices, predict_rotation, systematically_absent
 
 
 def simple_detector(**kw):
@@ -96,7 +96,6 @@ def test_prediction_obeys_diffraction_and_inverts():
     exp = lysozyme_experiment()
     pred = predict_rotation(exp, d_min=2.0)
     assert len(pred) > 500
-    s0 = exp.beam.s0
     np.testing.assert_allclose(np.linalg.norm(pred.s1, axis=1), 1 / exp.beam.wavelength_A, rtol=1e-10)
     assert np.all((pred.z >= 0) & (pred.z < 20))
     # back from (x, y, z) to reciprocal space gives A h

@@ -151,7 +151,8 @@ def test_collector_stage_joins_pixels_and_publishes_a_model():
 
 
 def test_stills_are_indexed_one_image_at_a_time():
-    from streamer.geometry import Scan, miller_indices
+    from streamer.geometry import Scan
+    from streamer.prediction import miller_indices
 
     truth = sweep_experiment(CELL, "P 43 21 2", n_images=1, width=0.0)
     truth = truth.replace(scan=Scan(1, 0.0, 0.0))

@@ -1,7 +1,7 @@
 """An independent check of the geometry model's conventions: nanoBragg's lysozyme sweep.
 
 From truth.json's cell and orientation (A at phi = 0 in the DIALS frame) and geometry, the
-shared model (`streamer.geometry.predict_rotation`) must predict where nanoBragg put the spots
+shared model (`streamer.prediction.predict_rotation`) must predict where nanoBragg put the spots
 to < 0.5 px. Spots are found with a simple test-only method: photons (pixel - 40) above a
 threshold, 8-connected labels, intensity-weighted centroids (pixel centres at +0.5) of
 isolated, unsaturated strong spots. nanoBragg samples image i at phi = start + 0, 0.05, ...,
@@ -19,7 +19,8 @@ import pytest
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
-from streamer.geometry import Beam, Crystal, Detector, Experiment, Goniometer, Scan, predict_rotation
+from streamer.geometry import Beam, Crystal, Detector, Experiment, Goniometer, Scan
+from streamer.prediction import predict_rotation
 
 log = logging.getLogger(__name__)
 

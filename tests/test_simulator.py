@@ -11,7 +11,7 @@ from scipy.spatial import cKDTree
 
 from streamer.detector_presets import DetectorPreset, available, load_preset
 from streamer.errors import BadConfig
-from streamer.geometry import miller_indices, predict_rotation
+from streamer.prediction import miller_indices, predict_rotation
 from tools.simulator.background import BackgroundModel
 from tools.simulator.presets import PRESETS
 from tools.simulator.structure import random_structure, wilson_sigma

@@ -12,7 +12,8 @@ import zmq
 from pipeline_fakes import HOT, make_frame, make_series
 
 from streamer import codecs, wire
-from streamer.collector import Collector, CollectorService
+from streamer.collector import Collector
+from streamer.collector_service import CollectorService
 from streamer.config import Config
 from streamer.metrics import Metrics
 from streamer.pipeline import Endpoints, Fanout

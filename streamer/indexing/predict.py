@@ -1,6 +1,6 @@
 """Prediction of reflections from a model, and matching of predictions to observed spots.
 
-Rotation geometry as in streamer.geometry.predict_rotation (closed-form Ewald-sphere crossings);
+Rotation geometry as in streamer.prediction.predict_rotation (closed-form Ewald-sphere crossings);
 mosaicity widens the rotation range over which a reflection is recorded by about
 mosaicity / |zeta| (zeta: the Lorentz geometry factor, Kabsch 1988), which decides the images a
 prediction touches.
@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from streamer.geometry import Beam, Detector, Experiment, Goniometer, Predictions, predict_rotation, rotate_vectors  # noqa: E501
+from streamer.geometry import Beam, Detector, Experiment, Goniometer, rotate_vectors
+from streamer.prediction import Predictions, predict_rotation
 
 
 def crossings(beam: Beam, gonio: Goniometer, a_matrix: np.ndarray, hkl: np.ndarray):

@@ -1,7 +1,7 @@
 """`xtalstream bench indexing`: time from the last image an indexing solution needs to a
 published model, and time per re-refinement, on a simulated lysozyme sweep.
 
-Spots come from `streamer.geometry.predict_rotation` (tetragonal lysozyme 78.9 x 78.9 x 36.9 A,
+Spots come from `streamer.prediction.predict_rotation` (tetragonal lysozyme 78.9 x 78.9 x 36.9 A,
 random orientation, 1024 x 1024 pixels of 0.172 mm at 150 mm, 1 A) with 0.3 px and 0.1 image
 centroid noise, 10 % missing and 2 % random outliers, and fed image by image to an
 `IncrementalIndexer` that starts from a beam centre 1 px and a distance 0.5 % off. Figures:
@@ -28,7 +28,8 @@ def add_arguments(parser: Any) -> None:
 def _sweep(n_images: int, d_min: float, seed: int = 3):
     from scipy.spatial.transform import Rotation
 
-    from streamer.geometry import Beam, Crystal, Detector, Experiment, Goniometer, Scan, predict_rotation
+    from streamer.geometry import Beam, Crystal, Detector, Experiment, Goniometer, Scan
+    from streamer.prediction import predict_rotation
 
     rng = np.random.default_rng(seed)
     det = Detector.from_beam_centre((513.0, 513.0), 150.0, (0.172, 0.172), (1024, 1024))

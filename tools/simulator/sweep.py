@@ -1,7 +1,7 @@
 """A simulated rotation sweep: geometry, reflections, partialities, and its frames.
 
 Set up once (`Simulation(spec)`), then `frame(i)` renders image i cheaply:
-1. Prediction: `streamer.geometry.predict_rotation` gives each reflection's Ewald crossing
+1. Prediction: `streamer.prediction.predict_rotation` gives each reflection's Ewald crossing
    (phi, x, y, zeta), so the truth is exactly the shared model's. Reflections with |zeta| <
    `min_zeta` (in the blind region near the rotation axis) are left out of the sweep.
 2. Rotation profile (Kabsch 2010, the XDS model): the reflection diffracts over a Gaussian in
@@ -37,10 +37,8 @@ from scipy.special import ndtr
 
 from streamer import codecs
 from streamer.detector_presets import DetectorPreset, load_preset
-from streamer.geometry import (
-    Beam, Crystal, Detector, Experiment, Goniometer, Predictions, Scan, miller_indices, polarization_factor,
-    predict_rotation,
-)
+from streamer.geometry import Beam, Crystal, Detector, Experiment, Goniometer, Scan, polarization_factor
+from streamer.prediction import Predictions, miller_indices, predict_rotation
 from streamer.series import EncodedFrame, SeriesInfo
 from tools.simulator.background import BackgroundModel, expected_background
 from tools.simulator.noise import SparseBackground, seed_numba

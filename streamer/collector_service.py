@@ -1,0 +1,183 @@
+"""The collector's sockets: one thread polls them and turns messages into `Collector` events.
+
+Workers say hello and ask for series headers on the control socket, send results to the results
+socket, and hear series announcements and crystal models on the model socket; the fan-out
+reports dispatches, receiver drops and series ends on the feed socket.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from typing import Any
+
+from streamer.collector import Collector
+
+log = logging.getLogger(__name__)
+
+
+class CollectorService:
+    """The collector's sockets, polled by one thread (`run`); events go to a `Collector`.
+
+    Binds: `control` (ROUTER: worker hello -> endpoints, series_request -> series header),
+    `results` (PULL from workers), `model` (PUB to workers: each new series header, so that
+    workers set up before its first frame, and crystal models), and `feed`
+    (PULL, usually inproc://, from the fan-out: series starts, dispatch notices, receiver drops,
+    series ends, stop). A series_request for a series not announced yet waits up to
+    `header_wait_s` for its announcement (the fan-out announces before it dispatches).
+    """
+
+    def __init__(self, ctx, collector: Collector, control: str, results: str, model: str, feed: str,
+                 header_wait_s: float = 5.0, drain_timeout_s: float = 30.0):
+        import zmq
+
+        from streamer import wire
+
+        self._zmq, self._wire = zmq, wire
+        self.collector = collector
+        self.header_wait_s = header_wait_s
+        self.drain_timeout_s = drain_timeout_s
+        self.sockets = {}
+        for name, kind, url in (("control", zmq.ROUTER, control), ("results", zmq.PULL, results),
+                                ("model", zmq.PUB, model), ("feed", zmq.PULL, feed)):
+            sock = ctx.socket(kind)
+            sock.setsockopt(zmq.LINGER, 0)
+            if kind == zmq.PULL:
+                sock.setsockopt(zmq.RCVHWM, 0 if name == "feed" else 10000)
+            sock.bind(url)
+            self.sockets[name] = sock
+        self.urls = {name: s.getsockopt_string(zmq.LAST_ENDPOINT) for name, s in self.sockets.items()}
+        self.headers: dict[str, list[Any]] = {}
+        self.pending: dict[str, list[tuple[bytes, float]]] = {}
+        self.hellos: set[str] = set()
+        self.hello_event = threading.Condition()
+        self.stopped = threading.Event()
+        self.n_bad_messages = 0
+
+    def wait_workers(self, n: int, timeout: float) -> bool:
+        """Block until `n` distinct workers have said hello."""
+        with self.hello_event:
+            return self.hello_event.wait_for(lambda: len(self.hellos) >= n, timeout)
+
+    def run(self) -> None:
+        zmq = self._zmq
+        poller = zmq.Poller()
+        for name in ("feed", "results", "control"):
+            poller.register(self.sockets[name], zmq.POLLIN)
+        stop_at: float | None = None
+        try:
+            while True:
+                events = dict(poller.poll(50))
+                feed = self.sockets["feed"]
+                while feed in events and feed.poll(0):  # notices first: they precede the frames
+                    if self._on_feed(feed.recv_multipart(copy=False)):
+                        stop_at = time.monotonic() + self.drain_timeout_s
+                results = self.sockets["results"]
+                for _ in range(1000):
+                    if not results.poll(0):
+                        break
+                    self._on_result(results.recv_multipart(copy=False))
+                control = self.sockets["control"]
+                while control.poll(0):
+                    self._on_control(control.recv_multipart(copy=False))
+                self.collector.tick()
+                self._publish_models()
+                self._expire_requests()
+                if stop_at is not None:
+                    open_series = [s for s in self.collector.series.values() if not s.closed]
+                    if not open_series or time.monotonic() > stop_at:
+                        self.collector.finish()
+                        break
+        finally:
+            self.stopped.set()
+
+    def close(self) -> None:
+        for sock in self.sockets.values():
+            sock.close(linger=0)
+
+    def _on_feed(self, parts: list[Any]) -> bool:
+        """One notice from the fan-out; True when it is the stop notice."""
+        wire = self._wire
+        msg = wire.decode(parts)  # our own process: a bad notice is a bug, let it raise
+        b = msg.body
+        if msg.kind == "series":
+            series = wire.series_from(msg)
+            self.headers[series.series_id] = wire.encode_series(series)
+            # Every connected worker sets the series up now, while the detector starts.
+            self.sockets["model"].send_multipart(self.headers[series.series_id], copy=False)
+            self.collector.series_start(series)
+            for identity, _ in self.pending.pop(series.series_id, []):
+                self.sockets["control"].send_multipart([identity, *self.headers[series.series_id]], copy=False)
+        elif msg.kind == "dispatched":
+            self.collector.dispatched(b["series_id"], int(b["seq"]), int(b["image_number"]), float(b["received_at"]))
+        elif msg.kind == "received_drop":
+            if b.get("frame", True):
+                self.collector.received_drop(str(b["reason"]), b.get("series_id"), b.get("image_number"))
+            else:
+                self.collector.metrics.messages_dropped.labels(reason=str(b["reason"])).inc()
+        elif msg.kind == "series_end":
+            self.collector.series_end(b["series_id"], int(b["n_dispatched"]), str(b.get("how", "end")))
+        elif msg.kind == "stop":
+            return True
+        return False
+
+    def _on_result(self, parts: list[Any]) -> None:
+        wire = self._wire
+        try:
+            result = wire.result_from(wire.decode(parts))
+        except wire.WireError as exc:  # the frame it was about will time out as worker_lost
+            self.n_bad_messages += 1
+            log.warning("unreadable result message (%s): %s", exc.reason, exc)
+            return
+        self.collector.result(result)
+
+    def _on_control(self, parts: list[Any]) -> None:
+        wire = self._wire
+        if len(parts) < 2:
+            return
+        identity = parts[0].bytes
+        try:
+            msg = wire.decode(parts[1:])
+        except wire.WireError as exc:
+            log.warning("unreadable control message (%s): %s", exc.reason, exc)
+            return
+        sock = self.sockets["control"]
+        if msg.kind == "hello" and msg.body.get("ready"):
+            with self.hello_event:
+                self.hellos.add(str(msg.body.get("worker")))
+                self.hello_event.notify_all()
+        elif msg.kind == "hello":
+            urls = {k: self.urls[k] for k in ("results", "model")}
+            urls["frames"] = self.frames_url
+            sock.send_multipart([identity, *wire.encode("endpoints", urls)])
+        elif msg.kind == "series_request":
+            series_id = str(msg.body.get("series_id"))
+            if series_id in self.headers:
+                sock.send_multipart([identity, *self.headers[series_id]], copy=False)
+            else:
+                self.pending.setdefault(series_id, []).append((identity, time.monotonic() + self.header_wait_s))
+
+    frames_url: str = ""  # set by the pipeline: where the fan-out binds its frames socket
+
+    def _expire_requests(self) -> None:
+        now = time.monotonic()
+        for series_id in list(self.pending):
+            waiting = self.pending[series_id]
+            for identity, deadline in [w for w in waiting if w[1] < now]:
+                self.sockets["control"].send_multipart(
+                    [identity, *self._wire.encode("unknown_series", {"series_id": series_id})])
+            self.pending[series_id] = [w for w in waiting if w[1] >= now]
+            if not self.pending[series_id]:
+                del self.pending[series_id]
+
+    def _publish_models(self) -> None:
+        while True:
+            try:
+                series_id, model = self.collector.models.get_nowait()
+            except queue.Empty:
+                return
+            self.sockets["model"].send_multipart(self._wire.encode("model", {"series_id": series_id, "model": model}))
+            if self.collector.publisher:
+                self.collector.publisher.publish("indexing", {"series_id": series_id, "indexing": model})
