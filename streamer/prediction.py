@@ -67,13 +67,33 @@ class Predictions:
         return Predictions(*(getattr(self, f)[mask] for f in self.__dataclass_fields__))
 
 
+def ewald_crossings(beam, goniometer, a_matrix: np.ndarray, hkl: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Both rotation angles (degrees, (N, 2); NaN where h never diffracts) at which A h meets
+    the Ewald sphere, and q' = F A h (N, 3).
+
+    Solves 2 s0.q(phi) + |q|^2 = 0 in closed form: with s0' = S^-1 s0 and the rotation
+    R(e, phi), s0'.R(phi) q' = a cos(phi) + b sin(phi) + (e.q')(e.s0').
+    """
+    s0p = goniometer.S.T @ beam.s0
+    e = np.asarray(goniometer.rotation_axis)
+    q0 = (np.asarray(hkl, dtype=np.float64) @ np.asarray(a_matrix).T) @ goniometer.F.T
+    eq = q0 @ e
+    a = q0 @ s0p - eq * (e @ s0p)
+    b = np.cross(e, q0) @ s0p
+    c = eq * (e @ s0p) + 0.5 * np.einsum("ij,ij->i", q0, q0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cos_arg = -c / np.hypot(a, b)
+    base = np.arctan2(b, a)
+    half = np.arccos(np.where(np.abs(cos_arg) <= 1.0, cos_arg, np.nan))
+    return np.degrees(np.stack([base + half, base - half], axis=1)), q0
+
+
 def predict_rotation(experiment: Experiment, d_min: float, hkl: np.ndarray | None = None,
                      z_range: tuple[float, float] | None = None) -> Predictions:
     """Predict where and when reflections diffract during the scan (static model).
 
-    Solves 2 s0.q(phi) + |q|^2 = 0 for the rotation angle in closed form: with q' = F A h and
-    s0' = S^-1 s0, s0'.R(phi) q' = a cos(phi) + b sin(phi) + c'. Returns both crossings of every
-    reflection within `z_range` (default: the scan) that land on the detector.
+    Returns both Ewald-sphere crossings (`ewald_crossings`) of every reflection within
+    `z_range` (default: the scan) that land on the detector.
     """
     crystal = experiment.crystal
     if crystal is None:
@@ -83,25 +103,14 @@ def predict_rotation(experiment: Experiment, d_min: float, hkl: np.ndarray | Non
     gonio, scan, beam = experiment.goniometer, experiment.scan, experiment.beam
     s0 = beam.s0
     e = np.asarray(gonio.rotation_axis)
-    q0 = (np.asarray(hkl, dtype=np.float64) @ crystal.A_matrix.T) @ gonio.F.T
-    s0p = gonio.S.T @ s0
-    eq = q0 @ e
-    a = q0 @ s0p - eq * (e @ s0p)
-    b = np.cross(e, q0) @ s0p
-    c = eq * (e @ s0p) + 0.5 * np.einsum("ij,ij->i", q0, q0)
-    r = np.hypot(a, b)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        cos_arg = -c / r
-    ok = np.abs(cos_arg) <= 1.0
-    base = np.arctan2(b, a)
-    half = np.arccos(np.clip(cos_arg, -1.0, 1.0))
+    both, q0 = ewald_crossings(beam, gonio, crystal.A_matrix, hkl)
     z0, z1 = (0.0, float(scan.n_images)) if z_range is None else z_range
     phi_lo, phi_hi = sorted((scan.phi_deg(z0), scan.phi_deg(z1)))
     rows = []
-    for sign in (1.0, -1.0):
-        phi = np.degrees(base + sign * half)
+    for phi in both.T:
+        ok = np.isfinite(phi)
         # bring the angle into the scanned range, modulo a full turn
-        phi = phi_lo + np.mod(phi - phi_lo, 360.0)
+        phi = phi_lo + np.mod(np.where(ok, phi, 0.0) - phi_lo, 360.0)
         keep = ok & (phi < phi_hi)
         rows.append((np.nonzero(keep)[0], phi[keep]))
     idx = np.concatenate([r_[0] for r_ in rows])

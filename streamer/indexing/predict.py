@@ -13,25 +13,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from streamer.geometry import Beam, Detector, Experiment, Goniometer, rotate_vectors
-from streamer.prediction import Predictions, predict_rotation
+from streamer.prediction import Predictions, ewald_crossings, predict_rotation
 
 
 def crossings(beam: Beam, gonio: Goniometer, a_matrix: np.ndarray, hkl: np.ndarray):
     """Both rotation angles (degrees, (N, 2)) at which A h meets the Ewald sphere; NaN if never."""
-    s0 = beam.s0
-    e = np.asarray(gonio.rotation_axis)
-    q0 = (np.asarray(hkl, dtype=np.float64) @ np.asarray(a_matrix).T) @ gonio.F.T
-    s0p = gonio.S.T @ s0
-    eq = q0 @ e
-    a = q0 @ s0p - eq * (e @ s0p)
-    b = np.cross(e, q0) @ s0p
-    c = eq * (e @ s0p) + 0.5 * np.einsum("ij,ij->i", q0, q0)
-    r = np.hypot(a, b)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        cos_arg = -c / r
-    base = np.arctan2(b, a)
-    half = np.arccos(np.where(np.abs(cos_arg) <= 1.0, cos_arg, np.nan))
-    return np.degrees(np.stack([base + half, base - half], axis=1)), q0
+    return ewald_crossings(beam, gonio, a_matrix, hkl)
 
 
 def predict_near(beam: Beam, detector: Detector, gonio: Goniometer, a_matrix: np.ndarray, hkl: np.ndarray,
