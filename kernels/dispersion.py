@@ -20,14 +20,19 @@ pixel strong if v > global_threshold and v >= mean + sigma_s sqrt(g mean), where
 mean of the valid non-core pixels in the (2*kx+5) x (2*ky+5) window (0 if fewer than 2).
 
 Implementation (one streaming pass, rows top to bottom): column sums of the window rows are
-updated by the row entering and the row leaving the window; one vectorised loop per row then
-forms each pixel's horizontal window sum straight from the column sums and evaluates the
-branch-free test. Integer images sum in integers (count and value sums in int32 when the
-window bounds them below 2**31, squares in int64): exact, twice the SIMD lanes of float64,
-and converted to float64 only for the test, so the answer is the float64 one bit for bit.
-Float images sum in float64 in the same order as the plain sliding sum. Selected pixels come
-out as a sparse, row-major list of flat indices; the flag image is only written (and later
-cleared) at those pixels. The extended second pass only visits core pixels.
+updated by the row entering and the row leaving the window; the horizontal window sums are
+formed straight from the column sums inside the per-row test loop. Integer images with
+nonnegative summed values (DIALS's trusted range starts at -1) take the screened pass: exact
+integer column sums (int32 count and sum, int64 sum of squares), then a float32 screen of
+both tests with a proven error margin on every pixel in one SIMD loop, which decides all but
+the pixels within 2**-16 of a threshold; those (and the kx edge columns) get the float64
+test on the exact sums, so the answer is the float64 one bit for bit (see `_classify`).
+Other images (floats, negative values) take the general pass: the float64 test on every
+pixel, float images summing in float64 in the same order as the plain sliding sum. Loops
+index with nonnegative offsets only: numba's wrap-around for negative indices stops LLVM
+from vectorising. Selected pixels come out as a sparse, row-major list of flat indices.
+The extended variant erodes the dispersed map on the fly (a ring of horizontally eroded
+rows) and its second pass only visits core pixels.
 """
 
 from __future__ import annotations
@@ -296,32 +301,41 @@ def _classify(m, x, y, v, ok, nb2, ns2, gain, min_count, eps, dispersion_only):
     """Float32 screen of one pixel: (sure, maybe) with sure => the float64 test selects it and
     not maybe => it does not; only pixels with maybe and not sure need the float64 test.
 
-    Needs nonnegative summed values and pixel value (then m, x, y, v >= 0) and `ok` (valid,
-    above the global threshold) exact. The dispersion test is a > t with a = m y - x^2 -
-    g x (m - 1), t = sqrt(2 sigma_b^2 (m - 1)) g x >= 0; the strong test b > s with b = m v - x,
-    s = sqrt(sigma_s^2 g x m). In float32 each term carries a relative error of at most a
-    few dozen ulps of 2**-24 (the float64 reference a few of 2**-53), so with the margin
-    eps = 2**-16 times the sum of the terms' magnitudes the two sides are decided exactly
-    outside the margin. m < 1 makes t NaN, so both flags are False (the exact test needs
-    m >= min_local >= 2)."""
+    Needs nonnegative summed values and pixel value (then m, x, y, v >= 0), `ok` (valid,
+    above the global threshold) exact, and a window of at most 127 pixels with summed values
+    below 2**24 (every square below stays under float32's range). The dispersion test is
+    a > 0 and a^2 > t2 with a = m y - x^2 - g x (m - 1), t2 = 2 sigma_b^2 (m - 1) (g x)^2; the
+    strong test b > 0 and b^2 > s2 with b = m v - x, s2 = sigma_s^2 g x m. In float32, a is
+    off by at most a few dozen ulps (2**-24) of S = m y + x^2 + g x (m - 1), and t2, s2 and
+    the squares by a few dozen ulps of themselves (the float64 reference by a few ulps of
+    2**-53), so with eps = 2**-16: a - eps S > 0 and (a - eps S)^2 (1 - eps) > t2 (1 + eps)
+    proves the float64 test true, and failing a + eps S > 0 and (a + eps S)^2 (1 + eps) >
+    t2 (1 - eps) proves it false; the same for b with eps (m v + x). No square roots."""
+    one = np.float32(1.0)
+    up = one + eps
+    down = one - eps
     gx = gain * x
-    mm1 = m - np.float32(1.0)
+    mm1 = m - one
     my = m * y
     xx = x * x
     gxm = gx * mm1
-    t = np.sqrt(nb2 * mm1) * gx
     a = (my - xx) - gxm
-    da = eps * (((my + xx) + gxm) + t)
+    da = eps * ((my + xx) + gxm)
+    t2 = (nb2 * mm1) * (gx * gx)
+    lo_a = a - da
+    hi_a = a + da
     base = ok & (m >= min_count)
-    sure = base & (a - da > t)
-    maybe = base & (a + da > t)
+    sure = base & (lo_a > 0) & (lo_a * lo_a * down > t2 * up)
+    maybe = base & (hi_a > 0) & (hi_a * hi_a * up > t2 * down)
     if not dispersion_only:
         mv = m * v
         b = mv - x
-        s = np.sqrt(ns2 * x * m)
-        db = eps * ((mv + x) + s)
-        sure = sure & (b - db > s)
-        maybe = maybe & (b + db > s)
+        db = eps * (mv + x)
+        s2 = ns2 * x * m
+        lo_b = b - db
+        hi_b = b + db
+        sure = sure & (lo_b > 0) & (lo_b * lo_b * down > s2 * up)
+        maybe = maybe & (hi_b > 0) & (hi_b * hi_b * up > s2 * down)
     return sure, maybe
 
 
@@ -732,7 +746,9 @@ def strong_pixels(
     colm, colx, coly = ws.columns(image.dtype.kind, narrow)
     args = (image, mask, lower, upper, kx, ky, float(sigma_background), float(sigma_strong), float(gain),
             float(global_threshold), float(min_local), extended, ws.flag)
-    native = _native_bounds(image.dtype, lo, hi, hi_sum, float(global_threshold)) if narrow else None
+    # the float32 screen's squares stay finite for windows <= 127 pixels and gains <= 1e6 (`_classify`)
+    screenable = narrow and gain <= 1e6
+    native = _native_bounds(image.dtype, lo, hi, hi_sum, float(global_threshold)) if screenable else None
     if native is not None:
         # integer fast path; for the extended variant the pass returns the eroded core list
         nc = _screened_pass(*args, ws.index, ws.stats, colm, colx, coly, *native)

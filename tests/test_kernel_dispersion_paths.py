@@ -1,0 +1,139 @@
+"""The integer fast path of the dispersion threshold against its general float64 path.
+
+`strong_pixels` takes the screened pass (exact integer column sums, a float32 screen, the
+float64 test only where the screen is unsure, erosion on the fly) for integer images with
+nonnegative summed values, and the general pass otherwise. The same counts as float64 take
+the general pass, so both must give the same pixels, flags and counts bit for bit: over
+integer dtypes, kernel sizes, edge-sized shapes, masks, saturation, gains and thresholds,
+and at exact ties of the tests, where only the float64 test can decide.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kernels.dispersion import (
+    DispersionWorkspace,
+    _bounds,
+    _native_bounds,
+    strong_pixels,
+)
+
+INT_DTYPES = [np.uint8, np.uint16, np.uint32, np.int16, np.int32]
+ALGORITHMS = ["dispersion", "dispersion_extended"]
+
+
+def both_paths(image, mask, algorithm, **kw):
+    """(indices, flag, stats) of the integer image and of the same counts as float64."""
+    out = []
+    for img in (image, image.astype(np.float64)):
+        ws = DispersionWorkspace(img.shape)
+        idx = strong_pixels(img, mask, algorithm, workspace=ws, **kw).copy()
+        out.append((idx, ws.flag.copy(), ws.stats.copy()))
+    return out
+
+
+def assert_same(fast, general):
+    np.testing.assert_array_equal(fast[0], general[0])
+    np.testing.assert_array_equal(fast[1], general[1])
+    np.testing.assert_array_equal(fast[2], general[2])
+
+
+def spotty(shape, dtype, rng, background=0.5, n_spots=4):
+    ny, nx = shape
+    img = rng.poisson(background, shape).astype(np.int64)
+    for _ in range(n_spots):
+        y, x = rng.integers(0, ny), rng.integers(0, nx)
+        img[max(0, y - 1):y + 2, max(0, x - 1):x + 2] += rng.integers(3, 200)
+    return np.clip(img, 0, np.iinfo(dtype).max).astype(dtype)
+
+
+def test_fast_path_applies_to_detector_frames_only():
+    """Integer frames with DIALS's trusted range take the screened pass; negative summed
+    values, an empty valid range or a threshold above the type's range do not."""
+    def native(dtype, lower, upper, threshold=0.0):
+        lo, hi, hs = _bounds(np.dtype(dtype), lower, upper)
+        return _native_bounds(np.dtype(dtype), lo, hi, hs, threshold)
+
+    assert native(np.uint32, -1.0, 2.0**32 - 2) == (0, 2**24 - 1, 2**32 - 3, 1)
+    assert native(np.int32, -1.0, 1e6, 2.5) == (0, 999_999, 999_999, 3)
+    assert native(np.uint16, -1.0, np.inf) == (0, 65535, 65535, 1)
+    assert native(np.int32, -10.0, 1e6) is None  # negative values would be summed
+    assert native(np.uint16, -1.0, 0.5) == (0, 0, 0, 1)  # only 0 is below 0.5
+    assert native(np.uint16, -1.0, 0.0) is None  # nothing valid
+    assert native(np.uint8, -1.0, np.inf, 300.0) is None  # threshold above every value
+    assert native(np.uint8, -1.0, np.inf, -5.0) == (0, 255, 255, 0)
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+@pytest.mark.parametrize("dtype", INT_DTYPES)
+@pytest.mark.parametrize("kernel", [(3, 3), (2, 4), (1, 1), (4, 2)])
+def test_fast_path_equals_float_path(algorithm, dtype, kernel):
+    rng = np.random.default_rng(hash((algorithm, np.dtype(dtype).str, kernel)) % 2**32)
+    for shape in [(57, 83), (7, 2 * kernel[0] + 1), (5, 2 * kernel[0] + 2), (2, 30), (40, 1)]:
+        image = spotty(shape, dtype, rng)
+        mask = (rng.random(shape) > 0.05).astype(np.uint8)
+        fast, general = both_paths(image, mask, algorithm, kernel_size=kernel, min_local=2)
+        assert_same(fast, general)
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_fast_path_saturation_gain_threshold(algorithm):
+    rng = np.random.default_rng(7)
+    image = spotty((64, 96), np.uint32, rng, background=3.0, n_spots=10)
+    image[rng.random(image.shape) < 0.01] = 0xFFFFFFFF  # gaps / bad pixels at the type's maximum
+    image[10:13, 20:23] = 2**25  # valid but too large for the window sums (DIALS's 2**24 bound)
+    mask = np.ones(image.shape, np.uint8)
+    for gain, threshold, trusted in [(1.0, 0.0, (-1.0, 2.0**32 - 2)), (0.7, 2.5, (-1.0, 150.0)),
+                                     (2.3, 10.0, (0.5, 2.0**26)), (1.0, -3.0, (-1.0, np.inf))]:
+        fast, general = both_paths(image, mask, algorithm, gain=gain, global_threshold=threshold,
+                                   trusted_range=trusted)
+        assert_same(fast, general)
+        if trusted[1] == 2.0**32 - 2:
+            assert fast[2][0] == np.count_nonzero(image == 0xFFFFFFFF)  # overloads: the maximum-valued pixels
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+def test_exact_ties_are_decided_by_the_float64_test(algorithm):
+    """3x3 windows (kernel 1) with sigma_b = sigma_s = 3 make both thresholds exact integers:
+    t = sqrt(2 * 9 * 8) x = 12 x and s = sqrt(9 x m); windows at a = t or b = s exactly are
+    ties that the float32 screen cannot decide and the float64 test rejects."""
+    image = np.zeros((9, 9), np.uint16)
+    image[3:6, 3:6] = [[0, 0, 0], [4, 2, 1], [0, 0, 0]]  # the window of (4, 4): x = 7, y = 21: 9y = x^2 + 20x
+    kw = {"kernel_size": (1, 1), "sigma_background": 3.0, "sigma_strong": 3.0, "min_local": 2}
+    fast, general = both_paths(image, np.ones_like(image, dtype=np.uint8), algorithm, **kw)
+    assert_same(fast, general)
+    assert general[1][4, 4] == 0  # a = t exactly: not dispersed
+    rng = np.random.default_rng(3)
+    for _ in range(30):
+        image = rng.choice([0, 1, 2, 4], size=(12, 15), p=[0.55, 0.25, 0.15, 0.05]).astype(np.uint16)
+        fast, general = both_paths(image, np.ones(image.shape, np.uint8), algorithm, **kw)
+        assert_same(fast, general)
+
+
+def test_workspace_reuse_leaves_no_flags_behind():
+    ws = DispersionWorkspace((48, 64))
+    mask = np.ones((48, 64), np.uint8)
+    for algorithm in ALGORITHMS:
+        for seed in range(3):
+            image = spotty((48, 64), np.uint16, np.random.default_rng(seed), n_spots=6)
+            reused = strong_pixels(image, mask, algorithm, workspace=ws).copy()
+            fresh_ws = DispersionWorkspace(image.shape)
+            fresh = strong_pixels(image, mask, algorithm, workspace=fresh_ws)
+            np.testing.assert_array_equal(reused, fresh)
+            np.testing.assert_array_equal(ws.flag, fresh_ws.flag)
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**31), ny=st.integers(1, 30), nx=st.integers(1, 30), kx=st.integers(1, 4),
+       ky=st.integers(1, 4), algorithm=st.sampled_from(ALGORITHMS), dtype=st.sampled_from(INT_DTYPES),
+       gain=st.sampled_from([1.0, 0.5, 1.7]))
+def test_property_fast_path_equals_float_path(seed, ny, nx, kx, ky, algorithm, dtype, gain):
+    rng = np.random.default_rng(seed)
+    image = spotty((ny, nx), dtype, rng, background=float(rng.uniform(0.1, 4.0)), n_spots=int(rng.integers(0, 4)))
+    mask = (rng.random((ny, nx)) > 0.1).astype(np.uint8)
+    fast, general = both_paths(image, mask, algorithm, kernel_size=(kx, ky), gain=gain, min_local=2)
+    assert_same(fast, general)
