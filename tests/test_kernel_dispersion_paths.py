@@ -1,11 +1,13 @@
-"""The integer fast path of the dispersion threshold against its general float64 path.
+"""The integer fast passes of the dispersion threshold against its general float64 pass.
 
-`strong_pixels` takes the screened pass (exact integer column sums, a float32 screen, the
-float64 test only where the screen is unsure, erosion on the fly) for integer images with
-nonnegative summed values, and the general pass otherwise. The same counts as float64 take
-the general pass, so both must give the same pixels, flags and counts bit for bit: over
-integer dtypes, kernel sizes, edge-sized shapes, masks, saturation, gains and thresholds,
-and at exact ties of the tests, where only the float64 test can decide.
+`strong_pixels` takes the packed pass (one packed column sum of the quiet pixels, the loud
+ones added sparsely) or the banded pass (three exact 32-bit column sums), both with a float32
+screen and the float64 test where the screen is unsure, for integer images with nonnegative
+summed values, and the general pass otherwise. Each integer image runs through both fast
+passes (forced) and the same counts as float64 through the general pass: all must give the
+same pixels, flags and counts bit for bit, over integer dtypes, kernel sizes, edge-sized
+shapes, masks, saturation, gains and thresholds, and at exact ties of the tests, where only
+the float64 test can decide.
 """
 
 from __future__ import annotations
@@ -27,19 +29,32 @@ ALGORITHMS = ["dispersion", "dispersion_extended"]
 
 
 def both_paths(image, mask, algorithm, **kw):
-    """(indices, flag, stats) of the integer image and of the same counts as float64."""
-    out = []
-    for img in (image, image.astype(np.float64)):
-        ws = DispersionWorkspace(img.shape)
-        idx = strong_pixels(img, mask, algorithm, workspace=ws, **kw).copy()
-        out.append((idx, ws.flag.copy(), ws.stats.copy()))
-    return out
+    """(indices, flag, stats) of the integer image through the fast passes (a list, one per
+    pass that applies) and of the same counts as float64 (the general pass)."""
+    fast = []
+    for path in ("packed", "banded", "auto"):
+        ws = DispersionWorkspace(image.shape)
+        try:
+            idx = strong_pixels(image, mask, algorithm, workspace=ws, path=path, **kw).copy()
+        except ValueError:
+            assert path == "packed"  # the packed pass needs a quiet bound: windows <= 63 pixels
+            continue
+        fast.append((idx, ws.flag.copy(), counts(ws)))
+    ws = DispersionWorkspace(image.shape)
+    idx = strong_pixels(image.astype(np.float64), mask, algorithm, workspace=ws, **kw).copy()
+    assert ws.last_path == "general"
+    return fast, (idx, ws.flag.copy(), counts(ws))
+
+
+def counts(ws):
+    return np.array([ws.n_overloads, ws.n_valid, ws.n_valid_nonzero])
 
 
 def assert_same(fast, general):
-    np.testing.assert_array_equal(fast[0], general[0])
-    np.testing.assert_array_equal(fast[1], general[1])
-    np.testing.assert_array_equal(fast[2], general[2])
+    for result in fast:
+        np.testing.assert_array_equal(result[0], general[0])
+        np.testing.assert_array_equal(result[1], general[1])
+        np.testing.assert_array_equal(result[2], general[2])
 
 
 def spotty(shape, dtype, rng, background=0.5, n_spots=4):
@@ -93,7 +108,7 @@ def test_fast_path_saturation_gain_threshold(algorithm):
                                    trusted_range=trusted)
         assert_same(fast, general)
         if trusted[1] == 2.0**32 - 2:
-            assert fast[2][0] == np.count_nonzero(image == 0xFFFFFFFF)  # overloads: the maximum-valued pixels
+            assert fast[0][2][0] == np.count_nonzero(image == 0xFFFFFFFF)  # overloads: the maximum-valued pixels
 
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
@@ -137,3 +152,19 @@ def test_property_fast_path_equals_float_path(seed, ny, nx, kx, ky, algorithm, d
     mask = (rng.random((ny, nx)) > 0.1).astype(np.uint8)
     fast, general = both_paths(image, mask, algorithm, kernel_size=(kx, ky), gain=gain, min_local=2)
     assert_same(fast, general)
+
+
+def test_auto_path_follows_the_background():
+    """A low-background detector frame takes the packed pass, a high-background one (most
+    pixels above the quiet bound) the banded pass, floats the general pass; same answers."""
+    rng = np.random.default_rng(11)
+    mask = np.ones((96, 128), np.uint8)
+    for background, expected in [(0.3, "packed"), (60.0, "banded")]:
+        image = spotty((96, 128), np.uint32, rng, background=background, n_spots=8)
+        ws = DispersionWorkspace(image.shape)
+        strong_pixels(image, mask, "dispersion_extended", workspace=ws)
+        assert ws.last_path == expected
+        fast, general = both_paths(image, mask, "dispersion_extended")
+        assert_same(fast, general)
+    with pytest.raises(ValueError):
+        strong_pixels(image.astype(np.float32), mask, path="packed")
