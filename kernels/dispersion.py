@@ -38,7 +38,7 @@ import numpy as np
 from kernels.dispersion_extended import BIG, erode_runs, extended_final, extended_final_tiles, set_flags
 from kernels.dispersion_general import count_valid, general_pass
 from kernels.dispersion_int import banded_pass, big_value
-from kernels.dispersion_packed import loud_fraction, packed_pass, quiet_value
+from kernels.dispersion_packed import loud_fraction, packed_pass, quiet_value, skip_bounds
 
 INT32_WINDOW_PIXELS = 127  # (2kx+1)(2ky+1) * 2**24 < 2**31: int32 window sums of values in (-2**24, 2**24)
 SUPPORTED_DTYPES = (np.uint8, np.uint16, np.uint32, np.int16, np.int32, np.float32, np.float64)
@@ -221,7 +221,8 @@ def strong_pixels(
             float(global_threshold), float(min_local), extended, ws.dispersed, ws.stats)
     ws.clear_flag()
     if chosen == "packed":
-        n = packed_pass(*args, *native, native[0].dtype.type(min(quiet_value(window), int(native[1]))))
+        n = packed_pass(*args, *native, native[0].dtype.type(min(quiet_value(window), int(native[1]))),
+                        *skip_bounds(window, float(min_local), float(sigma_background), float(gain)))
     elif chosen == "banded":
         top = int(np.iinfo(image.dtype).max)
         n = banded_pass(*args, *native, native[0].dtype.type(min(big_value(window), top)))

@@ -1,12 +1,14 @@
-"""The erosion and final test of DIALS's dispersion_extended threshold, and the sparse gather.
+"""The erosion and final test of DIALS's dispersion_extended threshold, on sparse lists.
 
 The extended variant (DIALS 3.12's default) erodes the map of dispersed pixels: a pixel is
 "core" if no non-dispersed pixel lies within Chebyshev distance min(kx, ky) - 1 (pixels
 outside the image not counting). A core pixel is strong if v > global_threshold and v >=
 mean + sigma_s sqrt(g mean), mean being that of the valid non-core pixels in the
-(2*kx+5) x (2*ky+5) window (0 if fewer than 2). The streaming passes erode on the fly
-(`and_window` per row into a ring, `core_row` ANDs the ring); `erode_core` does the same on a
-finished map from a sparse list.
+(2*kx+5) x (2*ky+5) window (0 if fewer than 2). Dispersed pixels are a small fraction of a
+frame, so both steps work from the passes' sorted lists and the sparse flag map: erosion
+separably along runs (`erode_runs`), the final test from summed-area tables over the core
+pixels' neighbourhoods (`extended_final_tiles`; `extended_final` slides windows in the order
+float sums need).
 """
 
 from __future__ import annotations
@@ -30,90 +32,6 @@ def gather_row(sel, sel_words, nx, base, out_index, n):
                 out_index[n] = base + i
                 n += 1
     return n
-
-
-@njit(boundscheck=False)
-def and_window(src, dst, radius):
-    """dst[i] = AND of src[i-radius .. i+radius] (nonzero = set) clipped to the row."""
-    nx = src.shape[0]
-    if nx > 2 * radius:
-        out = dst[radius:]
-        n = nx - 2 * radius
-        for c in range(n):
-            out[c] = src[c] != 0
-        for d in range(1, 2 * radius + 1):
-            s = src[d:]
-            for c in range(n):
-                out[c] &= s[c] != 0
-        edges = (0, radius, nx - radius, nx)
-    else:
-        edges = (0, nx, nx, nx)
-    for e in range(2):
-        for i in range(edges[2 * e], edges[2 * e + 1]):
-            keep = True
-            for ii in range(max(0, i - radius), min(nx, i + radius + 1)):
-                keep &= src[ii] != 0
-            dst[i] = keep
-
-
-@njit(boundscheck=False)
-def core_row(hring, q, ny, radius, flag, row_buf, core_words, core_out, nc):
-    """Row q of the eroded (core) map: AND of the horizontal erosions of rows q-radius ..
-    q+radius (inside the image, kept in the ring hring[row % (2 radius + 1)]); marks core
-    pixels flag = 2 and appends their flat indices to core_out; returns the new count."""
-    nx = flag.shape[1]
-    period = hring.shape[0]
-    j0 = max(0, q - radius)
-    j1 = min(ny, q + radius + 1)
-    first = hring[j0 % period]
-    for i in range(nx):
-        row_buf[i] = first[i]
-    for jj in range(j0 + 1, j1):
-        h = hring[jj % period]
-        for i in range(nx):
-            row_buf[i] &= h[i]
-    frow = flag[q]
-    base = q * nx
-    for w in range(core_words.shape[0]):
-        if core_words[w] == 0:
-            continue
-        for i in range(w * 8, min(w * 8 + 8, nx)):
-            if row_buf[i]:
-                frow[i] = 2
-                core_out[nc] = base + i
-                nc += 1
-    return nc
-
-
-@njit(boundscheck=False)
-def erode_core(flag, index, n, radius, core_out):
-    """Dispersed pixels (flag != 0) with only dispersed pixels within Chebyshev distance
-    `radius` (inside the image); marks them flag = 2 and lists them; returns how many."""
-    ny, nx = flag.shape
-    nc = 0
-    for t in range(n):
-        p = index[t]
-        j = p // nx
-        i = p - j * nx
-        j0 = max(j - radius, 0)
-        j1 = min(j + radius + 1, ny)
-        i0 = max(i - radius, 0)
-        i1 = min(i + radius + 1, nx)
-        core = True
-        for jj in range(j0, j1):
-            for ii in range(i0, i1):
-                if flag[jj, ii] == 0:
-                    core = False
-                    break
-            if not core:
-                break
-        if core:
-            core_out[nc] = p
-            nc += 1
-    for t in range(nc):
-        p = core_out[t]
-        flag[p // nx, p % nx] = 2
-    return nc
 
 
 @njit(boundscheck=False)
@@ -178,7 +96,7 @@ def set_flags(flag, index, n, value):
 
 @njit(boundscheck=False)
 def erode_runs(flag, index, n, radius, core_out):
-    """`erode_core` for an ascending (row-major) list of the dispersed pixels, separably: a
+    """The core pixels of an ascending (row-major) list of the dispersed pixels, separably: a
     pixel whose run of dispersed pixels along its row reaches `radius` columns either side
     (or the image edge) is marked 3, then one with such pixels `radius` rows above and below
     (or the edge) is core. Marks core 2 (the others back to 1); returns how many."""

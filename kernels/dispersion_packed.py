@@ -1,4 +1,4 @@
-"""The quiet-frame fast path of the dispersion thresholds: one packed 32-bit column sum.
+"""The quiet-frame pass of the dispersion thresholds: one packed 32-bit column sum.
 
 Most pixels of an X-ray diffraction frame count a few photons. For a window of W <= 63
 pixels, a "quiet" pixel (value <= `quiet_value(W)`, 25 for DIALS's 7 x 7) adds to one uint32
@@ -6,12 +6,11 @@ column sum its value (bits 0-10), one (bits 11-16) and its square (bits 17-31): 
 window sum can overflow, so one rolling column sum and one window sum give the exact count,
 sum and sum of squares of the window's quiet pixels. Invalid pixels add nothing (they are
 not counted, as in DIALS). The few "loud" pixels (summed, value above the quiet bound) are
-listed per row as they enter and added to the windows around them (count, sum, float32
-square) before the screen, so every window's sums are exact (the square to float32 rounding,
-which the screen's margin covers). The screen (`screen32`) is the float32 test with a proven
-margin; undecided pixels and the kx edge columns get the float64 reference test on sums taken
-from the image (`kernels.dispersion_int._direct_test`): results are the float64 reference's
-bit for bit. Frames with many loud pixels (a high background) take the three-sum path
+listed per row as they enter; their exact per-column sums are added to the windows around
+those columns before the test (`_spread_loud`). A vectorised necessary condition
+(`_candidates_row`) leaves about one pixel in a hundred, on which the float64 reference test
+(`kernels.dispersion_tests.selected64`) runs on the exact sums: results are the reference's
+bit for bit. Frames with many loud pixels (a high background) take the three-sum pass
 (`kernels.dispersion_int.banded_pass`), chosen by `loud_fraction`.
 """
 
@@ -21,7 +20,8 @@ import math
 
 import numpy as np
 
-from kernels.dispersion_int import BAND_ROWS, EPS, _direct_test, _touch
+from kernels.dispersion_int import BAND_ROWS, _touch
+from kernels.dispersion_tests import selected64
 from kernels.jit import njit
 
 X_BITS = 11
@@ -44,38 +44,6 @@ def _packed(v, usable, lo1, vq):
     return np.uint32(vi | np.uint32(np.uint32(w) << X_BITS) | np.uint32(np.uint32(vi * vi) << Y_SHIFT))
 
 
-@njit(boundscheck=False, inline="always")
-def screen32(m, x, y, v, ok, nb2, ns2, gain, min_count, eps, dispersion_only):
-    """Float32 screen of one pixel: (sure, maybe); sure => the float64 reference selects it,
-    not maybe => it does not. The dispersion test a = m y - x^2 - g x (m - 1) > 0 with
-    a^2 > 2 sigma_b^2 (m - 1) (g x)^2 is a - g x sqrt(nb2 (m - 1)) > 0; the strong test
-    b = m v - x > 0 with b^2 > sigma_s^2 g x m is b - sqrt(ns2 x m) > 0. In float32 each
-    difference is within a few dozen ulps (2**-24) of the sum of its terms' magnitudes (the
-    inputs exact or rounded once; the loud squares summed in float32), so deciding only
-    outside eps = 2**-16 of that sum proves the exact answer, which the float64 reference
-    also gives (its own rounding is ~2**-52 relative)."""
-    one = np.float32(1.0)
-    mm1 = m - one
-    gx = gain * x
-    my = m * y
-    xx = x * x
-    gxm = gx * mm1
-    q = gx * np.sqrt(nb2 * mm1)
-    d = ((my - xx) - gxm) - q
-    e = eps * ((my + xx) + (gxm + q))
-    base = ok & (m >= min_count)
-    sure = base & (d > e)
-    maybe = base & (d > -e)
-    if not dispersion_only:
-        mv = m * v
-        s = np.sqrt(ns2 * x * m)
-        d2 = (mv - x) - s
-        e2 = eps * ((mv + x) + s)
-        sure = sure & (d2 > e2)
-        maybe = maybe & (d2 > -e2)
-    return sure, maybe
-
-
 @njit(boundscheck=False)
 def loud_fraction(image, mask, lo1, vq, hs1, row_step):
     """Fraction of the sampled rows' usable pixels that are loud (summed, above vq)."""
@@ -94,33 +62,33 @@ def loud_fraction(image, mask, lo1, vq, hs1, row_step):
 
 
 @njit(boundscheck=False)
-def _update_packed(image, mask, enter, leave, lo1, vq, col, loud):
-    """col += packed(row enter) - packed(row leave) (either may be -1; uint32, exact); the
-    entering row's usable pixels above vq are flagged in loud (uint8)."""
-    nx = image.shape[1]
+def _update_packed(image, mask, enter, lo1, vq, col, packed_in, packed_out, loud):
+    """col += packed(row enter) - packed_out (the packed values of the row leaving, kept from
+    when it entered; None if no row leaves); the entering row's packed values go to
+    packed_in and its usable pixels above vq are flagged in loud (uint8)."""
+    nx = col.shape[0]
     if enter >= 0:
         rin = image[enter]
         min_ = mask[enter]
-        if leave >= 0:
-            rout = image[leave]
-            mout = mask[leave]
+        if packed_out is not None:
             for i in range(nx):
                 v = rin[i]
                 usable = min_[i] != 0
                 loud[i] = usable & (v > vq)
-                col[i] = np.uint32(col[i] + np.uint32(_packed(v, usable, lo1, vq) - _packed(rout[i], mout[i] != 0,
-                                                                                               lo1, vq)))
+                pv = _packed(v, usable, lo1, vq)
+                packed_in[i] = pv
+                col[i] = np.uint32(col[i] + np.uint32(pv - packed_out[i]))
         else:
             for i in range(nx):
                 v = rin[i]
                 usable = min_[i] != 0
                 loud[i] = usable & (v > vq)
-                col[i] = np.uint32(col[i] + _packed(v, usable, lo1, vq))
-    elif leave >= 0:
-        rout = image[leave]
-        mout = mask[leave]
+                pv = _packed(v, usable, lo1, vq)
+                packed_in[i] = pv
+                col[i] = np.uint32(col[i] + pv)
+    elif packed_out is not None:
         for i in range(nx):
-            col[i] = np.uint32(col[i] - _packed(rout[i], mout[i] != 0, lo1, vq))
+            col[i] = np.uint32(col[i] - packed_out[i])
 
 
 @njit(boundscheck=False)
@@ -184,7 +152,7 @@ def _spread_loud(r, ky, kx, ny, nx, ring_cols, ring_n, lm, lx, ly, seen, active,
         if add:
             m = np.int32(lm[i])
             x = np.int32(lx[i])
-            y = np.float32(ly[i])
+            y = np.float64(ly[i])
             for c in range(c0, c1):
                 dm[c] += m
                 dx[c] += x
@@ -197,11 +165,14 @@ def _spread_loud(r, ky, kx, ny, nx, ring_cols, ring_n, lm, lx, ly, seen, active,
 
 
 @njit(boundscheck=False)
-def _screen_row_packed(row, mrow, lo1, hi1, thr1, col, k, dm, dx, dy, wsum, nb2, ns2, gain, min_count, eps,
-                       dispersion_only, sel, amb):
-    """sel = sure, amb = undecided for the interior pixels k <= i < nx - k of one row, from the
-    packed column sums plus the loud corrections (dm, dx, dy indexed by pixel column). One
-    straight loop: LLVM vectorises it 16 lanes wide (blocked early-outs measured slower)."""
+def _candidates_row(row, col, k, dm, w_hi, cw_lo, dispersion_only, wsum, cand):
+    """Window sums wsum[c] (packed, of pixel c + k) of the interior pixels k <= i < nx - k of
+    one row, and cand[i] = 1 where the pixel may be selected: a window with loud pixels, or
+    a quiet window (m <= W pixels) with W y >= x (x + c_min W) and (strong test) W v >= x.
+    The exact test selects a pixel only if m y - x^2 - g x (m - 1) > g x sqrt(nb2 (m - 1)),
+    i.e. y > x^2 / m + x c(m) with c(m) = g ((m - 1) + sqrt(nb2 (m - 1))) / m >= c_min, and
+    (strong) m v > x; w_hi = W (1 + 1e-4), cw_lo = c_min W (1 - 1e-4) keep the float32 test
+    necessary. One straight loop, vectorised 16 lanes wide."""
     nx = row.shape[0]
     n = nx - 2 * k
     if k != 3:
@@ -212,63 +183,72 @@ def _screen_row_packed(row, mrow, lo1, hi1, thr1, col, k, dm, dx, dy, wsum, nb2,
             for c in range(n):
                 wsum[c] = np.uint32(wsum[c] + src[c])
     rv = row[k:]
-    rm = mrow[k:]
     cm = dm[k:]
-    cx = dx[k:]
-    cy = dy[k:]
-    out = sel[k:]
-    unsure = amb[k:]
+    out = cand[k:]
     for c in range(n):
         if k == 3:
             p = np.uint32(((col[c] + col[c + 1]) + (col[c + 2] + col[c + 3])) + ((col[c + 4] + col[c + 5]) + col[c + 6]))
+            wsum[c] = p
         else:
             p = wsum[c]
-        m = np.float32(np.int32(np.int32((p >> X_BITS) & 63) + cm[c]))
-        x = np.float32(np.int32(np.int32(p & 2047) + cx[c]))
-        y = np.float32(p >> Y_SHIFT) + cy[c]
-        v = rv[c]
-        ok = (rm[c] != 0) & (v >= lo1) & (v <= hi1) & (v >= thr1)
-        sure, maybe = screen32(m, x, y, np.float32(v), ok, nb2, ns2, gain, min_count, eps, dispersion_only)
-        out[c] = sure
-        unsure[c] = maybe & ~sure
+        x = np.float32(p & 2047)
+        y = np.float32(p >> Y_SHIFT)
+        possible = y * w_hi >= x * (x + cw_lo)
+        if not dispersion_only:
+            possible = possible & (np.float32(rv[c]) * w_hi >= x)
+        out[c] = possible | (cm[c] != 0)
+
+
+@njit(boundscheck=False, inline="always")
+def _exact(image, mask, j, i, p, dm, dx, dy, lower, upper, nb2, ns2, gain, threshold, min_count, dispersion_only):
+    """The float64 reference test of pixel (j, i) whose window holds the packed quiet sums p
+    and the loud corrections dm, dx, dy at i (all exact)."""
+    m = np.float64(np.int64((p >> X_BITS) & 63) + dm[i])
+    x = np.float64(np.int64(p & 2047) + dx[i])
+    y = np.float64(p >> Y_SHIFT) + dy[i]
+    v = np.float64(image[j, i])
+    ok = (mask[j, i] != 0) & (v > lower) & (v < upper)
+    return selected64(v, ok, m, x, y, nb2, ns2, gain, threshold, min_count, dispersion_only)
+
+
+def skip_bounds(window: int, min_count: float, nsig_b: float, gain: float) -> tuple[np.float32, np.float32]:
+    """(w_hi, cw_lo) of `_candidates_row` for this window and parameters."""
+    nb2 = 2.0 * nsig_b * nsig_b
+    ms = np.arange(max(2, int(math.ceil(min_count))), window + 1, dtype=np.float64)
+    c_min = float(np.min(gain * ((ms - 1.0) + np.sqrt(nb2 * (ms - 1.0))) / ms)) if ms.size else 0.0
+    return np.float32(window * (1.0 + 1e-4)), np.float32(c_min * window * (1.0 - 1e-4))
 
 
 @njit(boundscheck=False)
-def _screen_edges(row, mrow, lo1, hi1, thr1, col, k, dm, dx, dy, nb2, ns2, gain, min_count, eps, dispersion_only,
-                  sel, amb):
-    """`_screen_row_packed` for the k pixels at each end of the row (clipped windows)."""
-    nx = row.shape[0]
-    n_left = min(k, nx)
-    right = max(nx - k, k)
-    for e in range(n_left + max(0, nx - right)):
-        i = e if e < n_left else right + e - n_left
-        p = np.uint32(0)
-        for c in range(max(0, i - k), min(nx, i + k + 1)):
-            p = np.uint32(p + col[c])
-        m = np.float32(np.int32(np.int32((p >> X_BITS) & 63) + dm[i]))
-        x = np.float32(np.int32(np.int32(p & 2047) + dx[i]))
-        y = np.float32(p >> Y_SHIFT) + dy[i]
-        v = row[i]
-        ok = (mrow[i] != 0) & (v >= lo1) & (v <= hi1) & (v >= thr1)
-        sure, maybe = screen32(m, x, y, np.float32(v), ok, nb2, ns2, gain, min_count, eps, dispersion_only)
-        sel[i] = sure
-        amb[i] = maybe & ~sure
+def _edge(image, mask, r, i, col, k, dm, dx, dy, lower, upper, nb2, ns2, gain, threshold, min_count,
+          dispersion_only, w_hi, cw_lo, out_index, n, base):
+    """The exact test of edge pixel (r, i) from its clipped window's packed sums (if the
+    dispersion part of `_candidates_row`'s test lets it pass); appends it to out_index if
+    selected; returns the new count."""
+    nx = col.shape[0]
+    p = np.uint32(0)
+    for c in range(max(0, i - k), min(nx, i + k + 1)):
+        p = np.uint32(p + col[c])
+    x = np.float32(p & 2047)
+    possible = (np.float32(p >> Y_SHIFT) * w_hi >= x * (x + cw_lo)) | (dm[i] != 0)
+    if possible and _exact(image, mask, r, i, p, dm, dx, dy, lower, upper, nb2, ns2, gain, threshold, min_count, dispersion_only):
+        out_index[n] = base + i
+        n += 1
+    return n
 
 
 @njit(boundscheck=False)
 def packed_pass(image, mask, lower, upper, kx, ky, nsig_b, nsig_s, gain, threshold, min_count, dispersion_only,
-                out_index, stats, lo1, hs1, hi1, thr1, vq):
+                out_index, stats, lo1, hs1, hi1, thr1, vq, w_hi, cw_lo):
     """The selected pixels (dispersion_only: dispersed; else strong) as ascending flat
     indices in out_index; returns how many. lower/upper: the trusted range (open);
     lo1/hs1/hi1/thr1: inclusive valid, summed, valid and global-threshold bounds in the
-    image's type; vq: `quiet_value` of the window, at most hs1. stats (int64 [overloads,
+    image's type; vq: `quiet_value` of the window, at most hs1; w_hi, cw_lo: `skip_bounds`. stats (int64 [overloads,
     valid, valid nonzero]) is added to."""
     ny, nx = image.shape
     n_words = (nx + 7) // 8
     sel = np.zeros(n_words * 8, np.uint8)
     sel_words = sel.view(np.uint64)
-    amb = np.zeros(n_words * 8, np.uint8)
-    amb_words = amb.view(np.uint64)
     loud = np.zeros(n_words * 8, np.uint8)
     loud_words = loud.view(np.uint64)
     col = np.zeros(nx, np.uint32)
@@ -280,23 +260,18 @@ def packed_pass(image, mask, lower, upper, kx, ky, nsig_b, nsig_s, gain, thresho
     active = np.zeros(nx, np.int64)
     dm = np.zeros(nx, np.int32)
     dx = np.zeros(nx, np.int32)
-    dy = np.zeros(nx, np.float32)
+    dy = np.zeros(nx, np.float64)
     period = 2 * ky + 1
     ring_cols = np.zeros((period, nx), np.int32)
     ring_vals = np.zeros((period, nx), np.int32)
     ring_n = np.zeros(period, np.int64)
+    ring_packed = np.zeros((period + 1, nx), np.uint32)
     nb2 = 2.0 * nsig_b * nsig_b
     ns2 = nsig_s * nsig_s * gain
-    nb2_32 = np.float32(nb2)
-    ns2_32 = np.float32(ns2)
-    gain_32 = np.float32(gain)
-    min_32 = np.float32(min_count)
-    eps = np.float32(EPS)
-    thr_screen = lo1 if dispersion_only else thr1
     n = 0
     for j in range(0, min(ky, ny)):
-        _update_packed(image, mask, j, -1, lo1, vq, col, loud)
         s = j % period
+        _update_packed(image, mask, j, lo1, vq, col, ring_packed[j % (period + 1)], None, loud)
         ring_n[s] = _list_loud(image[j], loud, loud_words, lo1, hs1, hi1, ring_cols[s], ring_vals[s], stats)
         _loud_columns(ring_cols[s], ring_vals[s], ring_n[s], 1, lm, lx, ly)
     for r0 in range(0, ny, BAND_ROWS):
@@ -305,11 +280,16 @@ def packed_pass(image, mask, lower, upper, kx, ky, nsig_b, nsig_s, gain, thresho
         for r in range(r0, r1):
             enter = r + ky if r + ky < ny else -1
             leave = r - ky - 1 if r - ky - 1 >= 0 else -1
-            _update_packed(image, mask, enter, leave, lo1, vq, col, loud)
+            # the packed ring has one slot more than the window, so the entering and the
+            # leaving rows never share one (no aliasing: the update loop vectorises)
+            packed_in = ring_packed[(r + ky) % (period + 1)]
             if leave >= 0:
                 s = leave % period
                 _loud_columns(ring_cols[s], ring_vals[s], ring_n[s], -1, lm, lx, ly)
                 ring_n[s] = 0
+                _update_packed(image, mask, enter, lo1, vq, col, packed_in, ring_packed[leave % (period + 1)], loud)
+            else:
+                _update_packed(image, mask, enter, lo1, vq, col, packed_in, None, loud)
             if enter >= 0:
                 s = enter % period
                 ring_n[s] = _list_loud(image[enter], loud, loud_words, lo1, hs1, hi1, ring_cols[s], ring_vals[s],
@@ -317,30 +297,30 @@ def packed_pass(image, mask, lower, upper, kx, ky, nsig_b, nsig_s, gain, thresho
                 _loud_columns(ring_cols[s], ring_vals[s], ring_n[s], 1, lm, lx, ly)
             _spread_loud(r, ky, kx, ny, nx, ring_cols, ring_n, lm, lx, ly, seen, active, dm, dx, dy, True)
             row = image[r]
-            mrow = mask[r]
             if nx > 2 * kx:
-                _screen_row_packed(row, mrow, lo1, hi1, thr_screen, col, kx, dm, dx, dy, wsum, nb2_32, ns2_32,
-                                   gain_32, min_32, eps, dispersion_only, sel, amb)
-            _screen_edges(row, mrow, lo1, hi1, thr_screen, col, kx, dm, dx, dy, nb2_32, ns2_32, gain_32, min_32,
-                          eps, dispersion_only, sel, amb)
-            _spread_loud(r, ky, kx, ny, nx, ring_cols, ring_n, lm, lx, ly, seen, active, dm, dx, dy, False)
+                _candidates_row(row, col, kx, dm, w_hi, cw_lo, dispersion_only, wsum, sel)
             base = r * nx
+            for i in range(min(kx, nx)):  # the clipped windows at the row's ends: exact, directly
+                n = _edge(image, mask, r, i, col, kx, dm, dx, dy, lower, upper, nb2, ns2, gain, threshold,
+                          min_count, dispersion_only, w_hi, cw_lo, out_index, n, base)
             for w0 in range(0, n_words, 8):
                 w1 = min(w0 + 8, n_words)
                 any_ = np.uint64(0)
                 for w in range(w0, w1):
-                    any_ |= sel_words[w] | amb_words[w]
+                    any_ |= sel_words[w]
                 if any_ == 0:
                     continue
                 for i in range(w0 * 8, min(w1 * 8, nx)):
-                    if amb[i]:
-                        amb[i] = 0
-                        sel[i] = _direct_test(image, mask, r, i, kx, ky, lo1, hs1, lower, upper, nb2, ns2, gain,
-                                              threshold, min_count, dispersion_only)
                     if sel[i]:
-                        out_index[n] = base + i
-                        n += 1
                         sel[i] = 0
+                        if _exact(image, mask, r, i, wsum[i - kx], dm, dx, dy, lower, upper, nb2, ns2, gain,
+                                  threshold, min_count, dispersion_only):
+                            out_index[n] = base + i
+                            n += 1
+            for i in range(max(nx - kx, kx), nx):
+                n = _edge(image, mask, r, i, col, kx, dm, dx, dy, lower, upper, nb2, ns2, gain, threshold,
+                          min_count, dispersion_only, w_hi, cw_lo, out_index, n, base)
+            _spread_loud(r, ky, kx, ny, nx, ring_cols, ring_n, lm, lx, ly, seen, active, dm, dx, dy, False)
     stats[1] = -1  # valid and valid nonzero counts: on demand (`count_valid`)
     stats[2] = -1
     return n

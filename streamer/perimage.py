@@ -24,13 +24,14 @@ from dataclasses import dataclass, field, fields
 import numpy as np
 
 from kernels.centroids import spot_filter, spot_moments
+from kernels.d_spacing import d_spacing
 from kernels.dispersion import DispersionWorkspace, strong_pixels
 from kernels.labelling import label_pixels
-from kernels.radial import bin_map, radial_profile
+from kernels.radial import bin_map, radial_profile, radial_segments, radial_sums
 from streamer.config import Config
 from streamer.errors import BadFrame
-from streamer.geometry import Experiment, s1_vectors
-from streamer.ice_rings import detect_ice_rings, on_ice_rings
+from streamer.geometry import Experiment
+from streamer.ice_rings import IceRingShells, on_ice_rings
 from streamer.masks import SeriesMask
 from streamer.resolution_estimate import estimate_d_min
 from streamer.series import SeriesInfo
@@ -130,6 +131,11 @@ class ImageAnalyser:
         n_bins = max(1, int(math.ceil(top / sf.radial_bin_width)))
         self.radial_bin_edges = np.arange(n_bins + 1, dtype=np.float64) * sf.radial_bin_width
         self.radial_bins = bin_map(d_star_sq, self.radial_bin_edges)
+        self.radial_segments = radial_segments(self.mask, self.radial_bins, n_bins, sf.radial_row_step)
+        self.ice_shells = IceRingShells.build(self.radial_bin_edges, sf.ice_ring_width)
+        det, beam = self.experiment.detector, self.experiment.beam
+        self._geometry = (np.asarray(det.origin_mm), np.asarray(det.fast_axis), np.asarray(det.slow_axis),
+                          np.asarray(det.pixel_size_mm), beam.wavelength_A, np.asarray(beam.s0))
         self.min_spot_size = sf.min_spot_size or default_min_spot_size(series)
         if sf.max_spot_size <= self.min_spot_size:
             raise BadFrame(f"max_spot_size {sf.max_spot_size} must exceed min_spot_size {self.min_spot_size}",
@@ -165,10 +171,12 @@ class ImageAnalyser:
         image = self.check(image)
         strong = self.strong(image)
         ws = self.workspace
-        if ws.n_valid == 0:
+        # a strong pixel is valid and above zero, so only an empty result can mean a dead frame
+        # (the fast pass counts valid pixels only when asked)
+        if strong.size == 0 and ws.n_valid == 0:
             raise BadFrame(f"image {image_number} has no valid pixel (all saturated or masked)",
                            reason="all_saturated")
-        if ws.n_valid_nonzero == 0 and ws.n_overloads == 0:
+        if strong.size == 0 and ws.n_valid_nonzero == 0 and ws.n_overloads == 0:
             raise BadFrame(f"image {image_number} is all zero", reason="all_zero")
         if strong.size > self.max_strong:
             raise BadFrame(f"image {image_number} has {strong.size} strong pixels, more than "
@@ -177,8 +185,7 @@ class ImageAnalyser:
         index = strong.copy()
         values = image.reshape(-1)[index]
         spots = self.spots(index, values, image_number)
-        profile, counts = radial_profile(image, self.mask, self.radial_bins, len(self.radial_bin_edges) - 1, ws.flag,
-                                         self.trusted_range, self.params.radial_row_step)
+        profile, counts = radial_sums(image, self.radial_segments, ws.flag, self.trusted_range)
         total_counts = counts.sum()
         background = float(np.nansum(profile.astype(np.float64) * counts) / total_counts) if total_counts \
             else float("nan")
@@ -189,26 +196,21 @@ class ImageAnalyser:
         if index.size == 0:
             return SpotTable.empty()
         labels, n = label_pixels(index, self.shape)
-        moments = spot_moments(index, values, labels, n, self.shape)
-        keep = spot_filter(moments, self.min_spot_size, self.params.max_spot_size, self.params.max_separation)
-        m = moments.select(keep)
-        x, y = m.centroid[:, 0], m.centroid[:, 1]
-        bbox = m.bbox.astype(np.int32)
+        m = spot_moments(index, values, labels, n, self.shape)
+        keep = np.flatnonzero(spot_filter(m, self.min_spot_size, self.params.max_spot_size, self.params.max_separation))
+        centroid = m.centroid[keep]  # only the columns the table holds are selected
+        x, y = centroid[:, 0].copy(), centroid[:, 1].copy()
+        bbox = m.bbox[keep].astype(np.int32)
         bbox[:, 4:] += image_number
         return SpotTable(
-            x_px=np.ascontiguousarray(x), y_px=np.ascontiguousarray(y),
-            z_image=m.centroid[:, 2] + image_number, intensity=m.intensity, n_pixels=m.n_pixels.astype(np.int32),
-            bbox=bbox, variance=m.variance, d_spacing=self.d_spacing(x, y),
-            pixel_index=index.astype(np.int64), pixel_value=values.astype(np.float32),
+            x_px=x, y_px=y, z_image=centroid[:, 2] + image_number, intensity=m.intensity[keep],
+            n_pixels=m.n_pixels[keep].astype(np.int32), bbox=bbox, variance=m.variance[keep],
+            d_spacing=self.d_spacing(x, y), pixel_index=index.astype(np.int64), pixel_value=values.astype(np.float32),
         )
 
     def d_spacing(self, x_px: np.ndarray, y_px: np.ndarray) -> np.ndarray:
         """Resolution (A) at continuous pixel positions: 1/|s1 - s0|."""
-        if len(x_px) == 0:
-            return np.zeros(0, dtype=np.float64)
-        q = s1_vectors(self.experiment, x_px, y_px) - self.experiment.beam.s0
-        with np.errstate(divide="ignore"):
-            return 1.0 / np.linalg.norm(q, axis=1)
+        return d_spacing(x_px, y_px, *self._geometry)
 
     def statistics(self, image_number: int, spots: SpotTable, n_strong: int, n_overloads: int, background: float,
                    profile: np.ndarray, counts: np.ndarray) -> ImageResult:
@@ -216,7 +218,7 @@ class ImageAnalyser:
         ice = on_ice_rings(d, self.params.ice_ring_width)
         n_no_ice = int(np.count_nonzero(~ice))
         d_min_est = estimate_d_min(d, spots.intensity, ice) if n_no_ice > 10 else -1.0
-        rings = detect_ice_rings(profile, counts, self.radial_bin_edges, d, self.params.ice_ring_width)
+        rings = self.ice_shells.detect(profile, counts, d)
         return ImageResult(
             image_number=int(image_number),
             phi_deg=float(self.series.phi_deg(image_number + 0.5)),
