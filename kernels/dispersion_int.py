@@ -50,6 +50,12 @@ def _touch(image, j0, j1):
     return s
 
 
+@njit(boundscheck=False)
+def _touch_both(image, mask, j0, j1):
+    """`_touch` of the image and mask rows [j0, j1)."""
+    return _touch(image, j0, j1) != 0, _touch(mask, j0, j1) != 0
+
+
 @njit(boundscheck=False, inline="always")
 def _summed(v, usable, lo1, hs1, vbig):
     """(count + 256 * big, value, value**2 mod 2**32) a pixel adds to the column sums."""

@@ -20,7 +20,7 @@ import math
 
 import numpy as np
 
-from kernels.dispersion_int import BAND_ROWS, _touch
+from kernels.dispersion_int import BAND_ROWS, _touch_both
 from kernels.dispersion_tests import selected64
 from kernels.jit import njit
 
@@ -61,7 +61,7 @@ def loud_fraction(image, mask, lo1, vq, hs1, row_step):
     return loud / max(total, 1)
 
 
-@njit(boundscheck=False)
+@njit(boundscheck=False, inline="always")
 def _update_packed(image, mask, enter, lo1, vq, col, packed_in, packed_out, loud):
     """col += packed(row enter) - packed_out (the packed values of the row leaving, kept from
     when it entered; None if no row leaves); the entering row's packed values go to
@@ -91,7 +91,7 @@ def _update_packed(image, mask, enter, lo1, vq, col, packed_in, packed_out, loud
             col[i] = np.uint32(col[i] - packed_out[i])
 
 
-@njit(boundscheck=False)
+@njit(boundscheck=False, inline="always")
 def _list_loud(row, loud, loud_words, lo1, hs1, hi1, cols, vals, stats):
     """The loud pixels of one row (flagged usable and above the quiet bound): the summed ones
     (lo1 <= v <= hs1) listed by column and value, the overloaded ones (v > hi1) counted into
@@ -118,7 +118,7 @@ def _list_loud(row, loud, loud_words, lo1, hs1, hi1, cols, vals, stats):
     return n
 
 
-@njit(boundscheck=False)
+@njit(boundscheck=False, inline="always")
 def _loud_columns(cols, vals, n, sign, lm, lx, ly):
     """Add (sign 1) or remove (sign -1) one row's listed loud pixels to the per-column loud
     sums of the window rows (count lm, sum lx, square ly, all exact)."""
@@ -130,7 +130,7 @@ def _loud_columns(cols, vals, n, sign, lm, lx, ly):
         ly[i] += sign * v * v
 
 
-@njit(boundscheck=False)
+@njit(boundscheck=False, inline="always")
 def _spread_loud(r, ky, kx, ny, nx, ring_cols, ring_n, lm, lx, ly, seen, active, dm, dx, dy, add):
     """Per-window loud corrections of output row r: every column holding loud pixels in the
     window rows adds its loud sums to the windows within kx of it (add), or clears them."""
@@ -164,7 +164,7 @@ def _spread_loud(r, ky, kx, ny, nx, ring_cols, ring_n, lm, lx, ly, seen, active,
                 dy[c] = 0
 
 
-@njit(boundscheck=False)
+@njit(boundscheck=False, inline="always")
 def _candidates_row(row, col, k, dm, w_hi, cw_lo, dispersion_only, wsum, cand):
     """Window sums wsum[c] (packed, of pixel c + k) of the interior pixels k <= i < nx - k of
     one row, and cand[i] = 1 where the pixel may be selected: a window with loud pixels, or
@@ -219,7 +219,7 @@ def skip_bounds(window: int, min_count: float, nsig_b: float, gain: float) -> tu
     return np.float32(window * (1.0 + 1e-4)), np.float32(c_min * window * (1.0 - 1e-4))
 
 
-@njit(boundscheck=False)
+@njit(boundscheck=False, inline="always")
 def _edge(image, mask, r, i, col, k, dm, dx, dy, lower, upper, nb2, ns2, gain, threshold, min_count,
           dispersion_only, w_hi, cw_lo, out_index, n, base):
     """The exact test of edge pixel (r, i) from its clipped window's packed sums (if the
@@ -230,8 +230,9 @@ def _edge(image, mask, r, i, col, k, dm, dx, dy, lower, upper, nb2, ns2, gain, t
     for c in range(max(0, i - k), min(nx, i + k + 1)):
         p = np.uint32(p + col[c])
     x = np.float32(p & 2047)
-    possible = (np.float32(p >> Y_SHIFT) * w_hi >= x * (x + cw_lo)) | (dm[i] != 0)
-    if possible and _exact(image, mask, r, i, p, dm, dx, dy, lower, upper, nb2, ns2, gain, threshold, min_count, dispersion_only):
+    if (np.float32(p >> Y_SHIFT) * w_hi < x * (x + cw_lo)) & (dm[i] == 0):
+        return n
+    if _exact(image, mask, r, i, p, dm, dx, dy, lower, upper, nb2, ns2, gain, threshold, min_count, dispersion_only):
         out_index[n] = base + i
         n += 1
     return n
@@ -276,7 +277,7 @@ def packed_pass(image, mask, lower, upper, kx, ky, nsig_b, nsig_s, gain, thresho
         _loud_columns(ring_cols[s], ring_vals[s], ring_n[s], 1, lm, lx, ly)
     for r0 in range(0, ny, BAND_ROWS):
         r1 = min(r0 + BAND_ROWS, ny)
-        _touch(image, min(r0 + ky, ny), min(r1 + ky, ny))
+        _touch_both(image, mask, min(r0 + ky, ny), min(r1 + ky, ny))
         for r in range(r0, r1):
             enter = r + ky if r + ky < ny else -1
             leave = r - ky - 1 if r - ky - 1 >= 0 else -1
