@@ -36,6 +36,19 @@ def quiet_value(window_pixels: int) -> int:
     return min((2**X_BITS - 1) // window_pixels, math.isqrt((2**(32 - Y_SHIFT) - 1) // window_pixels))
 
 
+DEBRUIJN = np.uint64(0x03F79D71B4CB0A89)
+DEBRUIJN_TABLE = np.array([0, 1, 48, 2, 57, 49, 28, 3, 61, 58, 50, 42, 38, 29, 17, 4, 62, 55, 59, 36, 53, 51, 43, 22,
+                           45, 39, 33, 30, 24, 18, 12, 5, 63, 47, 56, 27, 60, 41, 37, 16, 54, 35, 52, 21, 44, 32, 23,
+                           11, 46, 26, 40, 15, 34, 20, 31, 10, 25, 14, 19, 9, 13, 8, 7, 6], dtype=np.int64)
+
+
+@njit(boundscheck=False, inline="always")
+def _lowest_byte(w):
+    """Index (0-7) of the lowest nonzero byte of a nonzero uint64 (a de Bruijn bit scan)."""
+    low = w & (~w + np.uint64(1))
+    return DEBRUIJN_TABLE[np.int64((low * DEBRUIJN) >> np.uint64(58))] >> 3
+
+
 @njit(boundscheck=False, inline="always")
 def _packed(v, usable, lo1, vq):
     """A pixel's packed contribution: value | 1 << 11 | value**2 << 17 if quiet and valid, else 0."""
@@ -219,25 +232,6 @@ def skip_bounds(window: int, min_count: float, nsig_b: float, gain: float) -> tu
     return np.float32(window * (1.0 + 1e-4)), np.float32(c_min * window * (1.0 - 1e-4))
 
 
-@njit(boundscheck=False, inline="always")
-def _edge(image, mask, r, i, col, k, dm, dx, dy, lower, upper, nb2, ns2, gain, threshold, min_count,
-          dispersion_only, w_hi, cw_lo, out_index, n, base):
-    """The exact test of edge pixel (r, i) from its clipped window's packed sums (if the
-    dispersion part of `_candidates_row`'s test lets it pass); appends it to out_index if
-    selected; returns the new count."""
-    nx = col.shape[0]
-    p = np.uint32(0)
-    for c in range(max(0, i - k), min(nx, i + k + 1)):
-        p = np.uint32(p + col[c])
-    x = np.float32(p & 2047)
-    if (np.float32(p >> Y_SHIFT) * w_hi < x * (x + cw_lo)) & (dm[i] == 0):
-        return n
-    if _exact(image, mask, r, i, p, dm, dx, dy, lower, upper, nb2, ns2, gain, threshold, min_count, dispersion_only):
-        out_index[n] = base + i
-        n += 1
-    return n
-
-
 @njit(boundscheck=False)
 def packed_pass(image, mask, lower, upper, kx, ky, nsig_b, nsig_s, gain, threshold, min_count, dispersion_only,
                 out_index, stats, lo1, hs1, hi1, thr1, vq, w_hi, cw_lo):
@@ -253,7 +247,10 @@ def packed_pass(image, mask, lower, upper, kx, ky, nsig_b, nsig_s, gain, thresho
     loud = np.zeros(n_words * 8, np.uint8)
     loud_words = loud.view(np.uint64)
     col = np.zeros(nx, np.uint32)
-    wsum = np.zeros(nx, np.uint32)
+    wsum_px = np.zeros(nx, np.uint32)  # packed window sums by pixel column
+    n_left = min(kx, nx)
+    right = max(nx - kx, kx)
+    n_edge = n_left + max(0, nx - right)
     lm = np.zeros(nx, np.int64)
     lx = np.zeros(nx, np.int64)
     ly = np.zeros(nx, np.int64)
@@ -299,11 +296,16 @@ def packed_pass(image, mask, lower, upper, kx, ky, nsig_b, nsig_s, gain, thresho
             _spread_loud(r, ky, kx, ny, nx, ring_cols, ring_n, lm, lx, ly, seen, active, dm, dx, dy, True)
             row = image[r]
             if nx > 2 * kx:
-                _candidates_row(row, col, kx, dm, w_hi, cw_lo, dispersion_only, wsum, sel)
+                _candidates_row(row, col, kx, dm, w_hi, cw_lo, dispersion_only, wsum_px[kx:], sel)
+            for e in range(n_edge):  # the clipped windows at the row's ends
+                i = e if e < n_left else right + e - n_left
+                p = np.uint32(0)
+                for c in range(max(0, i - kx), min(nx, i + kx + 1)):
+                    p = np.uint32(p + col[c])
+                wsum_px[i] = p
+                x = np.float32(p & 2047)
+                sel[i] = (np.float32(p >> Y_SHIFT) * w_hi >= x * (x + cw_lo)) | (dm[i] != 0)
             base = r * nx
-            for i in range(min(kx, nx)):  # the clipped windows at the row's ends: exact, directly
-                n = _edge(image, mask, r, i, col, kx, dm, dx, dy, lower, upper, nb2, ns2, gain, threshold,
-                          min_count, dispersion_only, w_hi, cw_lo, out_index, n, base)
             for w0 in range(0, n_words, 8):
                 w1 = min(w0 + 8, n_words)
                 any_ = np.uint64(0)
@@ -311,16 +313,16 @@ def packed_pass(image, mask, lower, upper, kx, ky, nsig_b, nsig_s, gain, thresho
                     any_ |= sel_words[w]
                 if any_ == 0:
                     continue
-                for i in range(w0 * 8, min(w1 * 8, nx)):
-                    if sel[i]:
-                        sel[i] = 0
-                        if _exact(image, mask, r, i, wsum[i - kx], dm, dx, dy, lower, upper, nb2, ns2, gain,
+                for w in range(w0, w1):
+                    word = sel_words[w]
+                    sel_words[w] = 0
+                    while word != 0:
+                        i = w * 8 + _lowest_byte(word)
+                        word &= word - np.uint64(1)
+                        if _exact(image, mask, r, i, wsum_px[i], dm, dx, dy, lower, upper, nb2, ns2, gain,
                                   threshold, min_count, dispersion_only):
                             out_index[n] = base + i
                             n += 1
-            for i in range(max(nx - kx, kx), nx):
-                n = _edge(image, mask, r, i, col, kx, dm, dx, dy, lower, upper, nb2, ns2, gain, threshold,
-                          min_count, dispersion_only, w_hi, cw_lo, out_index, n, base)
             _spread_loud(r, ky, kx, ny, nx, ring_cols, ring_n, lm, lx, ly, seen, active, dm, dx, dy, False)
     stats[1] = -1  # valid and valid nonzero counts: on demand (`count_valid`)
     stats[2] = -1
