@@ -105,11 +105,12 @@ def _update_packed(image, mask, enter, lo1, vq, col, packed_in, packed_out, loud
 
 
 @njit(boundscheck=False, inline="always")
-def _list_loud(row, loud, loud_words, lo1, hs1, hi1, cols, vals, stats):
-    """The loud pixels of one row (flagged usable and above the quiet bound): the summed ones
-    (lo1 <= v <= hs1) listed by column and value, the overloaded ones (v > hi1) counted into
-    stats[0]; returns how many are listed."""
-    nx = row.shape[0]
+def _list_loud(image, j, loud, loud_words, lo1, hs1, hi1, ring_cols, ring_vals, slot, stats):
+    """The loud pixels of row j (flagged usable and above the quiet bound): the summed ones
+    (lo1 <= v <= hs1) listed by column and value in ring slot `slot`, the overloaded ones
+    (v > hi1) counted into stats[0]; returns how many are listed. (2D arrays and indices,
+    not row views: a view costs reference counting, per row.)"""
+    nx = image.shape[1]
     n = 0
     n_words = loud_words.shape[0]
     for w0 in range(0, n_words, 8):
@@ -121,10 +122,10 @@ def _list_loud(row, loud, loud_words, lo1, hs1, hi1, cols, vals, stats):
             continue
         for i in range(w0 * 8, min(w1 * 8, nx)):
             if loud[i]:
-                v = row[i]
+                v = image[j, i]
                 if (v >= lo1) & (v <= hs1):
-                    cols[n] = i
-                    vals[n] = np.int32(v)
+                    ring_cols[slot, n] = i
+                    ring_vals[slot, n] = np.int32(v)
                     n += 1
                 elif v > hi1:
                     stats[0] += 1
@@ -132,12 +133,12 @@ def _list_loud(row, loud, loud_words, lo1, hs1, hi1, cols, vals, stats):
 
 
 @njit(boundscheck=False, inline="always")
-def _loud_columns(cols, vals, n, sign, lm, lx, ly):
-    """Add (sign 1) or remove (sign -1) one row's listed loud pixels to the per-column loud
-    sums of the window rows (count lm, sum lx, square ly, all exact)."""
+def _loud_columns(ring_cols, ring_vals, slot, n, sign, lm, lx, ly):
+    """Add (sign 1) or remove (sign -1) one row's listed loud pixels (ring slot `slot`) to the
+    per-column loud sums of the window rows (count lm, sum lx, square ly, all exact)."""
     for t in range(n):
-        i = cols[t]
-        v = np.int64(vals[t])
+        i = ring_cols[slot, t]
+        v = np.int64(ring_vals[slot, t])
         lm[i] += sign
         lx[i] += sign * v
         ly[i] += sign * v * v
@@ -270,8 +271,8 @@ def packed_pass(image, mask, lower, upper, kx, ky, nsig_b, nsig_s, gain, thresho
     for j in range(0, min(ky, ny)):
         s = j % period
         _update_packed(image, mask, j, lo1, vq, col, ring_packed[j % (period + 1)], None, loud)
-        ring_n[s] = _list_loud(image[j], loud, loud_words, lo1, hs1, hi1, ring_cols[s], ring_vals[s], stats)
-        _loud_columns(ring_cols[s], ring_vals[s], ring_n[s], 1, lm, lx, ly)
+        ring_n[s] = _list_loud(image, j, loud, loud_words, lo1, hs1, hi1, ring_cols, ring_vals, s, stats)
+        _loud_columns(ring_cols, ring_vals, s, ring_n[s], 1, lm, lx, ly)
     for r0 in range(0, ny, BAND_ROWS):
         r1 = min(r0 + BAND_ROWS, ny)
         _touch_both(image, mask, min(r0 + ky, ny), min(r1 + ky, ny))
@@ -283,17 +284,18 @@ def packed_pass(image, mask, lower, upper, kx, ky, nsig_b, nsig_s, gain, thresho
             packed_in = ring_packed[(r + ky) % (period + 1)]
             if leave >= 0:
                 s = leave % period
-                _loud_columns(ring_cols[s], ring_vals[s], ring_n[s], -1, lm, lx, ly)
+                _loud_columns(ring_cols, ring_vals, s, ring_n[s], -1, lm, lx, ly)
                 ring_n[s] = 0
                 _update_packed(image, mask, enter, lo1, vq, col, packed_in, ring_packed[leave % (period + 1)], loud)
             else:
                 _update_packed(image, mask, enter, lo1, vq, col, packed_in, None, loud)
             if enter >= 0:
                 s = enter % period
-                ring_n[s] = _list_loud(image[enter], loud, loud_words, lo1, hs1, hi1, ring_cols[s], ring_vals[s],
-                                       stats)
-                _loud_columns(ring_cols[s], ring_vals[s], ring_n[s], 1, lm, lx, ly)
-            _spread_loud(r, ky, kx, ny, nx, ring_cols, ring_n, lm, lx, ly, seen, active, dm, dx, dy, True)
+                ring_n[s] = _list_loud(image, enter, loud, loud_words, lo1, hs1, hi1, ring_cols, ring_vals, s, stats)
+                _loud_columns(ring_cols, ring_vals, s, ring_n[s], 1, lm, lx, ly)
+            any_loud = ring_n.sum() > 0  # rows outside the window hold none: their slots are reset
+            if any_loud:
+                _spread_loud(r, ky, kx, ny, nx, ring_cols, ring_n, lm, lx, ly, seen, active, dm, dx, dy, True)
             row = image[r]
             if nx > 2 * kx:
                 _candidates_row(row, col, kx, dm, w_hi, cw_lo, dispersion_only, wsum_px[kx:], sel)
@@ -323,7 +325,8 @@ def packed_pass(image, mask, lower, upper, kx, ky, nsig_b, nsig_s, gain, thresho
                                   threshold, min_count, dispersion_only):
                             out_index[n] = base + i
                             n += 1
-            _spread_loud(r, ky, kx, ny, nx, ring_cols, ring_n, lm, lx, ly, seen, active, dm, dx, dy, False)
+            if any_loud:
+                _spread_loud(r, ky, kx, ny, nx, ring_cols, ring_n, lm, lx, ly, seen, active, dm, dx, dy, False)
     stats[1] = -1  # valid and valid nonzero counts: on demand (`count_valid`)
     stats[2] = -1
     return n
