@@ -20,7 +20,8 @@ from kernels.jit import njit
 @njit
 def _spot_moments(index, values, labels, n_labels, ny, nx, n_pixels, bbox, sums, peak_value, peak, centroid,
                   variance):
-    plane = ny * nx
+    """Fills the per-label outputs; returns False, before summing anything, if a label lies
+    outside [0, n_labels)."""
     n = index.shape[0]
     for s in range(n_labels):
         bbox[s, 0] = nx
@@ -30,20 +31,66 @@ def _spot_moments(index, values, labels, n_labels, ny, nx, n_pixels, bbox, sums,
         bbox[s, 4] = 1 << 62
         bbox[s, 5] = -(1 << 62)
         peak_value[s] = -np.inf
-    # sums: 0 W, 1 sum w^2, 2..4 sum w*c
     for t in range(n):
+        if labels[t] < 0 or labels[t] >= n_labels:
+            return False
+    # pixels are taken in runs: consecutive entries of one label on one row, ascending; a
+    # run's sums are accumulated in registers, in the same order as pixel by pixel
+    row_start = np.int64(0)
+    row_end = np.int64(0)
+    y = np.int64(0)
+    z = np.int64(0)
+    t = 0
+    while t < n:
         s = labels[t]
-        p = index[t]
-        z = p // plane
-        rest = p - z * plane
-        y = rest // nx
-        x = rest - y * nx
-        w = values[t]
-        n_pixels[s] += 1
-        if x < bbox[s, 0]:
-            bbox[s, 0] = x
-        if x + 1 > bbox[s, 1]:
-            bbox[s, 1] = x + 1
+        p = np.int64(index[t])
+        if p >= row_end or p < row_start:
+            row = p // nx
+            row_start = row * nx
+            row_end = row_start + nx
+            z = row // ny
+            y = row - z * ny
+        x_first = p - row_start
+        w_sum = sums[s, 0]
+        w2_sum = sums[s, 1]
+        wx_sum = sums[s, 2]
+        wy_sum = sums[s, 3]
+        wz_sum = sums[s, 4]
+        best = peak_value[s]
+        count = 0
+        while True:
+            x = p - row_start
+            w = values[t]
+            if w > best:
+                best = w
+                peak[s, 0] = x + 0.5
+                peak[s, 1] = y + 0.5
+                peak[s, 2] = z + 0.5
+            w_sum += w
+            w2_sum += w * w
+            wx_sum += w * (x + 0.5)
+            wy_sum += w * (y + 0.5)
+            wz_sum += w * (z + 0.5)
+            count += 1
+            if t + 1 < n and labels[t + 1] == s:
+                q = np.int64(index[t + 1])
+                if (q > p) & (q < row_end):
+                    t += 1
+                    p = q
+                    continue
+            break
+        x_last = p - row_start
+        sums[s, 0] = w_sum
+        sums[s, 1] = w2_sum
+        sums[s, 2] = wx_sum
+        sums[s, 3] = wy_sum
+        sums[s, 4] = wz_sum
+        peak_value[s] = best
+        n_pixels[s] += count
+        if x_first < bbox[s, 0]:
+            bbox[s, 0] = x_first
+        if x_last + 1 > bbox[s, 1]:
+            bbox[s, 1] = x_last + 1
         if y < bbox[s, 2]:
             bbox[s, 2] = y
         if y + 1 > bbox[s, 3]:
@@ -52,16 +99,7 @@ def _spot_moments(index, values, labels, n_labels, ny, nx, n_pixels, bbox, sums,
             bbox[s, 4] = z
         if z + 1 > bbox[s, 5]:
             bbox[s, 5] = z + 1
-        if w > peak_value[s]:
-            peak_value[s] = w
-            peak[s, 0] = x + 0.5
-            peak[s, 1] = y + 0.5
-            peak[s, 2] = z + 0.5
-        sums[s, 0] += w
-        sums[s, 1] += w * w
-        sums[s, 2] += w * (x + 0.5)
-        sums[s, 3] += w * (y + 0.5)
-        sums[s, 4] += w * (z + 0.5)
+        t += 1
     for s in range(n_labels):
         if sums[s, 0] > 0:
             for d in range(3):
@@ -70,18 +108,42 @@ def _spot_moments(index, values, labels, n_labels, ny, nx, n_pixels, bbox, sums,
             centroid[s, 0] = 0.5 * (bbox[s, 0] + bbox[s, 1])
             centroid[s, 1] = 0.5 * (bbox[s, 2] + bbox[s, 3])
             centroid[s, 2] = 0.5 * (bbox[s, 4] + bbox[s, 5])
-    for t in range(n):
+    row_start = np.int64(0)
+    row_end = np.int64(0)
+    t = 0
+    while t < n:
         s = labels[t]
+        p = np.int64(index[t])
         if sums[s, 0] > 0:
-            p = index[t]
-            z = p // plane
-            rest = p - z * plane
-            y = rest // nx
-            x = rest - y * nx
-            w = values[t]
-            variance[s, 0] += w * (x + 0.5 - centroid[s, 0]) ** 2
-            variance[s, 1] += w * (y + 0.5 - centroid[s, 1]) ** 2
-            variance[s, 2] += w * (z + 0.5 - centroid[s, 2]) ** 2
+            if p >= row_end or p < row_start:
+                row = p // nx
+                row_start = row * nx
+                row_end = row_start + nx
+                z = row // ny
+                y = row - z * ny
+            cx = centroid[s, 0]
+            cy = centroid[s, 1]
+            cz = centroid[s, 2]
+            vx = variance[s, 0]
+            vy = variance[s, 1]
+            vz = variance[s, 2]
+            while True:
+                x = p - row_start
+                w = values[t]
+                vx += w * (x + 0.5 - cx) ** 2
+                vy += w * (y + 0.5 - cy) ** 2
+                vz += w * (z + 0.5 - cz) ** 2
+                if t + 1 < n and labels[t + 1] == s:
+                    q = np.int64(index[t + 1])
+                    if (q > p) & (q < row_end):
+                        t += 1
+                        p = q
+                        continue
+                break
+            variance[s, 0] = vx
+            variance[s, 1] = vy
+            variance[s, 2] = vz
+        t += 1
     for s in range(n_labels):
         big_w = sums[s, 0]
         denom = big_w * big_w - sums[s, 1]
@@ -89,6 +151,7 @@ def _spot_moments(index, values, labels, n_labels, ny, nx, n_pixels, bbox, sums,
             variance[s, d] = variance[s, d] * big_w / denom if (big_w > 0) & (denom > 0) else 0.0
         if bbox[s, 5] == bbox[s, 4] + 1:
             centroid[s, 2] = bbox[s, 4] + 0.5
+    return True
 
 
 class SpotMoments:
@@ -119,16 +182,15 @@ class SpotMoments:
 
 def spot_moments(index: np.ndarray, values: np.ndarray, labels: np.ndarray, n_labels: int,
                  shape: tuple[int, ...]) -> SpotMoments:
-    """Moments of each labelled spot; `index` flat indices into `shape` ((ny, nx) or (nz, ny, nx)),
-    `values` the raw pixel values (any real dtype), `labels` in [0, n_labels)."""
+    """Moments of each labelled spot; `index` flat indices (int32 or int64) into `shape` ((ny, nx)
+    or (nz, ny, nx)), `values` the raw pixel values (any real dtype), `labels` in [0, n_labels)."""
     ny, nx = shape[-2], shape[-1]
-    index = np.ascontiguousarray(index, dtype=np.int64)
+    index = np.asarray(index)
+    index = np.ascontiguousarray(index if index.dtype in (np.int32, np.int64) else index.astype(np.int64))
     values = np.ascontiguousarray(values, dtype=np.float64)
     labels = np.ascontiguousarray(labels, dtype=np.int32)
     if not (index.ndim == values.ndim == labels.ndim == 1 and index.size == values.size == labels.size):
         raise ValueError("index, values and labels must be 1D arrays of the same length")
-    if labels.size and (labels.min() < 0 or labels.max() >= n_labels):
-        raise ValueError("labels must lie in [0, n_labels)")
     n_pixels = np.zeros(n_labels, dtype=np.int64)
     bbox = np.zeros((n_labels, 6), dtype=np.int64)
     sums = np.zeros((n_labels, 5), dtype=np.float64)
@@ -136,9 +198,9 @@ def spot_moments(index: np.ndarray, values: np.ndarray, labels: np.ndarray, n_la
     peak = np.zeros((n_labels, 3), dtype=np.float64)
     centroid = np.zeros((n_labels, 3), dtype=np.float64)
     variance = np.zeros((n_labels, 3), dtype=np.float64)
-    if n_labels:
-        _spot_moments(index, values, labels, int(n_labels), int(ny), int(nx), n_pixels, bbox, sums, peak_value,
-                      peak, centroid, variance)
+    if (n_labels or index.size) and not _spot_moments(index, values, labels, int(n_labels), int(ny), int(nx), n_pixels,
+                                                      bbox, sums, peak_value, peak, centroid, variance):
+        raise ValueError("labels must lie in [0, n_labels)")
     return SpotMoments(centroid, variance, sums[:, 0].copy(), sums[:, 1].copy(), n_pixels, bbox, peak)
 
 

@@ -38,21 +38,32 @@ def _union(parent, a, b):
 
 
 @njit
-def _label(index, nz, ny, nx, labels):
+def _label(index, nz, ny, nx, labels, parent):
     """labels[i] = component of pixel i (flat index z*ny*nx + y*nx + x, ascending); returns
-    the number of components."""
+    the number of components, or -1 if `index` is not strictly ascending."""
     n = index.shape[0]
-    parent = np.arange(n)
+    for i in range(n):
+        parent[i] = i
     plane = ny * nx
     j2 = 0
     j3 = 0
+    previous = np.int64(-1)
+    row_start = np.int64(0)
+    row_end = np.int64(0)  # [row_start, row_end): the row of the pixel; found by division only on a new row
+    y = np.int64(0)
+    z = np.int64(0)
     for i in range(n):
-        p = index[i]
-        z = p // plane
-        rest = p - z * plane
-        y = rest // nx
-        x = rest - y * nx
-        if x < nx - 1 and i + 1 < n and index[i + 1] == p + 1:
+        p = np.int64(index[i])
+        if p <= previous:
+            return -1
+        previous = p
+        if p >= row_end:
+            row = p // nx
+            row_start = row * nx
+            row_end = row_start + nx
+            z = row // ny
+            y = row - z * ny
+        if p + 1 < row_end and i + 1 < n and index[i + 1] == p + 1:
             _union(parent, i, i + 1)
         if y < ny - 1:
             target = p + nx
@@ -84,8 +95,8 @@ def _label(index, nz, ny, nx, labels):
 def label_pixels(index: np.ndarray, shape: tuple[int, ...]) -> tuple[np.ndarray, int]:
     """Component labels (int32, one per pixel) and their number.
 
-    `index`: strictly ascending flat indices into an image (`shape` = (ny, nx), 2D,
-    4-connected) or a stack of consecutive images (`shape` = (nz, ny, nx), 3D, 6-connected).
+    `index`: strictly ascending flat indices (int32 or int64) into an image (`shape` = (ny, nx),
+    2D, 4-connected) or a stack of consecutive images (`shape` = (nz, ny, nx), 3D, 6-connected).
     """
     if len(shape) == 2:
         nz, (ny, nx) = 1, shape
@@ -93,13 +104,18 @@ def label_pixels(index: np.ndarray, shape: tuple[int, ...]) -> tuple[np.ndarray,
         nz, ny, nx = shape
     else:
         raise ValueError(f"shape must be (ny, nx) or (nz, ny, nx), not {shape}")
-    index = np.ascontiguousarray(index, dtype=np.int64)
+    index = np.asarray(index)
+    if index.dtype not in (np.int32, np.int64):
+        index = index.astype(np.int64)
+    index = np.ascontiguousarray(index)
     if index.ndim != 1:
         raise ValueError("index must be 1D")
-    if index.size and (index[0] < 0 or index[-1] >= nz * ny * nx or np.any(np.diff(index) <= 0)):
-        raise ValueError("index must be strictly ascending flat indices inside the shape")
     labels = np.empty(index.size, dtype=np.int32)
     if index.size == 0:
         return labels, 0
-    n = _label(index, int(nz), int(ny), int(nx), labels)
+    if index[0] < 0 or index[-1] >= nz * ny * nx:
+        raise ValueError("index must be strictly ascending flat indices inside the shape")
+    n = _label(index, int(nz), int(ny), int(nx), labels, np.empty(index.size, dtype=np.int64))
+    if n < 0:
+        raise ValueError("index must be strictly ascending flat indices inside the shape")
     return labels, int(n)

@@ -1,27 +1,76 @@
 """Azimuthal (radial) average of the background in resolution bins.
 
 The bin of every pixel (int16, -1 = no bin) is computed once per series from the resolution
-map; per frame the kernel sums the values of valid, non-spot pixels per bin. Rows are
-sampled every `row_step` rows (the background is smooth; this keeps the pass cheap).
+map. Rows are sampled every `row_step` rows (the background is smooth; this keeps the pass
+cheap). Also once per series, the sampled rows are cut into segments: runs of usable pixels
+(mask nonzero, in a bin) that share one bin, in row-major order. Per frame the kernel sums
+the values of the non-spot, trusted pixels of each segment into its bin, with no per-pixel
+mask or bin look-up and no scatter.
+
+Sums are those of a pixel-by-pixel float64 scan in row-major order, bit for bit: images of
+integer dtypes up to 32 bits are summed exactly in int64 (which vectorises), and a float64
+sum of integers is exact too while it stays below 2**53; other dtypes are summed in float64
+in scan order.
 """
 
 from __future__ import annotations
+
+import math
+from dataclasses import dataclass
 
 import numpy as np
 
 from kernels.jit import njit
 
+WINDOW = 16  # pixels summed as one vectorised block per segment (most segments are shorter)
+
 
 @njit
-def _radial_sums(image, mask, bins, exclude, lower, upper, row_step, sums, counts):
-    ny, nx = image.shape
-    for j in range(0, ny, row_step):
-        for i in range(nx):
-            b = bins[j, i]
-            v = np.float64(image[j, i])
-            if (b >= 0) & (mask[j, i] != 0) & (exclude[j, i] == 0) & (v > lower) & (v < upper):
-                sums[b] += v
-                counts[b] += 1
+def _sums_integer(flat, exclude, starts, stops, seg_bins, lo, hi, window, n_windowed, sums, counts):
+    """Integer pixels: trusted means lo <= v <= hi (the open float interval as integers).
+
+    The first `window` pixels of each of the first `n_windowed` segments are read as one block
+    with a fixed trip count (the compiler vectorises it; most segments are shorter, and pixels
+    past a segment's end are read but not counted, so those segments must end `window` pixels
+    before the image does); the rest of a segment, and the last segments, pixel by pixel.
+    """
+    w = np.uint64(window)
+    for s in range(starts.shape[0]):
+        a = np.uint64(starts[s])  # unsigned indices: no wraparound test
+        length = np.uint64(stops[s]) - a
+        acc = np.int64(0)
+        n = np.int64(0)
+        first = np.uint64(0)
+        if s < n_windowed:
+            for k in range(np.uint64(0), w):
+                v = np.int64(flat[a + k])
+                ok = (k < length) & (exclude[a + k] == 0) & (v >= lo) & (v <= hi)
+                acc += v if ok else np.int64(0)
+                n += np.int64(1) if ok else np.int64(0)
+            first = w
+        for i in range(a + first, a + length):
+            v = np.int64(flat[i])
+            ok = (exclude[i] == 0) & (v >= lo) & (v <= hi)
+            acc += v if ok else np.int64(0)
+            n += np.int64(1) if ok else np.int64(0)
+        sums[seg_bins[s]] += acc
+        counts[seg_bins[s]] += n
+
+
+@njit
+def _sums_float(flat, exclude, starts, stops, seg_bins, lower, upper, sums, counts):
+    """Any other dtype: float64 sums accumulated in row-major pixel order."""
+    for s in range(starts.shape[0]):
+        b = seg_bins[s]
+        acc = sums[b]
+        n = counts[b]
+        for i in range(np.uint64(starts[s]), np.uint64(stops[s])):
+            v = np.float64(flat[i])
+            if (exclude[i] == 0) & (v > lower) & (v < upper):
+                acc += v
+                n += 1
+        sums[b] = acc
+        counts[b] = n
 
 
 def bin_map(d_star_sq: np.ndarray, edges: np.ndarray) -> np.ndarray:
@@ -33,22 +82,90 @@ def bin_map(d_star_sq: np.ndarray, edges: np.ndarray) -> np.ndarray:
     return idx.astype(np.int16)
 
 
-def radial_profile(image: np.ndarray, mask: np.ndarray, bins: np.ndarray, n_bins: int, exclude: np.ndarray,
-                   trusted_range: tuple[float, float], row_step: int = 4) -> tuple[np.ndarray, np.ndarray]:
-    """(mean value per bin as float32 (NaN where empty), pixel count per bin as int64).
+@dataclass(frozen=True)
+class RadialSegments:
+    """Runs of usable pixels of one bin along the sampled rows (built once per series).
 
-    `mask` uint8 nonzero = usable; `exclude` uint8 nonzero = leave out (spot pixels).
+    starts/stops: flat pixel indices [start, stop) into the image, row-major order;
+    bins: the bin of each run (int32); shape: the image shape; n_bins: number of bins.
     """
-    if not (image.shape == mask.shape == bins.shape == exclude.shape):
-        raise ValueError("image, mask, bins and exclude must have the same shape")
-    if mask.dtype != np.uint8 or exclude.dtype != np.uint8 or bins.dtype != np.int16:
-        raise ValueError("mask/exclude must be uint8 and bins int16")
+
+    starts: np.ndarray
+    stops: np.ndarray
+    bins: np.ndarray
+    shape: tuple[int, int]
+    n_bins: int
+
+
+def radial_segments(mask: np.ndarray, bins: np.ndarray, n_bins: int, row_step: int = 4) -> RadialSegments:
+    """Segments of the rows 0, row_step, 2 row_step, ... where `mask` is nonzero and `bins` in [0, n_bins)."""
+    if mask.shape != bins.shape or mask.ndim != 2:
+        raise ValueError("mask and bins must be 2D arrays of the same shape")
+    if mask.dtype != np.uint8 or bins.dtype != np.int16:
+        raise ValueError("mask must be uint8 and bins int16")
     if row_step < 1:
         raise ValueError("row_step must be >= 1")
-    sums = np.zeros(n_bins, dtype=np.float64)
-    counts = np.zeros(n_bins, dtype=np.int64)
-    _radial_sums(image, mask, bins, exclude, float(trusted_range[0]), float(trusted_range[1]), int(row_step),
-                 sums, counts)
+    nx = mask.shape[1]
+    sampled_bins = bins[::row_step].astype(np.int32)
+    key = np.where((mask[::row_step] != 0) & (sampled_bins < n_bins), sampled_bins, -1).reshape(-1)
+    new = np.ones(key.shape, dtype=bool)
+    new[1:] = key[1:] != key[:-1]
+    new[::nx] = True  # a run never crosses a row end
+    first = np.flatnonzero(new)
+    last = np.append(first[1:], key.size)
+    use = key[first] >= 0
+    first, last = first[use], last[use]
+    starts = (first // nx) * (row_step * nx) + first % nx
+    return RadialSegments(starts.astype(np.int64), (starts + (last - first)).astype(np.int64),
+                          np.ascontiguousarray(key[first], dtype=np.int32), (int(mask.shape[0]), int(nx)), int(n_bins))
+
+
+def _integer_limits(dtype: np.dtype, lower: float, upper: float) -> tuple[int, int]:
+    """The integers v of `dtype` with lower < v < upper, as the closed range [lo, hi]."""
+    info = np.iinfo(dtype)
+    if math.isnan(lower) or math.isnan(upper):
+        return 1, 0
+    lo = info.min if lower == -math.inf else (info.max + 1 if lower == math.inf else math.floor(lower) + 1)
+    hi = info.max if upper == math.inf else (info.min - 1 if upper == -math.inf else math.ceil(upper) - 1)
+    lo, hi = max(lo, info.min), min(hi, info.max)
+    return (lo, hi) if lo <= hi else (1, 0)
+
+
+def radial_sums(image: np.ndarray, segments: RadialSegments, exclude: np.ndarray,
+                trusted_range: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
+    """(mean value per bin as float32 (NaN where empty), pixel count per bin as int64).
+
+    Pixels of `segments` with `exclude` zero (uint8 nonzero = spot pixel) and a value inside
+    the open interval `trusted_range`.
+    """
+    if image.shape != segments.shape or exclude.shape != segments.shape:
+        raise ValueError("image and exclude must have the shape the segments were built for")
+    if exclude.dtype != np.uint8:
+        raise ValueError("exclude must be uint8")
+    if not (image.flags.c_contiguous and exclude.flags.c_contiguous and image.dtype.isnative):
+        raise ValueError("image and exclude must be C-contiguous, the image in native byte order")
+    flat, excl = image.reshape(-1), exclude.reshape(-1)
+    counts = np.zeros(segments.n_bins, dtype=np.int64)
+    lower, upper = float(trusted_range[0]), float(trusted_range[1])
+    if image.dtype.kind in "iu" and image.dtype.itemsize <= 4:
+        lo, hi = _integer_limits(image.dtype, lower, upper)
+        int_sums = np.zeros(segments.n_bins, dtype=np.int64)
+        n_windowed = int(np.searchsorted(segments.starts, flat.size - WINDOW, side="right"))
+        _sums_integer(flat, excl, segments.starts, segments.stops, segments.bins, lo, hi, WINDOW, n_windowed, int_sums,
+                      counts)
+        sums = int_sums.astype(np.float64)
+    else:
+        sums = np.zeros(segments.n_bins, dtype=np.float64)
+        _sums_float(flat, excl, segments.starts, segments.stops, segments.bins, lower, upper, sums, counts)
     with np.errstate(invalid="ignore", divide="ignore"):
         mean = (sums / counts).astype(np.float32)
     return mean, counts
+
+
+def radial_profile(image: np.ndarray, mask: np.ndarray, bins: np.ndarray, n_bins: int, exclude: np.ndarray,
+                   trusted_range: tuple[float, float], row_step: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    """One-off `radial_sums` (segments built on the spot): `mask` uint8 nonzero = usable."""
+    if not (image.shape == mask.shape == bins.shape == exclude.shape):
+        raise ValueError("image, mask, bins and exclude must have the same shape")
+    return radial_sums(np.ascontiguousarray(image), radial_segments(mask, bins, n_bins, row_step),
+                       np.ascontiguousarray(exclude), trusted_range)

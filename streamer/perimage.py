@@ -23,22 +23,25 @@ from dataclasses import dataclass, field, fields
 
 import numpy as np
 
-from kernels.centroids import spot_filter, spot_moments
+from kernels.centroids import spot_moments
 from kernels.d_spacing import d_spacing
 from kernels.dispersion import DispersionWorkspace, strong_pixels
+from kernels.image_spots import image_spots
+from kernels.image_statistics import image_statistics
 from kernels.labelling import label_pixels
 from kernels.radial import bin_map, radial_profile, radial_segments, radial_sums
 from streamer.config import Config
 from streamer.errors import BadFrame
 from streamer.geometry import Experiment
-from streamer.ice_rings import IceRingShells, on_ice_rings
+from streamer.ice_rings import IceRingShells, ice_ring_table
 from streamer.masks import SeriesMask
-from streamer.resolution_estimate import estimate_d_min
+from streamer.resolution_estimate import E_CUTOFF
 from streamer.series import SeriesInfo
 
 log = logging.getLogger(__name__)
 
 D_4A = 4.0
+MIN_SPOTS_NO_ICE = 10  # DIALS estimates d_min from more than 10 spots off the ice rings
 
 
 @dataclass(frozen=True)
@@ -133,6 +136,7 @@ class ImageAnalyser:
         self.radial_bins = bin_map(d_star_sq, self.radial_bin_edges)
         self.radial_segments = radial_segments(self.mask, self.radial_bins, n_bins, sf.radial_row_step)
         self.ice_shells = IceRingShells.build(self.radial_bin_edges, sf.ice_ring_width)
+        self.ice_table = ice_ring_table()
         det, beam = self.experiment.detector, self.experiment.beam
         self._geometry = (np.asarray(det.origin_mm), np.asarray(det.fast_axis), np.asarray(det.slow_axis),
                           np.asarray(det.pixel_size_mm), beam.wavelength_A, np.asarray(beam.s0))
@@ -195,18 +199,9 @@ class ImageAnalyser:
         """2D spots from one image's strong pixels, with DIALS's size and peak-separation filters."""
         if index.size == 0:
             return SpotTable.empty()
-        labels, n = label_pixels(index, self.shape)
-        m = spot_moments(index, values, labels, n, self.shape)
-        keep = np.flatnonzero(spot_filter(m, self.min_spot_size, self.params.max_spot_size, self.params.max_separation))
-        centroid = m.centroid[keep]  # only the columns the table holds are selected
-        x, y = centroid[:, 0].copy(), centroid[:, 1].copy()
-        bbox = m.bbox[keep].astype(np.int32)
-        bbox[:, 4:] += image_number
-        return SpotTable(
-            x_px=x, y_px=y, z_image=centroid[:, 2] + image_number, intensity=m.intensity[keep],
-            n_pixels=m.n_pixels[keep].astype(np.int32), bbox=bbox, variance=m.variance[keep],
-            d_spacing=self.d_spacing(x, y), pixel_index=index.astype(np.int64), pixel_value=values.astype(np.float32),
-        )
+        columns = image_spots(index, values, self.shape, self.min_spot_size, self.params.max_spot_size,
+                              self.params.max_separation, image_number, self._geometry)
+        return SpotTable(*columns, pixel_index=index.astype(np.int64), pixel_value=values.astype(np.float32))
 
     def d_spacing(self, x_px: np.ndarray, y_px: np.ndarray) -> np.ndarray:
         """Resolution (A) at continuous pixel positions: 1/|s1 - s0|."""
@@ -214,22 +209,24 @@ class ImageAnalyser:
 
     def statistics(self, image_number: int, spots: SpotTable, n_strong: int, n_overloads: int, background: float,
                    profile: np.ndarray, counts: np.ndarray) -> ImageResult:
-        d = spots.d_spacing
-        ice = on_ice_rings(d, self.params.ice_ring_width)
-        n_no_ice = int(np.count_nonzero(~ice))
-        d_min_est = estimate_d_min(d, spots.intensity, ice) if n_no_ice > 10 else -1.0
-        rings = self.ice_shells.detect(profile, counts, d)
+        # one compiled call: `on_ice_rings`, `estimate_d_min` and `IceRingShells.detect`, bit for bit
+        with np.errstate(invalid="ignore", divide="ignore"):
+            log_i_over_sigma = np.log(spots.intensity / np.sqrt(np.abs(spots.intensity)))
+        _, n_no_ice, n_4a, total, d_min_est, on_image = image_statistics(
+            spots.d_spacing, spots.intensity, log_i_over_sigma, profile, counts, self.ice_table,
+            self.params.ice_ring_width / 2.0, self.ice_shells.shells, self.ice_shells.detection, D_4A,
+            MIN_SPOTS_NO_ICE, E_CUTOFF)
         return ImageResult(
             image_number=int(image_number),
             phi_deg=float(self.series.phi_deg(image_number + 0.5)),
             n_spots=len(spots),
             n_spots_no_ice=n_no_ice,
-            n_spots_4A=int(np.count_nonzero(d > D_4A)),
-            total_intensity=float(np.sum(spots.intensity[~ice])),
-            estimated_d_min=float(d_min_est),
+            n_spots_4A=n_4a,
+            total_intensity=total,
+            estimated_d_min=d_min_est,
             background=background,
             n_overloads=int(n_overloads),
-            ice_rings=len(rings),
+            ice_rings=int(np.count_nonzero(on_image)),
             strong_pixels=int(n_strong),
             radial_profile=profile,
             spots=spots,
@@ -244,10 +241,20 @@ class ImageAnalyser:
         mask = np.ones(small.shape, dtype=np.uint8)
         sf = self.params
         for algorithm in ("dispersion", "dispersion_extended"):
-            ws = DispersionWorkspace(small.shape)
-            idx = strong_pixels(small, mask, algorithm, tuple(sf.kernel_size), sf.sigma_background, sf.sigma_strong,
-                                sf.global_threshold, sf.min_local, sf.gain, self.trusted_range, ws).copy()
+            for path in ("auto", "packed", "banded"):  # every pass a frame of this series may take
+                ws = DispersionWorkspace(small.shape)
+                try:
+                    idx = strong_pixels(small, mask, algorithm, tuple(sf.kernel_size), sf.sigma_background,
+                                        sf.sigma_strong, sf.global_threshold, sf.min_local, sf.gain,
+                                        self.trusted_range, ws, path=path).copy()
+                except ValueError:  # that pass does not apply to this series (float frames, large windows)
+                    continue
         labels, n = label_pixels(idx, small.shape)
         spot_moments(idx, small.reshape(-1)[idx], labels, n, small.shape)
+        columns = image_spots(idx, small.reshape(-1)[idx], small.shape, 1, 1000, 2.0, 0, self._geometry)
         bins = np.zeros(small.shape, dtype=np.int16)
         radial_profile(small, mask, bins, 1, ws.flag, self.trusted_range, 1)
+        n_bins = len(self.radial_bin_edges) - 1
+        spots = SpotTable(*columns, pixel_index=idx.astype(np.int64), pixel_value=small.reshape(-1)[idx].astype("f4"))
+        self.statistics(0, spots, idx.size, 0, 1.0, np.ones(n_bins, dtype=np.float32), np.full(n_bins, 100))
+        self.d_spacing(np.array([0.5]), np.array([0.5]))

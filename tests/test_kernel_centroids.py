@@ -97,3 +97,68 @@ def test_property_intensity_and_pixels_conserved(seed, fraction):
     ok = m.intensity > 0
     assert np.all((m.centroid[ok, 0] >= m.bbox[ok, 0]) & (m.centroid[ok, 0] <= m.bbox[ok, 1]))
     assert np.all((m.centroid[ok, 1] >= m.bbox[ok, 2]) & (m.centroid[ok, 1] <= m.bbox[ok, 3]))
+
+
+def sequential_reference(index, values, labels, n_labels, shape):
+    """DIALS's accumulation, pixel by pixel in the given order (python floats): the kernel's sums bit for bit."""
+    ny, nx = shape[-2:]
+    sums = np.zeros((n_labels, 5))
+    var = np.zeros((n_labels, 3))
+    coords = []
+    for p, w, s in zip(index.tolist(), values.astype(np.float64).tolist(), labels.tolist()):
+        z, rest = divmod(p, ny * nx)
+        y, x = divmod(rest, nx)
+        coords.append((x + 0.5, y + 0.5, z + 0.5))
+        for k, term in enumerate((w, w * w, w * (x + 0.5), w * (y + 0.5), w * (z + 0.5))):
+            sums[s, k] += term
+    centroid = np.zeros((n_labels, 3))
+    for s in range(n_labels):
+        if sums[s, 0] > 0:
+            centroid[s] = [sums[s, 2 + d] / sums[s, 0] for d in range(3)]
+    for c, w, s in zip(coords, values.astype(np.float64).tolist(), labels.tolist()):
+        if sums[s, 0] > 0:
+            for d in range(3):
+                dv = c[d] - centroid[s, d]
+                var[s, d] += w * (dv * dv)
+    for s in range(n_labels):
+        big_w = sums[s, 0]
+        denom = big_w * big_w - sums[s, 1]
+        var[s] = var[s] * big_w / denom if big_w > 0 and denom > 0 else 0.0
+    return sums, centroid, var
+
+
+@pytest.mark.parametrize("index_dtype", [np.int32, np.int64])
+@pytest.mark.parametrize("order", ["raster", "shuffled", "by_spot"])
+def test_sums_are_those_of_pixel_by_pixel_accumulation(index_dtype, order):
+    """Runs of one label (kept in registers) must not change a bit: raster order, any order, and
+    the spot joiner's (spot after spot, 3D stack indices with a 2D shape)."""
+    rng = np.random.default_rng(11)
+    stack = (3, 23, 29)
+    strong = rng.random(stack) < 0.45
+    index = np.flatnonzero(strong)
+    values = rng.lognormal(3, 1.5, index.size) * rng.choice([1.0, -0.2], index.size, p=[0.95, 0.05])
+    labels, n = label_pixels(index, stack)
+    if order == "shuffled":
+        perm = rng.permutation(index.size)
+    elif order == "by_spot":
+        perm = np.argsort(labels, kind="stable")
+    else:
+        perm = np.arange(index.size)
+    index, values, labels = index[perm], values[perm], labels[perm]
+    for shape in (stack, stack[1:]):
+        m = spot_moments(index.astype(index_dtype), values, labels, n, shape)
+        sums, centroid, var = sequential_reference(index, values, labels, n, shape)
+        ok = sums[:, 0] > 0
+        assert m.intensity.tobytes() == sums[:, 0].tobytes() and m.intensity_sq.tobytes() == sums[:, 1].tobytes()
+        single = m.bbox[:, 5] == m.bbox[:, 4] + 1
+        centroid[single, 2] = m.bbox[single, 4] + 0.5
+        assert m.centroid[ok].tobytes() == centroid[ok].tobytes()
+        assert m.variance.tobytes() == var.tobytes()
+
+
+def test_a_label_continuing_past_a_row_end_starts_a_new_run():
+    # flat indices 4 and 5 of a 4x5 image are on different rows: the bbox must span both rows
+    index = np.array([3, 4, 5, 6])
+    m = spot_moments(index, np.array([1.0, 2.0, 3.0, 4.0]), np.zeros(4, np.int32), 1, (4, 5))
+    assert list(m.bbox[0]) == [0, 5, 0, 2, 0, 1]
+    np.testing.assert_array_equal(m.peak[0], [1.5, 1.5, 0.5])

@@ -45,9 +45,21 @@ def test_3d_links_same_pixel_on_next_image_only():
     assert n == 3 and list(labels) == [0, 0, 1, 2]
 
 
+@pytest.mark.parametrize("dtype", [np.int32, np.int64])
+def test_index_dtypes_give_the_same_labels(dtype):
+    rng = np.random.default_rng(3)
+    strong = rng.random((3, 40, 50)) < 0.4
+    labels, n = label_pixels(np.flatnonzero(strong).astype(dtype), strong.shape)
+    np.testing.assert_array_equal(labels, dense_reference(strong))
+
+
 def test_bad_input():
     with pytest.raises(ValueError):
         label_pixels(np.array([3, 2]), (4, 4))
+    with pytest.raises(ValueError):
+        label_pixels(np.array([1, 5, 9, 9, 12], dtype=np.int32), (4, 4))  # not ascending, inside
+    with pytest.raises(ValueError):
+        label_pixels(np.array([-1, 3]), (4, 4))
     with pytest.raises(ValueError):
         label_pixels(np.array([16]), (4, 4))
     with pytest.raises(ValueError):

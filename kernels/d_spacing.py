@@ -1,0 +1,52 @@
+"""Resolution (d-spacing) of continuous positions on a flat detector, for a few hundred spots.
+
+d = 1 / |s1 - s0| with s1 the diffracted-beam vector (length 1/lambda) towards the lab
+position origin + x px_fast fast + y px_slow slow (mm). The operations are those of
+`streamer.geometry.s1_vectors` and `np.linalg.norm` in numpy, in the same order, so the
+values are the same bit for bit; compiled, it avoids two dozen numpy calls per image.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from kernels.jit import njit
+
+
+@njit
+def _d_spacing(x_px, y_px, origin, fast, slow, pixel_size, wavelength, s0, out):
+    for i in range(x_px.shape[0]):
+        x = x_px[i] * pixel_size[0]
+        y = y_px[i] * pixel_size[1]
+        l0 = origin[0] + x * fast[0] + y * slow[0]
+        l1 = origin[1] + x * fast[1] + y * slow[1]
+        l2 = origin[2] + x * fast[2] + y * slow[2]
+        length = math.sqrt(l0 * l0 + l1 * l1 + l2 * l2)
+        q0 = l0 / length / wavelength - s0[0]
+        q1 = l1 / length / wavelength - s0[1]
+        q2 = l2 / length / wavelength - s0[2]
+        out[i] = 1.0 / math.sqrt(q0 * q0 + q1 * q1 + q2 * q2)
+
+
+def d_spacing(x_px: np.ndarray, y_px: np.ndarray, origin_mm: np.ndarray, fast_axis: np.ndarray,
+              slow_axis: np.ndarray, pixel_size_mm: np.ndarray, wavelength_A: float, s0: np.ndarray) -> np.ndarray:
+    """d (A, float64; inf along the beam) at pixel coordinates (x fast, y slow, continuous).
+
+    origin_mm, fast_axis, slow_axis, s0 (1/A): 3-vectors in the lab frame; pixel_size_mm (fast, slow).
+    """
+    x_px = np.ascontiguousarray(x_px, dtype=np.float64)
+    y_px = np.ascontiguousarray(y_px, dtype=np.float64)
+    if x_px.ndim != 1 or x_px.shape != y_px.shape:
+        raise ValueError("x_px and y_px must be 1D of one length")
+    vectors = [np.ascontiguousarray(v, dtype=np.float64) for v in (origin_mm, fast_axis, slow_axis, s0)]
+    if any(v.shape != (3,) for v in vectors):
+        raise ValueError("origin, axes and s0 must be 3-vectors")
+    pixel_size = np.ascontiguousarray(pixel_size_mm, dtype=np.float64)
+    if pixel_size.shape != (2,):
+        raise ValueError("pixel_size_mm must be (fast, slow)")
+    origin, fast, slow, s0 = vectors
+    out = np.empty(x_px.shape, dtype=np.float64)
+    _d_spacing(x_px, y_px, origin, fast, slow, pixel_size, float(wavelength_A), s0, out)
+    return out
