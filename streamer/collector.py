@@ -117,6 +117,7 @@ class Collector:
         self.clock = clock
         self.total = Tally()
         self.series: dict[str, SeriesState] = {}
+        self.open: dict[str, SeriesState] = {}  # the series not closed yet (a run may see thousands)
         self.order: list[str] = []
         self._lock = threading.Lock()
         self._recent: deque[dict[str, Any]] = deque(maxlen=recent)
@@ -140,7 +141,7 @@ class Collector:
             except Exception:  # a sweep stage must not take down per-image feedback
                 log.exception("cannot set up sweep stage %r for series %s", factory, series.series_id)
         with self._lock:
-            self.series[series.series_id] = SeriesState(series, stages=stages)
+            self.series[series.series_id] = self.open[series.series_id] = SeriesState(series, stages=stages)
             self.order.append(series.series_id)
         self.metrics.series_started.inc()
         if self.publisher:
@@ -159,7 +160,6 @@ class Collector:
         self.metrics.frames_received.inc()
         if seq >= state.next_seq:
             state.dispatched[seq] = (image_number, received_at)
-        self._update_depths()
 
     def received_drop(self, reason: str, series_id: str | None = None, image_number: int | None = None) -> None:
         """The receiver got a frame (or message) it could not use: received and dropped at once."""
@@ -197,12 +197,12 @@ class Collector:
         self._advance(state)
 
     def tick(self) -> None:
-        """Drop frames whose results are overdue; called regularly by the service loop."""
-        for state in list(self.series.values()):
-            if not state.closed:
-                self._advance(state)
+        """Drop frames whose results are overdue, update the gauges; called regularly by the service loop."""
+        for state in list(self.open.values()):
+            self._advance(state)
         now = self.clock()
         self.metrics.workers_seen.set(sum(1 for t in self.workers.values() if now - t < 60.0))
+        self._update_depths()
 
     def finish(self) -> None:
         """Close every open series now (shutdown): frames still out are dropped as worker_lost."""
@@ -239,7 +239,6 @@ class Collector:
                 self._lose(state, seq)
                 continue
             break
-        self._update_depths()
 
     def _lose(self, state: SeriesState, seq: int) -> None:
         image_number, _ = state.dispatched.pop(seq, (None, 0.0))
@@ -286,8 +285,8 @@ class Collector:
             # kept for per_image.csv: the statistics only (spot tables go to the sweep stages)
             state.results.append(dataclasses.replace(result, spots={}, profiles={}))
             m.frames_processed.inc()
-            m.stage_latency.labels(stage="decode").observe(result.decode_s)
-            m.stage_latency.labels(stage="analyse").observe(result.analyse_s)
+            m.stage["decode"].observe(result.decode_s)
+            m.stage["analyse"].observe(result.analyse_s)
             n_spots = result.stats.get("n_spots")
             if isinstance(n_spots, (int, float)):
                 m.spots_per_image.observe(n_spots)
@@ -304,7 +303,7 @@ class Collector:
             latency = self.clock() - received_at
             payload["latency_s"] = latency
             state.latencies_s.append(latency)
-            m.stage_latency.labels(stage="end_to_end").observe(latency)
+            m.stage["end_to_end"].observe(latency)
         if self.publisher:
             self.publisher.publish("image", payload)
         self._recent_image(payload)
@@ -313,6 +312,7 @@ class Collector:
         how = state.how_ended or "end"
         with self._lock:
             state.closed = True
+        self.open.pop(state.series.series_id, None)
         self.metrics.series_ended.labels(how=how).inc()
         log.info("series %s closed (%s): %s", state.series.series_id, how, state.tally.as_dict())
         if self.publisher:
@@ -324,7 +324,7 @@ class Collector:
         """Queue a result for the sweep stages; past the bound the image is skipped (counted), so
         that a stage slower than the frame rate costs completeness, not unbounded memory."""
         depth = self._stage_queue.qsize()
-        self.metrics.queue_depth.labels(queue="sweep_stages").set(depth)
+        self.metrics.queue["sweep_stages"].set(depth)
         if depth >= self.stage_queue_bound:
             self.metrics.stage_images_skipped.inc()
             self.n_stage_skipped += 1
@@ -334,9 +334,8 @@ class Collector:
         self._stage_queue.put(("add", state, result))
 
     def _update_depths(self) -> None:
-        open_states = [s for s in self.series.values() if not s.closed]
-        self.metrics.queue_depth.labels(queue="in_flight").set(sum(len(s.dispatched) for s in open_states))
-        self.metrics.queue_depth.labels(queue="reorder").set(sum(len(s.buffer) for s in open_states))
+        self.metrics.queue["in_flight"].set(sum(len(s.dispatched) for s in self.open.values()))
+        self.metrics.queue["reorder"].set(sum(len(s.buffer) for s in self.open.values()))
 
     # ------------------------------------------------------------------ sweep stages (own thread)
     def _run_stages(self) -> None:

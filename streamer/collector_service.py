@@ -11,11 +11,16 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from streamer.collector import Collector
 
 log = logging.getLogger(__name__)
+
+POLL_MS = 50  # the longest the loop sleeps without a message
+TICK_S = 0.02  # result timeouts, queue gauges, models and header requests are checked this often
+RESULTS_PER_TURN = 1000  # results read before the feed is looked at again
 
 
 class CollectorService:
@@ -66,32 +71,43 @@ class CollectorService:
         poller = zmq.Poller()
         for name in ("feed", "results", "control"):
             poller.register(self.sockets[name], zmq.POLLIN)
+        feed, results, control = (self.sockets[name] for name in ("feed", "results", "control"))
         stop_at: float | None = None
+        next_tick = 0.0
         try:
             while True:
-                events = dict(poller.poll(50))
-                feed = self.sockets["feed"]
-                while feed in events and feed.poll(0):  # notices first: they precede the frames
-                    if self._on_feed(feed.recv_multipart(copy=False)):
-                        stop_at = time.monotonic() + self.drain_timeout_s
-                results = self.sockets["results"]
-                for _ in range(1000):
-                    if not results.poll(0):
-                        break
-                    self._on_result(results.recv_multipart(copy=False))
-                control = self.sockets["control"]
-                while control.poll(0):
-                    self._on_control(control.recv_multipart(copy=False))
-                self.collector.tick()
-                self._publish_models()
-                self._expire_requests()
-                if stop_at is not None:
-                    open_series = [s for s in self.collector.series.values() if not s.closed]
-                    if not open_series or time.monotonic() > stop_at:
-                        self.collector.finish()
-                        break
+                events = dict(poller.poll(POLL_MS))
+                if feed in events:  # notices first: they precede the frames
+                    for parts in self._drain(feed):
+                        if self._on_feed(parts):
+                            stop_at = time.monotonic() + self.drain_timeout_s
+                if results in events:
+                    for parts in self._drain(results, RESULTS_PER_TURN):
+                        self._on_result(parts)
+                if control in events:
+                    for parts in self._drain(control):
+                        self._on_control(parts)
+                now = time.monotonic()
+                if now >= next_tick:  # timeouts, gauges, models: not per message
+                    self.collector.tick()
+                    self._publish_models()
+                    self._expire_requests()
+                    next_tick = now + TICK_S
+                if stop_at is not None and (not self.collector.open or now > stop_at):
+                    self.collector.finish()
+                    break
         finally:
             self.stopped.set()
+
+    def _drain(self, sock, limit: int = 0) -> Iterator[list[Any]]:
+        """The messages waiting on `sock` (at most `limit` if given), without blocking."""
+        n = 0
+        while not limit or n < limit:
+            try:
+                yield sock.recv_multipart(self._zmq.NOBLOCK, copy=False)
+            except self._zmq.Again:
+                return
+            n += 1
 
     def close(self) -> None:
         for sock in self.sockets.values():

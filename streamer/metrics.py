@@ -70,10 +70,11 @@ class Metrics:
             self.messages_dropped.labels(reason=reason)
         for how in ("end", "missing_end_of_series"):
             self.series_ended.labels(how=how)
-        for queue in QUEUES:
-            self.queue_depth.labels(queue=queue).set(0)
-        for stage in STAGES:
-            self.stage_latency.labels(stage=stage)
+        # children looked up once: `labels()` per frame costs a lock and a dict lookup each time
+        self.queue = {queue: self.queue_depth.labels(queue=queue) for queue in QUEUES}
+        self.stage = {stage: self.stage_latency.labels(stage=stage) for stage in STAGES}
+        for gauge in self.queue.values():
+            gauge.set(0)
 
     def dropped(self, reason: str, n: int = 1) -> None:
         self.frames_dropped.labels(reason=reason).inc(n)

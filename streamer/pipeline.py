@@ -26,7 +26,6 @@ import sys
 import tempfile
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -34,9 +33,11 @@ from typing import Any
 import zmq
 
 from streamer import wire
+from streamer.allocator import keep_freed_memory
 from streamer.collector import Collector, StageFactory
 from streamer.collector_service import CollectorService
 from streamer.config import Config
+from streamer.frame_store import FrameStore
 from streamer.metrics import Metrics
 from streamer.result_stream import ResultPublisher
 from streamer.series import Dropped, EncodedFrame, SeriesEnd, SeriesInfo
@@ -76,31 +77,6 @@ class Endpoints:
             model=url("model", f.model_port),
             feed=f"inproc://feed-{id(private_dir)}",
         )
-
-
-class FrameStore:
-    """A bounded store of compressed frames (by series and image) for re-integration later.
-
-    Holds references to the received buffers (no copy); the oldest go first past `max_bytes`.
-    """
-
-    def __init__(self, max_bytes: int):
-        self.max_bytes = max_bytes
-        self.nbytes = 0
-        self.frames: OrderedDict[tuple[str, int], EncodedFrame] = OrderedDict()
-
-    def add(self, frame: EncodedFrame) -> None:
-        size = memoryview(frame.data).nbytes
-        if size > self.max_bytes:
-            return
-        self.frames[(frame.series_id, frame.image_number)] = frame
-        self.nbytes += size
-        while self.nbytes > self.max_bytes:
-            _, old = self.frames.popitem(last=False)
-            self.nbytes -= memoryview(old.data).nbytes
-
-    def get(self, series_id: str, image_number: int) -> EncodedFrame | None:
-        return self.frames.get((series_id, image_number))
 
 
 def _is_frame(dropped: Dropped) -> bool:
@@ -198,7 +174,7 @@ class Fanout:
         if self.store is not None:
             self.store.add(frame)
             if self.metrics is not None:
-                self.metrics.queue_depth.labels(queue="store").set(len(self.store.frames))
+                self.metrics.queue["store"].set(len(self.store.frames))
 
     def _drop(self, reason: str, series_id: str | None, image_number: int | None, is_frame: bool = True) -> None:
         self.feed.send_multipart(wire.encode("received_drop", {
@@ -218,6 +194,8 @@ class Fanout:
     def close(self) -> None:
         self.frames.close(linger=0)
         self.feed.close(linger=0)
+        if self.store is not None:
+            self.store.close()
 
 
 class Pipeline:
@@ -240,6 +218,7 @@ class Pipeline:
         result_stream: str | None = None,
         result_timeout_s: float | None = None,
     ):
+        keep_freed_memory()  # frames pass through this process: reuse their memory
         self.config = config
         self.ctx = ctx or zmq.Context.instance()
         self.metrics = metrics or Metrics()
@@ -276,6 +255,8 @@ class Pipeline:
     def start(self, worker_timeout_s: float = 120.0) -> None:
         """Start the collector and the local workers; return when every worker has joined."""
         self._thread.start()
+        if self.live and self.fanout.store is not None:  # map the store while waiting for the detector
+            self.fanout.store.start_mapping()
         cmd = [sys.executable, "-m", "streamer.cli", "worker", "--connect", self.control_url, *self.worker_args]
         # One process per core: no thread pools inside a worker (unless the user set them).
         env = {**WORKER_THREADS, **os.environ, **(self.worker_env or {})}

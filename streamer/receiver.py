@@ -31,6 +31,7 @@ from typing import Any
 import zmq
 
 from streamer import stream_v1, stream_v2
+from streamer.allocator import keep_freed_memory
 from streamer.config import ReceiverConfig
 from streamer.errors import BadInput, BadMessage
 from streamer.series import Dropped, EncodedFrame, SeriesEnd, SeriesInfo
@@ -81,6 +82,7 @@ class Receiver:
 
     def __init__(self, ctx: zmq.Context, endpoint: str, config: ReceiverConfig | None = None,
                  counters: MutableMapping[str, int] | None = None):
+        keep_freed_memory()  # every message is a fresh megabyte buffer: reuse the memory
         self.endpoint = endpoint
         self.config = config or ReceiverConfig()
         self.counters: MutableMapping[str, int] = counters if counters is not None else Counter()

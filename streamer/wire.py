@@ -29,6 +29,7 @@ Kinds:
 from __future__ import annotations
 
 import dataclasses
+import math
 import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -82,7 +83,13 @@ class Message:
     arrays: Mapping[str, np.ndarray] = field(default_factory=dict)
 
 
+_CHECKED_DTYPES: dict[str, np.dtype] = {}  # dtype strings already checked (a handful per run)
+
+
 def _check_dtype(text: Any) -> np.dtype:
+    dtype = _CHECKED_DTYPES.get(text) if isinstance(text, str) else None
+    if dtype is not None:  # every result message has a dozen arrays: parse each dtype string once
+        return dtype
     if not isinstance(text, str) or len(text) < 2 or text[0] not in "<>|":
         raise WireError(f"dtype {text!r} lacks an explicit byte order")
     try:
@@ -91,6 +98,8 @@ def _check_dtype(text: Any) -> np.dtype:
         raise WireError(f"unknown dtype {text!r}") from exc
     if dtype.kind not in _NUMERIC_KINDS:
         raise WireError(f"dtype {text!r} is not numeric")
+    if len(_CHECKED_DTYPES) < 256:
+        _CHECKED_DTYPES[text] = dtype
     return dtype
 
 
@@ -165,7 +174,7 @@ def decode(parts: Sequence[Any]) -> Message:
         name, dtype, shape = spec[0], _check_dtype(spec[1]), spec[2]
         if len(shape) > MAX_NDIM or not all(isinstance(n, int) and 0 <= n <= MAX_ARRAY_BYTES for n in shape):
             raise WireError(f"bad shape {shape!r} for array {name!r}")
-        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        nbytes = math.prod(shape) * dtype.itemsize  # exact (Python ints), and ~10x faster than np.prod
         if nbytes > MAX_ARRAY_BYTES:
             raise WireError(f"array {name!r} of {nbytes} bytes exceeds the bound", reason="wire_too_large")
         buf = _buffer(part)

@@ -28,6 +28,7 @@ import numpy as np
 import zmq
 
 from streamer import wire
+from streamer.allocator import keep_freed_memory
 from streamer.errors import BadInput
 from streamer.series import SeriesInfo
 
@@ -144,6 +145,7 @@ class Worker:
 
     # ------------------------------------------------------------------ loop
     def run(self) -> int:
+        keep_freed_memory()  # every frame arrives in a fresh megabyte buffer: reuse the memory
         self._connect()
         try:
             poller = zmq.Poller()

@@ -278,3 +278,25 @@ def test_a_slow_sweep_stage_is_bounded_and_never_blocks_per_image_results():
     assert c.wait_closed(1, 10)
     assert c.series[s.series_id].outputs["stage_images"] == 30 - c.n_stage_skipped
     assert "xtal_stage_images_skipped_total" in c.metrics.exposition().decode()
+
+
+def test_tick_updates_the_queue_gauges_and_forgets_closed_series():
+    c, _ = make()
+
+    def depths():
+        return tuple(c.metrics.registry.get_sample_value("xtal_queue_depth", {"queue": q})
+                     for q in ("in_flight", "reorder"))
+
+    for name in ("a", "b"):
+        c.series_start(make_series(series_id=name))
+        for seq in range(3):
+            c.dispatched(name, seq, seq, c.clock())
+    c.result(ok("a", 1, 1))  # waits for 0 in the reorder buffer
+    c.tick()
+    assert depths() == (6, 1)
+    for seq in (0, 2):
+        c.result(ok("a", seq, seq))
+    c.series_end("a", 3)
+    c.tick()
+    assert list(c.open) == ["b"] and c.series["a"].closed
+    assert depths() == (3, 0)

@@ -3,17 +3,24 @@
 A detector sender (a separate process: the detector is not us) streams realistic frames
 (Poisson background with sparse Gaussian Bragg spots, uint32, bitshuffle-LZ4 as an EIGER
 sends them, stream v2) over loopback TCP at a target rate. The processor side is exactly the
-`run` layout: `Receiver` -> `Pipeline` (fan-out, N worker processes, collector). The rate
+`run` layout: `Receiver` -> `Pipeline` (fan-out, N worker processes, collector, result stream;
+the sweep stages with `--sweep-stages`). The rate
 ramps up in short series; a rate is sustained when every frame was received and processed
 (no drops) and results were published at >= 95% of the sent rate. Figures: the highest
 sustained rate, and at that rate the drops and the latency from frame received to per-image
-result published (p50, p99).
+result published (p50, p99), and what each process spends per frame at that rate (CPU ms per
+frame from /proc: the main process split by thread, the workers, the sender), which shows
+where the cores go when the rate is limited by CPU rather than by the analysis. The frame
+store's memory is mapped before the ramp (as in a processor that waited for its detector; the
+time it took is reported), so that the ramp measures the steady state.
 """
 
 from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
+import threading
 import time
 from typing import Any
 
@@ -27,13 +34,20 @@ STEP_SECONDS = 2.5
 MIN_FRAMES = 40
 RAMP_FACTOR = 1.3
 TIME_BUDGET_S = 100.0
+# start message -> first image (a detector is armed, then triggered): the workers set each series
+# up meanwhile (measured ~0.25 s for a 4M, ~1 s for a 16M), as they would before a real sweep
+ARM_S = {"4M": 0.5, "16M": 1.5}
 
 
 def add_arguments(parser) -> None:
     parser.add_argument("--start-rate", type=float, default=20.0, help="first rate of the ramp (frames/s)")
     parser.add_argument("--max-rate", type=float, default=2000.0, help="stop the ramp at this rate (frames/s)")
     parser.add_argument("--analyser", default=None, metavar="MODULE:NAME",
-                        help="per-image analyser the workers run (default streamer.perimage:ImageAnalyser)")
+                        help="per-image analyser the workers run (default streamer.perimage:ImageAnalyser; "
+                             "tools.bench.decode_only:DecodeOnlyAnalyser measures the pipeline's own ceiling)")
+    parser.add_argument("--sweep-stages", action="store_true",
+                        help="also run the collector's sweep stages (spot joining, indexing) as `run` does; off by "
+                             "default: the bench frames are not a rotation sweep, so indexing would only keep failing")
 
 
 def make_frames(shape: tuple[int, int], n: int, seed: int = 1) -> list[np.ndarray]:
@@ -55,6 +69,43 @@ def make_frames(shape: tuple[int, int], n: int, seed: int = 1) -> list[np.ndarra
     return frames
 
 
+_TICK_S = 1.0 / os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_s(pid: int | str = "self", tid: int | None = None) -> float:
+    """CPU seconds (user + system) of a process (all its threads) or of one of its threads (Linux /proc)."""
+    path = f"/proc/{pid}/task/{tid}/stat" if tid is not None else f"/proc/{pid}/stat"
+    try:
+        with open(path) as f:
+            fields = f.read().rpartition(")")[2].split()
+    except OSError:  # the process or thread has gone
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) * _TICK_S  # utime, stime (fields 14, 15 of stat(5))
+
+
+class CpuMeter:
+    """CPU seconds per part of the processor: main-process threads, workers (and the sender)."""
+
+    def __init__(self, threads: dict[str, int | None], worker_pids: list[int], sender_pid: int | None):
+        self.threads = {name: tid for name, tid in threads.items() if tid is not None}
+        self.worker_pids = worker_pids
+        self.sender_pid = sender_pid
+
+    def sample(self) -> dict[str, float]:
+        out = {"main": _cpu_s()}
+        for name, tid in self.threads.items():
+            out[f"main.{name}"] = _cpu_s("self", tid)
+        out["main.other"] = out["main"] - sum(out[f"main.{name}"] for name in self.threads)  # zmq I/O threads
+        out["workers"] = sum(_cpu_s(pid) for pid in self.worker_pids)
+        if self.sender_pid is not None:
+            out["sender"] = _cpu_s(self.sender_pid)
+        return out
+
+    @staticmethod
+    def per_frame_ms(before: dict[str, float], after: dict[str, float], n: int) -> dict[str, float]:
+        return {key: round(1000.0 * (after[key] - before[key]) / max(n, 1), 3) for key in after}
+
+
 def series_for(shape: tuple[int, int], series_id: str, n_images: int):
     from streamer.series import SeriesInfo
 
@@ -65,7 +116,7 @@ def series_for(shape: tuple[int, int], series_id: str, n_images: int):
                       saturation_value=2**31, bit_depth_image=32)
 
 
-def _sender(url: str, shape: tuple[int, int], conn) -> None:
+def _sender(url: str, shape: tuple[int, int], conn, arm_s: float = 0.0) -> None:
     """Child process: the detector. Receives (series_id, rate, n) steps, streams each, reports."""
     import zmq
 
@@ -85,6 +136,7 @@ def _sender(url: str, shape: tuple[int, int], conn) -> None:
             series_id, rate, n = step
             sender.rate_hz = rate
             sender.send_start(series_for(shape, series_id, n))
+            time.sleep(arm_s)
             t0 = time.monotonic()
             for i in range(n):
                 data = payloads[i % len(payloads)]
@@ -120,29 +172,43 @@ def run(args) -> dict[str, Any]:
     import zmq
 
     from streamer.config import load_config
-    from streamer.pipeline import Pipeline
+    from streamer.pipeline import Pipeline, default_stages, default_workers
     from streamer.receiver import Receiver
 
     shape = SHAPES[args.detector]
     config = load_config(args.config)
-    workers = args.workers or max(1, (multiprocessing.cpu_count() or 2) - 1)
+    workers = default_workers(args.workers or 0)  # as `run` chooses: cores - 1, at least 1
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     url = f"tcp://127.0.0.1:{port}"
     mp = multiprocessing.get_context("spawn")
     parent, child = mp.Pipe()
-    proc = mp.Process(target=_sender, args=(url, shape, child), daemon=True)
+    proc = mp.Process(target=_sender, args=(url, shape, child, ARM_S[args.detector]), daemon=True)
     proc.start()
     _, compressed_bytes = parent.recv()
     worker_args = ["--analyser", args.analyser] if args.analyser else []
     ctx = zmq.Context.instance()
     ramp: list[dict[str, Any]] = []
+    map_s = float("nan")
     best: dict[str, Any] | None = None
     started = time.monotonic()
     try:
-        with Pipeline(config, n_workers=workers, live=True, result_stream=None, worker_args=worker_args) as pipe:
+        stages = default_stages(config) if getattr(args, "sweep_stages", False) else ()
+        with Pipeline(config, n_workers=workers, live=True, stage_factories=stages, worker_args=worker_args,
+                      result_stream="tcp://127.0.0.1:*") as pipe:  # published as in `run` (no subscriber)
             receiver = Receiver(ctx, url, config.receiver)
+            store = pipe.fanout.store
+            map_s = 0.0
+            if store is not None:  # a processor waiting for its detector has mapped its frame store
+                t0 = time.monotonic()
+                store.start_mapping(store.max_bytes)
+                store.wait_mapped(120.0)
+                map_s = time.monotonic() - t0
+            meter = CpuMeter({"receiver": threading.get_native_id(), "collector": pipe._thread.native_id,
+                              "stages": pipe.collector._stage_thread.native_id,
+                              "store_map": store.mapper.native_id if store and store.mapper else None},
+                             [p.pid for p in pipe.processes], proc.pid)
             try:
                 rate = args.start_rate
                 step = 0
@@ -150,16 +216,18 @@ def run(args) -> dict[str, Any]:
                     warmup = step == 0
                     n = 20 if warmup else max(MIN_FRAMES, int(rate * STEP_SECONDS))
                     series_id = f"bench-{step}"
+                    cpu_before = meter.sample()
                     parent.send((series_id, 20.0 if warmup else rate, n))
                     pipe.feed(receiver.events(), once=True, last=False)
                     if not pipe.collector.wait_closed(step + 1, 60):
                         raise TimeoutError(f"series {series_id} was not closed within 60 s")
+                    cpu_ms = CpuMeter.per_frame_ms(cpu_before, meter.sample(), n)
                     _, sent_rate = parent.recv()
                     step += 1
                     if warmup:
                         continue
                     state = pipe.collector.series[pipe.collector.order[step - 1]]  # the receiver names it
-                    figures = {"target_rate": rate, **_step_figures(state, sent_rate, n)}
+                    figures = {"target_rate": rate, **_step_figures(state, sent_rate, n), "cpu_ms_per_frame": cpu_ms}
                     ramp.append(figures)
                     ok = (figures["dropped"] == 0 and figures["received"] == n and sent_rate >= 0.95 * rate
                           and figures["published_rate"] >= 0.95 * rate)
@@ -184,6 +252,10 @@ def run(args) -> dict[str, Any]:
         "latency_p50_s": at.get("latency_p50_s", float("nan")),
         "latency_p99_s": at.get("latency_p99_s", float("nan")),
         "workers": workers,
+        "main_cpu_ms_per_frame": at.get("cpu_ms_per_frame", {}).get("main", float("nan")),
+        "worker_cpu_ms_per_frame": at.get("cpu_ms_per_frame", {}).get("workers", float("nan")),
+        "cpu_ms_per_frame": at.get("cpu_ms_per_frame", {}),
+        "frame_store_map_s": map_s,
         "detector": args.detector,
         "compressed_mb_per_frame": compressed_bytes / 1e6,
         "first_unsustained_rate": ramp[-1]["target_rate"] if ramp and ramp[-1] is not best else None,
