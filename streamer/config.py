@@ -124,6 +124,12 @@ class IndexingConfig(Section):
     min_fraction_indexed: float = Field(0.5, ge=0, le=1, description="accept a solution indexing at least this fraction")
     max_rmsd_px: float = Field(2.0, gt=0, description="accept a solution with positional RMSD below this (px)")
     refine_every_images: int = Field(10, ge=1, description="re-refine every N images once indexed")
+    max_cpu_fraction: float = Field(
+        0.3, gt=0, le=1,
+        description="live indexing may use at most this fraction of the wall time: after an attempt or "
+                    "re-refinement of t seconds the next waits t (1/f - 1) seconds, so a crystal that does "
+                    "not index cannot starve the receiver and collector (the end of a series always tries)",
+    )
     min_spots: int = Field(20, ge=6, description="fewest spots an indexing attempt needs")
     min_cell_A: float = Field(10.0, gt=0, description="shortest cell edge searched (A)")
     max_distortion_deg: float = Field(3.0, ge=0, description="Bravais lattices listed up to this metric distortion (Le Page delta, degrees)")

@@ -17,6 +17,7 @@ collector can join the 2D spots of a rotation sweep into 3D spots exactly
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 from dataclasses import dataclass, field, fields
@@ -102,6 +103,10 @@ class ImageResult:
     spots: SpotTable
 
 
+# what the per-series set-up depends on besides the pixel mask (phi and timing do not enter it)
+SETUP_FIELDS = ("image_shape", "dtype", "detector_description", "pixel_size_mm", "beam_centre_px", "distance_mm",
+                "wavelength_A", "fast_axis", "slow_axis", "rotation_axis", "saturation_value", "bit_depth_image")
+
 CCD_NAMES = ("ADSC", "CCD", "RAYONIX", "MAR", "SATURN", "Q315", "Q210", "Q270", "MX225", "MX300")
 
 
@@ -148,6 +153,22 @@ class ImageAnalyser:
         self.max_strong = int(math.ceil(sf.max_strong_pixel_fraction * self.shape[0] * self.shape[1]))
         if warm_up:
             self._warm_up()
+
+    def reuse_for(self, series: SeriesInfo) -> ImageAnalyser | None:
+        """This analyser's set-up (mask, resolution map, radial bins, buffers, compiled kernels)
+        for another series of the same detector, geometry and mask, or None. A beamline's many
+        short series (grid scans, screening) then skip the set-up (0.3 s for a 6M detector);
+        the copy shares the tables and buffers, so use one analyser at a time (a worker does)."""
+        old = self.series
+        if any(getattr(old, name) != getattr(series, name) for name in SETUP_FIELDS):
+            return None
+        if (old.pixel_mask is None) != (series.pixel_mask is None) or (
+                old.pixel_mask is not None and not np.array_equal(old.pixel_mask, series.pixel_mask)):
+            return None
+        other = copy.copy(self)
+        other.series = series
+        other.experiment = Experiment.from_series(series)
+        return other
 
     # ------------------------------------------------------------------ per frame
     def strong(self, image: np.ndarray) -> np.ndarray:

@@ -227,7 +227,14 @@ class Worker:
             raise self.setup_errors[series_id]
         series = self._series(series_id)
         try:
-            analyser = self.analyser_factory(series, self.config)
+            analyser = None
+            for previous in reversed(list(self.analysers.values())):  # same detector and geometry: no set-up
+                reuse = getattr(previous, "reuse_for", None)
+                analyser = reuse(series) if reuse is not None else None
+                if analyser is not None:
+                    break
+            if analyser is None:
+                analyser = self.analyser_factory(series, self.config)
         except BadInput as exc:
             self.setup_errors[series_id] = exc
             raise

@@ -7,6 +7,7 @@ import threading
 from types import SimpleNamespace
 
 import numpy as np
+import pytest
 from indexing_helpers import misorientation_deg, simulated_spots, sweep_experiment
 
 from streamer.config import IndexingConfig
@@ -168,3 +169,24 @@ def test_stills_are_indexed_one_image_at_a_time():
     np.testing.assert_allclose(sorted(update.result.unit_cell[:3]), [36.9, 78.9, 78.9], rtol=5e-3)
     assert indexer.summary()["stills_indexed"] == 1
     assert indexer.step() is None  # nothing new
+
+
+@pytest.mark.parametrize("fraction, most_calls", [(0.2, 3), (1.0, 20)])
+def test_stage_keeps_indexing_within_its_cpu_budget(monkeypatch, fraction, most_calls):
+    """A crystal that does not index must not starve the receiver: after an attempt of t
+    seconds the stage waits t (1/f - 1) before the next (images keep being joined)."""
+    import time as _time
+
+    series = SeriesInfo("s1", "simulator", (64, 64), "<u2", n_images=20, pixel_size_mm=(0.172, 0.172),
+                        beam_centre_px=(32.0, 32.0), distance_mm=150.0, wavelength_A=1.0,
+                        omega_start_deg=0.0, omega_increment_deg=0.5)
+    stage = IndexingStage(series, SimpleNamespace(indexing=IndexingConfig(max_cpu_fraction=fraction),
+                                                  spotfinding=None))
+    calls = []
+    monkeypatch.setattr(stage.indexer, "due", lambda: "index")
+    monkeypatch.setattr(stage.indexer, "step", lambda: calls.append(_time.sleep(0.03)))
+    for i in range(20):
+        stage.add(series, SimpleNamespace(image_number=i, spots={"pixel_index": np.zeros(0, np.int64),
+                                                                 "pixel_value": np.zeros(0, np.float32)}))
+    assert 1 <= len(calls) <= most_calls
+    assert stage.held == 20 - len(calls) if fraction < 1 else stage.held == 0

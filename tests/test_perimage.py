@@ -220,3 +220,20 @@ def test_ice_ring_detection_from_spot_density():
     assert detect_ice_rings(profile, counts, edges, spot_d=uniform) == ()
     ring = 1.0 / np.sqrt(1 / 2.249**2 + rng.uniform(-0.0015, 0.0015, 60))
     assert detect_ice_rings(profile, counts, edges, spot_d=np.concatenate([uniform, ring])) == (2.249,)
+
+
+def test_set_up_is_reused_for_a_series_of_the_same_detector(analyser):
+    """A new series of the same detector and geometry reuses the set-up (its own phi); a
+    changed beam centre or pixel mask does not."""
+    frame = spots_frame(POSITIONS)
+    again = analyser.reuse_for(series(series_id="next", omega_start_deg=50.0))
+    assert again is not None and again.series.series_id == "next"
+    first, second = analyser.analyse(frame, 2), again.analyse(frame, 2)
+    assert second.phi_deg == pytest.approx(50.0 + 2.5 * 0.5)
+    np.testing.assert_array_equal(first.spots.x_px, second.spots.x_px)
+    fresh = ImageAnalyser(series(series_id="next", omega_start_deg=50.0), Config()).analyse(frame, 2)
+    np.testing.assert_array_equal(fresh.spots.pixel_index, second.spots.pixel_index)
+    assert analyser.reuse_for(series(beam_centre_px=(100.0, 90.0))) is None
+    mask = np.zeros(SHAPE, dtype=np.uint32)
+    mask[5, 5] = 1
+    assert analyser.reuse_for(series(pixel_mask=mask)) is None

@@ -284,18 +284,28 @@ class IndexingStage:
         from streamer.spot_joiner import SpotJoinerStage
 
         self.joiner = SpotJoinerStage(series, config)
-        self.indexer = IncrementalIndexer(series, getattr(config, "indexing", config))
+        cfg = getattr(config, "indexing", config)
+        self.indexer = IncrementalIndexer(series, cfg)
+        self.max_cpu_fraction = float(getattr(cfg, "max_cpu_fraction", 0.3) or 0.3)
+        self.hold_until = 0.0  # monotonic time before which no attempt starts (the CPU budget)
+        self.held = 0  # images that arrived while held
         self._pending: dict[str, Any] | None = None
 
     def add(self, series: Any, result: Any) -> None:
         self.joiner.add(series, result)
         self.indexer.note_images(int(result.image_number) + 1)
+        if time.monotonic() < self.hold_until:
+            self.held += 1
+            return
         if self.indexer.model is None and not self.indexer.experiment.scan.is_still:
             self.indexer.set_spots(_untruncated(self.joiner.spots()))  # the span decides when to try
         if self.indexer.due() is None:
             return
         self.indexer.set_spots(_untruncated(self.joiner.spots()))
+        t0 = time.monotonic()
         update = self.indexer.step()
+        spent = time.monotonic() - t0
+        self.hold_until = time.monotonic() + spent * (1.0 / self.max_cpu_fraction - 1.0)
         if update is not None:
             self._pending = update.model()
 
