@@ -38,13 +38,14 @@ import numpy as np
 from kernels.dispersion_extended import BIG, erode_runs, extended_final, extended_final_tiles, set_flags
 from kernels.dispersion_general import count_valid, general_pass
 from kernels.dispersion_int import banded_pass, big_value
-from kernels.dispersion_packed import loud_fraction, packed_pass, quiet_value, skip_bounds
+from kernels.dispersion_packed import candidate_bounds, loud_fraction, packed_pass, quiet_value
 
 INT32_WINDOW_PIXELS = 127  # (2kx+1)(2ky+1) * 2**24 < 2**31: int32 window sums of values in (-2**24, 2**24)
 SUPPORTED_DTYPES = (np.uint8, np.uint16, np.uint32, np.int16, np.int32, np.float32, np.float64)
 PATHS = ("auto", "packed", "banded", "general")
 LOUD_LIMIT = 0.02  # above this fraction of loud pixels (sampled rows) the banded pass is faster
 LOUD_SAMPLE_ROWS = 8  # sample every 8th row for that fraction
+DENSE_LIMIT = 0.015  # above this fraction of dispersed pixels the banded pass is faster (measured)
 
 
 def _check(image: np.ndarray, mask: np.ndarray, kernel_size: tuple[int, int], min_local: int) -> None:
@@ -84,6 +85,7 @@ class DispersionWorkspace:
         self.stats = np.zeros(3, dtype=np.int64)
         self._marked = 0  # flag is zero except at dispersed[:_marked]
         self.last_path = ""  # the pass the last call took (`choose_path`)
+        self.dispersed_fraction = 0.0  # of the last extended call: guides `choose_path`
         self._last: tuple = ()  # (image, mask, lower, upper) of the last call, for counts on demand
         self._columns: dict[tuple[str, bool], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
 
@@ -159,15 +161,19 @@ def _native_bounds(dtype: np.dtype, lo: int, hi: int, hi_sum: int, threshold: fl
     return dtype.type(lo1), dtype.type(hs1), dtype.type(hi1), dtype.type(max(thr1, 0))
 
 
-def choose_path(image: np.ndarray, mask: np.ndarray, window: int, native: tuple | None, gain: float) -> str:
-    """The pass `strong_pixels` takes for this frame ("packed", "banded" or "general")."""
+def choose_path(image: np.ndarray, mask: np.ndarray, window: int, native: tuple | None, gain: float,
+                dispersed_before: float = 0.0) -> str:
+    """The pass `strong_pixels` takes for this frame ("packed", "banded" or "general").
+    dispersed_before: the fraction of pixels the previous frame of the series had dispersed
+    (extended variant): the packed pass tests its candidates one by one, so above
+    `DENSE_LIMIT` (noisy frames) the banded pass's vectorised screen is faster."""
     narrow = image.dtype.kind in "iu" and window <= INT32_WINDOW_PIXELS
     # the float32 screen's terms stay finite for windows <= 127 pixels and gains <= 1e6
     if native is None or not narrow or not gain <= 1e6:
         return "general"
     vq = min(quiet_value(window), int(native[1]))
-    if vq > 0 and loud_fraction(image, mask, native[0], native[0].dtype.type(vq), native[1],
-                                LOUD_SAMPLE_ROWS) < LOUD_LIMIT:
+    if vq > 0 and dispersed_before <= DENSE_LIMIT and loud_fraction(
+            image, mask, native[0], native[0].dtype.type(vq), native[1], LOUD_SAMPLE_ROWS) < LOUD_LIMIT:
         return "packed"
     return "banded"
 
@@ -209,7 +215,7 @@ def strong_pixels(
     extended = algorithm == "dispersion_extended"
     lo, hi, hi_sum = _bounds(image.dtype, lower, upper)
     native = _native_bounds(image.dtype, lo, hi, hi_sum, float(global_threshold)) if image.dtype.kind in "iu" else None
-    chosen = choose_path(image, mask, window, native, gain)
+    chosen = choose_path(image, mask, window, native, gain, ws.dispersed_fraction if extended else 0.0)
     if path != "auto":
         fits = chosen != "general" and (path == "banded" or min(quiet_value(window), int(native[1])) > 0)
         if path != "general" and not fits:
@@ -222,7 +228,7 @@ def strong_pixels(
     ws.clear_flag()
     if chosen == "packed":
         n = packed_pass(*args, *native, native[0].dtype.type(min(quiet_value(window), int(native[1]))),
-                        *skip_bounds(window, float(min_local), float(sigma_background), float(gain)))
+                        *candidate_bounds(window, float(sigma_background), float(gain)))
     elif chosen == "banded":
         top = int(np.iinfo(image.dtype).max)
         n = banded_pass(*args, *native, native[0].dtype.type(min(big_value(window), top)))
@@ -230,6 +236,7 @@ def strong_pixels(
         narrow = image.dtype.kind in "iu" and lo >= -int(BIG) and window <= INT32_WINDOW_PIXELS
         n = general_pass(*args, *ws.columns(image.dtype.kind, narrow), lo, hi, hi_sum)
     ws.mark(n)
+    ws.dispersed_fraction = n / image.size if extended else ws.dispersed_fraction
     if not extended:
         ws.index[:n] = ws.dispersed[:n]
         return ws.index[:n]

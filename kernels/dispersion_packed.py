@@ -179,14 +179,28 @@ def _spread_loud(r, ky, kx, ny, nx, ring_cols, ring_n, lm, lx, ly, seen, active,
 
 
 @njit(boundscheck=False, inline="always")
-def _candidates_row(row, col, k, dm, w_hi, cw_lo, dispersion_only, wsum, cand):
+def _possible(p, alpha, beta):
+    """Whether a quiet window (packed sums p) may hold a dispersed pixel (float32, necessary).
+
+    The exact test needs m y - x^2 - g x (m - 1) > g x sqrt(nb2 (m - 1)), i.e. m y > x^2 +
+    x k(m) with k(m) = g ((m - 1) + sqrt(nb2 (m - 1))); sqrt is concave, so k(m) >= alpha +
+    beta m (its chord from m = 2 to the window size, `candidate_bounds`). Sums are integers
+    below 2**23, so the float32 products are within a few ulps: the 1e-4 margins keep the
+    test necessary."""
+    m = np.float32((p >> X_BITS) & 63)
+    x = np.float32(p & 2047)
+    y = np.float32(p >> Y_SHIFT)
+    lhs = m * y * np.float32(1.0001) + np.float32(1e-3)
+    rhs = x * (x + (alpha + beta * m)) * np.float32(0.9999)
+    return lhs >= rhs
+
+
+@njit(boundscheck=False, inline="always")
+def _candidates_row(row, col, k, dm, alpha, beta, dispersion_only, wsum, cand):
     """Window sums wsum[c] (packed, of pixel c + k) of the interior pixels k <= i < nx - k of
     one row, and cand[i] = 1 where the pixel may be selected: a window with loud pixels, or
-    a quiet window (m <= W pixels) with W y >= x (x + c_min W) and (strong test) W v >= x.
-    The exact test selects a pixel only if m y - x^2 - g x (m - 1) > g x sqrt(nb2 (m - 1)),
-    i.e. y > x^2 / m + x c(m) with c(m) = g ((m - 1) + sqrt(nb2 (m - 1))) / m >= c_min, and
-    (strong) m v > x; w_hi = W (1 + 1e-4), cw_lo = c_min W (1 - 1e-4) keep the float32 test
-    necessary. One straight loop, vectorised 16 lanes wide."""
+    a quiet window that `_possible` lets pass and (strong test, m v > x) m v >= x. One
+    straight loop, vectorised 16 lanes wide."""
     nx = row.shape[0]
     n = nx - 2 * k
     if k != 3:
@@ -205,11 +219,10 @@ def _candidates_row(row, col, k, dm, w_hi, cw_lo, dispersion_only, wsum, cand):
             wsum[c] = p
         else:
             p = wsum[c]
-        x = np.float32(p & 2047)
-        y = np.float32(p >> Y_SHIFT)
-        possible = y * w_hi >= x * (x + cw_lo)
+        possible = _possible(p, alpha, beta)
         if not dispersion_only:
-            possible = possible & (np.float32(rv[c]) * w_hi >= x)
+            m = np.float32((p >> X_BITS) & 63)
+            possible = possible & (np.float32(rv[c]) * m * np.float32(1.0001) >= np.float32(p & 2047))
         out[c] = possible | (cm[c] != 0)
 
 
@@ -225,21 +238,23 @@ def _exact(image, mask, j, i, p, dm, dx, dy, lower, upper, nb2, ns2, gain, thres
     return selected64(v, ok, m, x, y, nb2, ns2, gain, threshold, min_count, dispersion_only)
 
 
-def skip_bounds(window: int, min_count: float, nsig_b: float, gain: float) -> tuple[np.float32, np.float32]:
-    """(w_hi, cw_lo) of `_candidates_row` for this window and parameters."""
+def candidate_bounds(window: int, nsig_b: float, gain: float) -> tuple[np.float32, np.float32]:
+    """(alpha, beta): the chord of k(m) = g ((m - 1) + sqrt(nb2 (m - 1))) from m = 2 to the
+    window size, a lower bound of k over that range (`_possible`)."""
     nb2 = 2.0 * nsig_b * nsig_b
-    ms = np.arange(max(2, int(math.ceil(min_count))), window + 1, dtype=np.float64)
-    c_min = float(np.min(gain * ((ms - 1.0) + np.sqrt(nb2 * (ms - 1.0))) / ms)) if ms.size else 0.0
-    return np.float32(window * (1.0 + 1e-4)), np.float32(c_min * window * (1.0 - 1e-4))
+    q2 = math.sqrt(nb2)
+    qw = math.sqrt(nb2 * (window - 1))
+    slope = (qw - q2) / (window - 2)
+    return np.float32(gain * (-1.0 + q2 - 2.0 * slope)), np.float32(gain * (1.0 + slope))
 
 
 @njit(boundscheck=False)
 def packed_pass(image, mask, lower, upper, kx, ky, nsig_b, nsig_s, gain, threshold, min_count, dispersion_only,
-                out_index, stats, lo1, hs1, hi1, thr1, vq, w_hi, cw_lo):
+                out_index, stats, lo1, hs1, hi1, thr1, vq, alpha, beta):
     """The selected pixels (dispersion_only: dispersed; else strong) as ascending flat
     indices in out_index; returns how many. lower/upper: the trusted range (open);
     lo1/hs1/hi1/thr1: inclusive valid, summed, valid and global-threshold bounds in the
-    image's type; vq: `quiet_value` of the window, at most hs1; w_hi, cw_lo: `skip_bounds`. stats (int64 [overloads,
+    image's type; vq: `quiet_value` of the window, at most hs1; alpha, beta: `candidate_bounds`. stats (int64 [overloads,
     valid, valid nonzero]) is added to."""
     ny, nx = image.shape
     n_words = (nx + 7) // 8
@@ -298,15 +313,14 @@ def packed_pass(image, mask, lower, upper, kx, ky, nsig_b, nsig_s, gain, thresho
                 _spread_loud(r, ky, kx, ny, nx, ring_cols, ring_n, lm, lx, ly, seen, active, dm, dx, dy, True)
             row = image[r]
             if nx > 2 * kx:
-                _candidates_row(row, col, kx, dm, w_hi, cw_lo, dispersion_only, wsum_px[kx:], sel)
+                _candidates_row(row, col, kx, dm, alpha, beta, dispersion_only, wsum_px[kx:], sel)
             for e in range(n_edge):  # the clipped windows at the row's ends
                 i = e if e < n_left else right + e - n_left
                 p = np.uint32(0)
                 for c in range(max(0, i - kx), min(nx, i + kx + 1)):
                     p = np.uint32(p + col[c])
                 wsum_px[i] = p
-                x = np.float32(p & 2047)
-                sel[i] = (np.float32(p >> Y_SHIFT) * w_hi >= x * (x + cw_lo)) | (dm[i] != 0)
+                sel[i] = _possible(p, alpha, beta) | (dm[i] != 0)
             base = r * nx
             for w0 in range(0, n_words, 8):
                 w1 = min(w0 + 8, n_words)

@@ -166,5 +166,14 @@ def test_auto_path_follows_the_background():
         assert ws.last_path == expected
         fast, general = both_paths(image, mask, "dispersion_extended")
         assert_same(fast, general)
+    # after a frame with many dispersed pixels (noisy), the next takes the banded pass
+    image = spotty((96, 128), np.uint32, rng, background=0.3, n_spots=8)
+    ws = DispersionWorkspace(image.shape)
+    quiet = strong_pixels(image, mask, "dispersion_extended", workspace=ws).copy()
+    assert ws.last_path == "packed" and ws.dispersed_fraction < 0.015
+    ws.dispersed_fraction = 0.2
+    again = strong_pixels(image, mask, "dispersion_extended", workspace=ws)
+    assert ws.last_path == "banded"
+    np.testing.assert_array_equal(quiet, again)
     with pytest.raises(ValueError):
         strong_pixels(image.astype(np.float32), mask, path="packed")
