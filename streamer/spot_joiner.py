@@ -169,20 +169,24 @@ class SpotJoiner:
     def _emit(self, roots: set[int]) -> Spots3D:
         if not roots:
             return Spots3D.empty()
-        idx_parts, val_parts, lab_parts = [], [], []
-        for k, root in enumerate(sorted(roots)):
-            chunks = self.pixels.pop(root)
-            idx = np.concatenate([c[0] for c in chunks])
-            val = np.concatenate([c[1] for c in chunks])
-            order = np.argsort(idx, kind="stable")
-            idx_parts.append(idx[order])
-            val_parts.append(val[order])
-            lab_parts.append(np.full(idx.size, k, dtype=np.int32))
+        # one concatenation and one stable sort by (spot, pixel) for all finished spots: a
+        # per-spot argsort cost ~5 us per spot, milliseconds per frame in the collector
+        idx_parts, val_parts, sizes = [], [], []
+        for root in sorted(roots):
+            size = 0
+            for chunk in self.pixels.pop(root):
+                idx_parts.append(chunk[0])
+                val_parts.append(chunk[1])
+                size += chunk[0].size
+            sizes.append(size)
         self.n_finished += len(roots)
-        index = np.concatenate(idx_parts)
-        moments = spot_moments(index, np.concatenate(val_parts), np.concatenate(lab_parts), len(roots),
-                               (self.ny, self.nx))
-        first = np.array([p[0] for p in idx_parts], dtype=np.int64)
+        labels = np.repeat(np.arange(len(sizes), dtype=np.int32), sizes)
+        idx = np.concatenate(idx_parts)
+        order = np.lexsort((idx, labels))  # stable: equal pixels keep their image order
+        index = idx[order]
+        moments = spot_moments(index, np.concatenate(val_parts)[order], labels, len(roots), (self.ny, self.nx))
+        starts = np.concatenate(([0], np.cumsum(sizes)[:-1])).astype(np.int64)
+        first = index[starts].astype(np.int64)
         keep = spot_filter(moments, self.min_spot_size, self.max_spot_size, self.max_separation)
         m = moments.select(keep)
         spots = Spots3D(m.centroid[:, 0].copy(), m.centroid[:, 1].copy(), m.centroid[:, 2].copy(), m.intensity,
