@@ -107,6 +107,8 @@ class ImageResult:
 SETUP_FIELDS = ("image_shape", "dtype", "detector_description", "pixel_size_mm", "beam_centre_px", "distance_mm",
                 "wavelength_A", "fast_axis", "slow_axis", "rotation_axis", "saturation_value", "bit_depth_image")
 
+WARM_DTYPES = ("<u2", "<u4")  # EIGER 16/32-bit frames (others compile with their first series)
+
 CCD_NAMES = ("ADSC", "CCD", "RAYONIX", "MAR", "SATURN", "Q315", "Q210", "Q270", "MX225", "MX300")
 
 
@@ -153,6 +155,15 @@ class ImageAnalyser:
         self.max_strong = int(math.ceil(sf.max_strong_pixel_fraction * self.shape[0] * self.shape[1]))
         if warm_up:
             self._warm_up()
+
+    @classmethod
+    def warm_up_kernels(cls, config: Config | None = None, dtypes: tuple[str, ...] = WARM_DTYPES) -> None:
+        """Compile (first run on a machine: ~20 s) or load from numba's cache (~0.3 s) every
+        kernel for the detectors' usual pixel types, before a worker says it is ready: frames
+        must not wait behind a compiler while the detector streams."""
+        for dtype in dtypes:
+            cls(SeriesInfo("warm-up", "simulator", (64, 64), dtype, pixel_size_mm=(0.075, 0.075),
+                           beam_centre_px=(32.0, 32.0), distance_mm=100.0, wavelength_A=1.0), config)
 
     def reuse_for(self, series: SeriesInfo) -> ImageAnalyser | None:
         """This analyser's set-up (mask, resolution map, radial bins, buffers, compiled kernels)
@@ -260,6 +271,7 @@ class ImageAnalyser:
         small = rng.poisson(3.0, (24, 24)).astype(self.dtype.newbyteorder("="))
         small[10:13, 10:13] = 200
         mask = np.ones(small.shape, dtype=np.uint8)
+        mask.setflags(write=False)  # as the series mask is: numba compiles read-only arrays apart
         sf = self.params
         for algorithm in ("dispersion", "dispersion_extended"):
             for path in ("auto", "packed", "banded"):  # every pass a frame of this series may take

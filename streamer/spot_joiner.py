@@ -194,6 +194,16 @@ class SpotJoiner:
         return Spots3D.concatenate([spots])
 
 
+def warm_up_kernels() -> None:
+    """Compile (or load from numba's cache) the kernels joining uses, before a run starts:
+    compiling later would hold the collector process's GIL while frames arrive."""
+    joiner = SpotJoiner((8, 8), min_spot_size=1)
+    pixels = np.array([9, 10, 17], dtype=np.int64)
+    for image in range(2):
+        joiner.add(image, pixels, np.full(3, 5.0, dtype=np.float32))
+    joiner.finish()
+
+
 class SpotJoinerStage:
     """The collector's sweep stage (`streamer.collector.SweepStage`): joins each processed
     frame's strong pixels (`result.spots["pixel_index"/"pixel_value"]`) and keeps the

@@ -106,6 +106,11 @@ class Worker:
         # Join only once the fan-out can route frames here and announcements reach us.
         self._connect_and_wait(self.model, endpoints["model"])
         self._connect_and_wait(self.frames, endpoints["frames"])
+        warm_up = getattr(self.analyser_factory, "warm_up_kernels", None)
+        if warm_up is not None:  # compiled before joining: no frame waits behind the compiler
+            t0 = time.perf_counter()
+            warm_up(self.config)
+            log.info("worker %s: kernels ready in %.1f s", self.name, time.perf_counter() - t0)
         # Counted as joined only now, when its frame socket is connected.
         self.control.send_multipart(wire.encode("hello", {"worker": self.name, "ready": True}))
         log.info("worker %s connected to %s", self.name, self.control_url)

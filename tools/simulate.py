@@ -63,6 +63,9 @@ def build_parser():
     p.add_argument("--header-detail", choices=["none", "basic", "all"], default="all",
                    help="header detail of the stream (default all: with the pixel mask)")
     p.add_argument("--wait-for-consumer", action="store_true", help="do not start until a consumer has connected")
+    p.add_argument("--trigger-delay", type=float, default=0.0, metavar="S",
+                   help="seconds between the series header (arm) and the first image (trigger), as at a "
+                        "beamline; processors set up per series in that time")
     p.add_argument("--wait-timeout", type=float, default=None, metavar="S", help="give up waiting after S seconds")
     return p
 
@@ -120,7 +123,7 @@ def wait_for_consumer(socket, timeout_s: float | None) -> None:
 
 
 def stream(sim, url: str, fmt: str, rate: float | None, wait: bool, wait_timeout: float | None,
-           header_detail: str = "all") -> int:
+           header_detail: str = "all", trigger_delay_s: float = 0.0) -> int:
     import zmq
 
     from streamer.sender import DetectorSender
@@ -131,6 +134,8 @@ def stream(sim, url: str, fmt: str, rate: float | None, wait: bool, wait_timeout
         if wait:
             wait_for_consumer(sender.socket, wait_timeout)
         sender.send_start(sim.series_info())
+        if trigger_delay_s > 0:
+            time.sleep(trigger_delay_s)
         t0 = time.monotonic()
         for i in range(sim.spec.n_images):
             sender.send_frame(sim.encoded_frame(i))
@@ -157,6 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.rate is not None and not (args.rate > 0 and math.isfinite(args.rate)):
         raise BadInput("--rate must be a positive number", reason="bad_argument")
+    if not (args.trigger_delay >= 0 and math.isfinite(args.trigger_delay)):
+        raise BadInput("--trigger-delay must be a number of seconds >= 0", reason="bad_argument")
     spec = spec_from_args(args)
     from tools.simulator.sweep import Simulation
     from tools.simulator.truth import write_truth
@@ -170,7 +177,8 @@ def main(argv: list[str] | None = None) -> int:
         log.info("truth written to %s", truth)
     t0 = time.monotonic()
     if args.bind:
-        stream(sim, args.bind, args.format, args.rate, args.wait_for_consumer, args.wait_timeout, args.header_detail)
+        stream(sim, args.bind, args.format, args.rate, args.wait_for_consumer, args.wait_timeout, args.header_detail,
+               args.trigger_delay)
     else:
         write_hdf5(sim, args.out)
     print(f"simulated {spec.n_images} images ({args.preset}, {sim.preset.name}, {len(sim.reflections.intensity)} "

@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
 
     url = f"tcp://127.0.0.1:{free_port()}"
     cmd = [sys.executable, "-m", "streamer.cli", "simulate", "--preset", args.preset,
-           "--images", str(args.images), "--bind", url]
+           "--images", str(args.images), "--bind", url, "--trigger-delay", "1.0"]
     if args.rate:
         cmd += ["--rate", str(args.rate)]
     print(f"simulating {args.images} images ({args.preset}) on {url}", flush=True)
