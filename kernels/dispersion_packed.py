@@ -50,6 +50,15 @@ def _lowest_byte(w):
 
 
 @njit(boundscheck=False, inline="always")
+def _any_set(words, w0, w1):
+    """Whether any of words[w0:w1] is nonzero (rows of byte flags are scanned 64 bytes at a time)."""
+    any_ = np.uint64(0)
+    for w in range(w0, w1):
+        any_ |= words[w]
+    return any_ != 0
+
+
+@njit(boundscheck=False, inline="always")
 def _packed(v, usable, lo1, vq):
     """A pixel's packed contribution: value | 1 << 11 | value**2 << 17 if quiet and valid, else 0."""
     w = usable & (v >= lo1) & (v <= vq)
@@ -115,10 +124,7 @@ def _list_loud(image, j, loud, loud_words, lo1, hs1, hi1, ring_cols, ring_vals, 
     n_words = loud_words.shape[0]
     for w0 in range(0, n_words, 8):
         w1 = min(w0 + 8, n_words)
-        any_ = np.uint64(0)
-        for w in range(w0, w1):
-            any_ |= loud_words[w]
-        if any_ == 0:
+        if not _any_set(loud_words, w0, w1):
             continue
         for i in range(w0 * 8, min(w1 * 8, nx)):
             if loud[i]:
@@ -324,10 +330,7 @@ def packed_pass(image, mask, lower, upper, kx, ky, nsig_b, nsig_s, gain, thresho
             base = r * nx
             for w0 in range(0, n_words, 8):
                 w1 = min(w0 + 8, n_words)
-                any_ = np.uint64(0)
-                for w in range(w0, w1):
-                    any_ |= sel_words[w]
-                if any_ == 0:
+                if not _any_set(sel_words, w0, w1):
                     continue
                 for w in range(w0, w1):
                     word = sel_words[w]
