@@ -201,6 +201,9 @@ class ImageAnalyser:
             image = np.ascontiguousarray(image, dtype=image.dtype.newbyteorder("="))
         if image.dtype.kind == "f" and np.isnan(image).any():
             raise BadFrame("float frame contains NaN", reason="nan_pixels")
+        if image.flags.writeable:  # one kind of array for the kernels (numba compiles read-only apart)
+            image = image.view()
+            image.flags.writeable = False
         return image
 
     def analyse(self, image: np.ndarray, image_number: int) -> ImageResult:
@@ -270,6 +273,7 @@ class ImageAnalyser:
         rng = np.random.default_rng(0)
         small = rng.poisson(3.0, (24, 24)).astype(self.dtype.newbyteorder("="))
         small[10:13, 10:13] = 200
+        small.flags.writeable = False  # as `check` hands frames to the kernels
         mask = np.ones(small.shape, dtype=np.uint8)
         mask.setflags(write=False)  # as the series mask is: numba compiles read-only arrays apart
         sf = self.params

@@ -76,6 +76,8 @@ class Worker:
         self.config = config
         self.analyser_factory: Callable[..., Any] = load_object(analyser)
         self.decode: Callable[..., np.ndarray] = load_object(decoder)
+        # the product's decoder may hand back its own (read-only) output instead of copying it
+        self.decode_options = {"allow_view": True} if decoder == DEFAULT_DECODER else {}
         self.name = name or f"{_socket.gethostname()}:{os.getpid()}"
         self.header_timeout_s = header_timeout_s
         self.rcvhwm = rcvhwm
@@ -201,7 +203,7 @@ class Worker:
         try:
             analyser = self._analyser(frame.series_id)
             t0 = time.perf_counter()
-            image = self.decode(frame, out=self._buffer(frame.shape, frame.dtype))
+            image = self.decode(frame, out=self._buffer(frame.shape, frame.dtype), **self.decode_options)
             t1 = time.perf_counter()
             out = analyser.analyse(image, frame.image_number)
             t2 = time.perf_counter()
