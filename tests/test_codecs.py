@@ -49,6 +49,24 @@ def test_decode_fills_and_returns_the_given_buffer():
         codecs.decode(frame, out=np.empty(arr.shape, "<u2"))
 
 
+def test_allow_view_hands_back_the_decoders_own_output():
+    """A worker may take the dectris decoder's output as it is (read-only, no copy into its
+    buffer); the pixels are the same, and corrupt input is still refused."""
+    arr = _frame((64, 48), "<u4")
+    frame = EncodedFrame("s", 0, arr.shape, "<u4", "bslz4", codecs.encode(arr, "bslz4"))
+    out = np.full(arr.shape, 7, dtype="<u4")
+    got = codecs.decode(frame, out=out, allow_view=True)
+    np.testing.assert_array_equal(got, arr)
+    if "dectris" in BACKENDS:
+        assert got is not out and not got.flags.writeable and (out == 7).all()
+    else:
+        assert got is out
+    broken = bytearray(frame.data)
+    broken[12:16] = b"\xff\xff\xff\xff"  # the first block declares an impossible length
+    with pytest.raises(BadFrame):
+        codecs.decode(EncodedFrame("s", 0, arr.shape, "<u4", "bslz4", bytes(broken)), out=out, allow_view=True)
+
+
 def test_bslz4_layout_is_the_hdf5_filter_chunk():
     arr = _frame((33, 35), "<u2")  # 1155 elements: 3 elements stored raw after the blocks
     blob = codecs.encode(arr, "bslz4")
