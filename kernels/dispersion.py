@@ -22,9 +22,11 @@ Three streaming passes give the selected pixels as a sparse row-major list, all 
 float64 test bit for bit (`kernels.dispersion_tests`):
 - packed (`kernels.dispersion_packed`): integer frames with mostly low counts, the common
   detector frame: one packed 32-bit column sum of the quiet pixels, the loud ones added
-  sparsely, a float32 screen with a proven margin, float64 where it cannot decide;
-- banded (`kernels.dispersion_int`): other integer frames with nonnegative summed values:
-  three exact 32-bit column sums and the same screen;
+  sparsely, a vectorised necessary condition, then the float64 test on exact sums of the
+  ~1% of pixels it leaves;
+- banded (`kernels.dispersion_int`): other integer frames with nonnegative summed values
+  (high backgrounds, noisy frames): three exact 32-bit column sums and a float32 screen with
+  a proven margin, float64 where it cannot decide;
 - general (`kernels.dispersion_general`): floats, negative values: float64 everywhere.
 The flag map is written sparsely (only where pixels are selected, cleared the same way on
 the next frame); erosion and the extended test work on the sparse lists

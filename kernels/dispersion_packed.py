@@ -86,29 +86,21 @@ def loud_fraction(image, mask, lo1, vq, hs1, row_step):
 @njit(boundscheck=False, inline="always")
 def _update_packed(image, mask, enter, lo1, vq, col, packed_in, packed_out, loud):
     """col += packed(row enter) - packed_out (the packed values of the row leaving, kept from
-    when it entered; None if no row leaves); the entering row's packed values go to
-    packed_in and its usable pixels above vq are flagged in loud (uint8)."""
+    when it entered; zeros while no row leaves); the entering row's packed values go to
+    packed_in and its usable pixels above vq are flagged in loud (uint8). enter -1: only the
+    leaving row is removed."""
     nx = col.shape[0]
     if enter >= 0:
         rin = image[enter]
         min_ = mask[enter]
-        if packed_out is not None:
-            for i in range(nx):
-                v = rin[i]
-                usable = min_[i] != 0
-                loud[i] = usable & (v > vq)
-                pv = _packed(v, usable, lo1, vq)
-                packed_in[i] = pv
-                col[i] = np.uint32(col[i] + np.uint32(pv - packed_out[i]))
-        else:
-            for i in range(nx):
-                v = rin[i]
-                usable = min_[i] != 0
-                loud[i] = usable & (v > vq)
-                pv = _packed(v, usable, lo1, vq)
-                packed_in[i] = pv
-                col[i] = np.uint32(col[i] + pv)
-    elif packed_out is not None:
+        for i in range(nx):
+            v = rin[i]
+            usable = min_[i] != 0
+            loud[i] = usable & (v > vq)
+            pv = _packed(v, usable, lo1, vq)
+            packed_in[i] = pv
+            col[i] = np.uint32(col[i] + np.uint32(pv - packed_out[i]))
+    else:
         for i in range(nx):
             col[i] = np.uint32(col[i] - packed_out[i])
 
@@ -286,12 +278,13 @@ def packed_pass(image, mask, lower, upper, kx, ky, nsig_b, nsig_s, gain, thresho
     ring_vals = np.zeros((period, nx), np.int32)
     ring_n = np.zeros(period, np.int64)
     ring_packed = np.zeros((period + 1, nx), np.uint32)
+    no_row = np.zeros(nx, np.uint32)  # what the top rows' windows lose: nothing
     nb2 = 2.0 * nsig_b * nsig_b
     ns2 = nsig_s * nsig_s * gain
     n = 0
     for j in range(0, min(ky, ny)):
         s = j % period
-        _update_packed(image, mask, j, lo1, vq, col, ring_packed[j % (period + 1)], None, loud)
+        _update_packed(image, mask, j, lo1, vq, col, ring_packed[j % (period + 1)], no_row, loud)
         ring_n[s] = _list_loud(image, j, loud, loud_words, lo1, hs1, hi1, ring_cols, ring_vals, s, stats)
         _loud_columns(ring_cols, ring_vals, s, ring_n[s], 1, lm, lx, ly)
     for r0 in range(0, ny, BAND_ROWS):
@@ -303,13 +296,12 @@ def packed_pass(image, mask, lower, upper, kx, ky, nsig_b, nsig_s, gain, thresho
             # the packed ring has one slot more than the window, so the entering and the
             # leaving rows never share one (no aliasing: the update loop vectorises)
             packed_in = ring_packed[(r + ky) % (period + 1)]
+            packed_out = ring_packed[leave % (period + 1)] if leave >= 0 else no_row
+            _update_packed(image, mask, enter, lo1, vq, col, packed_in, packed_out, loud)
             if leave >= 0:
                 s = leave % period
                 _loud_columns(ring_cols, ring_vals, s, ring_n[s], -1, lm, lx, ly)
                 ring_n[s] = 0
-                _update_packed(image, mask, enter, lo1, vq, col, packed_in, ring_packed[leave % (period + 1)], loud)
-            else:
-                _update_packed(image, mask, enter, lo1, vq, col, packed_in, None, loud)
             if enter >= 0:
                 s = enter % period
                 ring_n[s] = _list_loud(image, enter, loud, loud_words, lo1, hs1, hi1, ring_cols, ring_vals, s, stats)
