@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from kernels.dispersion_extended import gather_row
+from kernels.dispersion_int import _window_sums
 from kernels.dispersion_tests import selected64
 from kernels.jit import njit
 
@@ -68,19 +69,6 @@ def _clipped(col, i, k):
 
 
 @njit(boundscheck=False)
-def _window_generic(col, out, k):
-    """out[i] = col[i-k] + ... + col[i+k] (summed in that order) for k <= i < nx - k."""
-    n = col.shape[0] - 2 * k
-    dst = out[k:]  # indices stay provably nonnegative: numba's negative-index wrap-around blocks SIMD
-    for i in range(n):
-        dst[i] = col[i]
-    for d in range(1, 2 * k + 1):
-        src = col[d:]
-        for i in range(n):
-            dst[i] += src[i]
-
-
-@njit(boundscheck=False)
 def _test_row(image, mask, j, lower, upper, colm, colx, coly, kx, nb2, ns2, gain, threshold, min_count,
               dispersion_only, sel, hm, hx, hy):
     """sel[i] = test result of pixel (j, i) for the window whose column sums are given;
@@ -104,14 +92,14 @@ def _test_row(image, mask, j, lower, upper, colm, colx, coly, kx, nb2, ns2, gain
                 sel[c + 3] = s
                 count += s
         else:
-            _window_generic(colm, hm, kx)
-            _window_generic(colx, hx, kx)
-            _window_generic(coly, hy, kx)
-            row = image[j, kx:]
-            mrow = mask[j, kx:]
             wm = hm[kx:]
             wx = hx[kx:]
             wy = hy[kx:]
+            _window_sums(colm, wm, kx)  # k != 3: summed in order, as a plain sliding sum
+            _window_sums(colx, wx, kx)
+            _window_sums(coly, wy, kx)
+            row = image[j, kx:]
+            mrow = mask[j, kx:]
             out = sel[kx:]
             for c in range(nx - 2 * kx):  # pixel kx + c
                 v = np.float64(row[c])
