@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from kernels.bslz4_native import DecodeError, STATUS, decode_all, no_source
 from kernels.dispersion_extended import BIG, erode_runs, extended_final, extended_final_tiles, set_flags
 from kernels.dispersion_general import count_valid, general_pass
 from kernels.dispersion_int import banded_pass, big_value
@@ -73,8 +74,9 @@ class DispersionWorkspace:
 
     `flag` (uint8, image shape) holds after a call 1 for selected pixels of the last pass (the
     extended variant: 1 dispersed, 2 eroded core) and 0 elsewhere; `stats` [overloads, valid,
-    valid nonzero] pixel counts of the last frame (valid counts -1 until asked for through
-    `n_valid` / `n_valid_nonzero`: the packed pass leaves them to be counted on demand).
+    valid nonzero, loud] pixel counts of the last frame (valid counts -1 until asked for through
+    `n_valid` / `n_valid_nonzero`: the packed pass leaves them to be counted on demand; loud:
+    summed pixels above the packed pass's quiet bound, counted by that pass only).
     """
 
     def __init__(self, shape: tuple[int, int]):
@@ -84,10 +86,14 @@ class DispersionWorkspace:
         index_dtype = np.int32 if size < 2**31 else np.int64
         self.index = np.empty(size, dtype=index_dtype)
         self.dispersed = np.empty(size, dtype=index_dtype)  # the pass's selected (extended: dispersed) pixels
-        self.stats = np.zeros(3, dtype=np.int64)
+        self.stats = np.zeros(4, dtype=np.int64)
         self._marked = 0  # flag is zero except at dispersed[:_marked]
         self.last_path = ""  # the pass the last call took (`choose_path`)
+        self.last_fused = False  # whether it decoded the frame band by band (`strong_pixels`'s source)
         self.dispersed_fraction = 0.0  # of the last extended call: guides `choose_path`
+        self.loud_fraction = 1.0  # of the last packed pass's usable pixels: whether the next may fuse decoding
+        self._usable: tuple = (None, 0)  # (mask, its usable pixel count)
+        self._no_source = no_source()
         self._last: tuple = ()  # (image, mask, lower, upper) of the last call, for counts on demand
         self._columns: dict[tuple[str, bool], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
 
@@ -131,6 +137,18 @@ class DispersionWorkspace:
         self._count()
         return int(self.stats[2])
 
+    def usable(self, mask: np.ndarray) -> int:
+        """Usable (nonzero) pixels of `mask`, counted once per mask object."""
+        if self._usable[0] is not mask:
+            self._usable = (mask, int(np.count_nonzero(mask)))
+        return self._usable[1]
+
+    def fuses(self, extended: bool) -> bool:
+        """Whether the next frame may be decoded inside the packed pass, band by band: the last
+        frame took that pass and was quiet (`choose_path` would pick it again)."""
+        return self.last_path == "packed" and self.loud_fraction < LOUD_LIMIT and (
+            not extended or self.dispersed_fraction <= DENSE_LIMIT)
+
     def _count(self) -> None:
         """Fill in the valid / valid nonzero counts a fast pass left out (-1)."""
         if self.stats[1] < 0 and self._last:
@@ -164,18 +182,19 @@ def _native_bounds(dtype: np.dtype, lo: int, hi: int, hi_sum: int, threshold: fl
 
 
 def choose_path(image: np.ndarray, mask: np.ndarray, window: int, native: tuple | None, gain: float,
-                dispersed_before: float = 0.0) -> str:
+                dispersed_before: float = 0.0, sample: bool = True) -> str:
     """The pass `strong_pixels` takes for this frame ("packed", "banded" or "general").
     dispersed_before: the fraction of pixels the previous frame of the series had dispersed
     (extended variant): the packed pass tests its candidates one by one, so above
-    `DENSE_LIMIT` (noisy frames) the banded pass's vectorised screen is faster."""
+    `DENSE_LIMIT` (noisy frames) the banded pass's vectorised screen is faster. sample False:
+    whether the packed pass applies at all, without reading the image."""
     narrow = image.dtype.kind in "iu" and window <= INT32_WINDOW_PIXELS
     # the float32 screen's terms stay finite for windows <= 127 pixels and gains <= 1e6
     if native is None or not narrow or not gain <= 1e6:
         return "general"
     vq = min(quiet_value(window), int(native[1]))
-    if vq > 0 and dispersed_before <= DENSE_LIMIT and loud_fraction(
-            image, mask, native[0], native[0].dtype.type(vq), native[1], LOUD_SAMPLE_ROWS) < LOUD_LIMIT:
+    if vq > 0 and dispersed_before <= DENSE_LIMIT and (not sample or loud_fraction(
+            image, mask, native[0], native[0].dtype.type(vq), native[1], LOUD_SAMPLE_ROWS) < LOUD_LIMIT):
         return "packed"
     return "banded"
 
@@ -193,6 +212,7 @@ def strong_pixels(
     trusted_range: tuple[float, float] = (-1.0, np.inf),
     workspace: DispersionWorkspace | None = None,
     path: str = "auto",
+    source: tuple | None = None,
 ) -> np.ndarray:
     """Flat row-major indices (ascending; int32, int64 past 2**31 pixels) of the strong pixels.
 
@@ -200,7 +220,10 @@ def strong_pixels(
     `trusted_range` (DIALS: (-1, saturation) open interval). `kernel_size` is the window
     half-size (fast x, slow y): (3, 3) gives DIALS's 7 x 7. The returned array is a view
     into the workspace's buffer (copy it to keep it past the next call). `path` forces one
-    pass where it applies (tests); every pass gives the same result.
+    pass where it applies (tests); every pass gives the same result. `source`: a band source
+    (`kernels.bslz4_native.band_source`) whose buffer `image` is: the frame is decoded here,
+    band by band inside the packed pass when the last frame took it (`DispersionWorkspace.fuses`),
+    else in full before the pass; raises `DecodeError` if a block is corrupt.
     """
     _check(image, mask, kernel_size, min_local)
     if algorithm not in ("dispersion", "dispersion_extended"):
@@ -217,20 +240,31 @@ def strong_pixels(
     extended = algorithm == "dispersion_extended"
     lo, hi, hi_sum = _bounds(image.dtype, lower, upper)
     native = _native_bounds(image.dtype, lo, hi, hi_sum, float(global_threshold)) if image.dtype.kind in "iu" else None
-    chosen = choose_path(image, mask, window, native, gain, ws.dispersed_fraction if extended else 0.0)
+    fused = source is not None and (path == "packed" or (path == "auto" and ws.fuses(extended))) \
+        and native is not None and choose_path(image, mask, window, native, gain, sample=False) == "packed"
+    if source is not None and not fused and not decode_all(source):
+        raise DecodeError(f"bslz4 block {source[5][STATUS] - 1} does not decode")
+    chosen = "packed" if fused else choose_path(image, mask, window, native, gain,
+                                                 ws.dispersed_fraction if extended else 0.0)
     if path != "auto":
         fits = chosen != "general" and (path == "banded" or min(quiet_value(window), int(native[1])) > 0)
         if path != "general" and not fits:
             raise ValueError(f"the {path} pass does not apply to this frame")
         chosen = path
     ws.last_path = chosen
+    ws.last_fused = fused
     ws._last = (image, mask, lower, upper)
     args = (image, mask, lower, upper, kx, ky, float(sigma_background), float(sigma_strong), float(gain),
             float(global_threshold), float(min_local), extended, ws.dispersed, ws.stats)
     ws.clear_flag()
     if chosen == "packed":
         n = packed_pass(*args, *native, native[0].dtype.type(min(quiet_value(window), int(native[1]))),
-                        *candidate_bounds(window, float(sigma_background), float(gain)))
+                        *candidate_bounds(window, float(sigma_background), float(gain)),
+                        source if fused else ws._no_source)
+        if n < 0:
+            ws.last_path = ""
+            raise DecodeError(f"bslz4 block {source[5][STATUS] - 1} does not decode")
+        ws.loud_fraction = int(ws.stats[3]) / max(ws.usable(mask), 1)
     elif chosen == "banded":
         top = int(np.iinfo(image.dtype).max)
         n = banded_pass(*args, *native, native[0].dtype.type(min(big_value(window), top)))

@@ -20,7 +20,8 @@ import math
 
 import numpy as np
 
-from kernels.dispersion_int import BAND_ROWS, _touch_both
+from kernels.bslz4_native import ELEM_SIZE, N_BLOCKS, decode_upto
+from kernels.dispersion_int import BAND_ROWS, _touch, _touch_both
 from kernels.dispersion_tests import selected64
 from kernels.jit import njit
 
@@ -248,13 +249,20 @@ def candidate_bounds(window: int, nsig_b: float, gain: float) -> tuple[np.float3
 
 @njit(boundscheck=False)
 def packed_pass(image, mask, lower, upper, kx, ky, nsig_b, nsig_s, gain, threshold, min_count, dispersion_only,
-                out_index, stats, lo1, hs1, hi1, thr1, vq, alpha, beta):
+                out_index, stats, lo1, hs1, hi1, thr1, vq, alpha, beta, source):
     """The selected pixels (dispersion_only: dispersed; else strong) as ascending flat
     indices in out_index; returns how many. lower/upper: the trusted range (open);
     lo1/hs1/hi1/thr1: inclusive valid, summed, valid and global-threshold bounds in the
     image's type; vq: `quiet_value` of the window, at most hs1; alpha, beta: `candidate_bounds`. stats (int64 [overloads,
-    valid, valid nonzero]) is added to."""
+    valid, valid nonzero, loud]) is added to. source: a band source (`kernels.bslz4_native`)
+    that fills the image's rows just before the pass reads them (none left: the image is
+    decoded); returns -1 if a block of it is corrupt."""
     ny, nx = image.shape
+    src, offsets, dst, scratch, functions, state = source
+    fused = state[N_BLOCKS] > 0
+    row_bytes = nx * state[ELEM_SIZE]
+    if fused and not decode_upto(src, offsets, dst, scratch, functions, state, min(ky, ny) * row_bytes):
+        return -1
     n_words = (nx + 7) // 8
     sel = np.zeros(n_words * 8, np.uint8)
     sel_words = sel.view(np.uint64)
@@ -286,10 +294,16 @@ def packed_pass(image, mask, lower, upper, kx, ky, nsig_b, nsig_s, gain, thresho
         s = j % period
         _update_packed(image, mask, j, lo1, vq, col, ring_packed[j % (period + 1)], no_row, loud)
         ring_n[s] = _list_loud(image, j, loud, loud_words, lo1, hs1, hi1, ring_cols, ring_vals, s, stats)
+        stats[3] += ring_n[s]
         _loud_columns(ring_cols, ring_vals, s, ring_n[s], 1, lm, lx, ly)
     for r0 in range(0, ny, BAND_ROWS):
         r1 = min(r0 + BAND_ROWS, ny)
-        _touch_both(image, mask, min(r0 + ky, ny), min(r1 + ky, ny))
+        if fused:  # decoded now, read while in L2
+            if not decode_upto(src, offsets, dst, scratch, functions, state, min(r1 + ky, ny) * row_bytes):
+                return -1
+            _touch(mask, min(r0 + ky, ny), min(r1 + ky, ny))
+        else:
+            _touch_both(image, mask, min(r0 + ky, ny), min(r1 + ky, ny))
         for r in range(r0, r1):
             enter = r + ky if r + ky < ny else -1
             leave = r - ky - 1 if r - ky - 1 >= 0 else -1
@@ -305,6 +319,7 @@ def packed_pass(image, mask, lower, upper, kx, ky, nsig_b, nsig_s, gain, thresho
             if enter >= 0:
                 s = enter % period
                 ring_n[s] = _list_loud(image, enter, loud, loud_words, lo1, hs1, hi1, ring_cols, ring_vals, s, stats)
+                stats[3] += ring_n[s]
                 _loud_columns(ring_cols, ring_vals, s, ring_n[s], 1, lm, lx, ly)
             any_loud = ring_n.sum() > 0  # rows outside the window hold none: their slots are reset
             if any_loud:

@@ -40,6 +40,7 @@ import lz4.block
 import numpy as np
 
 from kernels.bslz4_blocks import BAD_LENGTH, BAD_TAIL, TRUNCATED_HEADER, walk_blocks
+from kernels.bslz4_native import BITSHUFFLE, DECTRIS, band_source
 from streamer.errors import BadFrame
 from streamer.series import EncodedFrame
 
@@ -266,6 +267,56 @@ def bslz4_block_offsets(data: Any, itemsize: int, expected: int) -> tuple[int, n
         raise BadFrame(f"bslz4 buffer has {src.size - pos} trailing bytes, expected {(n % 8) * itemsize}",
                        reason="corrupt_compression")
     return block, offsets
+
+
+def _address(library: str, name: str) -> int:
+    return int(ctypes.cast(getattr(ctypes.CDLL(library), name), ctypes.c_void_p).value)
+
+
+def _block_decoders() -> np.ndarray | None:
+    try:
+        import dectris.compression as dectris
+
+        return np.array([_address(dectris.__file__, "LZ4_decompress_safe"),
+                         _address(dectris.__file__, "bitshuf_decode_block"), DECTRIS], dtype=np.int64)
+    except (ImportError, OSError, AttributeError):
+        pass
+    try:
+        import bitshuffle.ext
+
+        return np.array([_address(bitshuffle.ext.__file__, "LZ4_decompress_safe"),
+                         _address(bitshuffle.ext.__file__, "bshuf_untrans_bit_elem"), BITSHUFFLE], dtype=np.int64)
+    except (ImportError, OSError, AttributeError):  # pragma: no cover - depends on the build
+        return None
+
+
+_BLOCK_DECODERS = _block_decoders()
+
+
+def block_decoder_functions() -> np.ndarray | None:
+    """The C functions that decode one bslz4 block, for `kernels.bslz4_native`: int64 addresses
+    [LZ4_decompress_safe, bit transpose, its kind]: dectris-compression's (the fastest) when
+    importable, else bitshuffle's; None if neither library exports them."""
+    return _BLOCK_DECODERS
+
+
+def bslz4_band_source(frame: EncodedFrame, out: np.ndarray, scratch: np.ndarray | None = None) -> tuple:
+    """A validated bslz4 frame as a band source (`kernels.bslz4_native`) filling `out` (a
+    writeable C-contiguous array of the frame's shape and dtype): the threshold pass decodes it
+    band by band, just ahead of the rows it reads. BadFrame as `decode` would raise it for a
+    frame that does not validate; a block whose LZ4 data is corrupt shows when it is decoded."""
+    dt = np.dtype(frame.dtype)
+    shape = tuple(int(n) for n in frame.shape)
+    expected = _expected_bytes(shape, dt)
+    if out.shape != shape or out.dtype != dt or not out.flags.c_contiguous or not out.flags.writeable:
+        raise ValueError(f"output buffer {out.shape} {out.dtype} does not fit a {shape} {dt} frame")
+    block, offsets = bslz4_block_offsets(frame.data, dt.itemsize, expected)
+    n = expected // dt.itemsize
+    last = (n % block) - (n % block) % 8
+    if _BLOCK_DECODERS is None:
+        raise RuntimeError("no bitshuffle-LZ4 block decoder is exported by the installed codecs")
+    return band_source(_as_bytes_array(frame.data), offsets, block * dt.itemsize, last * dt.itemsize,
+                       (n % 8) * dt.itemsize, dt.itemsize, out.reshape(-1).view(np.uint8), _BLOCK_DECODERS, scratch)
 
 
 def _dectris_bslz4(data: Any, itemsize: int, expected: int) -> bytes:

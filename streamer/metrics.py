@@ -48,7 +48,8 @@ class Metrics:
         self.queue_depth = Gauge("xtal_queue_depth", "items waiting, by queue", ["queue"], registry=r)
         self.workers_seen = Gauge("xtal_workers_seen", "workers that delivered results in the last minute", registry=r)
         self.stage_latency = Histogram(
-            "xtal_stage_latency_seconds", "time per frame in each stage (end_to_end: received to published)",
+            "xtal_stage_latency_seconds", "time per frame in each stage (decode: before the analysis, which decodes "
+            "bslz4 frames band by band itself; end_to_end: received to published)",
             ["stage"], buckets=LATENCY_BUCKETS, registry=r,
         )
         self.stage_images_skipped = Counter(

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field, fields
 
 import numpy as np
 
+from kernels.bslz4_native import DecodeError
 from kernels.centroids import spot_moments
 from kernels.d_spacing import d_spacing
 from kernels.dispersion import DispersionWorkspace, strong_pixels
@@ -31,13 +32,14 @@ from kernels.image_spots import image_spots
 from kernels.image_statistics import image_statistics
 from kernels.labelling import label_pixels
 from kernels.radial import bin_map, radial_profile, radial_segments, radial_sums
+from streamer import codecs
 from streamer.config import Config
 from streamer.errors import BadFrame
 from streamer.geometry import Experiment
 from streamer.ice_rings import IceRingShells, ice_ring_table
 from streamer.masks import SeriesMask
 from streamer.resolution_estimate import E_CUTOFF
-from streamer.series import SeriesInfo
+from streamer.series import EncodedFrame, SeriesInfo
 
 log = logging.getLogger(__name__)
 
@@ -152,6 +154,7 @@ class ImageAnalyser:
             raise BadFrame(f"max_spot_size {sf.max_spot_size} must exceed min_spot_size {self.min_spot_size}",
                            reason="bad_config")
         self.workspace = DispersionWorkspace(self.shape)
+        self._scratch: np.ndarray | None = None  # two bslz4 blocks for the band decoder
         self.max_strong = int(math.ceil(sf.max_strong_pixel_fraction * self.shape[0] * self.shape[1]))
         if warm_up:
             self._warm_up()
@@ -182,12 +185,34 @@ class ImageAnalyser:
         return other
 
     # ------------------------------------------------------------------ per frame
-    def strong(self, image: np.ndarray) -> np.ndarray:
-        """Strong pixel flat indices of a checked frame (a view into the workspace)."""
+    def strong(self, image: np.ndarray, source: tuple | None = None) -> np.ndarray:
+        """Strong pixel flat indices of a checked frame (a view into the workspace); `source`:
+        see `prepare`."""
         sf = self.params
-        return strong_pixels(image, self.mask, sf.algorithm, tuple(sf.kernel_size), sf.sigma_background,
-                             sf.sigma_strong, sf.global_threshold, sf.min_local, sf.gain, self.trusted_range,
-                             self.workspace)
+        try:
+            return strong_pixels(image, self.mask, sf.algorithm, tuple(sf.kernel_size), sf.sigma_background,
+                                 sf.sigma_strong, sf.global_threshold, sf.min_local, sf.gain, self.trusted_range,
+                                 self.workspace, source=source)
+        except DecodeError as exc:
+            raise BadFrame(str(exc), reason="corrupt_compression") from exc
+
+    def prepare(self, frame: EncodedFrame, out: np.ndarray) -> tuple[np.ndarray, tuple | None]:
+        """(image, source) for `analyse` from an encoded frame, `out` a buffer reused across
+        frames. A bslz4 frame of the series' integer type is only validated here: the threshold
+        pass decodes it band by band into `out` just ahead of the rows it reads, while they are
+        in L2 (`kernels.bslz4_native`; 0.8 ms of 9 per 4M frame, 8 of 36 per 16M frame). Other
+        frames are decoded here, the decoder's own output taken when it makes one."""
+        if (frame.encoding == "bslz4" and self.dtype.kind in "iu" and self.dtype.isnative
+                and np.dtype(frame.dtype) == self.dtype and tuple(frame.shape) == self.shape
+                and out.shape == self.shape and out.dtype == self.dtype
+                and codecs.block_decoder_functions() is not None):
+            if self._scratch is None:
+                self._scratch = np.empty(2 * codecs.BSLZ4_BLOCK_BYTES, dtype=np.uint8)
+            source = codecs.bslz4_band_source(frame, out, self._scratch)
+            image = out.view()
+            image.flags.writeable = False
+            return image, source
+        return codecs.decode(frame, out=out, allow_view=True), None
 
     def check(self, image: np.ndarray) -> np.ndarray:
         """The frame as a native, C-contiguous array of the series dtype, or BadFrame."""
@@ -206,9 +231,10 @@ class ImageAnalyser:
             image.flags.writeable = False
         return image
 
-    def analyse(self, image: np.ndarray, image_number: int) -> ImageResult:
+    def analyse(self, image: np.ndarray, image_number: int, source: tuple | None = None) -> ImageResult:
+        """The per-image result of a decoded frame, or of one `prepare` handed on with its source."""
         image = self.check(image)
-        strong = self.strong(image)
+        strong = self.strong(image, source)
         ws = self.workspace
         # a strong pixel is valid and above zero, so only an empty result can mean a dead frame
         # (the fast pass counts valid pixels only when asked)
@@ -286,6 +312,16 @@ class ImageAnalyser:
                                         self.trusted_range, ws, path=path).copy()
                 except ValueError:  # that pass does not apply to this series (float frames, large windows)
                     continue
+        if small.dtype.kind in "iu" and codecs.block_decoder_functions() is not None:  # frames decoded inside the pass
+            frame = EncodedFrame("warm-up", 0, small.shape, small.dtype.str, "bslz4", codecs.encode(small, "bslz4"))
+            out = np.empty_like(small)
+            view = out.view()
+            view.flags.writeable = False
+            for path in ("auto", "packed"):  # decoded before the pass, then inside it
+                strong_pixels(view, mask, sf.algorithm, tuple(sf.kernel_size), sf.sigma_background, sf.sigma_strong,
+                              sf.global_threshold, sf.min_local, sf.gain, self.trusted_range,
+                              DispersionWorkspace(small.shape), path=path,
+                              source=codecs.bslz4_band_source(frame, out))
         labels, n = label_pixels(idx, small.shape)
         spot_moments(idx, small.reshape(-1)[idx], labels, n, small.shape)
         columns = image_spots(idx, small.reshape(-1)[idx], small.shape, 1, 1000, 2.0, 0, self._geometry)

@@ -2,8 +2,9 @@
 
 A worker knows one URL, the collector's control socket. It asks it (`hello`) where the
 frames, results and model channel are, then PULLs frames (`wire` "frame" messages, the
-compressed bytes as one zero-copy part), decodes each into a buffer reused for the series,
-runs the series' `ImageAnalyser`, and PUSHes a "result" (or "dropped" with the reason) back.
+compressed bytes as one zero-copy part), decodes each into a buffer reused for the series
+(bslz4 frames band by band inside the threshold pass: `ImageAnalyser.prepare`), runs the
+series' `ImageAnalyser`, and PUSHes a "result" (or "dropped" with the reason) back.
 A frame of a series it has not seen makes it ask the collector for that series' header
 (late-joining and remote workers get it the same way). Bad input never stops the loop.
 
@@ -203,9 +204,16 @@ class Worker:
         try:
             analyser = self._analyser(frame.series_id)
             t0 = time.perf_counter()
-            image = self.decode(frame, out=self._buffer(frame.shape, frame.dtype), **self.decode_options)
-            t1 = time.perf_counter()
-            out = analyser.analyse(image, frame.image_number)
+            buffer = self._buffer(frame.shape, frame.dtype)
+            prepare = getattr(analyser, "prepare", None) if self.decode_options else None
+            if prepare is not None:  # the product's analyser may decode inside its threshold pass
+                image, source = prepare(frame, buffer)
+                t1 = time.perf_counter()
+                out = analyser.analyse(image, frame.image_number, source)
+            else:
+                image = self.decode(frame, out=buffer, **self.decode_options)
+                t1 = time.perf_counter()
+                out = analyser.analyse(image, frame.image_number)
             t2 = time.perf_counter()
             stats, profiles, spots = wire.split_result(out)
             result = wire.FrameResult(frame.series_id, work.seq, frame.image_number, self.name,

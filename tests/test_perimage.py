@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 
 from kernels.radial import bin_map, radial_profile
-from streamer import wire
+from streamer import codecs, wire
 from streamer.config import Config, MaskConfig
 from streamer.errors import BadFrame
 from streamer.ice_rings import detect_ice_rings, ice_ring_d_star_sq, on_ice_rings
 from streamer.masks import SeriesMask, pilatus_gap_mask, user_mask
 from streamer.perimage import ImageAnalyser, ImageResult
 from streamer.resolution_estimate import equal_population_bins, estimate_d_min, wilson_outliers
-from streamer.series import SeriesInfo
+from streamer.series import EncodedFrame, SeriesInfo
 
 SHAPE = (180, 220)
 
@@ -258,5 +258,11 @@ def test_warm_up_compiles_what_frames_use():
     before = {k: len(k.signatures) for k in compiled}
     for seed, background in ((0, 0.3), (1, 40.0)):  # a quiet and a noisy frame: both passes
         an.analyse(spots_frame(POSITIONS, seed=seed, background=background, dtype=np.uint16), 0)
+    out = np.empty(SHAPE, dtype="<u2")
+    for seed, background in ((0, 0.3), (2, 0.3), (1, 40.0)):  # as a worker gets them: decoded in the pass too
+        frame = spots_frame(POSITIONS, seed=seed, background=background, dtype=np.uint16)
+        encoded = EncodedFrame("s", 0, SHAPE, "<u2", "bslz4", codecs.encode(frame, "bslz4"))
+        image, source = an.prepare(encoded, out)
+        an.analyse(image, 0, source)
     grown = [k.__name__ for k in compiled if len(k.signatures) != before[k]]
     assert not grown, f"compiled on a frame: {grown}"
