@@ -10,10 +10,13 @@ addresses are passed in as integers (`streamer.codecs.block_decoder_functions`) 
 through a pointer cast, not linked by name, so the compiled kernels are cached on disk and run
 with either library. (llvmlite, numba's code generator, spells the cast.)
 
-A band source is a tuple (src, offsets, dst, scratch, functions, state): the compressed
-buffer (read-only uint8, validated beforehand: `streamer.codecs.bslz4_block_offsets`), the
-offset of each block's length word, the frame's bytes to fill, a scratch of two blocks, the
-functions, and the int64 `state` below. `NO_SOURCE` stands for a frame already decoded.
+A band source is a tuple (src, dst, scratch, functions, state): the compressed buffer
+(read-only uint8; its header checked beforehand, `streamer.codecs.bslz4_band_source`), the
+frame's bytes to fill, a scratch of two blocks, the functions, and the int64 `state` below.
+Each block's length word is checked before its block is decoded (inside the buffer, within
+the LZ4 bound of its decoded size), as `kernels.bslz4_blocks.walk_blocks` checks a whole
+buffer, so no C decoder reads past the input; the raw tail must end the buffer exactly.
+`no_source()` stands for a frame already decoded.
 """
 
 from __future__ import annotations
@@ -26,17 +29,27 @@ from numba.core.extending import intrinsic
 from kernels.jit import njit
 
 # state fields
-NEXT_BLOCK, N_BLOCKS, BLOCK_BYTES, LAST_BYTES, TAIL_BYTES, ELEM_SIZE, DECODED, STATUS, TOTAL = range(9)
-STATE_SIZE = 9
+NEXT_BLOCK, N_BLOCKS, BLOCK_BYTES, LAST_BYTES, TAIL_BYTES, ELEM_SIZE, DECODED, STATUS, TOTAL, POS, DONE = range(11)
+STATE_SIZE = 11
 OK = 0
 BAD_BLOCK = 1  # a block's LZ4 data did not give its decoded size, or the transpose failed
+TRUNCATED_HEADER = 2  # the buffer ends inside a block's length word
+BAD_LENGTH = 3  # a block declares more bytes than LZ4 can produce or than the buffer holds
+BAD_TAIL = 4  # the bytes after the last block are not the raw tail
+PROBLEMS = {BAD_BLOCK: "does not decode", TRUNCATED_HEADER: "is cut inside its length word",
+            BAD_LENGTH: "declares more bytes than it can hold or the buffer has", BAD_TAIL: "is followed by a bad tail"}
 
 DECTRIS = 0  # bitshuf_decode_block(out, in, scratch, n_elements, elem_size) -> 0
 BITSHUFFLE = 1  # bshuf_untrans_bit_elem(in, out, n_elements, elem_size) -> bytes done (< 0: error)
 
 
 class DecodeError(ValueError):
-    """A block of a validated buffer did not decode (corrupt LZ4 data)."""
+    """A bslz4 buffer that does not decode (corrupt LZ4 data, lengths or tail)."""
+
+
+def problem(state: np.ndarray) -> str:
+    """What went wrong, in words, from a band source's failed state."""
+    return f"bslz4 block {int(state[NEXT_BLOCK])} {PROBLEMS.get(int(state[STATUS]), 'fails')}"
 
 
 _I8P = ir.IntType(8).as_pointer()
@@ -88,25 +101,32 @@ def _untrans(typingctx, fn, src, out, n, elem):
 
 
 @njit(boundscheck=False)
-def decode_upto(src, offsets, dst, scratch, functions, state, byte_end):
+def decode_upto(src, dst, scratch, functions, state, byte_end):
     """Decode blocks until the first byte_end bytes of the frame are in dst (the raw tail of
-    the last n mod 8 elements too once the blocks are done); False on a corrupt block, whose
-    number goes to state[STATUS] - 1."""
+    the last n mod 8 elements too once the blocks are done). False if a block fails, with
+    state[STATUS] saying how and state[NEXT_BLOCK] which (and every later call fails)."""
     if state[STATUS] != OK:
         return False
     nb = state[N_BLOCKS]
     bb = state[BLOCK_BYTES]
     elem = state[ELEM_SIZE]
     end = min(byte_end, state[TOTAL])
+    n_src = src.shape[0]
     base_src = src.ctypes.data
     base_dst = dst.ctypes.data
     tmp = scratch.ctypes.data
     while state[DECODED] < end and state[NEXT_BLOCK] < nb:
         b = state[NEXT_BLOCK]
         size = bb if (b < nb - 1 or state[LAST_BYTES] == 0) else state[LAST_BYTES]
-        pos = offsets[b]
+        pos = state[POS]
+        if pos + 4 > n_src:
+            state[STATUS] = TRUNCATED_HEADER
+            return False
         length = (np.int64(src[pos]) << 24) | (np.int64(src[pos + 1]) << 16) | (np.int64(src[pos + 2]) << 8) \
             | np.int64(src[pos + 3])
+        if length > size + size // 255 + 16 or pos + 4 + length > n_src:
+            state[STATUS] = BAD_LENGTH
+            return False
         out = base_dst + state[DECODED]
         ok = _lz4(functions[0], base_src + pos + 4, tmp, np.int32(length), np.int32(size)) == size
         if ok and functions[2] == DECTRIS:
@@ -114,30 +134,36 @@ def decode_upto(src, offsets, dst, scratch, functions, state, byte_end):
         elif ok:
             ok = _untrans(functions[1], tmp, out, size // elem, elem) == size
         if not ok:
-            state[STATUS] = BAD_BLOCK + b
+            state[STATUS] = BAD_BLOCK
             return False
         state[DECODED] += size
+        state[POS] = pos + 4 + length
         state[NEXT_BLOCK] = b + 1
-    if state[NEXT_BLOCK] == nb and state[DECODED] < end:  # the raw tail ends the buffer
+    if state[NEXT_BLOCK] == nb and state[DONE] == 0:  # the raw tail ends the buffer
         tail = state[TAIL_BYTES]
-        start = src.shape[0] - tail
+        start = state[POS]
+        if n_src - start != tail:
+            state[STATUS] = BAD_TAIL
+            return False
         done = state[DECODED]
         for k in range(tail):
             dst[done + k] = src[start + k]
         state[DECODED] = done + tail
+        state[DONE] = 1
     return True
 
 
-def band_source(src: np.ndarray, offsets: np.ndarray, block_bytes: int, last_bytes: int, tail_bytes: int,
+def band_source(src: np.ndarray, start: int, n_full: int, block_bytes: int, last_bytes: int, tail_bytes: int,
                 elem_size: int, dst: np.ndarray, functions: np.ndarray, scratch: np.ndarray | None = None) -> tuple:
-    """The band source of one validated bslz4 buffer (see the module docstring): `offsets` of
-    its full blocks of block_bytes and of a last one of last_bytes (0: none), tail_bytes raw,
-    into dst (the frame's writable bytes, C-contiguous); functions: int64 [LZ4_decompress_safe,
-    bit transpose, DECTRIS or BITSHUFFLE] addresses."""
+    """The band source of one bslz4 buffer (see the module docstring) whose first block's
+    length word is at `start`: n_full blocks of block_bytes, a last one of last_bytes (0:
+    none), tail_bytes raw, into dst (the frame's writable bytes, C-contiguous); functions:
+    int64 [LZ4_decompress_safe, bit transpose, DECTRIS or BITSHUFFLE] addresses."""
     src = src.view()
     src.flags.writeable = False  # one compiled variant, whatever buffer the frame came in
     state = np.zeros(STATE_SIZE, dtype=np.int64)
-    state[N_BLOCKS] = offsets.shape[0]
+    state[N_BLOCKS] = n_full + (1 if last_bytes > 0 else 0)
+    state[POS] = start
     state[BLOCK_BYTES] = block_bytes
     state[LAST_BYTES] = last_bytes
     state[TAIL_BYTES] = tail_bytes
@@ -145,7 +171,7 @@ def band_source(src: np.ndarray, offsets: np.ndarray, block_bytes: int, last_byt
     state[TOTAL] = dst.shape[0]
     if scratch is None or scratch.shape[0] < 2 * block_bytes:
         scratch = np.empty(2 * block_bytes, dtype=np.uint8)
-    return src, offsets.astype(np.int64, copy=False), dst, scratch, functions, state
+    return src, dst, scratch, functions, state
 
 
 def no_source() -> tuple:
@@ -153,11 +179,12 @@ def no_source() -> tuple:
     src = np.zeros(0, dtype=np.uint8)
     src.flags.writeable = False
     state = np.zeros(STATE_SIZE, dtype=np.int64)
-    return (src, np.zeros(0, np.int64), np.zeros(0, np.uint8), np.zeros(0, np.uint8), np.zeros(3, np.int64), state)
+    state[DONE] = 1
+    return src, np.zeros(0, np.uint8), np.zeros(0, np.uint8), np.zeros(3, np.int64), state
 
 
 @njit(boundscheck=False)
 def decode_all(source):
     """Decode every remaining block (and the raw tail) of a band source; False if one is corrupt."""
-    src, offsets, dst, scratch, functions, state = source
-    return decode_upto(src, offsets, dst, scratch, functions, state, state[TOTAL])
+    src, dst, scratch, functions, state = source
+    return decode_upto(src, dst, scratch, functions, state, state[TOTAL])

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from kernels.bslz4_native import DecodeError, STATUS, decode_all, no_source
+from kernels.bslz4_native import DecodeError, decode_all, no_source, problem
 from kernels.dispersion_extended import BIG, erode_runs, extended_final, extended_final_tiles, set_flags
 from kernels.dispersion_general import count_valid, general_pass
 from kernels.dispersion_int import banded_pass, big_value
@@ -243,7 +243,7 @@ def strong_pixels(
     fused = source is not None and (path == "packed" or (path == "auto" and ws.fuses(extended))) \
         and native is not None and choose_path(image, mask, window, native, gain, sample=False) == "packed"
     if source is not None and not fused and not decode_all(source):
-        raise DecodeError(f"bslz4 block {source[5][STATUS] - 1} does not decode")
+        raise DecodeError(problem(source[-1]))
     chosen = "packed" if fused else choose_path(image, mask, window, native, gain,
                                                  ws.dispersed_fraction if extended else 0.0)
     if path != "auto":
@@ -263,7 +263,7 @@ def strong_pixels(
                         source if fused else ws._no_source)
         if n < 0:
             ws.last_path = ""
-            raise DecodeError(f"bslz4 block {source[5][STATUS] - 1} does not decode")
+            raise DecodeError(problem(source[-1]))
         ws.loud_fraction = int(ws.stats[3]) / max(ws.usable(mask), 1)
     elif chosen == "banded":
         top = int(np.iinfo(image.dtype).max)

@@ -258,10 +258,10 @@ def packed_pass(image, mask, lower, upper, kx, ky, nsig_b, nsig_s, gain, thresho
     that fills the image's rows just before the pass reads them (none left: the image is
     decoded); returns -1 if a block of it is corrupt."""
     ny, nx = image.shape
-    src, offsets, dst, scratch, functions, state = source
+    src, dst, scratch, functions, state = source
     fused = state[N_BLOCKS] > 0
     row_bytes = nx * state[ELEM_SIZE]
-    if fused and not decode_upto(src, offsets, dst, scratch, functions, state, min(ky, ny) * row_bytes):
+    if fused and not decode_upto(src, dst, scratch, functions, state, min(ky, ny) * row_bytes):
         return -1
     n_words = (nx + 7) // 8
     sel = np.zeros(n_words * 8, np.uint8)
@@ -299,7 +299,7 @@ def packed_pass(image, mask, lower, upper, kx, ky, nsig_b, nsig_s, gain, thresho
     for r0 in range(0, ny, BAND_ROWS):
         r1 = min(r0 + BAND_ROWS, ny)
         if fused:  # decoded now, read while in L2
-            if not decode_upto(src, offsets, dst, scratch, functions, state, min(r1 + ky, ny) * row_bytes):
+            if not decode_upto(src, dst, scratch, functions, state, min(r1 + ky, ny) * row_bytes):
                 return -1
             _touch(mask, min(r0 + ky, ny), min(r1 + ky, ny))
         else:

@@ -241,6 +241,16 @@ def _read_header(data: Any, src: np.ndarray, expected: int, name: str) -> int:
     return block
 
 
+def _bslz4_layout(data: Any, src: np.ndarray, itemsize: int, expected: int) -> tuple[int, int, int]:
+    """(block size in elements, full blocks, elements of the last partial block) from a checked header."""
+    block_bytes = _read_header(data, src, expected, "bslz4")
+    if block_bytes % (8 * itemsize) or block_bytes > (1 << 24):
+        raise BadFrame(f"bslz4 block size {block_bytes} is not a multiple of 8 elements", reason="corrupt_compression")
+    block = block_bytes // itemsize
+    n = expected // itemsize
+    return block, n // block, (n % block) - (n % block) % 8
+
+
 def bslz4_block_offsets(data: Any, itemsize: int, expected: int) -> tuple[int, np.ndarray]:
     """Validate a bslz4 buffer; return (block size in elements, offset of each block's length word).
 
@@ -249,15 +259,11 @@ def bslz4_block_offsets(data: Any, itemsize: int, expected: int) -> tuple[int, n
     the buffer exactly.
     """
     src = _as_bytes_array(data)
-    block_bytes = _read_header(data, src, expected, "bslz4")
-    if block_bytes % (8 * itemsize) or block_bytes > (1 << 24):
-        raise BadFrame(f"bslz4 block size {block_bytes} is not a multiple of 8 elements", reason="corrupt_compression")
-    block = block_bytes // itemsize
+    block, n_full, last = _bslz4_layout(data, src, itemsize, expected)
     n = expected // itemsize
-    n_full = n // block
-    last = (n % block) - (n % block) % 8
     offsets = np.empty(n_full + (1 if last else 0), dtype=np.int64)
-    status, pos = walk_blocks(src, _HEADER.size, block_bytes, n_full, last * itemsize, (n % 8) * itemsize, offsets)
+    status, pos = walk_blocks(src, _HEADER.size, block * itemsize, n_full, last * itemsize, (n % 8) * itemsize,
+                              offsets)
     if status == TRUNCATED_HEADER:
         raise BadFrame("bslz4 buffer ends inside a block header", reason="corrupt_compression")
     if status == BAD_LENGTH:
@@ -304,19 +310,20 @@ def bslz4_band_source(frame: EncodedFrame, out: np.ndarray, scratch: np.ndarray 
     """A validated bslz4 frame as a band source (`kernels.bslz4_native`) filling `out` (a
     writeable C-contiguous array of the frame's shape and dtype): the threshold pass decodes it
     band by band, just ahead of the rows it reads. BadFrame as `decode` would raise it for a
-    frame that does not validate; a block whose LZ4 data is corrupt shows when it is decoded."""
+    frame whose header is wrong; the blocks are checked as they are decoded
+    (`kernels.bslz4_native.DecodeError`)."""
     dt = np.dtype(frame.dtype)
     shape = tuple(int(n) for n in frame.shape)
     expected = _expected_bytes(shape, dt)
     if out.shape != shape or out.dtype != dt or not out.flags.c_contiguous or not out.flags.writeable:
         raise ValueError(f"output buffer {out.shape} {out.dtype} does not fit a {shape} {dt} frame")
-    block, offsets = bslz4_block_offsets(frame.data, dt.itemsize, expected)
-    n = expected // dt.itemsize
-    last = (n % block) - (n % block) % 8
     if _BLOCK_DECODERS is None:
         raise RuntimeError("no bitshuffle-LZ4 block decoder is exported by the installed codecs")
-    return band_source(_as_bytes_array(frame.data), offsets, block * dt.itemsize, last * dt.itemsize,
-                       (n % 8) * dt.itemsize, dt.itemsize, out.reshape(-1).view(np.uint8), _BLOCK_DECODERS, scratch)
+    src = _as_bytes_array(frame.data)
+    block, n_full, last = _bslz4_layout(frame.data, src, dt.itemsize, expected)
+    n, b = expected // dt.itemsize, dt.itemsize
+    return band_source(src, _HEADER.size, n_full, block * b, last * b, (n % 8) * b, b,
+                       out.reshape(-1).view(np.uint8), _BLOCK_DECODERS, scratch)
 
 
 def _dectris_bslz4(data: Any, itemsize: int, expected: int) -> bytes:

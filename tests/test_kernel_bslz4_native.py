@@ -13,6 +13,8 @@ import bitshuffle
 import bitshuffle.ext
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from kernels import bslz4_native as bn
 from kernels.dispersion import DispersionWorkspace, strong_pixels
@@ -48,7 +50,7 @@ def transposes() -> list[np.ndarray]:
 def source_of(image: np.ndarray, blob: bytes, out: np.ndarray, functions: np.ndarray | None = None) -> tuple:
     frame = EncodedFrame("t", 0, image.shape, image.dtype.str, "bslz4", blob)
     source = codecs.bslz4_band_source(frame, out)
-    return source if functions is None else source[:4] + (functions,) + source[5:]
+    return source if functions is None else source[:3] + (functions,) + source[4:]
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -63,7 +65,7 @@ def test_decode_all_matches_bitshuffle(shape, dtype):
         source = source_of(image, blob, out, functions)
         assert bn.decode_all(source)
         np.testing.assert_array_equal(out, reference(blob, image))
-        assert source[5][bn.DECODED] == image.nbytes and source[5][bn.STATUS] == bn.OK
+        assert source[-1][bn.DECODED] == image.nbytes and source[-1][bn.STATUS] == bn.OK
 
 
 def test_decode_upto_fills_whole_blocks_in_order():
@@ -71,10 +73,10 @@ def test_decode_upto_fills_whole_blocks_in_order():
     image = rng.poisson(1.0, (64, 300)).astype("<u4")  # 76800 bytes: 9 blocks of 8192 and a partial one
     blob = codecs.encode(image, "bslz4")
     out = np.zeros(image.shape, dtype=image.dtype)
-    src, offsets, dst, scratch, functions, state = source_of(image, blob, out)
+    src, dst, scratch, functions, state = source_of(image, blob, out)
     expected = image.reshape(-1).view(np.uint8)
     for want in (1, 8192, 8193, 50000, image.nbytes):
-        assert bn.decode_upto(src, offsets, dst, scratch, functions, state, want)
+        assert bn.decode_upto(src, dst, scratch, functions, state, want)
         done = state[bn.DECODED]
         assert want <= done <= min(want + 8191, image.nbytes) or done == image.nbytes
         np.testing.assert_array_equal(dst[:done], expected[:done])
@@ -97,8 +99,9 @@ def test_a_corrupt_block_stops_the_decoder_and_names_the_block():
         out = np.zeros(image.shape, dtype=image.dtype)
         source = source_of(image, blob, out, functions)
         assert not bn.decode_all(source)
-        assert source[5][bn.STATUS] == bn.BAD_BLOCK + 3
-        assert source[5][bn.DECODED] == 3 * 8192  # nothing written past the blocks before it
+        assert source[-1][bn.STATUS] == bn.BAD_BLOCK and source[-1][bn.NEXT_BLOCK] == 3
+        assert source[-1][bn.DECODED] == 3 * 8192  # nothing written past the blocks before it
+        assert bn.problem(source[-1]) == "bslz4 block 3 does not decode"
         assert not bn.decode_all(source)  # and it stays failed
 
 
@@ -212,3 +215,67 @@ def test_analyser_prepare_gives_the_same_result_as_decoding_first():
     prepared, source = analyser.prepare(lz4, out)  # other encodings are decoded before the analysis
     assert source is None
     np.testing.assert_array_equal(prepared, image)
+
+
+def damaged(blob: bytes, kind: str, itemsize: int, nbytes: int) -> bytes:
+    _, offsets = codecs.bslz4_block_offsets(blob, itemsize, nbytes)
+    pos = int(offsets[2])
+    if kind == "truncated_header":
+        return blob[:pos + 2]
+    if kind == "bad_length":  # block 2 claims more than the LZ4 bound of 8192 bytes
+        return blob[:pos] + (9000).to_bytes(4, "big") + blob[pos + 4:]
+    if kind == "cut_block":  # the buffer ends inside block 2's data
+        return blob[:pos + 10]
+    return blob + b"\0\0\0"  # "bad_tail": bytes after the raw tail
+
+
+@pytest.mark.parametrize("kind,status", [("truncated_header", bn.TRUNCATED_HEADER), ("bad_length", bn.BAD_LENGTH),
+                                         ("cut_block", bn.BAD_LENGTH), ("bad_tail", bn.BAD_TAIL)])
+def test_damaged_lengths_and_tails_are_caught_as_the_blocks_are_reached(kind, status):
+    image = spotty((63, 301), "<u4", seed=6)  # 63 * 301 elements: a raw tail of 3
+    blob = damaged(codecs.encode(image, "bslz4"), kind, 4, image.nbytes)
+    out = np.zeros(image.shape, dtype=image.dtype)
+    source = source_of(image, blob, out)
+    assert not bn.decode_all(source)
+    assert source[-1][bn.STATUS] == status
+    assert source[-1][bn.NEXT_BLOCK] == (2 if kind != "bad_tail" else source[-1][bn.N_BLOCKS])
+    view = out.view()
+    view.setflags(write=False)
+    mask = np.ones(image.shape, dtype=np.uint8)
+    with pytest.raises(bn.DecodeError):
+        strong_pixels(view, mask, path="packed", source=source_of(image, blob, out))
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(edits=st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), min_size=1, max_size=6),
+       cut=st.integers(0, 10**6))
+def test_mutated_frames_through_the_band_decoder_only_fail_as_bad_frames(edits, cut):
+    """As a worker calls it: either a BadFrame, or the pixels the whole-frame decoder gives."""
+    shape = (40, 300)
+    image = spotty(shape, "<u2", seed=7)
+    series = SeriesInfo("t", "simulator", shape, "<u2", n_images=1, pixel_size_mm=(0.172, 0.172),
+                        beam_centre_px=(150.0, 20.0), distance_mm=60.0, wavelength_A=1.0, saturation_value=60000)
+    analyser = _ANALYSERS.setdefault(shape, ImageAnalyser(series))
+    data = bytearray(codecs.encode(image, "bslz4"))
+    for pos, value in edits:
+        data[pos % len(data)] = value
+    data = bytes(data[: cut % (len(data) + 1)]) if cut % 3 == 0 else bytes(data)
+    try:
+        expected = codecs.decode_buffer(data, shape, "<u2", "bslz4", backend="bitshuffle")
+    except BadFrame:
+        expected = None
+    out = np.zeros(shape, dtype="<u2")
+    for _ in range(2):  # decoded before the pass, then (a quiet frame before it) inside it
+        try:
+            analyser.analyse(*analyser.prepare(EncodedFrame("t", 0, shape, "<u2", "bslz4", data), out)[:1], 0)
+            got = analyser.prepare(EncodedFrame("t", 0, shape, "<u2", "bslz4", data), out)
+            analyser.analyse(got[0], 0, got[1])
+        except BadFrame as exc:
+            assert exc.reason in ("corrupt_compression", "wrong_size", "all_zero", "all_saturated",
+                                  "too_many_strong_pixels")
+            continue
+        if expected is not None:
+            np.testing.assert_array_equal(out, expected)
+
+
+_ANALYSERS: dict = {}
