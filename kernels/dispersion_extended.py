@@ -6,18 +6,27 @@ outside the image not counting). A core pixel is strong if v > global_threshold 
 mean + sigma_s sqrt(g mean), mean being that of the valid non-core pixels in the
 (2*kx+5) x (2*ky+5) window (0 if fewer than 2). Dispersed pixels are a small fraction of a
 frame, so both steps work from the passes' sorted lists and the sparse flag map: erosion
-separably along runs (`erode_runs`), the final test from summed-area tables over the core
-pixels' neighbourhoods (`extended_final_tiles`; `extended_final` slides windows in the order
-float sums need).
+separably on row runs with running counts down the columns (`erode_runs`), the final test
+of integer images from packed integer summed-area tables over the core pixels'
+neighbourhoods (`extended_final_tiles`; `extended_final` slides windows in the order float
+sums need).
 """
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.core.extending import intrinsic
 
 from kernels.jit import njit
 
 BIG = float(1 << 24)  # DIALS leaves values at or above this out of the window sums
+TILE = 32  # core pixels are grouped in bands of TILE rows, and within a band by TILE columns
+MARGIN = 1e-9  # relative; far above the float rounding of the screens and of the final test
 
 
 @njit(boundscheck=False)
@@ -95,132 +104,247 @@ def set_flags(flag, index, n, value):
 
 
 @njit(boundscheck=False)
-def erode_runs(flag, index, n, radius, core_out):
-    """The core pixels of an ascending (row-major) list of the dispersed pixels, separably: a
-    pixel whose run of dispersed pixels along its row reaches `radius` columns either side
-    (or the image edge) is marked 3, then one with such pixels `radius` rows above and below
-    (or the edge) is core. Marks core 2 (the others back to 1); returns how many."""
-    ny, nx = flag.shape
-    flat = flag.reshape(-1)
-    t = 0
-    while t < n:
-        s = t
-        while t + 1 < n and index[t + 1] == index[t] + 1 and index[t + 1] % nx != 0:
-            t += 1
-        j = index[s] // nx
-        c0 = index[s] - j * nx
-        c1 = index[t] - j * nx
-        for u in range(s, t + 1):
-            i = index[u] - j * nx
-            if (max(0, i - radius) >= c0) & (min(nx - 1, i + radius) <= c1):
-                flat[index[u]] = 3
-        t += 1
-    nc = 0
-    for u in range(n):
-        p = index[u]
-        if flat[p] != 3:
-            continue
-        j = p // nx
-        i = p - j * nx
-        core = True
-        for jj in range(max(0, j - radius), min(ny, j + radius + 1)):
-            if flat[jj * nx + i] < 3:
-                core = False
-                break
-        if core:
-            core_out[nc] = p
-            nc += 1
-    for u in range(n):
-        if flat[index[u]] == 3:
-            flat[index[u]] = 1
-    for c in range(nc):
-        flat[core_out[c]] = 2
+def _erode_run(flat, count, last, i0, i1, j, nx, radius, core_out, nc):
+    """Columns i0..i1 of row j are row-eroded: extend the per-column counts of row-eroded
+    pixels ending at row j (rows above the image counting, at most 2 radius + 1); where a
+    count is full the pixel `radius` rows up is core (flag 2, appended to core_out)."""
+    full = 2 * radius + 1
+    up = radius * nx if j >= radius else 0  # a full count needs j >= radius
+    start = 1 + (radius if j == 0 else 0)
+    for i in range(i0, i1 + 1):
+        c = min(count[i] * (last[i] == j - 1) + start, full)
+        count[i] = c
+        last[i] = j
+        core = c == full
+        q = j * nx + i - up * core  # not core: the pixel itself, already 1
+        flat[q] = 1 + core
+        core_out[nc] = q
+        nc += core
     return nc
 
 
-TILE = 32
+@njit(boundscheck=False)
+def erode_runs(flag, index, n, radius, core_out):
+    """The core pixels of an ascending (row-major) list of the dispersed pixels, separably: a
+    pixel whose run of dispersed pixels along its row reaches `radius` columns either side
+    (or the image edge) is row-eroded, then one with row-eroded pixels `radius` rows above
+    and below (or the edge) is core. flag: 1 at index[:n] (not read); marks core 2; returns
+    how many, ascending in core_out. One pass over the list, run by run (a division per new
+    row), with counts down the columns (`_erode_run`); then the bottom `radius` rows."""
+    ny, nx = flag.shape
+    flat = flag.reshape(-1)
+    count = np.zeros(nx, np.int64)
+    last = np.full(nx, -2, np.int64)  # the row of count[i]
+    nc = 0
+    s, prev, row, row_start, row_end = np.int64(-1), np.int64(-2), np.int64(-1), np.int64(0), np.int64(0)
+    for t in range(n + 1):
+        p = np.int64(index[t]) if t < n else np.int64(-1)
+        if (p != prev + 1) | (p >= row_end):
+            if t > 0:
+                a = s if s == row_start else s + radius
+                b = prev if prev == row_end - 1 else prev - radius
+                nc = _erode_run(flat, count, last, a - row_start, b - row_start, row, nx, radius, core_out, nc)
+            if p >= row_end:
+                row = p // nx
+                row_start = row * nx
+                row_end = row_start + nx
+            s = p
+        prev = p
+    for j0 in range(max(0, ny - radius), ny):  # core if the last row's count reaches row j0 - radius
+        for i in range(nx):
+            if (last[i] == ny - 1) & (count[i] >= ny + radius - j0):
+                flat[j0 * nx + i] = 2
+                core_out[nc] = j0 * nx + i
+                nc += 1
+    return nc
+
+
+@intrinsic
+def _prefetch(typingctx, array, i):
+    """Hint that array.flat[i] will be read soon (llvm.prefetch: no wait, no fault)."""
+    def codegen(context, builder, signature, args):
+        data = context.make_array(signature.args[0])(context, builder, args[0]).data
+        byte_ptr = ir.IntType(8).as_pointer()
+        i32 = ir.IntType(32)
+        fn = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [byte_ptr, i32, i32, i32]), "llvm.prefetch.p0i8")
+        builder.call(fn, [builder.bitcast(builder.gep(data, [args[1]]), byte_ptr), i32(0), i32(3), i32(1)])
+        return context.get_dummy_value()
+    return types.void(array, i), codegen
 
 
 @njit(boundscheck=False)
-def extended_final_tiles(image, mask, lower, upper, kx, ky, nsig_s, gain, threshold, flag, core, nc, out_index):
-    """`extended_final` with the window sums taken from summed-area tables: the core pixels
-    are bucketed into TILE x TILE tiles and each tile's table covers only the bounding box of
-    its core pixels widened by the window (spots are compact, so a few hundred pixels per
-    spot instead of a full window per pixel). Same results (integer sums are exact in any
-    order); out_index may be core (written in place, in order)."""
-    ny, nx = image.shape
-    nty = (ny + TILE - 1) // TILE
-    ntx = (nx + TILE - 1) // TILE
-    start = np.zeros(nty * ntx + 1, np.int64)
-    for c in range(nc):
-        p = core[c]
-        j = p // nx
-        i = p - j * nx
-        start[(j // TILE) * ntx + i // TILE + 1] += 1
-    for t in range(nty * ntx):
-        start[t + 1] += start[t]
-    fill = start[:-1].copy()
-    order = np.empty(nc, np.int64)
-    for c in range(nc):
-        p = core[c]
-        j = p // nx
-        i = p - j * nx
-        t = (j // TILE) * ntx + i // TILE
-        order[fill[t]] = c
-        fill[t] += 1
-    keep = np.zeros(nc, np.uint8)
-    h = TILE + 2 * ky + 1
-    w = TILE + 2 * kx + 1
-    sat_m = np.zeros((h + 1, w + 1), np.int64)
-    sat_x = np.zeros((h + 1, w + 1), np.float64)
-    for t in range(nty * ntx):
-        if start[t + 1] == start[t]:
+def _strong(v, m, x, nsig_s, gain, threshold, screen):
+    """The final test of a core pixel of value v, window count m and sum x. With `screen` (x >=
+    0, nsig_s 0 or in [1e-30, 1e30], gain in [1e-30, 1e30]) most pixels are decided without
+    the division and square root, from sqrt(y) <= (y + 1) / 2 (surely strong) and sqrt(y) >=
+    min(y, 1) (surely not), by a margin far above the rounding of both sides; ties and the
+    rest take the float64 test as written."""
+    if screen and m >= 2.0:
+        vm = v * m
+        sure = vm >= (1.0 + MARGIN) * (x * (1.0 + 0.5 * nsig_s * gain) + 0.5 * nsig_s * m)
+        never = vm < (1.0 - MARGIN) * (x + nsig_s * min(gain * x, m))
+        if sure | never:
+            return sure & (v > threshold)
+    mean = x / m if m >= 2.0 else 0.0
+    return (x >= 0.0) & (v > threshold) & (v >= mean + nsig_s * np.sqrt(gain * mean))
+
+
+@njit(boundscheck=False)
+def _band(core, c, nc, nx, ny, kx, ky, tiles, runs, groups, tile_group):
+    """The band of TILE rows holding core[c]: its row runs (row, first column, first core
+    index, length) in runs; in groups one table (first row, first column, width + 1, offset
+    in the buffer, rows) per set of occupied TILE-column tiles whose windows touch, named by
+    tile_group. tiles: scratch, (ny, -1, nx, -1) in and out. Returns (band end, runs,
+    groups, buffer size)."""
+    row = np.int64(core[c]) // nx
+    row_end = (row + 1) * nx
+    band_end = min(ny, (row // TILE + 1) * TILE) * nx
+    nr = 0
+    u = c
+    while u < nc and core[u] < band_end:
+        p = np.int64(core[u])
+        if p >= row_end:
+            row = p // nx
+            row_end = (row + 1) * nx
+        v = u + 1
+        while v < nc and core[v] == p + (v - u) and core[v] < row_end:
+            v += 1
+        i0 = p - row * nx
+        runs[nr, 0], runs[nr, 1], runs[nr, 2], runs[nr, 3] = row, i0, u, v - u
+        nr += 1
+        for t in range(i0 // TILE, (i0 + v - u - 1) // TILE + 1):
+            tiles[0, t] = min(tiles[0, t], row)
+            tiles[1, t] = row
+            tiles[2, t] = min(tiles[2, t], max(i0, t * TILE))
+            tiles[3, t] = max(tiles[3, t], min(i0 + v - u - 1, t * TILE + TILE - 1))
+        u = v
+    ng, size, t, ntx = 0, 0, 0, tiles.shape[1]
+    while t < ntx:
+        if tiles[1, t] < 0:
+            t += 1
             continue
-        jmin = ny
-        jmax = -1
-        imin = nx
-        imax = -1
-        for u in range(start[t], start[t + 1]):
-            p = core[order[u]]
-            j = p // nx
-            i = p - j * nx
-            jmin = min(jmin, j)
-            jmax = max(jmax, j)
-            imin = min(imin, i)
-            imax = max(imax, i)
-        r0 = max(0, jmin - ky)
-        r1 = min(ny, jmax + ky + 1)
-        q0 = max(0, imin - kx)
-        q1 = min(nx, imax + kx + 1)
-        for a in range(r1 - r0):
-            row_m = 0
-            row_x = 0.0
-            for b in range(q1 - q0):
-                jj = r0 + a
-                ii = q0 + b
-                v = np.float64(image[jj, ii])
-                ok = (flag[jj, ii] != 2) & (mask[jj, ii] != 0) & (v > lower) & (v < upper) & (v < BIG)
-                row_m += ok
-                row_x += v * ok
-                sat_m[a + 1, b + 1] = sat_m[a, b + 1] + row_m
-                sat_x[a + 1, b + 1] = sat_x[a, b + 1] + row_x
-        for u in range(start[t], start[t + 1]):
-            c = order[u]
-            p = core[c]
-            j = p // nx
-            i = p - j * nx
-            a0 = max(0, j - ky) - r0
-            a1 = min(ny, j + ky + 1) - r0
-            b0 = max(0, i - kx) - q0
-            b1 = min(nx, i + kx + 1) - q0
-            m = np.float64(sat_m[a1, b1] - sat_m[a0, b1] - sat_m[a1, b0] + sat_m[a0, b0])
-            x = sat_x[a1, b1] - sat_x[a0, b1] - sat_x[a1, b0] + sat_x[a0, b0]
-            v = np.float64(image[j, i])
-            mean = x / m if m >= 2.0 else 0.0
-            keep[c] = (x >= 0.0) & (v > threshold) & (v >= mean + nsig_s * np.sqrt(gain * mean))
-    n = 0
-    for c in range(nc):
-        if keep[c]:
-            out_index[n] = core[c]
-            n += 1
+        g0, g1, h0, h1 = tiles[0, t], tiles[1, t], tiles[2, t], tiles[3, t]
+        tile_group[t] = ng
+        t += 1
+        while t < ntx and (tiles[1, t] < 0 or tiles[2, t] - h1 <= 2 * kx + 1):
+            if tiles[1, t] >= 0:
+                g0, g1, h1 = min(g0, tiles[0, t]), max(g1, tiles[1, t]), tiles[3, t]
+                tile_group[t] = ng
+            t += 1
+        r0, q0 = max(0, g0 - ky), max(0, h0 - kx)
+        h, w = min(ny, g1 + ky + 1) - r0, min(nx, h1 + kx + 1) - q0
+        groups[ng, 0], groups[ng, 1], groups[ng, 2], groups[ng, 3], groups[ng, 4] = r0, q0, w + 1, size, h
+        size += (h + 1) * (w + 1)
+        ng += 1
+    tiles[0, :], tiles[1, :], tiles[2, :], tiles[3, :] = ny, -1, nx, -1
+    return u, nr, ng, size
+
+
+@njit(boundscheck=False)
+def _prefetch_groups(image, mask, flag, groups, ng):
+    """Prefetch the pixels the band's tables read (after the pass over the frame most are out
+    of this core's caches, and a table reads them row after row)."""
+    nx = image.shape[1]
+    step = max(1, 64 // image.itemsize)
+    for g in range(ng):
+        r0, q0, w = groups[g, 0], groups[g, 1], groups[g, 2] - 1
+        for p in range(r0 * nx + q0, (r0 + groups[g, 4]) * nx + q0, nx):
+            for i in range(p, p + w, step):
+                _prefetch(image, i)
+            for q in (p, p + w - 1):
+                _prefetch(image, q)
+                _prefetch(flag, q)
+                _prefetch(mask, q)
+
+
+@njit(boundscheck=False)
+def _packed_table(image, mask, lo, hi, flag, r0, r1, q0, q1, shift, sat, base, row_buf):
+    """Summed-area table at sat[base:] of the valid (mask set, lo <= value <= hi) non-core
+    pixels of rows [r0, r1) x columns [q0, q1), each adding (value << shift) + 1 (sum and
+    count in one int64): sat[base + a w + b] covers rows r0..r0+a-1 x columns q0..q0+b-1,
+    w = q1 - q0 + 1."""
+    w = q1 - q0 + 1
+    sat[base:base + w] = 0
+    for a in range(r1 - r0):
+        pixels = image[r0 + a, q0:q1]
+        flags = flag[r0 + a, q0:q1]
+        usable = mask[r0 + a, q0:q1]
+        for b in range(q1 - q0):
+            value = np.int64(pixels[b])
+            ok = (flags[b] != 2) & (usable[b] != 0) & (value >= lo) & (value <= hi)
+            row_buf[b] = ((value << shift) + 1) * ok
+        previous = sat[base + a * w + 1:base + (a + 1) * w]
+        current = sat[base + (a + 1) * w + 1:base + (a + 2) * w]
+        sat[base + (a + 1) * w] = 0
+        run = np.int64(0)
+        for b in range(q1 - q0):
+            run += row_buf[b]
+            current[b] = previous[b] + run
+
+
+@njit(boundscheck=False)
+def _final_bands(image, mask, lo, hi, kx, ky, nsig_s, gain, threshold, flag, core, nc, out_index, shift, screen):
+    """`extended_final_tiles` for integer images whose valid values lo..hi lie in [0, 2**24),
+    band by band (`_band`)."""
+    ny, nx = image.shape
+    ntx = (nx + TILE - 1) // TILE
+    tiles = np.empty((4, ntx), np.int64)
+    tiles[0, :], tiles[1, :], tiles[2, :], tiles[3, :] = ny, -1, nx, -1
+    runs, groups, tile_group = np.empty((nc, 4), np.int64), np.empty((ntx, 5), np.int64), np.empty(ntx, np.int64)
+    sat, row_buf = np.empty(4096, np.int64), np.empty(nx, np.int64)
+    low = (np.int64(1) << shift) - 1
+    n, c = 0, 0
+    while c < nc:
+        c, nr, ng, size = _band(core, c, nc, nx, ny, kx, ky, tiles, runs, groups, tile_group)
+        _prefetch_groups(image, mask, flag, groups, ng)
+        if size > sat.shape[0]:
+            sat = np.empty(2 * size, np.int64)
+        for g in range(ng):
+            r0, q0, w1, base, h = groups[g, 0], groups[g, 1], groups[g, 2], groups[g, 3], groups[g, 4]
+            _packed_table(image, mask, lo, hi, flag, r0, r0 + h, q0, q0 + w1 - 1, shift, sat, base, row_buf)
+        for k in range(nr):
+            j, i0, u0, length = runs[k, 0], runs[k, 1], runs[k, 2], runs[k, 3]
+            g = tile_group[i0 // TILE]
+            r0, q0, w1, base = groups[g, 0], groups[g, 1], groups[g, 2], groups[g, 3]
+            a0, a1 = base + (max(0, j - ky) - r0) * w1, base + (min(ny, j + ky + 1) - r0) * w1
+            for d in range(length):
+                i = i0 + d
+                b0, b1 = max(0, i - kx) - q0, min(nx, i + kx + 1) - q0
+                s = sat[a1 + b1] - sat[a0 + b1] - sat[a1 + b0] + sat[a0 + b0]
+                strong = _strong(np.float64(image[j, i]), np.float64(s & low), np.float64(s >> shift), nsig_s, gain,
+                                 threshold, screen)
+                out_index[n] = core[u0 + d]  # n <= u0 + d: in place over core is safe
+                n += strong
     return n
+
+
+def _packing(image, lower, upper, kx, ky):
+    """(shift, lo, hi) for `_final_bands`, or None: integer images with valid values (lower <
+    v < upper, v < 2**24) lo..hi in [0, 2**24) (lower >= -1), tables of (value << shift) + 1
+    (shift: bits of the window's pixel count) below 2**62 over a band's widest group."""
+    if image.dtype.kind not in "iu" or not lower >= -1.0:
+        return None
+    ny, nx = image.shape
+    shift = ((2 * int(kx) + 1) * (2 * int(ky) + 1)).bit_length()
+    if min(ny, TILE + 2 * ky) * nx >= 2 ** (62 - 24 - shift):
+        return None
+    lo = int(math.floor(min(lower, BIG))) + 1
+    top = min(upper, BIG) if upper == upper else 0.0
+    hi = int(math.ceil(max(top, 0.0))) - 1
+    return shift, lo, hi
+
+
+def extended_final_tiles(image, mask, lower, upper, kx, ky, nsig_s, gain, threshold, flag, core, nc, out_index):
+    """`extended_final` with the window sums taken from summed-area tables over the core
+    pixels' neighbourhoods (spots are compact: ~7 table cells per core pixel instead of a
+    window each), for integer images; out_index may be core (written in place, in order).
+    Integer sums are exact in any order, so the results are `extended_final`'s; other
+    images (floats, lower < -1, huge windows) take `extended_final` itself."""
+    packed = _packing(image, lower, upper, kx, ky)
+    if packed is None:
+        return extended_final(image, mask, lower, upper, kx, ky, nsig_s, gain, threshold, flag, core, nc, out_index)
+    shift, lo, hi = packed
+    screen = (nsig_s == 0.0 or 1e-30 <= nsig_s <= 1e30) and 1e-30 <= gain <= 1e30
+    return _final_bands(image, mask, np.int64(lo), np.int64(hi), kx, ky, nsig_s, gain, threshold, flag, core, nc,
+                        out_index, shift, screen)
