@@ -21,7 +21,9 @@ other in the tests. bitshuffle's decoder runs on OpenMP threads: one per decode 
 runs: the declared size must equal shape * itemsize and every block must lie inside the buffer,
 so nothing allocates more than the expected frame and no C decoder reads past the input.
 Corrupt input raises `BadFrame` with reason "corrupt_compression", a size mismatch reason
-"wrong_size", an unknown encoding reason "unknown_encoding".
+"wrong_size", an unknown encoding reason "unknown_encoding". Workers decode bslz4 frames band
+by band inside the threshold pass instead (`streamer.band_decode`); LZ4 frames change stream
+framing without recompression in `streamer.lz4_framing`.
 """
 
 from __future__ import annotations
@@ -40,7 +42,6 @@ import lz4.block
 import numpy as np
 
 from kernels.bslz4_blocks import BAD_LENGTH, BAD_TAIL, TRUNCATED_HEADER, walk_blocks
-from kernels.bslz4_native import BITSHUFFLE, DECTRIS, band_source
 from streamer.errors import BadFrame
 from streamer.series import EncodedFrame
 
@@ -50,8 +51,8 @@ ENCODINGS = ("bslz4", "lz4", "lz4-h5", "raw")
 MAX_DECODED_BYTES = 1 << 31  # 2 GiB: a 16M uint32 frame is 72 MB; anything bigger is not a frame
 BSLZ4_BLOCK_BYTES = 8192  # what DECTRIS detectors and the HDF5 bitshuffle filter use
 LZ4_H5_BLOCK_BYTES = 8192  # DECTRIS stream v2 "lz4" block size, seen in the real captures
-_HEADER = struct.Struct(">QI")
-_U32 = struct.Struct(">I")
+HEADER = struct.Struct(">QI")
+U32 = struct.Struct(">I")
 
 try:  # optional ("fast" extra): one C call per frame, but it allocates its own output
     from dectris.compression import decompress as _dectris_decompress
@@ -179,7 +180,7 @@ def decode_buffer(
     except TypeError as exc:
         raise BadFrame(f"unknown pixel type {dtype!r}", reason="wrong_size") from exc
     shape = tuple(int(n) for n in shape)
-    expected = _expected_bytes(shape, dt)
+    expected = expected_bytes(shape, dt)
     if out is not None and (out.shape != shape or out.dtype != dt or not out.flags.c_contiguous
                             or not out.flags.writeable):
         raise ValueError(f"output buffer {out.shape} {out.dtype} does not fit a {shape} {dt} frame")
@@ -189,7 +190,7 @@ def decode_buffer(
     backend = backend or fastest_backend(encoding)
     if backend not in available_backends():
         raise ValueError(f"decoder back-end {backend!r} is not available here ({available_backends()})")
-    src = _as_bytes_array(data)
+    src = as_bytes_array(data)
     if encoding == "bslz4" and backend == "dectris" and allow_view:
         return np.frombuffer(_dectris_bslz4(data, dt.itemsize, expected), dtype=dt).reshape(shape)
     if out is None:
@@ -210,7 +211,7 @@ def decode_buffer(
     return out
 
 
-def _as_bytes_array(data: Any) -> np.ndarray:
+def as_bytes_array(data: Any) -> np.ndarray:
     """A read-only uint8 view of any buffer (bytes, memoryview, zmq frame buffer), never a copy."""
     view = memoryview(data)
     if view.nbytes == 0:
@@ -218,7 +219,7 @@ def _as_bytes_array(data: Any) -> np.ndarray:
     return np.frombuffer(view.cast("B") if view.format != "B" or view.ndim != 1 else view, dtype=np.uint8)
 
 
-def _expected_bytes(shape: tuple[int, ...], dt: np.dtype) -> int:
+def expected_bytes(shape: tuple[int, ...], dt: np.dtype) -> int:
     if dt.kind not in "uif" or dt.itemsize not in (1, 2, 4, 8):
         raise BadFrame(f"unsupported pixel type {dt.str}", reason="wrong_size")
     if not shape or any(n <= 0 for n in shape):
@@ -231,9 +232,9 @@ def _expected_bytes(shape: tuple[int, ...], dt: np.dtype) -> int:
 
 def _read_header(data: Any, src: np.ndarray, expected: int, name: str) -> int:
     """Declared size and block size of a 12-byte HDF5-filter header, checked before decoding."""
-    if src.size < _HEADER.size:
+    if src.size < HEADER.size:
         raise BadFrame(f"{name} buffer of {src.size} bytes is shorter than its header", reason="corrupt_compression")
-    total, block = _HEADER.unpack_from(data, 0)
+    total, block = HEADER.unpack_from(data, 0)
     if total != expected:
         raise BadFrame(f"{name} header declares {total} bytes, the frame needs {expected}", reason="wrong_size")
     if block == 0:
@@ -241,7 +242,7 @@ def _read_header(data: Any, src: np.ndarray, expected: int, name: str) -> int:
     return block
 
 
-def _bslz4_layout(data: Any, src: np.ndarray, itemsize: int, expected: int) -> tuple[int, int, int]:
+def bslz4_layout(data: Any, src: np.ndarray, itemsize: int, expected: int) -> tuple[int, int, int]:
     """(block size in elements, full blocks, elements of the last partial block) from a checked header."""
     block_bytes = _read_header(data, src, expected, "bslz4")
     if block_bytes % (8 * itemsize) or block_bytes > (1 << 24):
@@ -258,72 +259,21 @@ def bslz4_block_offsets(data: Any, itemsize: int, expected: int) -> tuple[int, n
     within the LZ4 bound of its decoded size, and the raw tail of `n mod 8` elements must end
     the buffer exactly.
     """
-    src = _as_bytes_array(data)
-    block, n_full, last = _bslz4_layout(data, src, itemsize, expected)
+    src = as_bytes_array(data)
+    block, n_full, last = bslz4_layout(data, src, itemsize, expected)
     n = expected // itemsize
     offsets = np.empty(n_full + (1 if last else 0), dtype=np.int64)
-    status, pos = walk_blocks(src, _HEADER.size, block * itemsize, n_full, last * itemsize, (n % 8) * itemsize,
+    status, pos = walk_blocks(src, HEADER.size, block * itemsize, n_full, last * itemsize, (n % 8) * itemsize,
                               offsets)
     if status == TRUNCATED_HEADER:
         raise BadFrame("bslz4 buffer ends inside a block header", reason="corrupt_compression")
     if status == BAD_LENGTH:
-        (length,) = _U32.unpack_from(data, pos)
+        (length,) = U32.unpack_from(data, pos)
         raise BadFrame(f"bslz4 block at byte {pos} declares {length} bytes", reason="corrupt_compression")
     if status == BAD_TAIL:
         raise BadFrame(f"bslz4 buffer has {src.size - pos} trailing bytes, expected {(n % 8) * itemsize}",
                        reason="corrupt_compression")
     return block, offsets
-
-
-def _address(library: str, name: str) -> int:
-    return int(ctypes.cast(getattr(ctypes.CDLL(library), name), ctypes.c_void_p).value)
-
-
-def _block_decoders() -> np.ndarray | None:
-    try:
-        import dectris.compression as dectris
-
-        return np.array([_address(dectris.__file__, "LZ4_decompress_safe"),
-                         _address(dectris.__file__, "bitshuf_decode_block"), DECTRIS], dtype=np.int64)
-    except (ImportError, OSError, AttributeError):
-        pass
-    try:
-        import bitshuffle.ext
-
-        return np.array([_address(bitshuffle.ext.__file__, "LZ4_decompress_safe"),
-                         _address(bitshuffle.ext.__file__, "bshuf_untrans_bit_elem"), BITSHUFFLE], dtype=np.int64)
-    except (ImportError, OSError, AttributeError):  # pragma: no cover - depends on the build
-        return None
-
-
-_BLOCK_DECODERS = _block_decoders()
-
-
-def block_decoder_functions() -> np.ndarray | None:
-    """The C functions that decode one bslz4 block, for `kernels.bslz4_native`: int64 addresses
-    [LZ4_decompress_safe, bit transpose, its kind]: dectris-compression's (the fastest) when
-    importable, else bitshuffle's; None if neither library exports them."""
-    return _BLOCK_DECODERS
-
-
-def bslz4_band_source(frame: EncodedFrame, out: np.ndarray, scratch: np.ndarray | None = None) -> tuple:
-    """A validated bslz4 frame as a band source (`kernels.bslz4_native`) filling `out` (a
-    writeable C-contiguous array of the frame's shape and dtype): the threshold pass decodes it
-    band by band, just ahead of the rows it reads. BadFrame as `decode` would raise it for a
-    frame whose header is wrong; the blocks are checked as they are decoded
-    (`kernels.bslz4_native.DecodeError`)."""
-    dt = np.dtype(frame.dtype)
-    shape = tuple(int(n) for n in frame.shape)
-    expected = _expected_bytes(shape, dt)
-    if out.shape != shape or out.dtype != dt or not out.flags.c_contiguous or not out.flags.writeable:
-        raise ValueError(f"output buffer {out.shape} {out.dtype} does not fit a {shape} {dt} frame")
-    if _BLOCK_DECODERS is None:
-        raise RuntimeError("no bitshuffle-LZ4 block decoder is exported by the installed codecs")
-    src = _as_bytes_array(frame.data)
-    block, n_full, last = _bslz4_layout(frame.data, src, dt.itemsize, expected)
-    n, b = expected // dt.itemsize, dt.itemsize
-    return band_source(src, _HEADER.size, n_full, block * b, last * b, (n % 8) * b, b,
-                       out.reshape(-1).view(np.uint8), _BLOCK_DECODERS, scratch)
 
 
 def _dectris_bslz4(data: Any, itemsize: int, expected: int) -> bytes:
@@ -347,12 +297,12 @@ def _decode_bslz4(data: Any, src: np.ndarray, dst: np.ndarray, itemsize: int, ex
     if _BSHUF_DECOMPRESS is not None:
         if _OMP_SET_NUM_THREADS is not None:
             _OMP_SET_NUM_THREADS(_decode_threads)  # per calling thread (an OpenMP ICV)
-        used = _BSHUF_DECOMPRESS(src.ctypes.data + _HEADER.size, dst.ctypes.data, n, itemsize, block)
-        if used != src.size - _HEADER.size:
+        used = _BSHUF_DECOMPRESS(src.ctypes.data + HEADER.size, dst.ctypes.data, n, itemsize, block)
+        if used != src.size - HEADER.size:
             raise BadFrame(f"bslz4 decode failed (bitshuffle status {used})", reason="corrupt_compression")
         return
     try:  # pragma: no cover - only without the C entry point
-        arr = bitshuffle.decompress_lz4(src[_HEADER.size:], (n,), np.dtype(f"u{itemsize}"), block)
+        arr = bitshuffle.decompress_lz4(src[HEADER.size:], (n,), np.dtype(f"u{itemsize}"), block)
     except (ValueError, RuntimeError) as exc:  # pragma: no cover
         raise BadFrame(f"bslz4 decode failed: {exc}", reason="corrupt_compression") from exc
     dst[:] = arr.view(np.uint8)  # pragma: no cover
@@ -360,11 +310,11 @@ def _decode_bslz4(data: Any, src: np.ndarray, dst: np.ndarray, itemsize: int, ex
 
 def lz4_h5_blocks(data: Any, expected: int) -> list[tuple[int, int, int]]:
     """Validate an HDF5-LZ4-framed buffer; return (offset, compressed length, decoded length) per block."""
-    src = _as_bytes_array(data)
+    src = as_bytes_array(data)
     block_bytes = _read_header(data, src, expected, "lz4-h5")
     blocks = []
-    pos, end, done = _HEADER.size, src.size, 0
-    unpack = _U32.unpack_from
+    pos, end, done = HEADER.size, src.size, 0
+    unpack = U32.unpack_from
     while done < expected:
         size = min(block_bytes, expected - done)
         if pos + 4 > end:
@@ -439,33 +389,14 @@ def encode(array: np.ndarray, encoding: str, block_bytes: int | None = None) -> 
         if _OMP_SET_NUM_THREADS is not None:
             _OMP_SET_NUM_THREADS(_encode_threads)  # per calling thread (an OpenMP ICV)
         body = bitshuffle.compress_lz4(flat.view(f"u{itemsize}") if arr.dtype.kind != "u" else flat, block)
-        return _HEADER.pack(arr.nbytes, block * itemsize) + body.tobytes()
+        return HEADER.pack(arr.nbytes, block * itemsize) + body.tobytes()
     block = block_bytes or LZ4_H5_BLOCK_BYTES
     raw = memoryview(arr.tobytes())
-    pieces = [_HEADER.pack(arr.nbytes, block)]
+    pieces = [HEADER.pack(arr.nbytes, block)]
     for start in range(0, arr.nbytes, block):
         chunk = raw[start:start + block]
         packed = lz4.block.compress(chunk, store_size=False)
         if len(packed) >= len(chunk):
             packed = bytes(chunk)
-        pieces += [_U32.pack(len(packed)), packed]
+        pieces += [U32.pack(len(packed)), packed]
     return b"".join(pieces)
-
-
-def lz4_block_as_h5(data: Any, decoded_bytes: int) -> bytes:
-    """Wrap one bare LZ4 block (v1 `lz4<`) in the HDF5 LZ4 framing (v2 "lz4") without recompressing."""
-    if decoded_bytes >= 1 << 32:
-        raise ValueError("an image over 4 GiB does not fit one LZ4 block")
-    block = bytes(data)
-    if len(block) == decoded_bytes:  # would read as a stored block: never produced by LZ4 for real frames
-        raise ValueError("an LZ4 block as long as its decoded size cannot be framed unambiguously")
-    return _HEADER.pack(decoded_bytes, max(decoded_bytes, 1)) + _U32.pack(len(block)) + block
-
-
-def lz4_h5_as_block(data: Any, decoded_bytes: int) -> bytes | None:
-    """The bare LZ4 block inside a one-block HDF5-LZ4 buffer (for v1 `lz4<`), or None if it has more blocks."""
-    blocks = lz4_h5_blocks(data, decoded_bytes)
-    if len(blocks) != 1 or blocks[0][1] == blocks[0][2]:
-        return None
-    offset, length, _ = blocks[0]
-    return bytes(memoryview(data)[offset:offset + length])

@@ -32,7 +32,7 @@ from kernels.image_spots import image_spots
 from kernels.image_statistics import image_statistics
 from kernels.labelling import label_pixels
 from kernels.radial import bin_map, radial_profile, radial_segments, radial_sums
-from streamer import codecs
+from streamer import band_decode, codecs
 from streamer.config import Config
 from streamer.errors import BadFrame
 from streamer.geometry import Experiment
@@ -205,10 +205,10 @@ class ImageAnalyser:
         if (frame.encoding == "bslz4" and self.dtype.kind in "iu" and self.dtype.isnative
                 and np.dtype(frame.dtype) == self.dtype and tuple(frame.shape) == self.shape
                 and out.shape == self.shape and out.dtype == self.dtype
-                and codecs.block_decoder_functions() is not None):
+                and band_decode.block_decoder_functions() is not None):
             if self._scratch is None:
                 self._scratch = np.empty(2 * codecs.BSLZ4_BLOCK_BYTES, dtype=np.uint8)
-            source = codecs.bslz4_band_source(frame, out, self._scratch)
+            source = band_decode.bslz4_band_source(frame, out, self._scratch)
             image = out.view()
             image.flags.writeable = False
             return image, source
@@ -312,7 +312,7 @@ class ImageAnalyser:
                                         self.trusted_range, ws, path=path).copy()
                 except ValueError:  # that pass does not apply to this series (float frames, large windows)
                     continue
-        if small.dtype.kind in "iu" and codecs.block_decoder_functions() is not None:  # frames decoded inside the pass
+        if small.dtype.kind in "iu" and band_decode.block_decoder_functions() is not None:  # frames decoded inside the pass
             frame = EncodedFrame("warm-up", 0, small.shape, small.dtype.str, "bslz4", codecs.encode(small, "bslz4"))
             out = np.empty_like(small)
             view = out.view()
@@ -321,7 +321,7 @@ class ImageAnalyser:
                 strong_pixels(view, mask, sf.algorithm, tuple(sf.kernel_size), sf.sigma_background, sf.sigma_strong,
                               sf.global_threshold, sf.min_local, sf.gain, self.trusted_range,
                               DispersionWorkspace(small.shape), path=path,
-                              source=codecs.bslz4_band_source(frame, out))
+                              source=band_decode.bslz4_band_source(frame, out))
         labels, n = label_pixels(idx, small.shape)
         spot_moments(idx, small.reshape(-1)[idx], labels, n, small.shape)
         columns = image_spots(idx, small.reshape(-1)[idx], small.shape, 1, 1000, 2.0, 0, self._geometry)

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import zmq
 
-from streamer import codecs, stream_v1, stream_v2
+from streamer import codecs, lz4_framing, stream_v1, stream_v2
 from streamer.series import EncodedFrame, SeriesInfo
 
 log = logging.getLogger(__name__)
@@ -172,7 +172,7 @@ def _recode(frame: EncodedFrame, encoding: str, data: Any) -> EncodedFrame:
 def _for_v1(frame: EncodedFrame) -> EncodedFrame:
     if frame.encoding != "lz4-h5":
         return frame
-    block = codecs.lz4_h5_as_block(frame.data, frame.nbytes_decoded)
+    block = lz4_framing.lz4_h5_as_block(frame.data, frame.nbytes_decoded)
     if block is None:  # several blocks: v1 needs one bare block, so this one frame is recompressed
         log.debug("image %d: lz4-h5 with several blocks recompressed as one LZ4 block for v1", frame.image_number)
         block = codecs.encode(codecs.decode(frame), "lz4")
@@ -185,4 +185,4 @@ def _for_v2(frame: EncodedFrame) -> EncodedFrame:
     data = frame.data
     if memoryview(data).nbytes == frame.nbytes_decoded:  # cannot be told from a stored block
         return _recode(frame, "lz4-h5", codecs.encode(np.asarray(codecs.decode(frame)), "lz4-h5"))
-    return _recode(frame, "lz4-h5", codecs.lz4_block_as_h5(data, frame.nbytes_decoded))
+    return _recode(frame, "lz4-h5", lz4_framing.lz4_block_as_h5(data, frame.nbytes_decoded))

@@ -18,12 +18,12 @@ from hypothesis import strategies as st
 
 from kernels import bslz4_native as bn
 from kernels.dispersion import DispersionWorkspace, strong_pixels
-from streamer import codecs
+from streamer import band_decode, codecs
 from streamer.errors import BadFrame
 from streamer.perimage import ImageAnalyser
 from streamer.series import EncodedFrame, SeriesInfo
 
-pytestmark = pytest.mark.skipif(codecs.block_decoder_functions() is None, reason="no exported bslz4 block decoder")
+pytestmark = pytest.mark.skipif(band_decode.block_decoder_functions() is None, reason="no exported bslz4 block decoder")
 
 SHAPES = [(1, 13), (7, 5), (9, 1000), (100, 77), (130, 2049)]
 DTYPES = ["u1", "<u2", "<u4", "<i4"]
@@ -39,17 +39,17 @@ def reference(blob: bytes, image: np.ndarray) -> np.ndarray:
 
 def transposes() -> list[np.ndarray]:
     """The function tables to test: the default one and bitshuffle's (when the default is dectris's)."""
-    tables = [codecs.block_decoder_functions()]
+    tables = [band_decode.block_decoder_functions()]
     if tables[0][2] == bn.DECTRIS:
         path = bitshuffle.ext.__file__
-        tables.append(np.array([codecs._address(path, "LZ4_decompress_safe"),
-                                codecs._address(path, "bshuf_untrans_bit_elem"), bn.BITSHUFFLE], dtype=np.int64))
+        tables.append(np.array([band_decode._address(path, "LZ4_decompress_safe"),
+                                band_decode._address(path, "bshuf_untrans_bit_elem"), bn.BITSHUFFLE], dtype=np.int64))
     return tables
 
 
 def source_of(image: np.ndarray, blob: bytes, out: np.ndarray, functions: np.ndarray | None = None) -> tuple:
     frame = EncodedFrame("t", 0, image.shape, image.dtype.str, "bslz4", blob)
-    source = codecs.bslz4_band_source(frame, out)
+    source = band_decode.bslz4_band_source(frame, out)
     return source if functions is None else source[:3] + (functions,) + source[4:]
 
 
