@@ -30,7 +30,9 @@ float64 test bit for bit (`kernels.dispersion_tests`):
 - general (`kernels.dispersion_general`): floats, negative values: float64 everywhere.
 The flag map is written sparsely (only where pixels are selected, cleared the same way on
 the next frame); erosion and the extended test work on the sparse lists
-(`kernels.dispersion_extended`).
+(`kernels.dispersion_extended`). A bslz4 frame handed over still compressed (a band source,
+`kernels.bslz4_native`) is decoded band by band inside the packed pass, while the rows are
+in L2, when the previous frame took that pass; else in full before the pass.
 """
 
 from __future__ import annotations
