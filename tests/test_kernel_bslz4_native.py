@@ -279,3 +279,22 @@ def test_mutated_frames_through_the_band_decoder_only_fail_as_bad_frames(edits, 
 
 
 _ANALYSERS: dict = {}
+
+
+@pytest.mark.parametrize("block_bytes", [64, 4096, 16384, 65536])
+def test_other_block_sizes_decode_in_the_pass(block_bytes):
+    """Detectors and files may use other block sizes than 8192 bytes: the scratch grows to fit."""
+    image = spotty((150, 301), "<u2", seed=8)
+    blob = codecs.encode(image, "bslz4", block_bytes=block_bytes)
+    out = np.zeros(image.shape, dtype=image.dtype)
+    frame = EncodedFrame("t", 0, image.shape, image.dtype.str, "bslz4", blob)
+    source = band_decode.bslz4_band_source(frame, out, np.empty(16, np.uint8))
+    assert source[2].shape[0] >= 2 * block_bytes
+    view = out.view()
+    view.setflags(write=False)
+    mask = np.ones(image.shape, dtype=np.uint8)
+    decoded = image.copy()
+    decoded.setflags(write=False)
+    want = strong_pixels(decoded, mask).copy()
+    np.testing.assert_array_equal(strong_pixels(view, mask, path="packed", source=source), want)
+    np.testing.assert_array_equal(out, image)
