@@ -95,3 +95,35 @@ def test_eiger4m_pixels_are_plausible_counts(shared_data):
     # modules are 1030 x 514 pixels with 10- and 37-pixel gaps: rows gap first at 514, columns at 1030
     assert gap_rows.min() == 514 and gap_cols.min() == 1030
     assert (pixels[:514, :1030] < 65535).any()
+
+
+def test_every_bslz4_capture_frame_decodes_in_the_threshold_pass_as_in_full(shared_data):
+    """The real DECTRIS bslz4 frames through the band decoder a worker uses: the same pixels as
+    the whole-frame decoder, and the same strong pixels whether decoded first or in the pass."""
+    from kernels.dispersion import DispersionWorkspace, strong_pixels
+    from streamer import band_decode
+    from streamer.series import EncodedFrame
+
+    if band_decode.block_decoder_functions() is None:
+        pytest.skip("no exported bslz4 block decoder")
+    n = 0
+    for folder, shape, dtype, encoding, data in _all_capture_arrays(shared_data):
+        if encoding != "bslz4":
+            continue
+        dt = np.dtype(dtype)
+        whole = codecs.decode_buffer(data, shape, dt, encoding)
+        whole.setflags(write=False)
+        mask = np.ones(shape, dtype=np.uint8)
+        mask.setflags(write=False)
+        trusted = (-1.0, float(np.iinfo(dt).max))  # the all-ones gap and saturation value left out
+        want = strong_pixels(whole, mask, trusted_range=trusted, path="packed").copy()
+        out = np.zeros(shape, dtype=dt)
+        view = out.view()
+        view.setflags(write=False)
+        source = band_decode.bslz4_band_source(EncodedFrame("c", 0, tuple(shape), dt.str, "bslz4", data), out)
+        got = strong_pixels(view, mask, trusted_range=trusted, workspace=DispersionWorkspace(tuple(shape)),
+                            path="packed", source=source)
+        np.testing.assert_array_equal(out, whole, err_msg=folder)
+        np.testing.assert_array_equal(got, want, err_msg=folder)
+        n += 1
+    assert n == 3 + 3 * 3 * 5  # eiger4m-v1-dls, and the r500k v2 frames of three pixel types
