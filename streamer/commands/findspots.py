@@ -70,7 +70,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     import numpy as np
 
-    from streamer import codecs
     from streamer.errors import BadInput
     from streamer.perimage import ImageAnalyser
     from streamer.sources.open_any import open_source
@@ -91,7 +90,12 @@ def main(argv: list[str] | None = None) -> int:
 
     def analyse(frame):
         try:
-            return frame.image_number, analyser().analyse(codecs.decode(frame), frame.image_number), None
+            one = analyser()
+            key = (tuple(frame.shape), str(frame.dtype))
+            if getattr(analysers, "key", None) != key:  # a buffer per thread, reused frame after frame
+                analysers.key, analysers.buffer = key, np.empty(key[0], dtype=np.dtype(key[1]))
+            image, source = one.prepare(frame, analysers.buffer)  # bslz4 chunks: decoded inside the pass
+            return frame.image_number, one.analyse(image, frame.image_number, source), None
         except BadInput as exc:
             return frame.image_number, None, exc
 
