@@ -6,8 +6,9 @@ sends them, stream v2) over loopback TCP at a target rate. The processor side is
 `run` layout: `Receiver` -> `Pipeline` (fan-out, N worker processes, collector, result stream;
 the sweep stages with `--sweep-stages`). The rate
 ramps up in short series; a rate is sustained when every frame was received and processed
-(no drops) and results were published at >= 95% of the sent rate. Figures: the highest
-sustained rate, and at that rate the drops and the latency from frame received to per-image
+(no drops) and results were published at >= 95% of the sent rate; after the first rate that
+is not, `--refine` steps bisect (geometrically) between it and the last sustained one.
+Figures: the highest sustained rate, and at that rate the drops and the latency from frame received to per-image
 result published (p50, p99), and what each process spends per frame at that rate (CPU ms per
 frame from /proc: the main process split by thread, the workers, the sender), which shows
 where the cores go when the rate is limited by CPU rather than by the analysis. The frame
@@ -18,6 +19,7 @@ time it took is reported), so that the ramp measures the steady state.
 from __future__ import annotations
 
 import logging
+import math
 import multiprocessing
 import os
 import threading
@@ -33,6 +35,7 @@ DISTINCT_FRAMES = 6
 STEP_SECONDS = 2.5
 MIN_FRAMES = 40
 RAMP_FACTOR = 1.3
+REFINE_STEPS = 2  # after the first rate not sustained, halve the gap to the last sustained one this often
 TIME_BUDGET_S = 100.0
 # start message -> first image (a detector is armed, then triggered): the workers set each series
 # up meanwhile (measured ~0.25 s for a 4M, ~1 s for a 16M), as they would before a real sweep
@@ -42,6 +45,8 @@ ARM_S = {"4M": 0.5, "16M": 1.5}
 def add_arguments(parser) -> None:
     parser.add_argument("--start-rate", type=float, default=20.0, help="first rate of the ramp (frames/s)")
     parser.add_argument("--max-rate", type=float, default=2000.0, help="stop the ramp at this rate (frames/s)")
+    parser.add_argument("--refine", type=int, default=REFINE_STEPS,
+                        help="steps between the last sustained and the first unsustained rate (geometric bisection)")
     parser.add_argument("--analyser", default=None, metavar="MODULE:NAME",
                         help="per-image analyser the workers run (default streamer.perimage:ImageAnalyser; "
                              "tools.bench.decode_only:DecodeOnlyAnalyser measures the pipeline's own ceiling)")
@@ -212,6 +217,8 @@ def run(args) -> dict[str, Any]:
             try:
                 rate = args.start_rate
                 step = 0
+                sustained, failed = None, None
+                refine = max(0, int(getattr(args, "refine", REFINE_STEPS)))
                 while rate <= args.max_rate and time.monotonic() - started < TIME_BUDGET_S:
                     warmup = step == 0
                     n = 20 if warmup else max(MIN_FRAMES, int(rate * STEP_SECONDS))
@@ -234,10 +241,17 @@ def run(args) -> dict[str, Any]:
                     log.info("rate %.0f/s: sent %.0f/s, published %.0f/s, dropped %d, p99 %.3f s -> %s", rate,
                              sent_rate, figures["published_rate"], figures["dropped"], figures["latency_p99_s"],
                              "sustained" if ok else "not sustained")
-                    if not ok:
+                    if ok:
+                        best, sustained = figures, rate
+                    else:
+                        failed = rate if failed is None else min(failed, rate)
+                    if failed is None:
+                        rate *= RAMP_FACTOR
+                    elif refine > 0 and sustained is not None:  # narrow the ramp's last step down
+                        refine -= 1
+                        rate = math.sqrt(sustained * failed)
+                    else:
                         break
-                    best = figures
-                    rate *= RAMP_FACTOR
             finally:
                 receiver.close()
     finally:
@@ -258,6 +272,7 @@ def run(args) -> dict[str, Any]:
         "frame_store_map_s": map_s,
         "detector": args.detector,
         "compressed_mb_per_frame": compressed_bytes / 1e6,
-        "first_unsustained_rate": ramp[-1]["target_rate"] if ramp and ramp[-1] is not best else None,
+        "first_unsustained_rate": min((r["target_rate"] for r in ramp if r["target_rate"] > (best or {}).get(
+            "target_rate", 0.0)), default=None),
         "ramp": ramp,
     }
