@@ -17,6 +17,20 @@ BAD_LENGTH = 2  # a block declares more bytes than LZ4 can produce or than the b
 BAD_TAIL = 3  # the bytes after the last block are not the raw tail
 
 
+@njit(boundscheck=False, inline="always")
+def block_length(src, pos, size):
+    """(status, length) of the block whose big-endian length word is at src[pos], for size
+    decoded bytes: OK if the word and the block lie inside src and the length is within the
+    LZ4 bound of size (`walk_blocks`, and the band decoder block by block)."""
+    if pos + 4 > src.shape[0]:
+        return TRUNCATED_HEADER, np.int64(0)
+    length = (np.int64(src[pos]) << 24) | (np.int64(src[pos + 1]) << 16) | (np.int64(src[pos + 2]) << 8) \
+        | np.int64(src[pos + 3])
+    if length > size + size // 255 + 16 or pos + 4 + length > src.shape[0]:
+        return BAD_LENGTH, length
+    return OK, length
+
+
 @njit(boundscheck=False)
 def walk_blocks(src, start, block_bytes, n_full, last_bytes, tail_bytes, offsets):
     """(status, position) of the walk over a buffer `src` (uint8) whose first block header
@@ -28,12 +42,9 @@ def walk_blocks(src, start, block_bytes, n_full, last_bytes, tail_bytes, offsets
     n_blocks = n_full + (1 if last_bytes > 0 else 0)
     for b in range(n_blocks):
         size = block_bytes if b < n_full else last_bytes
-        if pos + 4 > end:
-            return TRUNCATED_HEADER, pos
-        length = (np.int64(src[pos]) << 24) | (np.int64(src[pos + 1]) << 16) | (np.int64(src[pos + 2]) << 8) \
-            | np.int64(src[pos + 3])
-        if length > size + size // 255 + 16 or pos + 4 + length > end:
-            return BAD_LENGTH, pos
+        status, length = block_length(src, pos, size)
+        if status != OK:
+            return status, pos
         offsets[b] = pos
         pos += 4 + length
     if end - pos != tail_bytes:

@@ -26,16 +26,14 @@ from llvmlite import ir
 from numba import types
 from numba.core.extending import intrinsic
 
+from kernels.bslz4_blocks import BAD_LENGTH, BAD_TAIL, OK, TRUNCATED_HEADER, block_length
 from kernels.jit import njit
 
 # state fields
 NEXT_BLOCK, N_BLOCKS, BLOCK_BYTES, LAST_BYTES, TAIL_BYTES, ELEM_SIZE, DECODED, STATUS, TOTAL, POS, DONE = range(11)
 STATE_SIZE = 11
-OK = 0
-BAD_BLOCK = 1  # a block's LZ4 data did not give its decoded size, or the transpose failed
-TRUNCATED_HEADER = 2  # the buffer ends inside a block's length word
-BAD_LENGTH = 3  # a block declares more bytes than LZ4 can produce or than the buffer holds
-BAD_TAIL = 4  # the bytes after the last block are not the raw tail
+BAD_BLOCK = 4  # a block's LZ4 data did not give its decoded size, or the transpose failed (after
+# `kernels.bslz4_blocks`'s OK, TRUNCATED_HEADER, BAD_LENGTH and BAD_TAIL)
 PROBLEMS = {BAD_BLOCK: "does not decode", TRUNCATED_HEADER: "is cut inside its length word",
             BAD_LENGTH: "declares more bytes than it can hold or the buffer has", BAD_TAIL: "is followed by a bad tail"}
 
@@ -119,13 +117,9 @@ def decode_upto(src, dst, scratch, functions, state, byte_end):
         b = state[NEXT_BLOCK]
         size = bb if (b < nb - 1 or state[LAST_BYTES] == 0) else state[LAST_BYTES]
         pos = state[POS]
-        if pos + 4 > n_src:
-            state[STATUS] = TRUNCATED_HEADER
-            return False
-        length = (np.int64(src[pos]) << 24) | (np.int64(src[pos + 1]) << 16) | (np.int64(src[pos + 2]) << 8) \
-            | np.int64(src[pos + 3])
-        if length > size + size // 255 + 16 or pos + 4 + length > n_src:
-            state[STATUS] = BAD_LENGTH
+        status, length = block_length(src, pos, size)
+        if status != OK:
+            state[STATUS] = status
             return False
         out = base_dst + state[DECODED]
         ok = _lz4(functions[0], base_src + pos + 4, tmp, np.int32(length), np.int32(size)) == size
