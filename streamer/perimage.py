@@ -154,7 +154,6 @@ class ImageAnalyser:
             raise BadFrame(f"max_spot_size {sf.max_spot_size} must exceed min_spot_size {self.min_spot_size}",
                            reason="bad_config")
         self.workspace = DispersionWorkspace(self.shape)
-        self._scratch: np.ndarray | None = None  # two bslz4 blocks for the band decoder
         self.max_strong = int(math.ceil(sf.max_strong_pixel_fraction * self.shape[0] * self.shape[1]))
         if warm_up:
             self._warm_up()
@@ -207,9 +206,7 @@ class ImageAnalyser:
                 and np.dtype(frame.dtype) == self.dtype and tuple(frame.shape) == self.shape
                 and out.shape == self.shape and out.dtype == self.dtype
                 and band_decode.block_decoder_functions() is not None):
-            if self._scratch is None:
-                self._scratch = np.empty(2 * codecs.BSLZ4_BLOCK_BYTES, dtype=np.uint8)
-            source = band_decode.bslz4_band_source(frame, out, self._scratch)
+            source = band_decode.bslz4_band_source(frame, out)
             image = out.view()
             image.flags.writeable = False
             return image, source
