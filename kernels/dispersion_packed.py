@@ -185,13 +185,14 @@ def _possible(p, alpha, beta):
     x k(m) with k(m) = g ((m - 1) + sqrt(nb2 (m - 1))); sqrt is concave, so k(m) >= alpha +
     beta m (its chord from m = 2 to the window size, `candidate_bounds`). Sums are integers
     below 2**23, so the float32 products are within a few ulps: the 1e-4 margins keep the
-    test necessary."""
+    test necessary. The test is strict, as the exact one is: a window of zeros (m y = 0, x =
+    0), common where the background is low or in a masked gap, is no candidate."""
     m = np.float32((p >> X_BITS) & 63)
     x = np.float32(p & 2047)
     y = np.float32(p >> Y_SHIFT)
-    lhs = m * y * np.float32(1.0001) + np.float32(1e-3)
+    lhs = m * y * np.float32(1.0001)
     rhs = x * (x + (alpha + beta * m)) * np.float32(0.9999)
-    return lhs >= rhs
+    return lhs > rhs
 
 
 @njit(boundscheck=False, inline="always")

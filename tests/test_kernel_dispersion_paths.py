@@ -148,10 +148,55 @@ def test_workspace_reuse_leaves_no_flags_behind():
        gain=st.sampled_from([1.0, 0.5, 1.7]))
 def test_property_fast_path_equals_float_path(seed, ny, nx, kx, ky, algorithm, dtype, gain):
     rng = np.random.default_rng(seed)
-    image = spotty((ny, nx), dtype, rng, background=float(rng.uniform(0.1, 4.0)), n_spots=int(rng.integers(0, 4)))
+    background = float(rng.choice([0.0, 0.02, rng.uniform(0.1, 4.0)]))  # zero windows are common at low background
+    image = spotty((ny, nx), dtype, rng, background=background, n_spots=int(rng.integers(0, 4)))
     mask = (rng.random((ny, nx)) > 0.1).astype(np.uint8)
     fast, general = both_paths(image, mask, algorithm, kernel_size=(kx, ky), gain=gain, min_local=2)
     assert_same(fast, general)
+
+
+@pytest.mark.parametrize("gap", ["masked", "all-ones", "zeros"])
+@pytest.mark.parametrize("background", [0.0, 0.02, 0.3])
+def test_module_gaps_and_empty_background(gap, background):
+    """Bands of gap pixels (masked, at the all-ones invalid value, or zero) across a frame of
+    little or no background, as a fast EIGER frame looks: same pixels on every pass."""
+    rng = np.random.default_rng(int(background * 100) + len(gap))
+    image = spotty((120, 150), np.uint32, rng, background=background, n_spots=12)
+    mask = np.ones(image.shape, np.uint8)
+    gaps = np.zeros(image.shape, bool)
+    gaps[50:62, :] = True
+    gaps[:, 70:74] = True
+    if gap == "masked":
+        mask[gaps] = 0
+    image[gaps] = {"masked": 0, "all-ones": 0xFFFFFFFF, "zeros": 0}[gap]
+    for algorithm in ALGORITHMS:
+        fast, general = both_paths(image, mask, algorithm, trusted_range=(-1.0, 2.0**32 - 2))
+        assert_same(fast, general)
+        assert general[0].size > 0
+
+
+@settings(max_examples=300, deadline=None)
+@given(seed=st.integers(0, 2**31), m=st.integers(0, 49), gain=st.sampled_from([1.0, 0.5, 1.7, 3.0]),
+       nsig_b=st.sampled_from([6.0, 3.0, 1.0]), scale=st.sampled_from([0.0, 0.05, 1.0, 5.0, 25.0]))
+def test_packed_screen_is_necessary_and_rejects_empty_windows(seed, m, gain, nsig_b, scale):
+    """`_possible` (the packed pass's float32 screen of a 7 x 7 window) lets through every
+    window the float64 dispersion test selects, and no window whose sum is zero."""
+    from kernels.dispersion_packed import X_BITS, Y_SHIFT, _possible, candidate_bounds, quiet_value
+    from kernels.dispersion_tests import selected64
+
+    rng = np.random.default_rng(seed)
+    values = np.minimum(rng.poisson(scale, m), quiet_value(49)).astype(np.int64)
+    if m and rng.random() < 0.3:
+        values[rng.integers(m)] = quiet_value(49)  # an outlier: dispersed windows
+    x, y = int(values.sum()), int((values**2).sum())
+    p = np.uint32(x | (m << X_BITS) | (y << Y_SHIFT))
+    alpha, beta = candidate_bounds(49, nsig_b, gain)
+    exact = selected64(0.0, True, float(m), float(x), float(y), 2.0 * nsig_b**2, 9.0, gain, 0.0, 2.0, True)
+    screen = _possible(p, alpha, beta)
+    if exact:
+        assert screen, (m, x, y)
+    if x == 0:
+        assert not screen
 
 
 def test_auto_path_follows_the_background():

@@ -1,7 +1,8 @@
 """`xtalstream bench decode`: receive + decompress throughput of bslz4 uint32 frames.
 
-A realistic frame (Poisson background of 0.3 photons/pixel, ~400 Gaussian spots, module gaps
-at 0xFFFFFFFF) of 2068x2162 (4M) or 4148x4362 (16M) pixels is compressed once as a DECTRIS
+A realistic frame (Poisson background of 0.3 photons/pixel, ~400 Gaussian spots, the module
+gaps of an EIGER2 X 4M or 16M at 0xFFFFFFFF, as the detector sends them) of 2068x2162 (4M) or
+4148x4362 (16M) pixels is compressed once as a DECTRIS
 detector does (bitshuffle-LZ4, 8 kB blocks). A `DetectorSender` thread streams it N times
 (stream v1) to a `Receiver`, which decodes every frame into one reused buffer; the same is done
 over ipc:// and tcp://127.0.0.1. The baseline is `np.copyto` of the decoded frame, measured in
@@ -22,11 +23,13 @@ import zmq
 
 from streamer import codecs
 from streamer.config import ReceiverConfig
+from streamer.detector_presets import load_preset
 from streamer.receiver import Receiver
 from streamer.sender import DetectorSender
 from streamer.series import EncodedFrame, SeriesInfo
 
-SHAPES = {"4M": (2162, 2068), "16M": (4362, 4148)}
+PRESETS = {"4M": "eiger2_4m", "16M": "eiger2_16m"}  # the detectors the benchmark frames come from
+SHAPES = {detector: load_preset(name).shape for detector, name in PRESETS.items()}  # numpy order (slow, fast)
 
 
 def add_arguments(parser: Any) -> None:
@@ -38,19 +41,19 @@ def add_arguments(parser: Any) -> None:
                         help=f"decoder back-end (default {codecs.fastest_backend('bslz4')})")
 
 
-def realistic_frame(shape: tuple[int, int], seed: int = 0) -> np.ndarray:
-    """uint32 frame: Poisson background, sparse Gaussian spots, gap rows/columns at the max value."""
+def realistic_frame(detector: str, seed: int = 0, background: float = 0.3, n_spots: int = 400) -> np.ndarray:
+    """uint32 frame of an EIGER2 4M or 16M: Poisson background, sparse Gaussian spots, module gaps at the all-ones value."""
     rng = np.random.default_rng(seed)
-    frame = rng.poisson(0.3, size=shape).astype("<u4")
-    ny, nx = shape
+    preset = load_preset(PRESETS[detector])
+    frame = rng.poisson(background, size=preset.shape).astype("<u4")
+    ny, nx = preset.shape
     yy, xx = np.mgrid[-3:4, -3:4]
-    for _ in range(400):
+    for _ in range(n_spots):
         y, x = rng.integers(4, ny - 4), rng.integers(4, nx - 4)
         peak = rng.lognormal(5, 1)
         spot = rng.poisson(peak * np.exp(-(xx**2 + yy**2) / 2.0)).astype("<u4")
         frame[y - 3:y + 4, x - 3:x + 4] += spot
-    frame[514::551, :] = 0xFFFFFFFF  # horizontal module gaps (EIGER module height 514 + 37 gap)
-    frame[:, 1030::1040] = 0xFFFFFFFF
+    frame[preset.gap_mask() != 0] = 0xFFFFFFFF
     return frame
 
 
@@ -121,7 +124,7 @@ def run(args: Any) -> dict[str, Any]:
     backend = getattr(args, "backend", None) or codecs.fastest_backend("bslz4")
     threads = getattr(args, "threads", 1) or 1
     codecs.set_decode_threads(threads)
-    frame = realistic_frame(shape)
+    frame = realistic_frame(detector)
     blob = codecs.encode(frame, "bslz4")
     series = _series(shape, n + 1)
     encoded = EncodedFrame("1", 0, shape, "<u4", "bslz4", blob)

@@ -28,9 +28,10 @@ from typing import Any
 
 import numpy as np
 
+from tools.bench.decode import SHAPES, realistic_frame
+
 log = logging.getLogger(__name__)
 
-SHAPES = {"4M": (2162, 2068), "16M": (4362, 4148)}  # numpy order (slow, fast)
 DISTINCT_FRAMES = 6
 STEP_SECONDS = 2.5
 MIN_FRAMES = 40
@@ -55,23 +56,9 @@ def add_arguments(parser) -> None:
                              "default: the bench frames are not a rotation sweep, so indexing would only keep failing")
 
 
-def make_frames(shape: tuple[int, int], n: int, seed: int = 1) -> list[np.ndarray]:
-    """Sparse spots on a Poisson background: ~1 photon/pixel, a few hundred spots per frame."""
-    rng = np.random.default_rng(seed)
-    ny, nx = shape
-    yy, xx = np.mgrid[-3:4, -3:4]
-    frames = []
-    for _ in range(n):
-        image = rng.poisson(1.0, size=shape).astype(np.uint32)
-        n_spots = 300
-        cy = rng.integers(5, ny - 5, n_spots)
-        cx = rng.integers(5, nx - 5, n_spots)
-        peak = rng.exponential(200.0, n_spots) + 20
-        blob = np.exp(-(xx**2 + yy**2) / (2 * 1.2**2))
-        for y, x, p in zip(cy, cx, peak):
-            image[y - 3:y + 4, x - 3:x + 4] += rng.poisson(p * blob).astype(np.uint32)
-        frames.append(image)
-    return frames
+def make_frames(detector: str, n: int, seed: int = 1) -> list[np.ndarray]:
+    """EIGER2 frames with their module gaps: ~1 photon/pixel background, a few hundred sparse spots each."""
+    return [realistic_frame(detector, seed=seed + i, background=1.0, n_spots=300) for i in range(n)]
 
 
 _TICK_S = 1.0 / os.sysconf("SC_CLK_TCK")
@@ -121,7 +108,7 @@ def series_for(shape: tuple[int, int], series_id: str, n_images: int):
                       saturation_value=2**31, bit_depth_image=32)
 
 
-def _sender(url: str, shape: tuple[int, int], conn, arm_s: float = 0.0) -> None:
+def _sender(url: str, detector: str, conn, arm_s: float = 0.0) -> None:
     """Child process: the detector. Receives (series_id, rate, n) steps, streams each, reports."""
     import zmq
 
@@ -129,7 +116,8 @@ def _sender(url: str, shape: tuple[int, int], conn, arm_s: float = 0.0) -> None:
     from streamer.sender import DetectorSender
     from streamer.series import EncodedFrame
 
-    payloads = [codecs.encode(image, "bslz4") for image in make_frames(shape, DISTINCT_FRAMES)]
+    shape = SHAPES[detector]
+    payloads = [codecs.encode(image, "bslz4") for image in make_frames(detector, DISTINCT_FRAMES)]
     ctx = zmq.Context()
     sender = DetectorSender(ctx, url, fmt="v2")
     conn.send(("ready", float(np.mean([len(p) for p in payloads]))))
@@ -189,7 +177,7 @@ def run(args) -> dict[str, Any]:
     url = f"tcp://127.0.0.1:{port}"
     mp = multiprocessing.get_context("spawn")
     parent, child = mp.Pipe()
-    proc = mp.Process(target=_sender, args=(url, shape, child, ARM_S[args.detector]), daemon=True)
+    proc = mp.Process(target=_sender, args=(url, args.detector, child, ARM_S[args.detector]), daemon=True)
     proc.start()
     _, compressed_bytes = parent.recv()
     worker_args = ["--analyser", args.analyser] if args.analyser else []

@@ -1,74 +1,65 @@
 """`xtalstream bench perimage`: one core, decode + threshold + label + centroid (+ statistics) per frame.
 
-The frame is `tools.bench.decode.realistic_frame` (Poisson background 0.3 photons/pixel, ~400
-spots, module gaps at the all-ones value) of 2068x2162 (4M) or 4148x4362 (16M) uint32
-pixels, bitshuffle-LZ4 compressed as a DECTRIS detector sends it. Each timed iteration
-decodes it as a worker does (`ImageAnalyser.prepare`: band by band inside the threshold pass,
-into a reused buffer; decoded_in_pass says whether the timed frames were) and runs the
-series' `ImageAnalyser.analyse` (threshold,
-labelling, centroids, filters and the per-image statistics): frames_per_s. memcpy_ratio is
-that rate over `np.copyto` of the decoded frame in the same run. decode_ms (a whole frame,
-the fastest decoder) and threshold_ms (of a decoded frame) are the parts on their own.
+The frames are `tools.bench.decode.realistic_frame`s (Poisson background 0.3 photons/pixel,
+~400 spots, the module gaps of an EIGER2 X at the all-ones value) of 2068x2162 (4M) or
+4148x4362 (16M) uint32 pixels, `--distinct` of them, bitshuffle-LZ4 compressed as a DECTRIS
+detector sends them. Each timed iteration takes the next one and decodes it as a worker does
+(`ImageAnalyser.prepare`: band by band inside the threshold pass, into a reused buffer;
+decoded_in_pass says whether the timed frames were) and runs the series'
+`ImageAnalyser.analyse` (threshold, labelling, centroids, filters and the per-image
+statistics): frames_per_s.
 
-dials_ratio (only when `dials.find_spots` is on PATH and ../shared holds the thaumatin images):
-DIALS 3.12's in-process spot finding (`do_spotfinding`, nproc=1, OMP_NUM_THREADS=1) against
-ours (`ImageSeriesSource.pixels` + `ImageAnalyser.analyse`) on the same real PILATUS 6M CBFs,
-seconds per image over seconds per image, one core each. dxtbx keeps the last image it read
-twice over: in the ImageSet (`get_raw_data` and `get_raw_data_as_double` caches) and in the
-Format instance of the last file (`Format.get_instance`, its `_raw_data`). `do_spotfinding` on a
-one-image ImageSet reuses that ImageSet, so repeating it times no reading, decompression or
-conversion to double at all (the old figure, 0.33 s, was such a repeat). Hence two figures:
-- dials_ratio: both read and decompress every CBF from the file (DIALS: both caches dropped
-  before each call of N one-image imagesets; ours: `pixels(i)` from the file each time), as
-  `dials.find_spots` on new images does.
-- dials_ratio_in_memory: neither reads (DIALS: a one-image call repeated, served from its
-  caches as double; ours: `analyse` of decoded pixels).
-Per-series set-up is left out of both per-image times and reported on its own: DIALS's
-`generate_mask` (once per imageset, i.e. per still image here, subtracted from its time) and
-our `ImageAnalyser(...)`. Figures only, never pass/fail.
+memcpy_ratio is that rate over the rate of a memory-bandwidth copy of a decoded frame in the
+same run: `np.copyto` between frames taken in turn from a pool of sources and destinations
+twice the size of the last-level cache, so that each copy reads and writes main memory (the
+issue's "a copy of the decoded frame takes ~1.7 ms": 10.6 GB/s). memcpy_hot_ms is the same
+copy repeated between two buffers, which a 32 MB L3 partly holds (4M: 2 x 17.9 MB).
+decode_ms (a whole frame, the fastest decoder) and threshold_ms (of a decoded frame) are the
+parts on their own.
+
+dials_ratio (when `dials.find_spots` is on PATH): DIALS 3.12's spot finding against ours on the
+same frames, one core each (`tools.bench.dials_compare.same_frames`); the *_6M figures do the
+same on real PILATUS 6M CBFs from ../shared (`thaumatin_6m`). Figures only, never pass/fail.
 """
 
 from __future__ import annotations
 
-import bz2
-import json
-import shutil
-import subprocess
-import tempfile
-import textwrap
+import os
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from streamer import codecs
 from streamer.allocator import keep_freed_memory
-from streamer.config import Config, load_config
+from streamer.config import load_config
 from streamer.perimage import ImageAnalyser
 from streamer.series import EncodedFrame, SeriesInfo
+from tools.bench import dials_compare
 from tools.bench.decode import SHAPES, realistic_frame
 
-SHARED_THAUMATIN = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "real-images" / "thaumatin_grid"
+DEFAULT_LLC_BYTES = 32 << 20
 
 
 def add_arguments(parser: Any) -> None:
     parser.add_argument("--frames", type=int, default=None, help="timed frames (default 40 for 4M, 10 for 16M)")
+    parser.add_argument("--distinct", type=int, default=5, help="distinct frames, taken in turn (also DIALS's)")
     parser.add_argument("--algorithm", choices=["dispersion_extended", "dispersion"], default=None,
                         help="threshold algorithm (default: the configuration's, DIALS's dispersion_extended)")
-    parser.add_argument("--no-dials", action="store_true", help="skip the DIALS comparison")
-    parser.add_argument("--dials-images", type=int, default=5, help="real 6M CBFs in the DIALS comparison (1-19)")
-    parser.add_argument("--dials-repeats", type=int, default=3, help="timed repeats in the DIALS comparison")
+    parser.add_argument("--no-dials", action="store_true", help="skip the DIALS comparisons")
+    parser.add_argument("--dials-images", type=int, default=5, help="real 6M CBFs in the DIALS comparison (0-19)")
+    parser.add_argument("--dials-repeats", type=int, default=3, help="timed repeats in the DIALS comparisons")
 
 
-def _series(shape: tuple[int, int]) -> SeriesInfo:
+def series_for(shape: tuple[int, int]) -> SeriesInfo:
     return SeriesInfo(series_id="bench", source="simulator", image_shape=shape, dtype="<u4", n_images=1000,
                       pixel_size_mm=(0.075, 0.075), beam_centre_px=(shape[1] / 2, shape[0] / 2), distance_mm=150.0,
-                      wavelength_A=1.0, saturation_value=2**32 - 2, bit_depth_image=32)
+                      wavelength_A=1.0, saturation_value=2**32 - 2, bit_depth_image=32,
+                      count_time_s=0.01, frame_time_s=0.01)
 
 
 def _best_rate(func, n: int) -> tuple[float, float]:
-    """(frames/s over n calls, median seconds per call)."""
+    """(calls/s over n calls, median seconds per call)."""
     func()
     times = []
     for _ in range(n):
@@ -78,191 +69,75 @@ def _best_rate(func, n: int) -> tuple[float, float]:
     return n / sum(times), float(np.median(times))
 
 
-# Runs under Debian's /usr/bin/python3 (DIALS is not importable from our venv). Prints one JSON
-# line: seconds per do_spotfinding call, with and without reading, and what each call read.
-DIALS_SCRIPT = textwrap.dedent("""
-    import json, statistics, sys, time
-    import libtbx.phil
-    from dials.command_line.find_spots import do_spotfinding, working_phil
-    from dials.util.masking import generate_mask
-    from dxtbx.model.experiment_list import ExperimentList, ExperimentListFactory
-
-    algorithm, repeats, paths = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
-    # The parameters as dials.find_spots builds them (fetch, then extract). A bare
-    # phil_scope.extract() keeps one empty `spotfinder.filter.untrusted` region, which masks the
-    # whole detector: no strong pixel at all.
-    overrides = f"spotfinder.mp.nproc=1\\nspotfinder.threshold.algorithm={algorithm}"
-    params = working_phil.fetch(sources=[libtbx.phil.parse(overrides)]).extract()
-    assert not params.spotfinder.filter.untrusted, params.spotfinder.filter.untrusted
-    # One imageset per still, as `dials.import` of each file gives (imported together, these
-    # zero-width images make one 5-image sequence in which DIALS 3.12 keeps no spot at all).
-    singles = [ExperimentListFactory.from_filenames([p]) for p in paths]
-    sweep = ExperimentList()
-    for single in singles:
-        sweep.extend(single)
-    imageset = sweep.imagesets()[0]
-    format_class = imageset.get_format_class()
-    reads = [0]
-    if hasattr(format_class, "_read_cbf_image"):  # count CBF reads + decompressions
-        read_cbf = format_class._read_cbf_image
-        def counted(self, *args, **kwargs):
-            reads[0] += 1
-            return read_cbf(self, *args, **kwargs)
-        format_class._read_cbf_image = counted
-
-    def drop_caches(experiments):
-        for iset in experiments.imagesets():
-            iset.clear_cache()
-        format_class._current_instance_ = None
-        format_class._current_filename_ = None
-
-    def call(experiments, fresh):
-        if fresh:
-            drop_caches(experiments)
-        before = reads[0]
-        t0 = time.perf_counter()
-        result = do_spotfinding(experiments, params)
-        return time.perf_counter() - t0, reads[0] - before, len(result)
-
-    def median_call(experiments, fresh):
-        call(experiments, fresh)  # warm-up (and, for a cached run, the one read)
-        runs = [call(experiments, fresh) for _ in range(repeats)]
-        return statistics.median(r[0] for r in runs), runs[-1][1], runs[-1][2]
-
-    def median_s(func):
-        func()
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            func()
-            times.append(time.perf_counter() - t0)
-        return statistics.median(times)
-
-    fresh_s, fresh_reads, fresh_spots = median_call(sweep, True)
-    cached = [median_call(single, False) for single in singles]
-
-    def read_one():
-        drop_caches(sweep)
-        imageset.get_raw_data(0)
-
-    print(json.dumps({
-        "images": len(paths), "repeats": repeats,
-        "fresh_call_s": fresh_s, "fresh_reads_per_call": fresh_reads, "spots": fresh_spots,
-        "cached_call_s": statistics.mean(c[0] for c in cached),
-        "cached_reads_per_call": max(c[1] for c in cached),
-        "mask_setup_s": median_s(lambda: generate_mask(imageset, params.spotfinder.filter)),
-        "read_s": median_s(read_one),
-    }))
-""")
+def last_level_cache_bytes() -> int:
+    """The largest CPU cache of cpu0 (sysfs), or 32 MB when it cannot be read."""
+    sizes = []
+    root = "/sys/devices/system/cpu/cpu0/cache"
+    try:
+        for entry in os.listdir(root):
+            if entry.startswith("index"):
+                with open(os.path.join(root, entry, "size")) as f:
+                    text = f.read().strip()
+                scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
+                sizes.append(int(text.rstrip("KMG")) * scale)
+    except (OSError, ValueError):
+        pass
+    return max(sizes, default=DEFAULT_LLC_BYTES)
 
 
-def _median_s(func, repeats: int) -> float:
-    """Median seconds of `repeats` calls after one warm-up call."""
-    return _best_rate(func, repeats)[1]
+def copy_pool_pairs(frame_bytes: int, cache_bytes: int) -> int:
+    """Source/destination pairs whose bytes are at least twice the cache (and at least 2)."""
+    return max(2, -(-cache_bytes // frame_bytes))
 
 
-def _run_dials(cbfs: list[Path], algorithm: str, repeats: int, cwd: str) -> dict[str, Any]:
-    proc = subprocess.run(["/usr/bin/python3", "-c", DIALS_SCRIPT, algorithm, str(repeats), *map(str, cbfs)],
-                          capture_output=True, text=True, timeout=1800, cwd=cwd,
-                          env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
-    if proc.returncode != 0:
-        return {"error": f"DIALS run failed: {proc.stderr.strip().splitlines()[-1:]}"}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+def memory_copy_rate(frame: np.ndarray, n: int) -> tuple[float, float]:
+    """(copies/s, median s) of `frame`-sized copies between buffers taken in turn from a pool
+    of twice the last-level cache, so that every copy reads and writes main memory."""
+    pairs = copy_pool_pairs(frame.nbytes, last_level_cache_bytes())
+    sources = [frame.copy() for _ in range(pairs)]
+    targets = [np.empty_like(frame) for _ in range(pairs)]
+    for target in targets:
+        target.fill(0)  # faulted in before timing
+    turn = iter(range(1 << 62))
 
+    def copy() -> None:
+        i = next(turn) % pairs
+        np.copyto(targets[i], sources[i])
 
-def _ours(cbfs: list[Path], config: Config, repeats: int) -> dict[str, float]:
-    """Our seconds per image on the same CBFs: read + analyse, analyse only, read only; set-up."""
-    import fabio
-
-    from streamer.sources.image_files import ImageSeriesSource
-
-    source = ImageSeriesSource(cbfs)
-    n = len(cbfs)
-    setup_s = _median_s(lambda: ImageAnalyser(source.info, config), min(repeats, 3))
-    analyser = ImageAnalyser(source.info, config)
-    buffer = np.empty(source.info.image_shape, dtype=source.info.dtype)
-    spots = []
-
-    def read_and_analyse() -> None:
-        spots.clear()
-        for i in range(n):
-            spots.append(analyser.analyse(source.pixels(i, out=buffer), i).n_spots)
-
-    with_reading_s = _median_s(read_and_analyse, repeats) / n
-    images = [source.pixels(i) for i in range(n)]
-    analyse_s = _median_s(lambda: [analyser.analyse(image, i) for i, image in enumerate(images)], repeats) / n
-    read_s = float(np.mean([_median_s(lambda i=i: source.pixels(i, out=buffer), repeats) for i in range(n)]))
-    fabio_s = float(np.mean([_median_s(lambda p=p: fabio.open(str(p)).data, repeats) for p in cbfs]))
-    return {"with_reading_s": with_reading_s, "analyse_s": analyse_s, "read_s": read_s, "fabio_read_s": fabio_s,
-            "setup_s": setup_s, "spots": sum(spots)}
-
-
-def dials_comparison(algorithm: str, config: Config, n_images: int = 5, repeats: int = 3) -> dict[str, Any]:
-    """DIALS's in-process spot finding vs ours on the first `n_images` real PILATUS 6M CBFs, or a note why not."""
-    if shutil.which("dials.find_spots") is None:
-        return {"dials_note": "dials.find_spots not on PATH: no DIALS comparison"}
-    sources = sorted(SHARED_THAUMATIN.glob("thau_3_2_*.cbf.bz2"))[:n_images]
-    if not sources:
-        return {"dials_note": f"no thau_3_2_*.cbf.bz2 in {SHARED_THAUMATIN}: no DIALS comparison"}
-    with tempfile.TemporaryDirectory(prefix="xtal-bench-dials-") as tmp:
-        cbfs = []
-        for source in sources:
-            cbfs.append(Path(tmp) / source.name.removesuffix(".bz2"))
-            with bz2.open(source) as src, open(cbfs[-1], "wb") as dst:
-                shutil.copyfileobj(src, dst)
-        dials = _run_dials(cbfs, algorithm, repeats, tmp)
-        if "error" in dials:
-            return {"dials_note": dials["error"]}
-        ours = _ours(cbfs, config, repeats)
-    n = len(cbfs)
-    dials_s = dials["fresh_call_s"] / n - dials["mask_setup_s"]  # generate_mask runs once per imageset
-    dials_cached_s = dials["cached_call_s"] - dials["mask_setup_s"]
-    return {
-        "dials_ratio": dials_s / ours["with_reading_s"],
-        "dials_ratio_in_memory": dials_cached_s / ours["analyse_s"],
-        "dials_images_6M": n,
-        "dials_s_per_frame_6M": dials_s,
-        "ours_s_per_frame_6M": ours["with_reading_s"],
-        "dials_in_memory_s_per_frame_6M": dials_cached_s,
-        "ours_analyse_only_s_per_frame_6M": ours["analyse_s"],
-        "dials_read_ms_6M": dials["read_s"] * 1e3,
-        "ours_read_ms_6M": ours["read_s"] * 1e3,
-        "fabio_read_ms_6M": ours["fabio_read_s"] * 1e3,
-        "dials_setup_s_6M": dials["mask_setup_s"],
-        "ours_setup_s_6M": ours["setup_s"],
-        "dials_reads_per_frame": dials["fresh_reads_per_call"] / n,
-        "dials_in_memory_reads_per_frame": dials["cached_reads_per_call"],
-        "dials_spots_per_frame": dials["spots"] / n,
-        "ours_spots_per_frame": ours["spots"] / n,
-        "dials_note": (f"same {n} real PILATUS 6M CBFs, one core each, per-series set-up excluded; dials_ratio: "
-                       "both read and decompress each CBF; dials_ratio_in_memory: neither does"),
-    }
+    return _best_rate(copy, max(n, 2 * pairs))
 
 
 def run(args: Any) -> dict[str, Any]:
     detector = getattr(args, "detector", "4M") or "4M"
     shape = SHAPES[detector]
     n = getattr(args, "frames", None) or (40 if detector == "4M" else 10)
+    distinct = max(1, getattr(args, "distinct", 5) or 5)
     config = load_config(getattr(args, "config", None))
     algorithm = getattr(args, "algorithm", None) or config.spotfinding.algorithm
     config = config.model_copy(update={"spotfinding": config.spotfinding.model_copy(update={"algorithm": algorithm})})
     keep_freed_memory()  # as a worker process does: freed frame buffers are reused, not faulted in again
-    frame = realistic_frame(shape)
-    blob = codecs.encode(frame, "bslz4")
-    encoded = EncodedFrame("bench", 0, shape, "<u4", "bslz4", blob)
+    frames = [realistic_frame(detector, seed=i) for i in range(distinct)]
+    encoded = [EncodedFrame("bench", i, shape, "<u4", "bslz4", codecs.encode(frame, "bslz4"))
+               for i, frame in enumerate(frames)]
     buffer = np.empty(shape, dtype="<u4")
-    analyser = ImageAnalyser(_series(shape), config)
-    copy_out = np.empty_like(frame)
+    series = series_for(shape)
+    analyser = ImageAnalyser(series, config)
+    turn = iter(range(1 << 62))
 
     def whole() -> None:  # as a worker does: bslz4 frames are decoded band by band inside the threshold pass
-        image, source = analyser.prepare(encoded, buffer)
-        analyser.analyse(image, 0, source)
+        i = next(turn) % distinct
+        image, source = analyser.prepare(encoded[i], buffer)
+        analyser.analyse(image, i, source)
 
-    copy_fps, copy_s = _best_rate(lambda: np.copyto(copy_out, frame), n)
+    for _ in range(distinct):  # every frame once: the path each takes settles
+        whole()
+    copy_fps, copy_s = memory_copy_rate(frames[0], n)
+    hot_out = np.empty_like(frames[0])
+    _, hot_copy_s = _best_rate(lambda: np.copyto(hot_out, frames[0]), n)
     fps, median_s = _best_rate(whole, n)
     fused = analyser.workspace.last_fused
-    _, decode_s = _best_rate(lambda: codecs.decode(encoded, out=buffer, allow_view=True), n)
-    decoded = analyser.check(codecs.decode(encoded, out=buffer))  # read-only, as analyse hands it on
+    _, decode_s = _best_rate(lambda: codecs.decode(encoded[0], out=buffer, allow_view=True), n)
+    decoded = analyser.check(codecs.decode(encoded[0], out=buffer))  # read-only, as analyse hands it on
     _, threshold_s = _best_rate(lambda: analyser.strong(decoded), n)
     result = analyser.analyse(decoded, 0)
     figures: dict[str, Any] = {
@@ -271,15 +146,21 @@ def run(args: Any) -> dict[str, Any]:
         "detector": detector,
         "algorithm": algorithm,
         "frames": n,
+        "distinct_frames": distinct,
         "ms_per_frame_median": median_s * 1e3,
         "decoded_in_pass": fused,
         "decode_ms": decode_s * 1e3,
         "threshold_ms": threshold_s * 1e3,
         "memcpy_ms": copy_s * 1e3,
+        "memcpy_hot_ms": hot_copy_s * 1e3,
+        "memcpy_hot_ratio": hot_copy_s / median_s,
         "spots": result.n_spots,
         "strong_pixels": result.strong_pixels,
     }
     if not getattr(args, "no_dials", False):
-        figures.update(dials_comparison(algorithm, config, getattr(args, "dials_images", 5) or 5,
-                                        getattr(args, "dials_repeats", 3) or 3))
+        repeats = getattr(args, "dials_repeats", 3) or 3
+        figures.update(dials_compare.same_frames(frames, encoded, series, config, detector, repeats))
+        n_6m = getattr(args, "dials_images", 5)
+        if n_6m:
+            figures.update(dials_compare.thaumatin_6m(config, n_6m, repeats))
     return figures
