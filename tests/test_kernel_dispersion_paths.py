@@ -200,19 +200,21 @@ def test_packed_screen_is_necessary_and_rejects_empty_windows(seed, m, gain, nsi
 
 
 def test_auto_path_follows_the_background():
-    """A low-background detector frame takes the packed pass, a high-background one (most
-    pixels above the quiet bound) the banded pass, floats the general pass; same answers."""
+    """A low-background detector frame takes the packed pass, a high-background one (a few
+    pixels in a thousand above the quiet bound, or most) the banded pass, floats the general
+    pass; same answers."""
     rng = np.random.default_rng(11)
-    mask = np.ones((96, 128), np.uint8)
-    for background, expected in [(0.3, "packed"), (60.0, "banded")]:
-        image = spotty((96, 128), np.uint32, rng, background=background, n_spots=8)
+    shape = (192, 256)  # 4 spots: one per 12,000 pixels, as 400 on a 4M frame
+    mask = np.ones(shape, np.uint8)
+    for background, expected in [(0.3, "packed"), (14.0, "banded"), (60.0, "banded")]:
+        image = spotty(shape, np.uint32, rng, background=background, n_spots=4)
         ws = DispersionWorkspace(image.shape)
         strong_pixels(image, mask, "dispersion_extended", workspace=ws)
         assert ws.last_path == expected
         fast, general = both_paths(image, mask, "dispersion_extended")
         assert_same(fast, general)
     # after a frame with many dispersed pixels (noisy), the next takes the banded pass
-    image = spotty((96, 128), np.uint32, rng, background=0.3, n_spots=8)
+    image = spotty(shape, np.uint32, rng, background=0.3, n_spots=4)
     ws = DispersionWorkspace(image.shape)
     quiet = strong_pixels(image, mask, "dispersion_extended", workspace=ws).copy()
     assert ws.last_path == "packed" and 0 < ws.dispersed_fraction

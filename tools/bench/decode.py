@@ -42,7 +42,8 @@ def add_arguments(parser: Any) -> None:
 
 
 def realistic_frame(detector: str, seed: int = 0, background: float = 0.3, n_spots: int = 400) -> np.ndarray:
-    """uint32 frame of an EIGER2 4M or 16M: Poisson background, sparse Gaussian spots, module gaps at the all-ones value."""
+    """uint32 frame of an EIGER2 4M or 16M: Poisson background, sparse Gaussian spots, module
+    gaps at the all-ones value."""
     rng = np.random.default_rng(seed)
     preset = load_preset(PRESETS[detector])
     frame = rng.poisson(background, size=preset.shape).astype("<u4")

@@ -253,7 +253,8 @@ def _ours(cbfs: list[Path], config: Config, repeats: int) -> dict[str, float]:
 
 
 def thaumatin_6m(config: Config, n_images: int = 5, repeats: int = 3) -> dict[str, Any]:
-    """DIALS vs ours on the first `n_images` real PILATUS 6M CBFs (both read the files), keys *_6M, or a note why not."""
+    """DIALS vs ours on the first `n_images` real PILATUS 6M CBFs (both read the files), keys
+    *_6M, or a note why not."""
     missing = _missing_dials()
     if missing:
         return {"dials_note_6M": missing}
