@@ -53,8 +53,9 @@ class SpotTable:
 
     x_px, y_px, z_image: centroid (px, frames); intensity: summed raw counts; n_pixels;
     bbox (n, 6) int32 [x0, x1, y0, y1, z0, z1) half-open; variance (n, 3) px^2 (x, y, z);
-    d_spacing (A). pixel_index (int64, ascending flat y*nx + x) and pixel_value (float32) list
-    every strong pixel of the image, including those of spots the filters removed.
+    d_spacing (A). pixel_index (ascending flat y*nx + x: int32, int64 for frames past 2**31
+    pixels; half the bytes on the wire to the collector) and pixel_value (float32) list every
+    strong pixel of the image, including those of spots the filters removed.
     """
 
     x_px: np.ndarray
@@ -78,7 +79,7 @@ class SpotTable:
     def empty(cls) -> SpotTable:
         f8 = np.zeros(0, dtype=np.float64)
         return cls(f8, f8, f8, f8, np.zeros(0, np.int32), np.zeros((0, 6), np.int32), np.zeros((0, 3)), f8,
-                   np.zeros(0, np.int64), np.zeros(0, np.float32))
+                   np.zeros(0, np.int32), np.zeros(0, np.float32))
 
 
 @dataclass(frozen=True)
@@ -260,7 +261,7 @@ class ImageAnalyser:
             return SpotTable.empty()
         columns = image_spots(index, values, self.shape, self.min_spot_size, self.params.max_spot_size,
                               self.params.max_separation, image_number, self._geometry)
-        return SpotTable(*columns, pixel_index=index.astype(np.int64), pixel_value=values.astype(np.float32))
+        return SpotTable(*columns, pixel_index=index.copy(), pixel_value=values.astype(np.float32))
 
     def d_spacing(self, x_px: np.ndarray, y_px: np.ndarray) -> np.ndarray:
         """Resolution (A) at continuous pixel positions: 1/|s1 - s0|."""
@@ -327,6 +328,6 @@ class ImageAnalyser:
         bins = np.zeros(small.shape, dtype=np.int16)
         radial_profile(small, mask, bins, 1, ws.flag, self.trusted_range, 1)
         n_bins = len(self.radial_bin_edges) - 1
-        spots = SpotTable(*columns, pixel_index=idx.astype(np.int64), pixel_value=small.reshape(-1)[idx].astype("f4"))
+        spots = SpotTable(*columns, pixel_index=idx.astype(np.int32), pixel_value=small.reshape(-1)[idx].astype("f4"))
         self.statistics(0, spots, idx.size, 0, 1.0, np.ones(n_bins, dtype=np.float32), np.full(n_bins, 100))
         self.d_spacing(np.array([0.5]), np.array([0.5]))

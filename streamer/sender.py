@@ -20,6 +20,7 @@ import numpy as np
 import zmq
 
 from streamer import codecs, lz4_framing, stream_v1, stream_v2
+from streamer.allocator import keep_freed_memory
 from streamer.series import EncodedFrame, SeriesInfo
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,7 @@ class DetectorSender:
             raise ValueError(f"stream format must be v1 or v2, not {fmt!r}")
         if rate_hz is not None and rate_hz <= 0:
             raise ValueError("rate_hz must be positive or None")
+        keep_freed_memory()  # every message is a fresh megabyte buffer: reuse the memory, no page faults
         self.fmt = fmt
         self.rate_hz = rate_hz
         self.header_detail = header_detail

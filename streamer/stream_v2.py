@@ -25,7 +25,7 @@ from typing import Any
 import cbor2
 import numpy as np
 
-from streamer import codecs
+from streamer import cbor_splice, codecs
 from streamer.errors import BadFrame, BadHeader, BadMessage
 from streamer.series import EncodedFrame, SeriesInfo
 
@@ -397,7 +397,9 @@ def encode_image(frames: Sequence[EncodedFrame], series_number: int, unique_id: 
     `times_s` = (start, stop, real) in seconds; written as [ticks, 50000000].
     """
     image_id = frames[0].image_number
-    data = {(f.channel or "threshold_1"): multidim(f.shape, f.dtype, f.encoding, f.data) for f in frames}
+    # the pixels are spliced in after encoding, each copied once (`cbor_splice`)
+    data = {(f.channel or "threshold_1"): multidim(f.shape, f.dtype, f.encoding, cbor_splice.placeholder(i))
+            for i, f in enumerate(frames)}
     msg: dict[str, Any] = {
         "type": "image",
         "series_id": series_number,
@@ -411,7 +413,7 @@ def encode_image(frames: Sequence[EncodedFrame], series_number: int, unique_id: 
     }
     if user_data is not None:
         msg["user_data"] = user_data
-    return _dumps(msg)
+    return cbor_splice.dumps(cbor2.CBORTag(55799, msg), [f.data for f in frames])
 
 
 def encode_end(series_number: int, unique_id: str) -> bytes:
