@@ -13,7 +13,7 @@ from conftest import needs_dials
 from streamer import codecs
 from streamer.config import load_config
 from streamer.series import EncodedFrame
-from tools.bench import dials_compare, perimage
+from tools.bench import dials_compare, memcopy, perimage
 from tools.bench.decode import SHAPES, realistic_frame
 
 
@@ -27,11 +27,11 @@ def test_no_dials_gives_a_note(monkeypatch):
 
 def test_memory_copy_pool_is_twice_the_cache():
     for frame_bytes, cache in [(17_881_952, 32 << 20), (72_373_104, 32 << 20), (1000, 1 << 20), (1 << 20, 1 << 20)]:
-        pairs = perimage.copy_pool_pairs(frame_bytes, cache)
+        pairs = memcopy.copy_pool_pairs(frame_bytes, cache)
         assert pairs >= 2 and 2 * pairs * frame_bytes >= 2 * cache
         assert pairs == 2 or 2 * (pairs - 1) * frame_bytes < 2 * cache
     frame = np.arange(64 * 1024, dtype=np.uint32).reshape(256, 256)
-    rate, median = perimage.memory_copy_rate(frame, 3)
+    rate, median = memcopy.memory_copy_rate(frame, 3)
     assert rate > 0 and median > 0
 
 

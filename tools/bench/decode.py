@@ -2,12 +2,12 @@
 
 A realistic frame (Poisson background of 0.3 photons/pixel, ~400 Gaussian spots, the module
 gaps of an EIGER2 X 4M or 16M at 0xFFFFFFFF, as the detector sends them) of 2068x2162 (4M) or
-4148x4362 (16M) pixels is compressed once as a DECTRIS
-detector does (bitshuffle-LZ4, 8 kB blocks). A `DetectorSender` thread streams it N times
-(stream v1) to a `Receiver`, which decodes every frame into one reused buffer; the same is done
-over ipc:// and tcp://127.0.0.1. The baseline is `np.copyto` of the decoded frame, measured in
-the same run: memcpy_ratio = our frames/s over memory-copy frames/s (1.0 would be "as fast as
-copying the pixels"). Figures only, never pass/fail.
+4148x4362 (16M) pixels is compressed once as a DECTRIS detector does (bitshuffle-LZ4, 8 kB
+blocks). A `DetectorSender` thread streams it N times (stream v1) to a `Receiver`, which
+decodes every frame into one reused buffer; the same is done over ipc:// and tcp://127.0.0.1.
+The baseline is a memory-bandwidth copy of the decoded frame (`tools.bench.memcopy`),
+measured in the same run: memcpy_ratio = our frames/s over memory-copy frames/s (1.0 would
+be "as fast as copying the pixels"). Figures only, never pass/fail.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from streamer.detector_presets import load_preset
 from streamer.receiver import Receiver
 from streamer.sender import DetectorSender
 from streamer.series import EncodedFrame, SeriesInfo
+from tools.bench.memcopy import memory_copy_rate
 
 PRESETS = {"4M": "eiger2_4m", "16M": "eiger2_16m"}  # the detectors the benchmark frames come from
 SHAPES = {detector: load_preset(name).shape for detector, name in PRESETS.items()}  # numpy order (slow, fast)
@@ -61,15 +62,6 @@ def realistic_frame(detector: str, seed: int = 0, background: float = 0.3, n_spo
 def _series(shape: tuple[int, int], n: int) -> SeriesInfo:
     return SeriesInfo(series_id="1", source="simulator", image_shape=shape, dtype="<u4", n_images=n,
                       frame_time_s=0.01, count_time_s=0.01, bit_depth_image=32)
-
-
-def _copy_rate(frame: np.ndarray, n: int) -> float:
-    out = np.empty_like(frame)
-    np.copyto(out, frame)
-    t0 = time.perf_counter()
-    for _ in range(n):
-        np.copyto(out, frame)
-    return n / (time.perf_counter() - t0)
 
 
 def _decode_only_rate(frame: EncodedFrame, out: np.ndarray, n: int, backend: str) -> float:
@@ -130,7 +122,7 @@ def run(args: Any) -> dict[str, Any]:
     series = _series(shape, n + 1)
     encoded = EncodedFrame("1", 0, shape, "<u4", "bslz4", blob)
     out = np.empty(shape, dtype="<u4")
-    copy_fps = _copy_rate(frame, n)
+    copy_fps, _ = memory_copy_rate(frame, n)
     decode_only = {b: _decode_only_rate(encoded, out, max(10, n // 2), b) for b in codecs.available_backends()}
     with tempfile.TemporaryDirectory(prefix="xtal-bench-") as tmp:
         transports = {

@@ -24,7 +24,6 @@ same on real PILATUS 6M CBFs from ../shared (`thaumatin_6m`). Figures only, neve
 
 from __future__ import annotations
 
-import os
 import time
 from typing import Any
 
@@ -37,9 +36,7 @@ from streamer.perimage import ImageAnalyser
 from streamer.series import EncodedFrame, SeriesInfo
 from tools.bench import dials_compare
 from tools.bench.decode import SHAPES, realistic_frame
-
-DEFAULT_LLC_BYTES = 32 << 20
-
+from tools.bench.memcopy import best_rate, memory_copy_rate
 
 def add_arguments(parser: Any) -> None:
     parser.add_argument("--frames", type=int, default=None, help="timed frames (default 40 for 4M, 10 for 16M)")
@@ -56,55 +53,6 @@ def series_for(shape: tuple[int, int]) -> SeriesInfo:
                       pixel_size_mm=(0.075, 0.075), beam_centre_px=(shape[1] / 2, shape[0] / 2), distance_mm=150.0,
                       wavelength_A=1.0, saturation_value=2**32 - 2, bit_depth_image=32,
                       count_time_s=0.01, frame_time_s=0.01)
-
-
-def _best_rate(func, n: int) -> tuple[float, float]:
-    """(calls/s over n calls, median seconds per call)."""
-    func()
-    times = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        func()
-        times.append(time.perf_counter() - t0)
-    return n / sum(times), float(np.median(times))
-
-
-def last_level_cache_bytes() -> int:
-    """The largest CPU cache of cpu0 (sysfs), or 32 MB when it cannot be read."""
-    sizes = []
-    root = "/sys/devices/system/cpu/cpu0/cache"
-    try:
-        for entry in os.listdir(root):
-            if entry.startswith("index"):
-                with open(os.path.join(root, entry, "size")) as f:
-                    text = f.read().strip()
-                scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
-                sizes.append(int(text.rstrip("KMG")) * scale)
-    except (OSError, ValueError):
-        pass
-    return max(sizes, default=DEFAULT_LLC_BYTES)
-
-
-def copy_pool_pairs(frame_bytes: int, cache_bytes: int) -> int:
-    """Source/destination pairs whose bytes are at least twice the cache (and at least 2)."""
-    return max(2, -(-cache_bytes // frame_bytes))
-
-
-def memory_copy_rate(frame: np.ndarray, n: int) -> tuple[float, float]:
-    """(copies/s, median s) of `frame`-sized copies between buffers taken in turn from a pool
-    of twice the last-level cache, so that every copy reads and writes main memory."""
-    pairs = copy_pool_pairs(frame.nbytes, last_level_cache_bytes())
-    sources = [frame.copy() for _ in range(pairs)]
-    targets = [np.empty_like(frame) for _ in range(pairs)]
-    for target in targets:
-        target.fill(0)  # faulted in before timing
-    turn = iter(range(1 << 62))
-
-    def copy() -> None:
-        i = next(turn) % pairs
-        np.copyto(targets[i], sources[i])
-
-    return _best_rate(copy, max(n, 2 * pairs))
 
 
 def run(args: Any) -> dict[str, Any]:
@@ -133,12 +81,12 @@ def run(args: Any) -> dict[str, Any]:
         whole()
     copy_fps, copy_s = memory_copy_rate(frames[0], n)
     hot_out = np.empty_like(frames[0])
-    _, hot_copy_s = _best_rate(lambda: np.copyto(hot_out, frames[0]), n)
-    fps, median_s = _best_rate(whole, n)
+    _, hot_copy_s = best_rate(lambda: np.copyto(hot_out, frames[0]), n)
+    fps, median_s = best_rate(whole, n)
     fused = analyser.workspace.last_fused
-    _, decode_s = _best_rate(lambda: codecs.decode(encoded[0], out=buffer, allow_view=True), n)
+    _, decode_s = best_rate(lambda: codecs.decode(encoded[0], out=buffer, allow_view=True), n)
     decoded = analyser.check(codecs.decode(encoded[0], out=buffer))  # read-only, as analyse hands it on
-    _, threshold_s = _best_rate(lambda: analyser.strong(decoded), n)
+    _, threshold_s = best_rate(lambda: analyser.strong(decoded), n)
     result = analyser.analyse(decoded, 0)
     figures: dict[str, Any] = {
         "frames_per_s": fps,
