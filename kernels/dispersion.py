@@ -61,9 +61,10 @@ LOUD_SAMPLE_ROWS = 8  # sample every 8th row for that fraction
 DENSE_LIMIT = 0.04  # above this fraction of dispersed pixels the banded pass is faster (measured)
 
 
-def loud_limit(dispersed: float) -> float:
-    """The loud fraction above which the banded pass is faster, given the dispersed fraction."""
-    return LOUD_BASE + LOUD_PER_DISPERSED * dispersed
+def packed_is_faster(loud: float, dispersed: float) -> bool:
+    """Whether the packed pass beats the banded one on a frame with these loud and dispersed
+    fractions (the measured crossover above)."""
+    return dispersed <= DENSE_LIMIT and loud < LOUD_BASE + LOUD_PER_DISPERSED * dispersed
 
 
 def _check(image: np.ndarray, mask: np.ndarray, kernel_size: tuple[int, int], min_local: int) -> None:
@@ -162,7 +163,7 @@ class DispersionWorkspace:
         """Whether the next frame may be decoded inside the packed pass, band by band: the last
         frame took that pass and was quiet (`choose_path` would pick it again)."""
         dispersed = self.dispersed_fraction if extended else 0.0
-        return self.last_path == "packed" and self.loud_fraction < loud_limit(dispersed) and dispersed <= DENSE_LIMIT
+        return self.last_path == "packed" and packed_is_faster(self.loud_fraction, dispersed)
 
     def _count(self) -> None:
         """Fill in the valid / valid nonzero counts a fast pass left out (-1)."""
@@ -201,19 +202,20 @@ def choose_path(image: np.ndarray, mask: np.ndarray, window: int, native: tuple 
     """The pass `strong_pixels` takes for this frame ("packed", "banded" or "general").
     dispersed_before: the fraction of pixels the previous frame of the series had dispersed
     (extended variant): the packed pass tests its candidates one by one, so above
-    `DENSE_LIMIT`, or with more loud pixels than `loud_limit` of it (sampled rows), the
-    banded pass's vectorised screen is faster. sample False:
+    `DENSE_LIMIT`, or with too many loud pixels for it (sampled rows; `packed_is_faster`),
+    the banded pass's vectorised screen is faster. sample False:
     whether the packed pass applies at all, without reading the image."""
     narrow = image.dtype.kind in "iu" and window <= INT32_WINDOW_PIXELS
     # the float32 screen's terms stay finite for windows <= 127 pixels and gains <= 1e6
     if native is None or not narrow or not gain <= 1e6:
         return "general"
     vq = min(quiet_value(window), int(native[1]))
-    if vq > 0 and dispersed_before <= DENSE_LIMIT and (not sample or loud_fraction(
-            image, mask, native[0], native[0].dtype.type(vq), native[1], LOUD_SAMPLE_ROWS)
-            < loud_limit(dispersed_before)):
+    if vq == 0 or dispersed_before > DENSE_LIMIT:  # decided without sampling the rows
+        return "banded"
+    if not sample:
         return "packed"
-    return "banded"
+    loud = loud_fraction(image, mask, native[0], native[0].dtype.type(vq), native[1], LOUD_SAMPLE_ROWS)
+    return "packed" if packed_is_faster(loud, dispersed_before) else "banded"
 
 
 def strong_pixels(

@@ -308,9 +308,12 @@ def new_ulid(now_s: float | None = None) -> str:
     return "".join(_CROCKFORD[(value >> (5 * i)) & 31] for i in range(25, -1, -1))
 
 
-def _dumps(msg: dict[str, Any]) -> bytes:
-    """A message as a detector sends it: self-describe tag, then the map with `type` first."""
-    return cbor2.dumps(cbor2.CBORTag(55799, msg))
+def _dumps(msg: dict[str, Any], payloads: Sequence[Any] = ()) -> bytes:
+    """A message as a detector sends it: self-describe tag, then the map with `type` first.
+    `payloads` are byte strings that `cbor_splice.placeholder`s in `msg` stand for, each
+    copied once into the message."""
+    tagged = cbor2.CBORTag(55799, msg)
+    return cbor_splice.dumps(tagged, payloads) if payloads else cbor2.dumps(tagged)
 
 
 def _ticks(seconds: float | None) -> list[int]:
@@ -413,7 +416,7 @@ def encode_image(frames: Sequence[EncodedFrame], series_number: int, unique_id: 
     }
     if user_data is not None:
         msg["user_data"] = user_data
-    return cbor_splice.dumps(cbor2.CBORTag(55799, msg), [f.data for f in frames])
+    return _dumps(msg, [f.data for f in frames])
 
 
 def encode_end(series_number: int, unique_id: str) -> bytes:

@@ -78,7 +78,8 @@ class Worker:
         self.analyser_factory: Callable[..., Any] = load_object(analyser)
         self.decode: Callable[..., np.ndarray] = load_object(decoder)
         # the product's decoder may hand back its own (read-only) output instead of copying it
-        self.decode_options = {"allow_view": True} if decoder == DEFAULT_DECODER else {}
+        self.default_decoder = decoder == DEFAULT_DECODER
+        self.decode_options = {"allow_view": True} if self.default_decoder else {}
         self.name = name or f"{_socket.gethostname()}:{os.getpid()}"
         self.header_timeout_s = header_timeout_s
         self.rcvhwm = rcvhwm
@@ -205,7 +206,7 @@ class Worker:
             analyser = self._analyser(frame.series_id)
             t0 = time.perf_counter()
             buffer = self._buffer(frame.shape, frame.dtype)
-            prepare = getattr(analyser, "prepare", None) if self.decode_options else None
+            prepare = getattr(analyser, "prepare", None) if self.default_decoder else None
             if prepare is not None:  # the product's analyser may decode inside its threshold pass
                 image, source = prepare(frame, buffer)
                 t1 = time.perf_counter()

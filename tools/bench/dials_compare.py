@@ -30,28 +30,17 @@ import shutil
 import subprocess
 import tempfile
 import textwrap
-import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from streamer.config import Config
 from streamer.perimage import ImageAnalyser
 from streamer.series import EncodedFrame, SeriesInfo
+from tools.bench.timing import median_s
 
 SHARED_THAUMATIN = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "real-images" / "thaumatin_grid"
-
-
-def median_s(func: Callable[[], Any], repeats: int) -> float:
-    """Median seconds of `repeats` calls after one warm-up call."""
-    func()
-    times = []
-    for _ in range(max(1, repeats)):
-        t0 = time.perf_counter()
-        func()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
 
 
 # Prints one JSON line: seconds per do_spotfinding call, with and without reading, and what each

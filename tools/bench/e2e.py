@@ -1,19 +1,19 @@
 """`xtalstream bench e2e`: receiver + workers + collector end to end, as `run` does it.
 
 A detector sender (a separate process: the detector is not us) streams realistic frames
-(Poisson background with sparse Gaussian Bragg spots, uint32, bitshuffle-LZ4 as an EIGER
-sends them, stream v2) over loopback TCP at a target rate. The processor side is exactly the
-`run` layout: `Receiver` -> `Pipeline` (fan-out, N worker processes, collector, result stream;
-the sweep stages with `--sweep-stages`). The rate
-ramps up in short series; a rate is sustained when every frame was received and processed
-(no drops) and results were published at >= 95% of the sent rate; after the first rate that
-is not, `--refine` steps bisect (geometrically) between it and the last sustained one.
-Figures: the highest sustained rate, and at that rate the drops and the latency from frame received to per-image
-result published (p50, p99), and what each process spends per frame at that rate (CPU ms per
-frame from /proc: the main process split by thread, the workers, the sender), which shows
-where the cores go when the rate is limited by CPU rather than by the analysis. The frame
-store's memory is mapped before the ramp (as in a processor that waited for its detector; the
-time it took is reported), so that the ramp measures the steady state.
+(EIGER2 frames with their module gaps, Poisson background with sparse Gaussian Bragg spots,
+uint32, bitshuffle-LZ4 as an EIGER sends them, stream v2) over loopback TCP at a target rate.
+The processor side is exactly the `run` layout: `Receiver` -> `Pipeline` (fan-out, N worker
+processes, collector, result stream; the sweep stages with `--sweep-stages`). The rate ramps
+up in short series; a rate is sustained when every frame was received and processed (no
+drops) and results were published at >= 95% of the sent rate; after the first rate that is
+not, `--refine` steps bisect (geometrically) between it and the last sustained one.
+Figures: the highest sustained rate, and at that rate the drops and the latency from frame
+received to per-image result published (p50, p99), and what each process spends per frame at
+that rate (CPU ms per frame from /proc: the main process split by thread, the workers, the
+sender), which shows where the cores go when the rate is limited by CPU rather than by the
+analysis. The frame store's memory is mapped before the ramp (as in a processor that waited
+for its detector; the time it took is reported), so that the ramp measures the steady state.
 """
 
 from __future__ import annotations
@@ -168,7 +168,6 @@ def run(args) -> dict[str, Any]:
     from streamer.pipeline import Pipeline, default_stages, default_workers
     from streamer.receiver import Receiver
 
-    shape = SHAPES[args.detector]
     config = load_config(args.config)
     workers = default_workers(args.workers or 0)  # as `run` chooses: cores - 1, at least 1
     with socket.socket() as s:

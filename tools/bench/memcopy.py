@@ -9,22 +9,12 @@ and destinations of twice the cache's size, so that it reads and writes main mem
 from __future__ import annotations
 
 import os
-import time
 
 import numpy as np
 
+from tools.bench.timing import best_rate
+
 DEFAULT_LLC_BYTES = 32 << 20
-
-
-def best_rate(func, n: int) -> tuple[float, float]:
-    """(calls/s over n calls, median seconds per call), after one warm-up call."""
-    func()
-    times = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        func()
-        times.append(time.perf_counter() - t0)
-    return n / sum(times), float(np.median(times))
 
 
 def last_level_cache_bytes() -> int:

@@ -23,7 +23,6 @@ same on real PILATUS 6M CBFs from ../shared (`thaumatin_6m`). Figures only, neve
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import numpy as np
@@ -35,7 +34,8 @@ from streamer.perimage import ImageAnalyser
 from streamer.series import EncodedFrame, SeriesInfo
 from tools.bench import dials_compare
 from tools.bench.decode import SHAPES, realistic_frame
-from tools.bench.memcopy import best_rate, memory_copy_rate
+from tools.bench.memcopy import memory_copy_rate
+from tools.bench.timing import best_rate
 
 def add_arguments(parser: Any) -> None:
     parser.add_argument("--frames", type=int, default=None, help="timed frames (default 40 for 4M, 10 for 16M)")
