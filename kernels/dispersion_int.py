@@ -162,17 +162,54 @@ def _screen_row(row, mrow, lo1, hi1, thr1, wmb, wx, wy, k, nb2, ns2, gain, min_c
     rm = mrow[k:]
     out = sel[k:]
     unsure = amb[k:]
-    for c in range(n):
-        mb = wmb[c]
-        v = rv[c]
-        ok = (rm[c] != 0) & (v >= lo1) & (v <= hi1) & (v >= thr1)
-        m = np.float32(mb & 255)
-        x = np.float32(wx[c])
-        y = np.float32(wy[c])
-        sure, maybe = classify32(m, x, y, np.float32(v), ok, nb2, ns2, gain, min_count, eps, dispersion_only)
-        big = mb > 255
-        out[c] = sure & ~big
-        unsure[c] = (maybe & ~sure) | (big & ok)
+    if dispersion_only:  # one loop per case: LLVM does not unswitch the flag (a branch in the loop)
+        for c in range(n):
+            _screen_pixel(rv[c], rm[c], lo1, hi1, thr1, wmb[c], wx[c], wy[c], nb2, ns2, gain, min_count, eps, True,
+                          out, unsure, c)
+    else:
+        for c in range(n):
+            _screen_pixel(rv[c], rm[c], lo1, hi1, thr1, wmb[c], wx[c], wy[c], nb2, ns2, gain, min_count, eps, False,
+                          out, unsure, c)
+
+
+@njit(boundscheck=False, inline="always")
+def _sum7(col, c):
+    """col[c] + ... + col[c + 6], in `_window_sums`'s order (the caller casts back to col's type)."""
+    return ((col[c] + col[c + 1]) + (col[c + 2] + col[c + 3])) + ((col[c + 4] + col[c + 5]) + col[c + 6])
+
+
+@njit(boundscheck=False)
+def _screen_row7(row, mrow, lo1, hi1, thr1, colmb, colx, coly, nb2, ns2, gain, min_count, eps, dispersion_only, sel,
+                 amb):
+    """`_window_sums` (k = 3, DIALS's 7-pixel-wide window) and `_screen_row` in one loop: the
+    window sums stay in registers instead of going through memory."""
+    n = row.shape[0] - 6
+    rv = row[3:]
+    rm = mrow[3:]
+    out = sel[3:]
+    unsure = amb[3:]
+    if dispersion_only:
+        for c in range(n):
+            _screen_pixel(rv[c], rm[c], lo1, hi1, thr1, np.int32(_sum7(colmb, c)), np.int32(_sum7(colx, c)),
+                          np.uint32(_sum7(coly, c)), nb2, ns2, gain, min_count, eps, True, out, unsure, c)
+    else:
+        for c in range(n):
+            _screen_pixel(rv[c], rm[c], lo1, hi1, thr1, np.int32(_sum7(colmb, c)), np.int32(_sum7(colx, c)),
+                          np.uint32(_sum7(coly, c)), nb2, ns2, gain, min_count, eps, False, out, unsure, c)
+
+
+@njit(boundscheck=False, inline="always")
+def _screen_pixel(v, mv, lo1, hi1, thr1, mb, wx, wy, nb2, ns2, gain, min_count, eps, dispersion_only, out, unsure, c):
+    """`_screen_row` at one pixel. int32 constants: `mb & 255` with a Python int is int64 in
+    numba, which put part of the loop in 64-bit lanes (vpmovzxdq, vcvtqq2ps)."""
+    ok = (mv != 0) & (v >= lo1) & (v <= hi1) & (v >= thr1)
+    m = np.float32(mb & np.int32(255))
+    x = np.float32(wx)
+    y = np.float32(wy)
+    sure, maybe = classify32(m, x, y, np.float32(v), ok, nb2, ns2, gain, min_count, eps, dispersion_only)
+    big = mb > np.int32(255)
+    out[c] = sure & ~big
+    unsure[c] = (maybe & ~sure) | (big & ok)
 
 
 @njit(boundscheck=False)
@@ -239,7 +276,10 @@ def banded_pass(image, mask, lower, upper, kx, ky, nsig_b, nsig_s, gain, thresho
             enter = r + ky if r + ky < ny else -1
             leave = r - ky - 1 if r - ky - 1 >= 0 else -1
             _update_columns(image, mask, enter, leave, lo1, hs1, hi1, vbig, colmb, colx, coly, tally)
-            if interior:
+            if interior and kx == 3:
+                _screen_row7(image[r], mask[r], lo1, hi1, thr_screen, colmb, colx, coly, nb2_32, ns2_32, gain_32,
+                             min_32, eps, dispersion_only, sel, amb)
+            elif interior:
                 _window_sums(colmb, wmb, kx)
                 _window_sums(colx, wx, kx)
                 _window_sums(coly, wy, kx)

@@ -27,12 +27,14 @@ WINDOW = 16  # pixels summed as one vectorised block per segment (most segments 
 
 @njit
 def _sums_integer(flat, exclude, starts, stops, seg_bins, lo, hi, window, n_windowed, sums, counts):
-    """Integer pixels: trusted means lo <= v <= hi (the open float interval as integers).
+    """Integer pixels: trusted means lo <= v <= hi (the open float interval as integers, in
+    the image's type: the tests then run in lanes of its width, not in 64-bit ones).
 
     The first `window` pixels of each of the first `n_windowed` segments are read as one block
-    with a fixed trip count (the compiler vectorises it; most segments are shorter, and pixels
-    past a segment's end are read but not counted, so those segments must end `window` pixels
-    before the image does); the rest of a segment, and the last segments, pixel by pixel.
+    (the compiler vectorises it; most segments are shorter, and pixels past a segment's end
+    are read but not counted, so those segments must end `window` pixels before the image
+    does); the rest of a segment, and the last segments, pixel by pixel. (`window` is an
+    argument on purpose: with a constant trip count LLVM unrolls the block into scalar code.)
     """
     w = np.uint64(window)
     for s in range(starts.shape[0]):
@@ -43,15 +45,15 @@ def _sums_integer(flat, exclude, starts, stops, seg_bins, lo, hi, window, n_wind
         first = np.uint64(0)
         if s < n_windowed:
             for k in range(np.uint64(0), w):
-                v = np.int64(flat[a + k])
+                v = flat[a + k]
                 ok = (k < length) & (exclude[a + k] == 0) & (v >= lo) & (v <= hi)
-                acc += v if ok else np.int64(0)
+                acc += np.int64(v) if ok else np.int64(0)
                 n += np.int64(1) if ok else np.int64(0)
             first = w
         for i in range(a + first, a + length):
-            v = np.int64(flat[i])
+            v = flat[i]
             ok = (exclude[i] == 0) & (v >= lo) & (v <= hi)
-            acc += v if ok else np.int64(0)
+            acc += np.int64(v) if ok else np.int64(0)
             n += np.int64(1) if ok else np.int64(0)
         sums[seg_bins[s]] += acc
         counts[seg_bins[s]] += n
@@ -151,8 +153,8 @@ def radial_sums(image: np.ndarray, segments: RadialSegments, exclude: np.ndarray
         lo, hi = _integer_limits(image.dtype, lower, upper)
         int_sums = np.zeros(segments.n_bins, dtype=np.int64)
         n_windowed = int(np.searchsorted(segments.starts, flat.size - WINDOW, side="right"))
-        _sums_integer(flat, excl, segments.starts, segments.stops, segments.bins, lo, hi, WINDOW, n_windowed, int_sums,
-                      counts)
+        _sums_integer(flat, excl, segments.starts, segments.stops, segments.bins, image.dtype.type(lo),
+                      image.dtype.type(hi), WINDOW, n_windowed, int_sums, counts)
         sums = int_sums.astype(np.float64)
     else:
         sums = np.zeros(segments.n_bins, dtype=np.float64)
