@@ -42,6 +42,7 @@ DEBRUIJN_TABLE = np.array([0, 1, 48, 2, 57, 49, 28, 3, 61, 58, 50, 42, 38, 29, 1
                            45, 39, 33, 30, 24, 18, 12, 5, 63, 47, 56, 27, 60, 41, 37, 16, 54, 35, 52, 21, 44, 32, 23,
                            11, 46, 26, 40, 15, 34, 20, 31, 10, 25, 14, 19, 9, 13, 8, 7, 6], dtype=np.int64)
 GATHER_BITS = np.uint64(0x0102040810204080)  # (w * this) >> 56: bit k = byte k of w, for bytes 0 or 1
+LOW_BITS = np.uint64(0x0101010101010101)  # bit 0 of every byte; (w * this) >> 56: the sum of w's bytes (<= 255)
 
 
 @njit(boundscheck=False, inline="always")
@@ -89,36 +90,41 @@ def loud_fraction(image, mask, lo1, vq, hs1, row_step):
 def _update_packed(image, mask, enter, lo1, vq, hs1, hi1, col, packed_in, packed_out, loud):
     """col += packed(row enter) - packed_out (the packed values of the row leaving, kept from
     when it entered; zeros while no row leaves); the entering row's packed values go to
-    packed_in, its loud pixels (usable, summed, above vq) are flagged in loud (uint8), and
-    its usable overloaded pixels (above hi1) are counted: returns that count. (Counted here,
-    vectorised, not listed: a detector's gaps at the all-ones value are overloads unless
-    masked, 260,000 per 4M frame.) enter -1: only the leaving row is removed, returns 0."""
+    packed_in, and loud (uint8) flags its loud pixels (usable, summed, above vq: bit 0) and
+    its usable overloaded ones (above hi1: bit 1), both counted per row by `_list_loud`
+    (flags in the byte, not a count here: a 64-bit sum would halve the vector width; and not
+    listed one by one: a detector's gaps at the all-ones value are overloads unless masked,
+    260,000 per 4M frame). enter -1: only the leaving row is removed."""
     nx = col.shape[0]
-    overloads = 0
     if enter >= 0:
         rin = image[enter]
         min_ = mask[enter]
         for i in range(nx):
             v = rin[i]
             usable = min_[i] != 0
-            loud[i] = usable & (v > vq) & (v >= lo1) & (v <= hs1)
-            overloads += np.int32(usable & (v > hi1))
+            summed = usable & (v > vq) & (v >= lo1) & (v <= hs1)
+            over = usable & (v > hi1)
+            loud[i] = np.uint8(np.uint8(summed) | np.uint8(np.uint8(over) << np.uint8(1)))
             pv = _packed(v, usable, lo1, vq)
             packed_in[i] = pv
             col[i] = np.uint32(col[i] + np.uint32(pv - packed_out[i]))
     else:
         for i in range(nx):
             col[i] = np.uint32(col[i] - packed_out[i])
-    return overloads
 
 
 @njit(boundscheck=False, inline="always")
-def _list_loud(image, j, loud_words, loud_bits, ring_cols, ring_vals, slot):
-    """The loud pixels of row j (flagged as 0/1 bytes in loud_words, `_update_packed`) listed
-    by column and value in ring slot `slot`; returns how many. loud_bits: a scratch of the
-    flags gathered as bits (`_gather_flags`). (2D arrays and indices, not row views: a view
-    costs reference counting, per row.)"""
-    _gather_flags(loud_words, loud_bits)
+def _list_loud(image, j, loud_words, loud_bits, ring_cols, ring_vals, slot, stats):
+    """The loud pixels of row j (bit 0 of the bytes in loud_words, `_update_packed`) listed by
+    column and value in ring slot `slot`, its overloaded ones (bit 1) counted into stats[0];
+    returns how many are listed. loud_bits: a scratch for the loud flags gathered as bits.
+    (2D arrays and indices, not row views: a view costs reference counting, per row.)"""
+    overloads = np.uint64(0)
+    for w in range(loud_words.shape[0]):
+        word = loud_words[w]
+        loud_bits[w] = np.uint8(((word & LOW_BITS) * GATHER_BITS) >> np.uint64(56))
+        overloads += (((word >> np.uint64(1)) & LOW_BITS) * LOW_BITS) >> np.uint64(56)  # the bytes' sum
+    stats[0] += np.int64(overloads)
     bit_words = loud_bits.view(np.uint64)
     n = 0
     for q in range(bit_words.shape[0]):
@@ -318,8 +324,8 @@ def packed_pass(image, mask, lower, upper, kx, ky, nsig_b, nsig_s, gain, thresho
     n = 0
     for j in range(0, min(ky, ny)):
         s = j % period
-        stats[0] += _update_packed(image, mask, j, lo1, vq, hs1, hi1, col, ring_packed[j % (period + 1)], no_row, loud)
-        ring_n[s] = _list_loud(image, j, loud_words, flag_bits, ring_cols, ring_vals, s)
+        _update_packed(image, mask, j, lo1, vq, hs1, hi1, col, ring_packed[j % (period + 1)], no_row, loud)
+        ring_n[s] = _list_loud(image, j, loud_words, flag_bits, ring_cols, ring_vals, s, stats)
         stats[3] += ring_n[s]
         _loud_columns(ring_cols, ring_vals, s, ring_n[s], 1, lm, lx, ly)
     for r0 in range(0, ny, BAND_ROWS):
@@ -336,14 +342,14 @@ def packed_pass(image, mask, lower, upper, kx, ky, nsig_b, nsig_s, gain, thresho
             # leaving rows never share one (no aliasing: the update loop vectorises)
             packed_in = ring_packed[(r + ky) % (period + 1)]
             packed_out = ring_packed[leave % (period + 1)] if leave >= 0 else no_row
-            stats[0] += _update_packed(image, mask, enter, lo1, vq, hs1, hi1, col, packed_in, packed_out, loud)
+            _update_packed(image, mask, enter, lo1, vq, hs1, hi1, col, packed_in, packed_out, loud)
             if leave >= 0:
                 s = leave % period
                 _loud_columns(ring_cols, ring_vals, s, ring_n[s], -1, lm, lx, ly)
                 ring_n[s] = 0
             if enter >= 0:
                 s = enter % period
-                ring_n[s] = _list_loud(image, enter, loud_words, flag_bits, ring_cols, ring_vals, s)
+                ring_n[s] = _list_loud(image, enter, loud_words, flag_bits, ring_cols, ring_vals, s, stats)
                 stats[3] += ring_n[s]
                 _loud_columns(ring_cols, ring_vals, s, ring_n[s], 1, lm, lx, ly)
             any_loud = ring_n.sum() > 0  # rows outside the window hold none: their slots are reset

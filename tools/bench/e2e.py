@@ -36,7 +36,7 @@ DISTINCT_FRAMES = 6
 STEP_SECONDS = 2.5
 MIN_FRAMES = 40
 RAMP_FACTOR = 1.3
-REFINE_STEPS = 2  # after the first rate not sustained, halve the gap to the last sustained one this often
+REFINE_STEPS = 3  # after the first rate not sustained, halve the gap to the last sustained one this often
 TIME_BUDGET_S = 100.0
 # start message -> first image (a detector is armed, then triggered): the workers set each series
 # up meanwhile (measured ~0.25 s for a 4M, ~1 s for a 16M), as they would before a real sweep
