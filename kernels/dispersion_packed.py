@@ -6,12 +6,12 @@ column sum its value (bits 0-10), one (bits 11-16) and its square (bits 17-31): 
 window sum can overflow, so one rolling column sum and one window sum give the exact count,
 sum and sum of squares of the window's quiet pixels. Invalid pixels add nothing (they are
 not counted, as in DIALS). The few "loud" pixels (summed, value above the quiet bound) are
-listed per row as they enter; their exact per-column sums are added to the windows around
-those columns before the test (`_spread_loud`). A vectorised necessary condition
-(`_candidates_row`) leaves about one pixel in a hundred, on which the float64 reference test
-(`kernels.dispersion_tests.selected64`) runs on the exact sums: results are the reference's
-bit for bit. Frames with many loud pixels (a high background) take the three-sum pass
-(`kernels.dispersion_int.banded_pass`), chosen by `loud_fraction`.
+listed per row as they enter; their exact sums are added to the loud sums of the windows
+within reach as the row enters and taken off as it leaves (`_loud_windows`). A vectorised
+necessary condition (`_candidates_row`) leaves about one pixel in a hundred, on which the
+float64 reference test (`kernels.dispersion_tests.selected64`) runs on the exact sums:
+results are the reference's bit for bit. Frames with many loud pixels (a high background)
+take the three-sum pass (`kernels.dispersion_int.banded_pass`), chosen by `loud_fraction`.
 """
 
 from __future__ import annotations
@@ -139,49 +139,20 @@ def _list_loud(image, j, loud_words, loud_bits, ring_cols, ring_vals, slot, stat
 
 
 @njit(boundscheck=False, inline="always")
-def _loud_columns(ring_cols, ring_vals, slot, n, sign, lm, lx, ly):
+def _loud_windows(ring_cols, ring_vals, slot, n, sign, kx, dm, dx, dy):
     """Add (sign 1) or remove (sign -1) one row's listed loud pixels (ring slot `slot`) to the
-    per-column loud sums of the window rows (count lm, sum lx, square ly, all exact)."""
+    loud sums (count dm, sum dx, square dy, all exact integers) of every window within kx
+    columns of them: kept up to date as rows enter and leave the window, not rebuilt per row."""
+    nx = dm.shape[0]
     for t in range(n):
         i = ring_cols[slot, t]
         v = np.int64(ring_vals[slot, t])
-        lm[i] += sign
-        lx[i] += sign * v
-        ly[i] += sign * v * v
-
-
-@njit(boundscheck=False, inline="always")
-def _spread_loud(r, ky, kx, ny, nx, ring_cols, ring_n, lm, lx, ly, seen, active, dm, dx, dy, add):
-    """Per-window loud corrections of output row r: every column holding loud pixels in the
-    window rows adds its loud sums to the windows within kx of it (add), or clears them."""
-    period = ring_n.shape[0]
-    n_active = 0
-    for jj in range(max(0, r - ky), min(ny, r + ky + 1)):
-        s = jj % period
-        for t in range(ring_n[s]):
-            i = ring_cols[s, t]
-            if not seen[i]:
-                seen[i] = 1
-                active[n_active] = i
-                n_active += 1
-    for a in range(n_active):
-        i = active[a]
-        seen[i] = 0
-        c0 = max(0, i - kx)
-        c1 = min(nx, i + kx + 1)
-        if add:
-            m = np.int32(lm[i])
-            x = np.int32(lx[i])
-            y = np.float64(ly[i])
-            for c in range(c0, c1):
-                dm[c] += m
-                dx[c] += x
-                dy[c] += y
-        else:
-            for c in range(c0, c1):
-                dm[c] = 0
-                dx[c] = 0
-                dy[c] = 0
+        x = np.int32(sign * v)
+        y = sign * v * v
+        for c in range(max(0, i - kx), min(nx, i + kx + 1)):
+            dm[c] += sign
+            dx[c] += x
+            dy[c] += y
 
 
 @njit(boundscheck=False, inline="always")
@@ -261,7 +232,7 @@ def _exact(image, mask, j, i, p, dm, dx, dy, lower, upper, nb2, ns2, gain, thres
     and the loud corrections dm, dx, dy at i (all exact)."""
     m = np.float64(np.int64((p >> X_BITS) & 63) + dm[i])
     x = np.float64(np.int64(p & 2047) + dx[i])
-    y = np.float64(p >> Y_SHIFT) + dy[i]
+    y = np.float64(np.int64(p >> Y_SHIFT) + dy[i])
     v = np.float64(image[j, i])
     ok = (mask[j, i] != 0) & (v > lower) & (v < upper)
     return selected64(v, ok, m, x, y, nb2, ns2, gain, threshold, min_count, dispersion_only)
@@ -305,14 +276,9 @@ def packed_pass(image, mask, lower, upper, kx, ky, nsig_b, nsig_s, gain, thresho
     n_left = min(kx, nx)
     right = max(nx - kx, kx)
     n_edge = n_left + max(0, nx - right)
-    lm = np.zeros(nx, np.int64)
-    lx = np.zeros(nx, np.int64)
-    ly = np.zeros(nx, np.int64)
-    seen = np.zeros(nx, np.uint8)
-    active = np.zeros(nx, np.int64)
-    dm = np.zeros(nx, np.int32)
-    dx = np.zeros(nx, np.int32)
-    dy = np.zeros(nx, np.float64)
+    dm = np.zeros(nx, np.int32)  # loud pixels in the window of each pixel of the row: count,
+    dx = np.zeros(nx, np.int32)  # sum (< 63 * 2**24)
+    dy = np.zeros(nx, np.int64)  # and sum of squares
     period = 2 * ky + 1
     ring_cols = np.zeros((period, nx), np.int32)
     ring_vals = np.zeros((period, nx), np.int32)
@@ -327,7 +293,7 @@ def packed_pass(image, mask, lower, upper, kx, ky, nsig_b, nsig_s, gain, thresho
         _update_packed(image, mask, j, lo1, vq, hs1, hi1, col, ring_packed[j % (period + 1)], no_row, loud)
         ring_n[s] = _list_loud(image, j, loud_words, flag_bits, ring_cols, ring_vals, s, stats)
         stats[3] += ring_n[s]
-        _loud_columns(ring_cols, ring_vals, s, ring_n[s], 1, lm, lx, ly)
+        _loud_windows(ring_cols, ring_vals, s, ring_n[s], 1, kx, dm, dx, dy)
     for r0 in range(0, ny, BAND_ROWS):
         r1 = min(r0 + BAND_ROWS, ny)
         if fused:  # decoded now, read while in L2 (the mask streams in fine on its own: touching it cost 0.5 ms)
@@ -345,16 +311,13 @@ def packed_pass(image, mask, lower, upper, kx, ky, nsig_b, nsig_s, gain, thresho
             _update_packed(image, mask, enter, lo1, vq, hs1, hi1, col, packed_in, packed_out, loud)
             if leave >= 0:
                 s = leave % period
-                _loud_columns(ring_cols, ring_vals, s, ring_n[s], -1, lm, lx, ly)
+                _loud_windows(ring_cols, ring_vals, s, ring_n[s], -1, kx, dm, dx, dy)
                 ring_n[s] = 0
             if enter >= 0:
                 s = enter % period
                 ring_n[s] = _list_loud(image, enter, loud_words, flag_bits, ring_cols, ring_vals, s, stats)
                 stats[3] += ring_n[s]
-                _loud_columns(ring_cols, ring_vals, s, ring_n[s], 1, lm, lx, ly)
-            any_loud = ring_n.sum() > 0  # rows outside the window hold none: their slots are reset
-            if any_loud:
-                _spread_loud(r, ky, kx, ny, nx, ring_cols, ring_n, lm, lx, ly, seen, active, dm, dx, dy, True)
+                _loud_windows(ring_cols, ring_vals, s, ring_n[s], 1, kx, dm, dx, dy)
             row = image[r]
             if nx > 2 * kx:
                 _candidates_row(row, col, kx, dm, alpha, beta, dispersion_only, wsum_px[kx:], sel)
@@ -376,8 +339,6 @@ def packed_pass(image, mask, lower, upper, kx, ky, nsig_b, nsig_s, gain, thresho
                               threshold, min_count, dispersion_only):
                         out_index[n] = base + i
                         n += 1
-            if any_loud:
-                _spread_loud(r, ky, kx, ny, nx, ring_cols, ring_n, lm, lx, ly, seen, active, dm, dx, dy, False)
     stats[1] = -1  # valid and valid nonzero counts: on demand (`count_valid`)
     stats[2] = -1
     return n
