@@ -54,11 +54,14 @@ PATHS = ("auto", "packed", "banded", "general")
 # photons, 400-60000 spots, and the real thaumatin 6M images): the packed pass is faster while
 # the loud fraction is below LOUD_BASE + LOUD_PER_DISPERSED x the dispersed fraction and the
 # dispersed fraction at most DENSE_LIMIT. (A sparse frame: loud 0.001, dispersed 0.01, packed
-# 6 ms against banded 8.4; background 14: loud 0.004, packed 17 ms against 9.)
+# 4.1 ms against banded 6.3; background 12: loud 0.0016, 3.9 against 5.2; background 14: loud
+# 0.004, 6.1 against 5.2; background 18: loud 0.05, 22 against 5.5. Dense frames at background
+# 1: 2000 spots, dispersed 0.046, 6.5 against 7.8; 3000, 0.068, 8.2 against 8.9; 5000, 0.11,
+# 13.5 against 13.5; 10000, 0.21, 21 against 20. Measured again after both passes got faster.)
 LOUD_BASE = 0.001
 LOUD_PER_DISPERSED = 0.12
 LOUD_SAMPLE_ROWS = 8  # sample every 8th row for that fraction
-DENSE_LIMIT = 0.04  # above this fraction of dispersed pixels the banded pass is faster (measured)
+DENSE_LIMIT = 0.1  # above this fraction of dispersed pixels the banded pass is faster (measured)
 
 
 def packed_is_faster(loud: float, dispersed: float) -> bool:
