@@ -80,3 +80,18 @@ def test_thaumatin_comparison_reads_afresh_and_finds_the_reference_spots(shared_
     for key in ("dials_ratio_6M", "dials_ratio_in_memory_6M", "ours_read_ms_6M", "fabio_read_ms_6M",
                 "dials_read_ms_6M"):
         assert math.isfinite(figures[key]) and figures[key] > 0, key
+
+
+def test_shared_data_is_found_from_the_working_directory(tmp_path, monkeypatch):
+    """An installed (non-editable) package lives in site-packages: the real CBFs are looked for
+    beside the working directory too, and where $XTALSTREAM_SHARED says."""
+    folder = tmp_path / "shared" / dials_compare.THAUMATIN
+    folder.mkdir(parents=True)
+    (tmp_path / "project").mkdir()
+    monkeypatch.delenv("XTALSTREAM_SHARED", raising=False)
+    monkeypatch.chdir(tmp_path / "project")
+    assert dials_compare.shared_thaumatin() == folder
+    monkeypatch.chdir(tmp_path)
+    assert dials_compare.shared_thaumatin() == tmp_path / "shared" / dials_compare.THAUMATIN
+    monkeypatch.setenv("XTALSTREAM_SHARED", str(tmp_path / "elsewhere"))
+    assert dials_compare.shared_thaumatin() == tmp_path / "elsewhere" / dials_compare.THAUMATIN

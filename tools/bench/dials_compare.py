@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import bz2
 import json
+import os
 import shutil
 import subprocess
 import tempfile
@@ -40,7 +41,22 @@ from streamer.perimage import ImageAnalyser
 from streamer.series import EncodedFrame, SeriesInfo
 from tools.bench.timing import median_s
 
-SHARED_THAUMATIN = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "real-images" / "thaumatin_grid"
+THAUMATIN = Path("data") / "real-images" / "thaumatin_grid"
+
+
+def shared_thaumatin() -> Path:
+    """The real thaumatin CBFs of ../shared: $XTALSTREAM_SHARED if set, else `shared` beside
+    the working directory or beside the source tree (an installed, non-editable package lives
+    in site-packages, far from it): the first that holds them, else the last tried."""
+    override = os.environ.get("XTALSTREAM_SHARED")
+    if override:
+        return Path(override) / THAUMATIN
+    candidates = [Path.cwd().parent / "shared", Path.cwd() / "shared",
+                  Path(__file__).resolve().parents[2].parent / "shared"]
+    for root in candidates:
+        if (root / THAUMATIN).is_dir():
+            return root / THAUMATIN
+    return candidates[-1] / THAUMATIN
 
 
 # Prints one JSON line: seconds per do_spotfinding call, with and without reading, and what each
@@ -247,9 +263,10 @@ def thaumatin_6m(config: Config, n_images: int = 5, repeats: int = 3) -> dict[st
     missing = _missing_dials()
     if missing:
         return {"dials_note_6M": missing}
-    sources = sorted(SHARED_THAUMATIN.glob("thau_3_2_*.cbf.bz2"))[:n_images]
+    folder = shared_thaumatin()
+    sources = sorted(folder.glob("thau_3_2_*.cbf.bz2"))[:n_images]
     if not sources:
-        return {"dials_note_6M": f"no thau_3_2_*.cbf.bz2 in {SHARED_THAUMATIN}: no DIALS comparison"}
+        return {"dials_note_6M": f"no thau_3_2_*.cbf.bz2 in {folder} (set XTALSTREAM_SHARED): no DIALS comparison"}
     with tempfile.TemporaryDirectory(prefix="xtal-bench-dials-") as tmp:
         cbfs = []
         for source in sources:
