@@ -41,6 +41,8 @@ def test_benchmark_frames_have_the_detector_gaps():
     assert np.all(frame[512:550, :] == 0xFFFFFFFF) and np.all(frame[:, 1028:1040] == 0xFFFFFFFF)
     assert np.count_nonzero(frame == 0xFFFFFFFF) == 38 * 3 * 2068 + 12 * (2162 - 38 * 3)
     assert 0.2 < np.median(frame[:512, :1028]) + frame[:512, :1028].mean() < 1.0
+    mask = perimage.series_for(SHAPES["4M"], "4M").pixel_mask  # the header masks them, as a detector's does
+    assert np.array_equal(mask != 0, frame == 0xFFFFFFFF)
 
 
 @pytest.mark.slow
