@@ -2,7 +2,8 @@
 
 A detector sender (a separate process: the detector is not us) streams realistic frames
 (EIGER2 frames with their module gaps, Poisson background with sparse Gaussian Bragg spots,
-uint32, bitshuffle-LZ4 as an EIGER sends them, stream v2) over loopback TCP at a target rate.
+uint32, bitshuffle-LZ4 as an EIGER sends them, stream v2; the start message carries the pixel
+mask with the gaps flagged, header detail "all") over loopback TCP at a target rate.
 The processor side is exactly the `run` layout: `Receiver` -> `Pipeline` (fan-out, N worker
 processes, collector, result stream; the sweep stages with `--sweep-stages`). The rate ramps
 up in short series; a rate is sustained when every frame was received and processed (no
@@ -28,7 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from tools.bench.decode import SHAPES, realistic_frame
+from streamer.detector_presets import load_preset
+from tools.bench.decode import PRESETS, SHAPES, realistic_frame
 
 log = logging.getLogger(__name__)
 
@@ -98,14 +100,16 @@ class CpuMeter:
         return {key: round(1000.0 * (after[key] - before[key]) / max(n, 1), 3) for key in after}
 
 
-def series_for(shape: tuple[int, int], series_id: str, n_images: int):
+def series_for(shape: tuple[int, int], series_id: str, n_images: int, pixel_mask: np.ndarray | None = None):
+    """The series the sender announces; `pixel_mask`: the detector's (its gaps flagged), sent in
+    the start message (header detail "all") as a DECTRIS detector sends it."""
     from streamer.series import SeriesInfo
 
     return SeriesInfo(series_id=series_id, source="simulator", image_shape=shape, dtype="<u4", n_images=n_images,
                       detector_description=f"bench {shape[1]}x{shape[0]}", pixel_size_mm=(0.075, 0.075),
                       beam_centre_px=(shape[1] / 2, shape[0] / 2), distance_mm=150.0, wavelength_A=0.9763,
                       omega_increment_deg=0.1, count_time_s=0.001, frame_time_s=0.001,
-                      saturation_value=2**31, bit_depth_image=32)
+                      saturation_value=2**31, bit_depth_image=32, pixel_mask=pixel_mask)
 
 
 def _sender(url: str, detector: str, conn, arm_s: float = 0.0) -> None:
@@ -117,6 +121,7 @@ def _sender(url: str, detector: str, conn, arm_s: float = 0.0) -> None:
     from streamer.series import EncodedFrame
 
     shape = SHAPES[detector]
+    mask = load_preset(PRESETS[detector]).gap_mask()
     payloads = [codecs.encode(image, "bslz4") for image in make_frames(detector, DISTINCT_FRAMES)]
     ctx = zmq.Context()
     sender = DetectorSender(ctx, url, fmt="v2")
@@ -128,7 +133,7 @@ def _sender(url: str, detector: str, conn, arm_s: float = 0.0) -> None:
                 break
             series_id, rate, n = step
             sender.rate_hz = rate
-            sender.send_start(series_for(shape, series_id, n))
+            sender.send_start(series_for(shape, series_id, n, mask), header_detail="all")
             time.sleep(arm_s)
             t0 = time.monotonic()
             for i in range(n):
