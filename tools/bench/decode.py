@@ -42,6 +42,12 @@ def add_arguments(parser: Any) -> None:
                         help=f"decoder back-end (default {codecs.fastest_backend('bslz4')})")
 
 
+def gap_mask(detector: str) -> np.ndarray:
+    """The pixel mask an EIGER2 4M or 16M announces in its series header: the module gaps flagged
+    (bit 0), uint32 (slow, fast)."""
+    return load_preset(PRESETS[detector]).gap_mask()
+
+
 def realistic_frame(detector: str, seed: int = 0, background: float = 0.3, n_spots: int = 400) -> np.ndarray:
     """uint32 frame of an EIGER2 4M or 16M: Poisson background, sparse Gaussian spots, module
     gaps at the all-ones value."""

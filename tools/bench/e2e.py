@@ -29,8 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from streamer.detector_presets import load_preset
-from tools.bench.decode import PRESETS, SHAPES, realistic_frame
+from tools.bench.decode import SHAPES, gap_mask, realistic_frame
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +120,7 @@ def _sender(url: str, detector: str, conn, arm_s: float = 0.0) -> None:
     from streamer.series import EncodedFrame
 
     shape = SHAPES[detector]
-    mask = load_preset(PRESETS[detector]).gap_mask()
+    mask = gap_mask(detector)
     payloads = [codecs.encode(image, "bslz4") for image in make_frames(detector, DISTINCT_FRAMES)]
     ctx = zmq.Context()
     sender = DetectorSender(ctx, url, fmt="v2")

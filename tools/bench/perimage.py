@@ -3,7 +3,8 @@
 The frames are `tools.bench.decode.realistic_frame`s (Poisson background 0.3 photons/pixel,
 ~400 spots, the module gaps of an EIGER2 X at the all-ones value) of 2068x2162 (4M) or
 4148x4362 (16M) uint32 pixels, `--distinct` of them, bitshuffle-LZ4 compressed as a DECTRIS
-detector sends them, its series header carrying the pixel mask that flags the gaps. Each timed iteration takes the next one and decodes it as a worker does
+detector sends them (its series header carrying the pixel mask that flags the gaps). Each
+timed iteration takes the next one and decodes it as a worker does
 (`ImageAnalyser.prepare`: band by band inside the threshold pass, into a reused buffer;
 decoded_in_pass says whether the timed frames were) and runs the series'
 `ImageAnalyser.analyse` (threshold, labelling, centroids, filters and the per-image
@@ -34,8 +35,7 @@ from streamer.config import load_config
 from streamer.perimage import ImageAnalyser
 from streamer.series import EncodedFrame, SeriesInfo
 from tools.bench import dials_compare
-from streamer.detector_presets import load_preset
-from tools.bench.decode import PRESETS, SHAPES, realistic_frame
+from tools.bench.decode import SHAPES, gap_mask, realistic_frame
 from tools.bench.memcopy import memory_copy_rate
 from tools.bench.timing import best_rate
 
@@ -64,7 +64,7 @@ def series_for(shape: tuple[int, int], detector: str | None = None) -> SeriesInf
     """The benchmark series; with `detector` ("4M", "16M") its header carries that EIGER2's
     pixel mask with the module gaps flagged, as a DECTRIS detector's does (and as DIALS masks
     them in the comparison): the gap pixels are masked, not counted as overloads."""
-    mask = load_preset(PRESETS[detector]).gap_mask() if detector is not None else None
+    mask = gap_mask(detector) if detector is not None else None
     return SeriesInfo(series_id="bench", source="simulator", image_shape=shape, dtype="<u4", n_images=1000,
                       pixel_size_mm=(0.075, 0.075), beam_centre_px=(shape[1] / 2, shape[0] / 2), distance_mm=150.0,
                       wavelength_A=1.0, saturation_value=2**32 - 2, bit_depth_image=32,
