@@ -235,6 +235,7 @@ def strong_pixels(
     workspace: DispersionWorkspace | None = None,
     path: str = "auto",
     source: tuple | None = None,
+    flagged: int | None = None,
 ) -> np.ndarray:
     """Flat row-major indices (ascending; int32, int64 past 2**31 pixels) of the strong pixels.
 
@@ -245,7 +246,10 @@ def strong_pixels(
     pass where it applies (tests); every pass gives the same result. `source`: a band source
     (`kernels.bslz4_native.band_source`) whose buffer `image` is: the frame is decoded here,
     band by band inside the packed pass when the last frame took it (`DispersionWorkspace.fuses`),
-    else in full before the pass; raises `DecodeError` if a block is corrupt.
+    else in full before the pass; raises `DecodeError` if a block is corrupt. `flagged`: a
+    value above the trusted range that marks inactive pixels rather than overloads (a DECTRIS
+    detector's all-ones value): invalid, as every value outside the range, but not counted in
+    the workspace's `n_overloads`.
     """
     _check(image, mask, kernel_size, min_local)
     if algorithm not in ("dispersion", "dispersion_extended"):
@@ -275,12 +279,15 @@ def strong_pixels(
         chosen = path
     ws.last_path = chosen
     ws.last_fused = fused
+    if native is not None:  # in the image's type; 0 (never above hi1 >= 0) for none
+        top = int(np.iinfo(image.dtype).max)
+        flag = native[0].dtype.type(flagged if flagged is not None and 0 <= flagged <= top else 0)
     ws._last = (image, mask, lower, upper)
     args = (image, mask, lower, upper, kx, ky, float(sigma_background), float(sigma_strong), float(gain),
             float(global_threshold), float(min_local), extended, ws.dispersed, ws.stats)
     ws.clear_flag()
     if chosen == "packed":
-        n = packed_pass(*args, *native, native[0].dtype.type(min(quiet_value(window), int(native[1]))),
+        n = packed_pass(*args, *native, flag, native[0].dtype.type(min(quiet_value(window), int(native[1]))),
                         *candidate_bounds(window, float(sigma_background), float(gain)),
                         source if fused else ws._no_source)
         if n < 0:
@@ -288,11 +295,11 @@ def strong_pixels(
             raise DecodeError(problem(source[-1]))
         ws.loud_fraction = int(ws.stats[3]) / max(ws.usable(mask), 1)
     elif chosen == "banded":
-        top = int(np.iinfo(image.dtype).max)
-        n = banded_pass(*args, *native, native[0].dtype.type(min(big_value(window), top)))
+        n = banded_pass(*args, *native, flag, native[0].dtype.type(min(big_value(window), top)))
     else:
         narrow = image.dtype.kind in "iu" and lo >= -int(BIG) and window <= INT32_WINDOW_PIXELS
-        n = general_pass(*args, *ws.columns(image.dtype.kind, narrow), lo, hi, hi_sum)
+        n = general_pass(*args, *ws.columns(image.dtype.kind, narrow), lo, hi, hi_sum,
+                         np.float64(flagged) if flagged is not None else np.float64(np.nan))
     ws.mark(n)
     ws.dispersed_fraction = n / image.size if extended else ws.dispersed_fraction
     if not extended:

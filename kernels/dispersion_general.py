@@ -18,10 +18,11 @@ from kernels.jit import njit
 
 
 @njit(boundscheck=False)
-def _enter_row(image, mask, j, lo, hi, hi_sum, colm, colx, coly, stats):
+def _enter_row(image, mask, j, lo, hi, hi_sum, flagged, colm, colx, coly, stats):
     """Add row j to the column sums (count colm int32, sum colx, sum of squares coly; their
     dtypes decide the arithmetic) and count its overloaded, valid and valid nonzero pixels
-    into stats. Valid: mask set and lo < v < hi; summed: valid and v < hi_sum."""
+    into stats. Valid: mask set and lo < v < hi; summed: valid and v < hi_sum; overloaded:
+    mask set, v >= hi and v not `flagged` (NaN: none)."""
     nx = image.shape[1]
     n_over = 0
     n_valid = 0
@@ -37,7 +38,7 @@ def _enter_row(image, mask, j, lo, hi, hi_sum, colm, colx, coly, stats):
         colm[i] += np.int32(w)
         colx[i] += vx
         coly[i] += vy * coly.dtype.type(v)
-        n_over += usable & (v >= hi)
+        n_over += usable & (v >= hi) & (v != flagged)
         n_valid += inrange
         n_nonzero += inrange & (v != 0)
     stats[0] += n_over
@@ -124,12 +125,13 @@ def _test_row(image, mask, j, lower, upper, colm, colx, coly, kx, nb2, ns2, gain
 
 @njit(boundscheck=False)
 def general_pass(image, mask, lower, upper, kx, ky, nsig_b, nsig_s, gain, threshold, min_count,
-                 dispersion_only, out_index, stats, colm, colx, coly, lo, hi, hi_sum):
+                 dispersion_only, out_index, stats, colm, colx, coly, lo, hi, hi_sum, flagged):
     """One streaming pass: the selected flat indices (row-major) go to out_index; returns how
     many. dispersion_only: skip the strong-value and global tests (first pass of the extended
     variant). colm (int32) / colx / coly: zeroed column accumulators of
     the image width; lo, hi, hi_sum: the valid-value bounds (and the summed-value bound) in
-    the image's arithmetic (integers for integer images)."""
+    the image's arithmetic (integers for integer images); flagged (float64): a value at or
+    above hi that is not an overload (the detector's flag of inactive pixels), NaN for none."""
     ny, nx = image.shape
     n_words = (nx + 7) // 8
     sel = np.zeros(n_words * 8, np.uint8)
@@ -143,7 +145,7 @@ def general_pass(image, mask, lower, upper, kx, ky, nsig_b, nsig_s, gain, thresh
     for r in range(-ky, ny):
         # the window of row r spans rows r - ky .. r + ky: row r + ky enters, row r - ky - 1 leaves
         if r + ky < ny:
-            _enter_row(image, mask, r + ky, lo, hi, hi_sum, colm, colx, coly, stats)
+            _enter_row(image, mask, r + ky, lo, hi, hi_sum, flagged, colm, colx, coly, stats)
         if r - ky - 1 >= 0:
             _leave_row(image, mask, r - ky - 1, lo, hi_sum, colm, colx, coly)
         if r < 0:

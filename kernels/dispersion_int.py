@@ -66,15 +66,16 @@ def _summed(v, usable, lo1, hs1, vbig):
 
 
 @njit(boundscheck=False, inline="always")
-def _tally(v, usable, lo1, hi1, zero):
-    """Packed pixel counts of one pixel: valid + 1024 * valid nonzero + 2**20 * overloaded."""
+def _tally(v, usable, lo1, hi1, flagged, zero):
+    """Packed pixel counts of one pixel: valid + 1024 * valid nonzero + 2**20 * overloaded
+    (above hi1, not `flagged`)."""
     inrange = usable & (v >= lo1) & (v <= hi1)
     return np.int32(np.int32(inrange) + np.int32(np.int32(inrange & (v != zero)) << 10)
-                    + np.int32(np.int32(usable & (v > hi1)) << 20))
+                    + np.int32(np.int32(usable & (v > hi1) & (v != flagged)) << 20))
 
 
 @njit(boundscheck=False)
-def _update_columns(image, mask, enter, leave, lo1, hs1, hi1, vbig, colmb, colx, coly, tally):
+def _update_columns(image, mask, enter, leave, lo1, hs1, hi1, flagged, vbig, colmb, colx, coly, tally):
     """Column sums for the next row of windows: add row `enter`, remove row `leave` (either
     may be -1). Summed pixels: mask set and lo1 <= v <= hs1 (inclusive bounds in the image's
     type); colmb += count + 256 * (count of summed values > vbig), colx += value (int32),
@@ -91,7 +92,7 @@ def _update_columns(image, mask, enter, leave, lo1, hs1, hi1, vbig, colmb, colx,
         for i in range(nx):
             v = rin[i]
             usable = min_[i] != 0
-            tally[i] = np.int32(tally[i] + _tally(v, usable, lo1, hi1, zero))
+            tally[i] = np.int32(tally[i] + _tally(v, usable, lo1, hi1, flagged, zero))
             mv, xv, yv = _summed(v, usable, lo1, hs1, vbig)
             mu, xu, yu = _summed(rout[i], mout[i] != 0, lo1, hs1, vbig)
             colmb[i] = np.int32(colmb[i] + np.int32(mv - mu))
@@ -103,7 +104,7 @@ def _update_columns(image, mask, enter, leave, lo1, hs1, hi1, vbig, colmb, colx,
         for i in range(nx):
             v = rin[i]
             usable = min_[i] != 0
-            tally[i] = np.int32(tally[i] + _tally(v, usable, lo1, hi1, zero))
+            tally[i] = np.int32(tally[i] + _tally(v, usable, lo1, hi1, flagged, zero))
             mv, xv, yv = _summed(v, usable, lo1, hs1, vbig)
             colmb[i] = np.int32(colmb[i] + mv)
             colx[i] = np.int32(colx[i] + xv)
@@ -236,11 +237,11 @@ def _direct_test(image, mask, j, i, kx, ky, lo1, hs1, lower, upper, nb2, ns2, ga
 
 @njit(boundscheck=False)
 def banded_pass(image, mask, lower, upper, kx, ky, nsig_b, nsig_s, gain, threshold, min_count, dispersion_only,
-                out_index, stats, lo1, hs1, hi1, thr1, vbig):
+                out_index, stats, lo1, hs1, hi1, thr1, flagged, vbig):
     """The selected pixels (dispersion_only: dispersed; else strong) of an integer image with
     nonnegative summed values, as ascending flat indices in out_index; returns how many.
     lower/upper: the trusted range (open); lo1/hs1/hi1/thr1: inclusive valid, summed, valid
-    and global-threshold bounds in the image's type; vbig: `big_value` of the window size
+    and global-threshold bounds in the image's type; flagged: as `packed_pass`'s; vbig: `big_value` of the window size
     (clipped to the type). stats (int64 [overloads, valid, valid nonzero]) is added to."""
     ny, nx = image.shape
     n_words = (nx + 7) // 8
@@ -268,14 +269,14 @@ def banded_pass(image, mask, lower, upper, kx, ky, nsig_b, nsig_s, gain, thresho
     n = 0
     for r in range(-ky, 0):
         if r + ky < ny:
-            _update_columns(image, mask, r + ky, -1, lo1, hs1, hi1, vbig, colmb, colx, coly, tally)
+            _update_columns(image, mask, r + ky, -1, lo1, hs1, hi1, flagged, vbig, colmb, colx, coly, tally)
     for r0 in range(0, ny, BAND_ROWS):
         r1 = min(r0 + BAND_ROWS, ny)
         _touch(image, min(r0 + ky, ny), min(r1 + ky, ny))
         for r in range(r0, r1):
             enter = r + ky if r + ky < ny else -1
             leave = r - ky - 1 if r - ky - 1 >= 0 else -1
-            _update_columns(image, mask, enter, leave, lo1, hs1, hi1, vbig, colmb, colx, coly, tally)
+            _update_columns(image, mask, enter, leave, lo1, hs1, hi1, flagged, vbig, colmb, colx, coly, tally)
             if interior and kx == 3:
                 _screen_row7(image[r], mask[r], lo1, hi1, thr_screen, colmb, colx, coly, nb2_32, ns2_32, gain_32,
                              min_32, eps, dispersion_only, sel, amb)

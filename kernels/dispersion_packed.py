@@ -87,11 +87,12 @@ def loud_fraction(image, mask, lo1, vq, hs1, row_step):
 
 
 @njit(boundscheck=False, inline="always")
-def _update_packed(image, mask, enter, lo1, vq, hs1, hi1, col, packed_in, packed_out, loud):
+def _update_packed(image, mask, enter, lo1, vq, hs1, hi1, flagged, col, packed_in, packed_out, loud):
     """col += packed(row enter) - packed_out (the packed values of the row leaving, kept from
     when it entered; zeros while no row leaves); the entering row's packed values go to
     packed_in, and loud (uint8) flags its loud pixels (usable, summed, above vq: bit 0) and
-    its usable overloaded ones (above hi1: bit 1), both counted per row by `_list_loud`
+    its usable overloaded ones (above hi1, not the detector's `flagged` value: bit 1), both
+    counted per row by `_list_loud`
     (flags in the byte, not a count here: a 64-bit sum would halve the vector width; and not
     listed one by one: a detector's gaps at the all-ones value are overloads unless masked,
     260,000 per 4M frame). enter -1: only the leaving row is removed."""
@@ -103,7 +104,7 @@ def _update_packed(image, mask, enter, lo1, vq, hs1, hi1, col, packed_in, packed
             v = rin[i]
             usable = min_[i] != 0
             summed = usable & (v > vq) & (v >= lo1) & (v <= hs1)
-            over = usable & (v > hi1)
+            over = usable & (v > hi1) & (v != flagged)
             loud[i] = np.uint8(np.uint8(summed) | np.uint8(np.uint8(over) << np.uint8(1)))
             pv = _packed(v, usable, lo1, vq)
             packed_in[i] = pv
@@ -250,11 +251,12 @@ def candidate_bounds(window: int, nsig_b: float, gain: float) -> tuple[np.float3
 
 @njit(boundscheck=False)
 def packed_pass(image, mask, lower, upper, kx, ky, nsig_b, nsig_s, gain, threshold, min_count, dispersion_only,
-                out_index, stats, lo1, hs1, hi1, thr1, vq, alpha, beta, source):
+                out_index, stats, lo1, hs1, hi1, thr1, flagged, vq, alpha, beta, source):
     """The selected pixels (dispersion_only: dispersed; else strong) as ascending flat
     indices in out_index; returns how many. lower/upper: the trusted range (open);
     lo1/hs1/hi1/thr1: inclusive valid, summed, valid and global-threshold bounds in the
-    image's type; vq: `quiet_value` of the window, at most hs1; alpha, beta: `candidate_bounds`. stats (int64 [overloads,
+    image's type; flagged: a value above hi1 that is not an overload (the detector's flag of
+    inactive pixels; else 0); vq: `quiet_value` of the window, at most hs1; alpha, beta: `candidate_bounds`. stats (int64 [overloads,
     valid, valid nonzero, loud]) is added to. source: a band source (`kernels.bslz4_native`)
     that fills the image's rows just before the pass reads them (none left: the image is
     decoded); returns -1 if a block of it is corrupt."""
@@ -290,7 +292,7 @@ def packed_pass(image, mask, lower, upper, kx, ky, nsig_b, nsig_s, gain, thresho
     n = 0
     for j in range(0, min(ky, ny)):
         s = j % period
-        _update_packed(image, mask, j, lo1, vq, hs1, hi1, col, ring_packed[j % (period + 1)], no_row, loud)
+        _update_packed(image, mask, j, lo1, vq, hs1, hi1, flagged, col, ring_packed[j % (period + 1)], no_row, loud)
         ring_n[s] = _list_loud(image, j, loud_words, flag_bits, ring_cols, ring_vals, s, stats)
         stats[3] += ring_n[s]
         _loud_windows(ring_cols, ring_vals, s, ring_n[s], 1, kx, dm, dx, dy)
@@ -308,7 +310,7 @@ def packed_pass(image, mask, lower, upper, kx, ky, nsig_b, nsig_s, gain, thresho
             # leaving rows never share one (no aliasing: the update loop vectorises)
             packed_in = ring_packed[(r + ky) % (period + 1)]
             packed_out = ring_packed[leave % (period + 1)] if leave >= 0 else no_row
-            _update_packed(image, mask, enter, lo1, vq, hs1, hi1, col, packed_in, packed_out, loud)
+            _update_packed(image, mask, enter, lo1, vq, hs1, hi1, flagged, col, packed_in, packed_out, loud)
             if leave >= 0:
                 s = leave % period
                 _loud_windows(ring_cols, ring_vals, s, ring_n[s], -1, kx, dm, dx, dy)

@@ -91,13 +91,39 @@ def trusted_range(series: SeriesInfo) -> tuple[float, float]:
     return -1.0, upper
 
 
+DECTRIS_SOURCES = ("stream-v1", "stream-v2", "simulator")  # the SIMPLON streams and our EIGER-like simulator
+
+
+def inactive_value(series: SeriesInfo) -> int | None:
+    """The value a DECTRIS detector gives the pixels its pixel mask flags (gaps, dead, hot
+    pixels): all ones of the image bit depth, 2**bit_depth_image - 1 (EIGER2 manual, "Applying
+    the pixel mask"). It lies above the count cutoff (the saturation value), so it is outside
+    the trusted range, but it marks an inactive pixel, not an overload: counting it as one
+    would report the module gaps (260,000 pixels of a 4M) as saturation whenever the header
+    comes without the mask (header detail "basic"). None for other detectors (an ADSC
+    saturates at 65535) and when the value is not above the saturation value."""
+    dt = np.dtype(series.dtype)
+    dectris = series.source in DECTRIS_SOURCES or any(
+        name in series.detector_description.upper() for name in ("EIGER", "DECTRIS"))
+    if dt.kind != "u" or not dectris:
+        return None
+    bits = series.bit_depth_image if series.bit_depth_image and 0 < series.bit_depth_image <= 8 * dt.itemsize \
+        else 8 * dt.itemsize
+    value = (1 << bits) - 1
+    if series.saturation_value is not None and series.saturation_value >= value:
+        return None
+    return value
+
+
 @dataclass(frozen=True)
 class SeriesMask:
-    """The per-series static mask (uint8, 1 = usable) and the trusted value range."""
+    """The per-series static mask (uint8, 1 = usable), the trusted value range, and the value
+    that marks inactive pixels (`inactive_value`)."""
 
     mask: np.ndarray
     trusted_range: tuple[float, float]
     n_masked: int
+    inactive: int | None = None
 
     @classmethod
     def build(cls, series: SeriesInfo, config: MaskConfig | None = None, d_min: float | None = None,
@@ -122,4 +148,4 @@ class SeriesMask:
             if d_max is not None:
                 mask[resolution_map > d_max] = 0
         mask.setflags(write=False)
-        return cls(mask, trusted_range(series), int(mask.size - np.count_nonzero(mask)))
+        return cls(mask, trusted_range(series), int(mask.size - np.count_nonzero(mask)), inactive_value(series))

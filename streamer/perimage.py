@@ -107,8 +107,9 @@ class ImageResult:
 
 
 # what the per-series set-up depends on besides the pixel mask (phi and timing do not enter it)
-SETUP_FIELDS = ("image_shape", "dtype", "detector_description", "pixel_size_mm", "beam_centre_px", "distance_mm",
-                "wavelength_A", "fast_axis", "slow_axis", "rotation_axis", "saturation_value", "bit_depth_image")
+SETUP_FIELDS = ("image_shape", "dtype", "source", "detector_description", "pixel_size_mm", "beam_centre_px",
+                "distance_mm", "wavelength_A", "fast_axis", "slow_axis", "rotation_axis", "saturation_value",
+                "bit_depth_image")
 
 WARM_DTYPES = ("<u2", "<u4")  # EIGER 16/32-bit frames (others compile with their first series)
 
@@ -192,7 +193,7 @@ class ImageAnalyser:
         try:
             return strong_pixels(image, self.mask, sf.algorithm, tuple(sf.kernel_size), sf.sigma_background,
                                  sf.sigma_strong, sf.global_threshold, sf.min_local, sf.gain, self.trusted_range,
-                                 self.workspace, source=source)
+                                 self.workspace, source=source, flagged=self.series_mask.inactive)
         except DecodeError as exc:
             raise BadFrame(str(exc), reason="corrupt_compression") from exc
 

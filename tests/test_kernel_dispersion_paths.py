@@ -224,3 +224,32 @@ def test_auto_path_follows_the_background():
     np.testing.assert_array_equal(quiet, again)
     with pytest.raises(ValueError):
         strong_pixels(image.astype(np.float32), mask, path="packed")
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.uint32])
+@pytest.mark.parametrize("algorithm", ["dispersion", "dispersion_extended"])
+def test_the_detector_flag_of_inactive_pixels_is_not_an_overload(dtype, algorithm):
+    """A DECTRIS frame without its mask: gap columns at the all-ones value, a few pixels at
+    the count cutoff. Every pass finds the same pixels with or without `flagged`, and with it
+    counts only the pixels above the cutoff that are not flagged, as numpy counts them."""
+    rng = np.random.default_rng(11)
+    image = spotty((60, 90), dtype, rng, background=0.6, n_spots=6)
+    flagged = int(np.iinfo(dtype).max)
+    cutoff = 5000
+    image[:, 40:43] = flagged  # a module gap
+    image[10, 10] = image[30, 70] = image[50, 5] = cutoff + 7  # saturated
+    mask = np.ones(image.shape, np.uint8)
+    mask[50, 5] = 0
+    kw = dict(trusted_range=(-1.0, float(cutoff)))
+    expected = int(np.count_nonzero((mask != 0) & (image >= cutoff) & (image != flagged)))
+    assert expected == 2
+    for path in ("packed", "banded", "auto", "general"):
+        ws, plain = DispersionWorkspace(image.shape), DispersionWorkspace(image.shape)
+        source = image.astype(np.float64) if path == "general" else image
+        chosen = "auto" if path == "general" else path
+        got = strong_pixels(source, mask, algorithm, workspace=ws, path=chosen, flagged=flagged, **kw).copy()
+        want = strong_pixels(source, mask, algorithm, workspace=plain, path=chosen, **kw)
+        np.testing.assert_array_equal(got, want)
+        assert ws.n_overloads == expected, path
+        assert plain.n_overloads == expected + 3 * 60, path  # without it the gap counts as saturated
+        assert ws.n_valid == plain.n_valid

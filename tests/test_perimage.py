@@ -12,7 +12,7 @@ from streamer import codecs, wire
 from streamer.config import Config, MaskConfig
 from streamer.errors import BadFrame
 from streamer.ice_rings import detect_ice_rings, ice_ring_d_star_sq, on_ice_rings
-from streamer.masks import SeriesMask, pilatus_gap_mask, user_mask
+from streamer.masks import SeriesMask, inactive_value, pilatus_gap_mask, user_mask
 from streamer.perimage import ImageAnalyser, ImageResult
 from streamer.resolution_estimate import equal_population_bins, estimate_d_min, wilson_outliers
 from streamer.series import EncodedFrame, SeriesInfo
@@ -92,6 +92,34 @@ def test_overloads_counted_and_excluded(analyser):
     saturated = [10 * 220 + 200, 10 * 220 + 201, 11 * 220 + 200, 11 * 220 + 201]
     assert not np.any(np.isin(result.spots.pixel_index, saturated))  # never strong, never summed
     assert result.n_spots == len(POSITIONS)
+
+
+def test_dectris_flagged_pixels_are_not_overloads(analyser):
+    """A DECTRIS stream sent without its pixel mask (header detail "basic"): the detector gives
+    the pixels the mask flags its all-ones value. They are invalid, never strong, and not
+    reported as saturated; pixels above the count cutoff still are."""
+    image = spots_frame(POSITIONS)
+    image[:, 120:123] = 0xFFFFFFFF  # a module gap
+    image[10:12, 200:202] = 60000  # at the count cutoff: saturated
+    for source in ("stream-v2", "stream-v1", "simulator"):
+        result = ImageAnalyser(series(source=source), Config()).analyse(image, 0)
+        assert result.n_overloads == 4, source
+        assert result.n_spots == len(POSITIONS)
+        assert not np.any(result.spots.pixel_index % SHAPE[1] == 121)
+    # an ADSC saturates at 65535: there the all-ones value is a count (its pixels saturated)
+    adsc = ImageAnalyser(series(source="smv", dtype="<u2", saturation_value=65535), Config())
+    assert adsc.series_mask.inactive is None
+    assert adsc.analyse(np.minimum(image, 65535).astype("<u2"), 0).n_overloads == 3 * SHAPE[0]
+
+
+def test_inactive_value_follows_the_bit_depth():
+    assert inactive_value(series(source="stream-v2", bit_depth_image=32)) == 2**32 - 1
+    assert inactive_value(series(source="stream-v1", dtype="<u2", bit_depth_image=16)) == 65535
+    assert inactive_value(series(source="stream-v2", bit_depth_image=16)) == 65535  # 16-bit data in 32-bit pixels
+    assert inactive_value(series(source="hdf5", detector_description="Dectris EIGER2 Si 4M")) == 2**32 - 1
+    assert inactive_value(series(source="hdf5", detector_description="")) is None
+    assert inactive_value(series(source="cbf", dtype="<i4")) is None  # PILATUS flags with -1, -2
+    assert inactive_value(series(source="stream-v2", saturation_value=2**32 - 1)) is None  # all-ones is a count
 
 
 def test_user_masks_and_resolution_limits():
