@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 
 from streamer import captures, codecs, stream_v1, stream_v2
+from streamer.config import Config
+from streamer.perimage import ImageAnalyser
 
 V2_FOLDERS = ["r500k_bm_bslz4_8bit", "r500k_bm_bslz4_16bit", "r500k_bm_bslz4_32bit",
               "r500k_bm_lz4_8bit", "r500k_bm_lz4_16bit", "r500k_bm_lz4_32bit"]
@@ -23,6 +25,20 @@ def test_eiger2_1m_capture_holds_two_series(shared_data):
     assert _htypes(messages) == one + one
     assert [len(m) for m in messages[:2]] == [8, 4]
     assert captures.capture_format(shared_data / "streams" / "eiger2-1m-v1") == "v1"
+
+
+def test_eiger2_1m_flagged_pixels_are_not_reported_as_saturated(shared_data):
+    """The real EIGER2 1M stream comes without its pixel mask (empty mask blob): its gaps and
+    dead pixels arrive at the all-ones value on every frame, 39,084 to 39,086 of them. They are
+    invalid pixels, not saturated ones (the count cutoff is 1,702,012)."""
+    messages = captures.read_capture(shared_data / "streams" / "eiger2-1m-v1")
+    series = stream_v1.series_info(stream_v1.parse_message(messages[0]))
+    assert series.pixel_mask is None and series.saturation_value == 1702012
+    analyser = ImageAnalyser(series, Config())
+    for message in messages[1:11]:
+        image = codecs.decode(stream_v1.encoded_frame(stream_v1.parse_message(message), series))
+        assert 39084 <= np.count_nonzero(image == 0xFFFFFFFF) <= 39086
+        assert analyser.analyse(image, 0).n_overloads == 0
 
 
 def test_dls_4m_capture_gets_its_missing_blobs_and_appendix(shared_data):
