@@ -294,6 +294,12 @@ class Collector:
             d_min = result.stats.get("estimated_d_min")
             if isinstance(d_min, (int, float)) and d_min == d_min and d_min > 0:
                 m.resolution.set(d_min)
+            overloads = result.stats.get("n_overloads")
+            if isinstance(overloads, (int, float)):
+                m.overloads_last.set(overloads)
+            background = result.stats.get("background")
+            if isinstance(background, (int, float)) and background == background:
+                m.background_last.set(background)
             ice = result.stats.get("ice_rings")
             m.ice_rings.set(len(ice) if isinstance(ice, (list, tuple)) else (ice if isinstance(ice, (int, float)) else 0))
             m.image_number.set(result.image_number)

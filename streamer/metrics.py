@@ -64,6 +64,10 @@ class Metrics:
             "xtal_resolution_estimate_angstrom", "estimated d_min of the latest image with an estimate (A)", registry=r
         )
         self.ice_rings = Gauge("xtal_ice_rings", "ice rings detected on the latest image", registry=r)
+        self.overloads_last = Gauge("xtal_overloads_last_image",
+                                    "saturated pixels (at or above the count cutoff) on the latest image", registry=r)
+        self.background_last = Gauge("xtal_background_last_image",
+                                     "mean background counts per pixel of the latest image", registry=r)
         self.image_number = Gauge("xtal_image_number_last", "image number of the latest published result", registry=r)
         for reason in KNOWN_DROP_REASONS:
             self.frames_dropped.labels(reason=reason)

@@ -25,7 +25,8 @@ def served():
     for seq in range(3):
         collector.dispatched(s.series_id, seq, seq, time.monotonic())
     collector.result(FrameResult(s.series_id, 0, 0, "w", stats={"n_spots": 12, "estimated_d_min": 1.9,
-                                                                  "ice_rings": 0}))
+                                                                  "ice_rings": 0, "n_overloads": 31,
+                                                                  "background": 0.75}))
     collector.result(FrameResult(s.series_id, 1, 1, "w", drop_reason="empty_frame"))
     collector.result(FrameResult(s.series_id, 2, 2, "w", stats={"n_spots": 7, "estimated_d_min": float("nan")}))
     server = FeedbackServer(("127.0.0.1", 0), metrics, collector.summary, collector.recent_images).start()
@@ -52,6 +53,7 @@ def test_metrics_endpoint(served):
     assert "xtal_frames_processed_total 2.0" in text
     assert 'xtal_frames_dropped_total{reason="empty_frame"} 1.0' in text
     assert "xtal_resolution_estimate_angstrom 1.9" in text  # the NaN of image 2 did not overwrite it
+    assert "xtal_overloads_last_image 31.0" in text and "xtal_background_last_image 0.75" in text
 
 
 def test_summary_and_images(served):

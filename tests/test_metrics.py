@@ -31,7 +31,8 @@ def test_label_values_exist_before_any_event():
     stages = {s.labels["stage"] for s in fams["xtal_stage_latency_seconds"].samples}
     assert stages == set(STAGES)
     for name in ("xtal_frames_received", "xtal_frames_processed", "xtal_spots_per_image",
-                 "xtal_resolution_estimate_angstrom", "xtal_ice_rings"):
+                 "xtal_resolution_estimate_angstrom", "xtal_ice_rings", "xtal_overloads_last_image",
+                 "xtal_background_last_image"):
         assert name in fams
 
 
