@@ -92,10 +92,10 @@ def _update_packed(image, mask, enter, lo1, vq, hs1, hi1, flagged, col, packed_i
     when it entered; zeros while no row leaves); the entering row's packed values go to
     packed_in, and loud (uint8) flags its loud pixels (usable, summed, above vq: bit 0) and
     its usable overloaded ones (above hi1, not the detector's `flagged` value: bit 1), both
-    counted per row by `_list_loud`
-    (flags in the byte, not a count here: a 64-bit sum would halve the vector width; and not
-    listed one by one: a detector's gaps at the all-ones value are overloads unless masked,
-    260,000 per 4M frame). enter -1: only the leaving row is removed."""
+    counted per row by `_list_loud` (flags in the byte, not a count here: a 64-bit sum would
+    halve the vector width; and not listed one by one: a frame may hold many pixels above
+    hi1, 260,000 gap pixels per 4M frame where the flag value is unknown and no mask came).
+    enter -1: only the leaving row is removed."""
     nx = col.shape[0]
     if enter >= 0:
         rin = image[enter]
@@ -256,8 +256,8 @@ def packed_pass(image, mask, lower, upper, kx, ky, nsig_b, nsig_s, gain, thresho
     indices in out_index; returns how many. lower/upper: the trusted range (open);
     lo1/hs1/hi1/thr1: inclusive valid, summed, valid and global-threshold bounds in the
     image's type; flagged: a value above hi1 that is not an overload (the detector's flag of
-    inactive pixels; else 0); vq: `quiet_value` of the window, at most hs1; alpha, beta: `candidate_bounds`. stats (int64 [overloads,
-    valid, valid nonzero, loud]) is added to. source: a band source (`kernels.bslz4_native`)
+    inactive pixels; else 0); vq: `quiet_value` of the window, at most hs1; alpha, beta:
+    `candidate_bounds`. stats (int64 [overloads, valid, valid nonzero, loud]) is added to. source: a band source (`kernels.bslz4_native`)
     that fills the image's rows just before the pass reads them (none left: the image is
     decoded); returns -1 if a block of it is corrupt."""
     ny, nx = image.shape

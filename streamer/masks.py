@@ -107,8 +107,8 @@ def inactive_value(series: SeriesInfo) -> int | None:
         name in series.detector_description.upper() for name in ("EIGER", "DECTRIS"))
     if dt.kind != "u" or not dectris:
         return None
-    bits = series.bit_depth_image if series.bit_depth_image and 0 < series.bit_depth_image <= 8 * dt.itemsize \
-        else 8 * dt.itemsize
+    width = 8 * dt.itemsize
+    bits = series.bit_depth_image if 0 < (series.bit_depth_image or 0) <= width else width
     value = (1 << bits) - 1
     if series.saturation_value is not None and series.saturation_value >= value:
         return None
