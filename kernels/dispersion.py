@@ -62,11 +62,21 @@ LOUD_BASE = 0.001
 LOUD_PER_DISPERSED = 0.12
 LOUD_SAMPLE_ROWS = 8  # sample every 8th row for that fraction
 DENSE_LIMIT = 0.1  # above this fraction of dispersed pixels the banded pass is faster (measured)
+# The classic dispersion algorithm tests fewer quiet windows one by one (the strong test screens
+# them too) and its banded pass is slower (7-9 ms per 4M frame), so the packed pass wins up to
+# more loud pixels, whatever the dispersed fraction. Measured crossover: scattered loud pixels
+# (background 14.5 photons, loud 0.0056) 7.8 ms packed against 7.1 banded, background 13 (0.0024)
+# 4.8 against 7.2; loud pixels in spots (4000-5000 spots, 0.010-0.0125) equal; the sparse
+# benchmark frame (0.001) 3.3 against 8.1. (The extended crossover above had chosen the banded
+# pass for that frame: 9.7 ms per frame instead of about 5.)
+LOUD_CLASSIC = 0.005
 
 
-def packed_is_faster(loud: float, dispersed: float) -> bool:
+def packed_is_faster(loud: float, dispersed: float, extended: bool = True) -> bool:
     """Whether the packed pass beats the banded one on a frame with these loud and dispersed
-    fractions (the measured crossover above)."""
+    fractions (the measured crossovers above; `dispersed` counts for the extended algorithm only)."""
+    if not extended:
+        return loud < LOUD_CLASSIC
     return dispersed <= DENSE_LIMIT and loud < LOUD_BASE + LOUD_PER_DISPERSED * dispersed
 
 
@@ -166,7 +176,7 @@ class DispersionWorkspace:
         """Whether the next frame may be decoded inside the packed pass, band by band: the last
         frame took that pass and was quiet (`choose_path` would pick it again)."""
         dispersed = self.dispersed_fraction if extended else 0.0
-        return self.last_path == "packed" and packed_is_faster(self.loud_fraction, dispersed)
+        return self.last_path == "packed" and packed_is_faster(self.loud_fraction, dispersed, extended)
 
     def _count(self) -> None:
         """Fill in the valid / valid nonzero counts a fast pass left out (-1)."""
@@ -201,13 +211,13 @@ def _native_bounds(dtype: np.dtype, lo: int, hi: int, hi_sum: int, threshold: fl
 
 
 def choose_path(image: np.ndarray, mask: np.ndarray, window: int, native: tuple | None, gain: float,
-                dispersed_before: float = 0.0, sample: bool = True) -> str:
+                dispersed_before: float = 0.0, sample: bool = True, extended: bool = True) -> str:
     """The pass `strong_pixels` takes for this frame ("packed", "banded" or "general").
     dispersed_before: the fraction of pixels the previous frame of the series had dispersed
     (extended variant): the packed pass tests its candidates one by one, so above
-    `DENSE_LIMIT`, or with too many loud pixels for it (sampled rows; `packed_is_faster`),
-    the banded pass's vectorised screen is faster. sample False:
-    whether the packed pass applies at all, without reading the image."""
+    `DENSE_LIMIT`, or with too many loud pixels for it (sampled rows; `packed_is_faster`,
+    whose crossover depends on the algorithm), the banded pass's vectorised screen is
+    faster. sample False: whether the packed pass applies at all, without reading the image."""
     narrow = image.dtype.kind in "iu" and window <= INT32_WINDOW_PIXELS
     # the float32 screen's terms stay finite for windows <= 127 pixels and gains <= 1e6
     if native is None or not narrow or not gain <= 1e6:
@@ -218,7 +228,7 @@ def choose_path(image: np.ndarray, mask: np.ndarray, window: int, native: tuple 
     if not sample:
         return "packed"
     loud = loud_fraction(image, mask, native[0], native[0].dtype.type(vq), native[1], LOUD_SAMPLE_ROWS)
-    return "packed" if packed_is_faster(loud, dispersed_before) else "banded"
+    return "packed" if packed_is_faster(loud, dispersed_before, extended) else "banded"
 
 
 def strong_pixels(
@@ -271,7 +281,7 @@ def strong_pixels(
     if source is not None and not fused and not decode_all(source):
         raise DecodeError(problem(source[-1]))
     chosen = "packed" if fused else choose_path(image, mask, window, native, gain,
-                                                 ws.dispersed_fraction if extended else 0.0)
+                                                 ws.dispersed_fraction if extended else 0.0, extended=extended)
     if path != "auto":
         fits = chosen != "general" and (path == "banded" or min(quiet_value(window), int(native[1])) > 0)
         if path != "general" and not fits:

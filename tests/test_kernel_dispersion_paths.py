@@ -226,6 +226,25 @@ def test_auto_path_follows_the_background():
         strong_pixels(image.astype(np.float32), mask, path="packed")
 
 
+def test_classic_algorithm_keeps_the_packed_pass_with_more_loud_pixels():
+    """The classic algorithm's crossover is its own: a sparse frame with 3 loud pixels in a
+    thousand takes the packed pass there (it took the slower banded one, as the extended
+    algorithm rightly does), 8 in a thousand the banded one; same answers."""
+    rng = np.random.default_rng(5)
+    shape = (256, 512)
+    mask = np.ones(shape, np.uint8)
+    for loud, classic, extended in [(0.003, "packed", "banded"), (0.008, "banded", "banded")]:
+        image = rng.poisson(0.3, shape).astype(np.uint32)
+        image[rng.random(shape) < loud] = 40  # above the quiet bound (25 for 7 x 7)
+        for algorithm, expected in [("dispersion", classic), ("dispersion_extended", extended)]:
+            ws = DispersionWorkspace(shape)
+            strong_pixels(image, mask, algorithm, workspace=ws)  # the first frame of a series
+            strong_pixels(image, mask, algorithm, workspace=ws)  # knows the last one's fractions
+            assert ws.last_path == expected, (loud, algorithm)
+            fast, general = both_paths(image, mask, algorithm)
+            assert_same(fast, general)
+
+
 @pytest.mark.parametrize("dtype", [np.uint16, np.uint32])
 @pytest.mark.parametrize("algorithm", ["dispersion", "dispersion_extended"])
 def test_the_detector_flag_of_inactive_pixels_is_not_an_overload(dtype, algorithm):
