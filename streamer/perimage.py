@@ -233,6 +233,19 @@ class ImageAnalyser:
 
     def analyse(self, image: np.ndarray, image_number: int, source: tuple | None = None) -> ImageResult:
         """The per-image result of a decoded frame, or of one `prepare` handed on with its source."""
+        image, spots, n_strong = self.find_spots(image, image_number, source)
+        ws = self.workspace
+        profile, counts = radial_sums(image, self.radial_segments, ws.flag, self.trusted_range)
+        total_counts = counts.sum()
+        background = float(np.nansum(profile.astype(np.float64) * counts) / total_counts) if total_counts \
+            else float("nan")
+        return self.statistics(image_number, spots, n_strong, ws.n_overloads, background, profile, counts)
+
+    def find_spots(self, image: np.ndarray, image_number: int,
+                   source: tuple | None = None) -> tuple[np.ndarray, SpotTable, int]:
+        """(checked image, spots, strong pixel count): what `dials.find_spots` does per image
+        (decode, threshold, labelling, centroids, spot filters), without the statistics and
+        radial profile `analyse` adds. BadFrame for a frame with nothing to find."""
         image = self.check(image)
         strong = self.strong(image, source)
         ws = self.workspace
@@ -249,12 +262,7 @@ class ImageAnalyser:
                            reason="too_many_strong_pixels")
         index = strong.copy()
         values = image.reshape(-1)[index]
-        spots = self.spots(index, values, image_number)
-        profile, counts = radial_sums(image, self.radial_segments, ws.flag, self.trusted_range)
-        total_counts = counts.sum()
-        background = float(np.nansum(profile.astype(np.float64) * counts) / total_counts) if total_counts \
-            else float("nan")
-        return self.statistics(image_number, spots, index.size, ws.n_overloads, background, profile, counts)
+        return image, self.spots(index, values, image_number), index.size
 
     def spots(self, index: np.ndarray, values: np.ndarray, image_number: int) -> SpotTable:
         """2D spots from one image's strong pixels, with DIALS's size and peak-separation filters."""

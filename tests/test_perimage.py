@@ -66,6 +66,22 @@ def test_finds_known_spots(analyser):
     assert result.spots.intensity.sum() <= result.spots.pixel_value.sum()
 
 
+def test_find_spots_is_analyse_without_the_statistics(analyser):
+    """`find_spots` (what the benchmark and the DIALS comparison time, as `dials.find_spots`
+    does) gives the very spots and strong pixels of `analyse`, and refuses the same frames."""
+    frame = spots_frame(POSITIONS, seed=4)
+    image, spots, n_strong = analyser.find_spots(frame, 2)
+    result = analyser.analyse(frame, 2)
+    assert n_strong == result.strong_pixels and len(spots) == result.n_spots == len(POSITIONS)
+    for name in ("x_px", "y_px", "z_image", "intensity", "n_pixels", "bbox", "variance", "d_spacing",
+                 "pixel_index", "pixel_value"):
+        np.testing.assert_array_equal(getattr(spots, name), getattr(result.spots, name))
+    np.testing.assert_array_equal(image, frame)
+    with pytest.raises(BadFrame) as err:
+        analyser.find_spots(np.zeros(SHAPE, np.uint32), 0)
+    assert err.value.reason == "all_zero"
+
+
 def test_result_goes_over_the_wire(analyser):
     result = analyser.analyse(spots_frame(POSITIONS, seed=2), 1)
     stats, profiles, spots = wire.split_result(result)
