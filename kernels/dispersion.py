@@ -48,28 +48,22 @@ from kernels.dispersion_packed import candidate_bounds, loud_fraction, packed_pa
 INT32_WINDOW_PIXELS = 127  # (2kx+1)(2ky+1) * 2**24 < 2**31: int32 window sums of values in (-2**24, 2**24)
 SUPPORTED_DTYPES = (np.uint8, np.uint16, np.uint32, np.int16, np.int32, np.float32, np.float64)
 PATHS = ("auto", "packed", "banded", "general")
-# The packed pass tests every window around a loud pixel (49 for DIALS's 7 x 7), so it slows
-# with loud pixels, least where they cluster in spots (dispersed windows, tested anyway); the
-# banded pass slows with dispersed pixels. Measured crossover (4M, Zen 4; backgrounds 0.3-20
-# photons, 400-60000 spots, and the real thaumatin 6M images): the packed pass is faster while
-# the loud fraction is below LOUD_BASE + LOUD_PER_DISPERSED x the dispersed fraction and the
-# dispersed fraction at most DENSE_LIMIT. (A sparse frame: loud 0.001, dispersed 0.01, packed
-# 4.1 ms against banded 6.3; background 12: loud 0.0016, 3.9 against 5.2; background 14: loud
-# 0.004, 6.1 against 5.2; background 18: loud 0.05, 22 against 5.5. Dense frames at background
-# 1: 2000 spots, dispersed 0.046, 6.5 against 7.8; 3000, 0.068, 8.2 against 8.9; 5000, 0.11,
-# 13.5 against 13.5; 10000, 0.21, 21 against 20. Measured again after both passes got faster.)
-LOUD_BASE = 0.001
-LOUD_PER_DISPERSED = 0.12
+# The packed pass keeps the sums of its few loud pixels (above the quiet bound) apart, so it
+# slows with loud pixels (a high background), and with dispersed pixels, which it tests one by
+# one; the banded pass's cost hardly changes. Measured (4M, Zen 5; backgrounds 0.3-30 photons,
+# 400-6000 spots; packed against banded, ms per frame):
+# - extended: background 15 (loud 0.0077) 5.6 against 6.6; background 16 (0.0147) 5.9-6.9
+#   against 5.6-8.4; background 17 (0.027) 7.0 against 5.7; 3000 spots (dispersed 0.064-0.072,
+#   loud 0.008) 11.8 against 11.5-11.8; 4000 spots (0.094) 13.9 against 13.4.
+# - classic: background 16 (0.0147) 5.8 against 7.6; background 17 (0.027) 7.1 against 6.8;
+#   6000 spots (0.015) 6.6 against 7.7. It tests fewer windows one by one (the strong test
+#   screens them too) and its banded pass is slower, so the packed pass wins to more loud pixels.
+# Before rows with many loud windows screened the whole sums (`_candidates_7_loud`), background
+# 14 (0.004) took 6.6 ms in the packed pass, background 16 took 13.9.
+LOUD_EXTENDED = 0.012
+LOUD_CLASSIC = 0.02
 LOUD_SAMPLE_ROWS = 8  # sample every 8th row for that fraction
 DENSE_LIMIT = 0.1  # above this fraction of dispersed pixels the banded pass is faster (measured)
-# The classic dispersion algorithm tests fewer quiet windows one by one (the strong test screens
-# them too) and its banded pass is slower (7-9 ms per 4M frame), so the packed pass wins up to
-# more loud pixels, whatever the dispersed fraction. Measured crossover: scattered loud pixels
-# (background 14.5 photons, loud 0.0056) 7.8 ms packed against 7.1 banded, background 13 (0.0024)
-# 4.8 against 7.2; loud pixels in spots (4000-5000 spots, 0.010-0.0125) equal; the sparse
-# benchmark frame (0.001) 3.3 against 8.1. (The extended crossover above had chosen the banded
-# pass for that frame: 9.7 ms per frame instead of about 5.)
-LOUD_CLASSIC = 0.005
 
 
 def packed_is_faster(loud: float, dispersed: float, extended: bool = True) -> bool:
@@ -77,7 +71,7 @@ def packed_is_faster(loud: float, dispersed: float, extended: bool = True) -> bo
     fractions (the measured crossovers above; `dispersed` counts for the extended algorithm only)."""
     if not extended:
         return loud < LOUD_CLASSIC
-    return dispersed <= DENSE_LIMIT and loud < LOUD_BASE + LOUD_PER_DISPERSED * dispersed
+    return dispersed <= DENSE_LIMIT and loud < LOUD_EXTENDED
 
 
 def _check(image: np.ndarray, mask: np.ndarray, kernel_size: tuple[int, int], min_local: int) -> None:

@@ -10,7 +10,10 @@ listed per row as they enter; their exact sums are added to the loud sums of the
 within reach as the row enters and taken off as it leaves (`_loud_windows`). A vectorised
 necessary condition (`_candidates_row`) leaves about one pixel in a hundred, on which the
 float64 reference test (`kernels.dispersion_tests.selected64`) runs on the exact sums:
-results are the reference's bit for bit. Frames with many loud pixels (a high background)
+results are the reference's bit for bit. It passes every window holding a loud pixel, unless
+the row has many of those (over `LOUD_SCREEN`, counted as the loud sums change): then it
+screens the whole sums (`_candidates_7_loud`; a background of 14-16 photons: 6.6-13.9 ->
+4.1-6.3 ms per 4M frame). Frames with more loud pixels (backgrounds of 17 photons and more)
 take the three-sum pass (`kernels.dispersion_int.banded_pass`), chosen by `loud_fraction`.
 """
 
@@ -36,6 +39,9 @@ def quiet_value(window_pixels: int) -> int:
         return 0
     return min((2**X_BITS - 1) // window_pixels, math.isqrt((2**(32 - Y_SHIFT) - 1) // window_pixels))
 
+
+LOUD_SCREEN = 128  # rows with more windows holding loud pixels screen the whole sums (`_candidates_7_loud`);
+# rows with a few spots (whose loud windows are mostly dispersed anyway) keep the cheaper quiet screen
 
 DEBRUIJN = np.uint64(0x03F79D71B4CB0A89)
 DEBRUIJN_TABLE = np.array([0, 1, 48, 2, 57, 49, 28, 3, 61, 58, 50, 42, 38, 29, 17, 4, 62, 55, 59, 36, 53, 51, 43, 22,
@@ -143,17 +149,22 @@ def _list_loud(image, j, loud_words, loud_bits, ring_cols, ring_vals, slot, stat
 def _loud_windows(ring_cols, ring_vals, slot, n, sign, kx, dm, dx, dy):
     """Add (sign 1) or remove (sign -1) one row's listed loud pixels (ring slot `slot`) to the
     loud sums (count dm, sum dx, square dy, all exact integers) of every window within kx
-    columns of them: kept up to date as rows enter and leave the window, not rebuilt per row."""
+    columns of them: kept up to date as rows enter and leave the window, not rebuilt per row.
+    Returns the change in the number of windows with loud pixels."""
     nx = dm.shape[0]
+    change = 0
     for t in range(n):
         i = ring_cols[slot, t]
         v = np.int64(ring_vals[slot, t])
         x = np.int32(sign * v)
         y = sign * v * v
         for c in range(max(0, i - kx), min(nx, i + kx + 1)):
-            dm[c] += sign
+            before = dm[c]
+            dm[c] = before + sign
             dx[c] += x
             dy[c] += y
+            change += np.int64(before + sign != 0) - np.int64(before != 0)
+    return change
 
 
 @njit(boundscheck=False, inline="always")
@@ -196,6 +207,37 @@ def _candidates_7(col, rv, cm, alpha, beta, dispersion_only, wsum, out, n):
             p = np.uint32(((col[c] + col[c + 1]) + (col[c + 2] + col[c + 3])) + ((col[c + 4] + col[c + 5]) + col[c + 6]))
             wsum[c] = p
             out[c] = (_possible(p, alpha, beta) & _above_quiet_mean(p, rv[c])) | (cm[c] != 0)
+
+
+@njit(boundscheck=False, inline="always")
+def _possible_loud(p, m_loud, x_loud, y_loud, alpha, beta):
+    """`_possible` of a window holding loud pixels too: the packed quiet sums p plus the loud
+    ones (exact integers; up to 2**30 and 2**54, so rounded once in float32, far inside the
+    1e-4 margins)."""
+    m = np.float32(np.int32((p >> np.uint32(X_BITS)) & np.uint32(63))) + np.float32(m_loud)
+    x = np.float32(np.int32(p & np.uint32(2047))) + np.float32(x_loud)
+    y = np.float32(np.int32(p >> np.uint32(Y_SHIFT))) + np.float32(y_loud)
+    lhs = m * y * np.float32(1.0001)
+    rhs = x * (x + (alpha + beta * m)) * np.float32(0.9999)
+    return (lhs > rhs, m, x)
+
+
+@njit(boundscheck=False, inline="always")
+def _candidates_7_loud(col, rv, cm, cx, cy, alpha, beta, dispersion_only, wsum, out, n):
+    """`_candidates_7` for rows whose windows hold many loud pixels: the screen runs on the
+    whole sums (quiet plus loud) instead of passing every window with a loud pixel (49 tests
+    one by one per loud pixel, on a high background most of a row)."""
+    if dispersion_only:
+        for c in range(n):
+            p = np.uint32(((col[c] + col[c + 1]) + (col[c + 2] + col[c + 3])) + ((col[c + 4] + col[c + 5]) + col[c + 6]))
+            wsum[c] = p
+            out[c] = _possible_loud(p, cm[c], cx[c], cy[c], alpha, beta)[0]
+    else:
+        for c in range(n):
+            p = np.uint32(((col[c] + col[c + 1]) + (col[c + 2] + col[c + 3])) + ((col[c + 4] + col[c + 5]) + col[c + 6]))
+            wsum[c] = p
+            possible, m, x = _possible_loud(p, cm[c], cx[c], cy[c], alpha, beta)
+            out[c] = possible & (np.float32(rv[c]) * m * np.float32(1.0001) >= x)
 
 
 @njit(boundscheck=False, inline="always")
@@ -290,12 +332,13 @@ def packed_pass(image, mask, lower, upper, kx, ky, nsig_b, nsig_s, gain, thresho
     nb2 = 2.0 * nsig_b * nsig_b
     ns2 = nsig_s * nsig_s * gain
     n = 0
+    loud_windows = 0  # windows of the row with loud pixels (dm nonzero)
     for j in range(0, min(ky, ny)):
         s = j % period
         _update_packed(image, mask, j, lo1, vq, hs1, hi1, flagged, col, ring_packed[j % (period + 1)], no_row, loud)
         ring_n[s] = _list_loud(image, j, loud_words, flag_bits, ring_cols, ring_vals, s, stats)
         stats[3] += ring_n[s]
-        _loud_windows(ring_cols, ring_vals, s, ring_n[s], 1, kx, dm, dx, dy)
+        loud_windows += _loud_windows(ring_cols, ring_vals, s, ring_n[s], 1, kx, dm, dx, dy)
     for r0 in range(0, ny, BAND_ROWS):
         r1 = min(r0 + BAND_ROWS, ny)
         if fused:  # decoded now, read while in L2 (the mask streams in fine on its own: touching it cost 0.5 ms)
@@ -313,15 +356,18 @@ def packed_pass(image, mask, lower, upper, kx, ky, nsig_b, nsig_s, gain, thresho
             _update_packed(image, mask, enter, lo1, vq, hs1, hi1, flagged, col, packed_in, packed_out, loud)
             if leave >= 0:
                 s = leave % period
-                _loud_windows(ring_cols, ring_vals, s, ring_n[s], -1, kx, dm, dx, dy)
+                loud_windows += _loud_windows(ring_cols, ring_vals, s, ring_n[s], -1, kx, dm, dx, dy)
                 ring_n[s] = 0
             if enter >= 0:
                 s = enter % period
                 ring_n[s] = _list_loud(image, enter, loud_words, flag_bits, ring_cols, ring_vals, s, stats)
                 stats[3] += ring_n[s]
-                _loud_windows(ring_cols, ring_vals, s, ring_n[s], 1, kx, dm, dx, dy)
+                loud_windows += _loud_windows(ring_cols, ring_vals, s, ring_n[s], 1, kx, dm, dx, dy)
             row = image[r]
-            if nx > 2 * kx:
+            if nx > 2 * kx and kx == 3 and loud_windows > LOUD_SCREEN:
+                _candidates_7_loud(col, row[kx:], dm[kx:], dx[kx:], dy[kx:], alpha, beta, dispersion_only,
+                                   wsum_px[kx:], sel[kx:], nx - 2 * kx)
+            elif nx > 2 * kx:
                 _candidates_row(row, col, kx, dm, alpha, beta, dispersion_only, wsum_px[kx:], sel)
             for e in range(n_edge):  # the clipped windows at the row's ends
                 i = e if e < n_left else right + e - n_left

@@ -199,14 +199,63 @@ def test_packed_screen_is_necessary_and_rejects_empty_windows(seed, m, gain, nsi
         assert not screen
 
 
+@settings(max_examples=300, deadline=None)
+@given(seed=st.integers(0, 2**31), m=st.integers(1, 49), gain=st.sampled_from([1.0, 0.5, 1.7, 3.0]),
+       nsig_b=st.sampled_from([6.0, 3.0, 1.0]), nsig_s=st.sampled_from([3.0, 1.0]),
+       scale=st.sampled_from([0.3, 5.0, 20.0]), top=st.sampled_from([60, 5000, 2**24 - 1]))
+def test_loud_screen_is_necessary(seed, m, gain, nsig_b, nsig_s, scale, top):
+    """`_candidates_7_loud`'s test (quiet packed sums plus exact loud sums, in float32) lets
+    through every pixel the float64 tests select: dispersion alone (extended) and with the
+    strong test (classic), up to values of 2**24 - 1, whose squares round in float32."""
+    from kernels.dispersion_packed import X_BITS, Y_SHIFT, _possible_loud, candidate_bounds, quiet_value
+    from kernels.dispersion_tests import selected64
+
+    rng = np.random.default_rng(seed)
+    vq = quiet_value(49)
+    values = rng.poisson(scale, m).astype(np.int64)
+    n_loud = int(rng.integers(1, m + 1))
+    values[:n_loud] = rng.integers(vq + 1, top + 1, n_loud)
+    quiet, loud = values[values <= vq], values[values > vq]
+    xq, yq = int(quiet.sum()), int((quiet**2).sum())
+    p = np.uint32(xq | (quiet.size << X_BITS) | (yq << Y_SHIFT))
+    alpha, beta = candidate_bounds(49, nsig_b, gain)
+    possible, mf, xf = _possible_loud(p, np.int32(loud.size), np.int32(loud.sum()), np.int64((loud**2).sum()),
+                                      alpha, beta)
+    v = float(values[int(rng.integers(m))])
+    args = (True, float(m), float(values.sum()), float((values**2).sum()), 2.0 * nsig_b**2, nsig_s**2 * gain, gain,
+            0.0, 2.0)
+    if selected64(v, *args, True):
+        assert possible
+    if selected64(v, *args, False):
+        assert possible and np.float32(v) * mf * np.float32(1.0001) >= xf
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.uint32])
+def test_rows_with_many_loud_windows_screen_the_whole_sums(dtype):
+    """Background 14 to 18 photons: most rows' windows hold loud pixels, screened on their whole
+    sums (`_candidates_7_loud`) in the packed pass; its answers are the general pass's."""
+    rng = np.random.default_rng(21)
+    shape = (96, 300)
+    mask = np.ones(shape, np.uint8)
+    mask[40:44, :] = 0
+    for background in (14.0, 16.0, 18.0):
+        image = spotty(shape, dtype, rng, background=background, n_spots=6)
+        image[rng.random(shape) < 0.002] = 3000  # bright outliers, far above the quiet bound
+        for algorithm in ALGORITHMS:
+            for gain in (1.0, 1.7):
+                fast, general = both_paths(image, mask, algorithm, gain=gain)
+                assert_same(fast, general)
+                assert general[0].size > 0
+
+
 def test_auto_path_follows_the_background():
-    """A low-background detector frame takes the packed pass, a high-background one (a few
-    pixels in a thousand above the quiet bound, or most) the banded pass, floats the general
-    pass; same answers."""
+    """A low-background detector frame takes the packed pass, and so does background 14 (4
+    pixels in a thousand above the quiet bound, `_candidates_7_loud`); a high-background one
+    (background 20: one in ten, or most) the banded pass, floats the general pass; same answers."""
     rng = np.random.default_rng(11)
     shape = (192, 256)  # 4 spots: one per 12,000 pixels, as 400 on a 4M frame
     mask = np.ones(shape, np.uint8)
-    for background, expected in [(0.3, "packed"), (14.0, "banded"), (60.0, "banded")]:
+    for background, expected in [(0.3, "packed"), (14.0, "packed"), (20.0, "banded"), (60.0, "banded")]:
         image = spotty(shape, np.uint32, rng, background=background, n_spots=4)
         ws = DispersionWorkspace(image.shape)
         strong_pixels(image, mask, "dispersion_extended", workspace=ws)
@@ -227,15 +276,17 @@ def test_auto_path_follows_the_background():
 
 
 def test_classic_algorithm_keeps_the_packed_pass_with_more_loud_pixels():
-    """The classic algorithm's crossover is its own: a sparse frame with 3 loud pixels in a
-    thousand takes the packed pass there (it took the slower banded one, as the extended
-    algorithm rightly does), 8 in a thousand the banded one; same answers."""
+    """The classic algorithm's crossover is its own: a sparse frame with 16 loud pixels in a
+    thousand takes the packed pass there (the extended algorithm rightly takes the banded one;
+    before, its crossover sent classic frames with 1 in a thousand to the slower banded pass),
+    30 in a thousand the banded one; same answers."""
     rng = np.random.default_rng(5)
     shape = (256, 512)
     mask = np.ones(shape, np.uint8)
-    for loud, classic, extended in [(0.003, "packed", "banded"), (0.008, "banded", "banded")]:
-        image = rng.poisson(0.3, shape).astype(np.uint32)
-        image[rng.random(shape) < loud] = 40  # above the quiet bound (25 for 7 x 7)
+    for loud, classic, extended in [(0.003, "packed", "packed"), (0.016, "packed", "banded"),
+                                    (0.03, "banded", "banded")]:  # extended: 0.016 has 17% dispersed
+        image = rng.poisson(8.0, shape).astype(np.uint32)
+        image[rng.random(shape) < loud] = 27  # above the quiet bound (25 for 7 x 7), hardly dispersed
         for algorithm, expected in [("dispersion", classic), ("dispersion_extended", extended)]:
             ws = DispersionWorkspace(shape)
             strong_pixels(image, mask, algorithm, workspace=ws)  # the first frame of a series
