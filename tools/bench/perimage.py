@@ -1,10 +1,10 @@
 """`xtalstream bench perimage`: one core, decode + threshold + label + centroid per frame.
 
 The frames are `tools.bench.decode.realistic_frame`s (Poisson background 0.3 photons/pixel,
-~400 spots, the module gaps of an EIGER2 X at the all-ones value) of 2068x2162 (4M) or
-4148x4362 (16M) uint32 pixels, `--distinct` of them, bitshuffle-LZ4 compressed as a DECTRIS
-detector sends them (its series header carrying the pixel mask that flags the gaps). Each
-timed iteration takes the next one and decodes it as a worker does
+~400 spots, the module gaps of an EIGER2 X at the all-ones value; `--background`, `--spots`)
+of 2068x2162 (4M) or 4148x4362 (16M) uint32 pixels, `--distinct` of them, bitshuffle-LZ4
+compressed as a DECTRIS detector sends them (its series header carrying the pixel mask that
+flags the gaps). Each timed iteration takes the next one and decodes it as a worker does
 (`ImageAnalyser.prepare`: band by band inside the threshold pass, into a reused buffer;
 decoded_in_pass says whether the timed frames were) and runs the series'
 `ImageAnalyser.find_spots` (threshold, labelling, centroids, DIALS's spot filters: what the
@@ -44,6 +44,9 @@ from tools.bench.timing import best_rate
 def add_arguments(parser: Any) -> None:
     parser.add_argument("--frames", type=int, default=None, help="timed frames (default 40 for 4M, 10 for 16M)")
     parser.add_argument("--distinct", type=int, default=5, help="distinct frames, taken in turn (also DIALS's)")
+    parser.add_argument("--background", type=float, default=0.3,
+                        help="mean background, photons per pixel (0.3: a fast EIGER frame; 10-20: long exposures)")
+    parser.add_argument("--spots", type=int, default=400, help="spots per frame")
     parser.add_argument("--algorithm", choices=["dispersion_extended", "dispersion"], default=None,
                         help="threshold algorithm (default: the configuration's, DIALS's dispersion_extended)")
     parser.add_argument("--no-dials", action="store_true", help="skip the DIALS comparisons")
@@ -82,7 +85,9 @@ def run(args: Any) -> dict[str, Any]:
     algorithm = getattr(args, "algorithm", None) or config.spotfinding.algorithm
     config = config.model_copy(update={"spotfinding": config.spotfinding.model_copy(update={"algorithm": algorithm})})
     keep_freed_memory()  # as a worker process does: freed frame buffers are reused, not faulted in again
-    frames = [realistic_frame(detector, seed=i) for i in range(distinct)]
+    background = getattr(args, "background", 0.3)
+    n_spots = getattr(args, "spots", 400)
+    frames = [realistic_frame(detector, seed=i, background=background, n_spots=n_spots) for i in range(distinct)]
     encoded = [EncodedFrame("bench", i, shape, "<u4", "bslz4", codecs.encode(frame, "bslz4"))
                for i, frame in enumerate(frames)]
     buffer = np.empty(shape, dtype="<u4")
@@ -119,6 +124,9 @@ def run(args: Any) -> dict[str, Any]:
         "algorithm": algorithm,
         "frames": n,
         "distinct_frames": distinct,
+        "background": background,
+        "spots_simulated": n_spots,
+        "threshold_pass": analyser.workspace.last_path,
         "ms_per_frame_median": median_s * 1e3,
         "analysis_ms_per_frame": analysis_s * 1e3,
         "decoded_in_pass": fused,
