@@ -233,7 +233,8 @@ def test_loud_screen_is_necessary(seed, m, gain, nsig_b, nsig_s, scale, top):
 @pytest.mark.parametrize("dtype", [np.uint16, np.uint32])
 def test_rows_with_many_loud_windows_screen_the_whole_sums(dtype):
     """Background 14 to 18 photons: most rows' windows hold loud pixels, screened on their whole
-    sums (`_candidates_7_loud`) in the packed pass; its answers are the general pass's."""
+    sums (`_candidates_7_loud`, for windows 7 wide and 5, 7 or 9 high) in the packed pass; its
+    answers are the general pass's."""
     rng = np.random.default_rng(21)
     shape = (96, 300)
     mask = np.ones(shape, np.uint8)
@@ -242,8 +243,8 @@ def test_rows_with_many_loud_windows_screen_the_whole_sums(dtype):
         image = spotty(shape, dtype, rng, background=background, n_spots=6)
         image[rng.random(shape) < 0.002] = 3000  # bright outliers, far above the quiet bound
         for algorithm in ALGORITHMS:
-            for gain in (1.0, 1.7):
-                fast, general = both_paths(image, mask, algorithm, gain=gain)
+            for gain, kernel in ((1.0, (3, 3)), (1.7, (3, 3)), (1.0, (3, 2)), (1.0, (3, 4))):
+                fast, general = both_paths(image, mask, algorithm, gain=gain, kernel_size=kernel)
                 assert_same(fast, general)
                 assert general[0].size > 0
 
