@@ -169,8 +169,7 @@ class DispersionWorkspace:
     def fuses(self, extended: bool) -> bool:
         """Whether the next frame may be decoded inside the packed pass, band by band: the last
         frame took that pass and was quiet (`choose_path` would pick it again)."""
-        dispersed = self.dispersed_fraction if extended else 0.0
-        return self.last_path == "packed" and packed_is_faster(self.loud_fraction, dispersed, extended)
+        return self.last_path == "packed" and packed_is_faster(self.loud_fraction, self.dispersed_fraction, extended)
 
     def _count(self) -> None:
         """Fill in the valid / valid nonzero counts a fast pass left out (-1)."""

@@ -242,7 +242,8 @@ def banded_pass(image, mask, lower, upper, kx, ky, nsig_b, nsig_s, gain, thresho
     nonnegative summed values, as ascending flat indices in out_index; returns how many.
     lower/upper: the trusted range (open); lo1/hs1/hi1/thr1: inclusive valid, summed, valid
     and global-threshold bounds in the image's type; flagged: as `packed_pass`'s; vbig:
-    `big_value` of the window size (clipped to the type). stats (int64 [overloads, valid, valid nonzero]) is added to."""
+    `big_value` of the window size (clipped to the type). stats (int64 [overloads, valid,
+    valid nonzero]) is added to."""
     ny, nx = image.shape
     n_words = (nx + 7) // 8
     sel = np.zeros(n_words * 8, np.uint8)

@@ -24,7 +24,7 @@ import math
 import numpy as np
 
 from kernels.bslz4_native import ELEM_SIZE, N_BLOCKS, decode_upto
-from kernels.dispersion_int import BAND_ROWS, _touch_both
+from kernels.dispersion_int import BAND_ROWS, _sum7, _touch_both
 from kernels.dispersion_tests import selected64
 from kernels.jit import njit
 
@@ -168,29 +168,48 @@ def _loud_windows(ring_cols, ring_vals, slot, n, sign, kx, dm, dx, dy):
 
 
 @njit(boundscheck=False, inline="always")
-def _possible(p, alpha, beta):
-    """Whether a quiet window (packed sums p) may hold a dispersed pixel (float32, necessary).
-
-    The exact test needs m y - x^2 - g x (m - 1) > g x sqrt(nb2 (m - 1)), i.e. m y > x^2 +
-    x k(m) with k(m) = g ((m - 1) + sqrt(nb2 (m - 1))); sqrt is concave, so k(m) >= alpha +
-    beta m (its chord from m = 2 to the window size, `candidate_bounds`). Sums are integers
-    below 2**23, so the float32 products are within a few ulps: the 1e-4 margins keep the
-    test necessary. The test is strict, as the exact one is: a window of zeros (m y = 0, x =
-    0), common where the background is low or in a masked gap, is no candidate."""
+def _quiet_sums(p):
+    """(count m, sum x, sum of squares y) of packed quiet sums p, as float32 (exact: < 2**23)."""
     m = np.float32(np.int32((p >> np.uint32(X_BITS)) & np.uint32(63)))  # uint32 constants: 32-bit lanes
     x = np.float32(np.int32(p & np.uint32(2047)))
     y = np.float32(np.int32(p >> np.uint32(Y_SHIFT)))
+    return m, x, y
+
+
+@njit(boundscheck=False, inline="always")
+def _chord(m, x, y, alpha, beta):
+    """Whether a window of m pixels with sum x and sum of squares y (float32) may hold a
+    dispersed pixel (necessary).
+
+    The exact test needs m y - x^2 - g x (m - 1) > g x sqrt(nb2 (m - 1)), i.e. m y > x^2 +
+    x k(m) with k(m) = g ((m - 1) + sqrt(nb2 (m - 1))); sqrt is concave, so k(m) >= alpha +
+    beta m (its chord from m = 2 to the window size, `candidate_bounds`). The float32 sums and
+    products are within a few ulps: the 1e-4 margins keep the test necessary. The test is
+    strict, as the exact one is: a window of zeros (m y = 0, x = 0), common where the
+    background is low or in a masked gap, is no candidate."""
     lhs = m * y * np.float32(1.0001)
     rhs = x * (x + (alpha + beta * m)) * np.float32(0.9999)
     return lhs > rhs
 
 
 @njit(boundscheck=False, inline="always")
+def _above_mean(v, m, x):
+    """The strong test's necessary part m v >= x (with margin), float32 m and x."""
+    return np.float32(v) * m * np.float32(1.0001) >= x
+
+
+@njit(boundscheck=False, inline="always")
+def _possible(p, alpha, beta):
+    """`_chord` of a quiet window (packed sums p: integers below 2**23)."""
+    m, x, y = _quiet_sums(p)
+    return _chord(m, x, y, alpha, beta)
+
+
+@njit(boundscheck=False, inline="always")
 def _above_quiet_mean(p, v):
-    """The strong test's necessary part m v >= x (with margin) for a pixel of value v whose
-    window holds the packed quiet sums p."""
-    m = np.float32(np.int32((p >> np.uint32(X_BITS)) & np.uint32(63)))
-    return np.float32(v) * m * np.float32(1.0001) >= np.float32(np.int32(p & np.uint32(2047)))
+    """`_above_mean` for a pixel of value v whose window holds the packed quiet sums p."""
+    m, x, _ = _quiet_sums(p)
+    return _above_mean(v, m, x)
 
 
 @njit(boundscheck=False, inline="always")
@@ -199,27 +218,26 @@ def _candidates_7(col, rv, cm, alpha, beta, dispersion_only, wsum, out, n):
     so that each vectorises without a branch inside."""
     if dispersion_only:
         for c in range(n):
-            p = np.uint32(((col[c] + col[c + 1]) + (col[c + 2] + col[c + 3])) + ((col[c + 4] + col[c + 5]) + col[c + 6]))
+            p = np.uint32(_sum7(col, c))
             wsum[c] = p
             out[c] = _possible(p, alpha, beta) | (cm[c] != 0)
     else:
         for c in range(n):
-            p = np.uint32(((col[c] + col[c + 1]) + (col[c + 2] + col[c + 3])) + ((col[c + 4] + col[c + 5]) + col[c + 6]))
+            p = np.uint32(_sum7(col, c))
             wsum[c] = p
             out[c] = (_possible(p, alpha, beta) & _above_quiet_mean(p, rv[c])) | (cm[c] != 0)
 
 
 @njit(boundscheck=False, inline="always")
 def _possible_loud(p, m_loud, x_loud, y_loud, alpha, beta):
-    """`_possible` of a window holding loud pixels too: the packed quiet sums p plus the loud
-    ones (exact integers; up to 2**30 and 2**54, so rounded once in float32, far inside the
-    1e-4 margins)."""
-    m = np.float32(np.int32((p >> np.uint32(X_BITS)) & np.uint32(63))) + np.float32(m_loud)
-    x = np.float32(np.int32(p & np.uint32(2047))) + np.float32(x_loud)
-    y = np.float32(np.int32(p >> np.uint32(Y_SHIFT))) + np.float32(y_loud)
-    lhs = m * y * np.float32(1.0001)
-    rhs = x * (x + (alpha + beta * m)) * np.float32(0.9999)
-    return (lhs > rhs, m, x)
+    """`_chord` of a window holding loud pixels too: the packed quiet sums p plus the loud ones
+    (exact integers; up to 2**30 and 2**54, so rounded once in float32, far inside the 1e-4
+    margins). Returns (the test, m, x)."""
+    m, x, y = _quiet_sums(p)
+    m = m + np.float32(m_loud)
+    x = x + np.float32(x_loud)
+    y = y + np.float32(y_loud)
+    return (_chord(m, x, y, alpha, beta), m, x)
 
 
 @njit(boundscheck=False, inline="always")
@@ -229,15 +247,15 @@ def _candidates_7_loud(col, rv, cm, cx, cy, alpha, beta, dispersion_only, wsum, 
     one by one per loud pixel, on a high background most of a row)."""
     if dispersion_only:
         for c in range(n):
-            p = np.uint32(((col[c] + col[c + 1]) + (col[c + 2] + col[c + 3])) + ((col[c + 4] + col[c + 5]) + col[c + 6]))
+            p = np.uint32(_sum7(col, c))
             wsum[c] = p
             out[c] = _possible_loud(p, cm[c], cx[c], cy[c], alpha, beta)[0]
     else:
         for c in range(n):
-            p = np.uint32(((col[c] + col[c + 1]) + (col[c + 2] + col[c + 3])) + ((col[c + 4] + col[c + 5]) + col[c + 6]))
+            p = np.uint32(_sum7(col, c))
             wsum[c] = p
             possible, m, x = _possible_loud(p, cm[c], cx[c], cy[c], alpha, beta)
-            out[c] = possible & (np.float32(rv[c]) * m * np.float32(1.0001) >= x)
+            out[c] = possible & _above_mean(rv[c], m, x)
 
 
 @njit(boundscheck=False, inline="always")
@@ -299,9 +317,10 @@ def packed_pass(image, mask, lower, upper, kx, ky, nsig_b, nsig_s, gain, thresho
     lo1/hs1/hi1/thr1: inclusive valid, summed, valid and global-threshold bounds in the
     image's type; flagged: a value above hi1 that is not an overload (the detector's flag of
     inactive pixels; else 0); vq: `quiet_value` of the window, at most hs1; alpha, beta:
-    `candidate_bounds`. stats (int64 [overloads, valid, valid nonzero, loud]) is added to. source: a band source (`kernels.bslz4_native`)
-    that fills the image's rows just before the pass reads them (none left: the image is
-    decoded); returns -1 if a block of it is corrupt."""
+    `candidate_bounds`. stats (int64 [overloads, valid, valid nonzero, loud]) is added to.
+    source: a band source (`kernels.bslz4_native`) that fills the image's rows just before
+    the pass reads them (none left: the image is decoded); returns -1 if a block of it is
+    corrupt."""
     ny, nx = image.shape
     src, dst, scratch, functions, state = source
     fused = state[N_BLOCKS] > 0
