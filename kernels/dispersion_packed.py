@@ -23,6 +23,7 @@ import math
 
 import numpy as np
 
+from kernels.bit_flags import GATHER_BITS, LOW_BITS, gather_flags, lowest_bit
 from kernels.bslz4_native import ELEM_SIZE, N_BLOCKS, decode_upto
 from kernels.dispersion_int import BAND_ROWS, _sum7, _touch_both
 from kernels.dispersion_tests import selected64
@@ -42,30 +43,6 @@ def quiet_value(window_pixels: int) -> int:
 
 LOUD_SCREEN = 128  # rows with more windows holding loud pixels screen the whole sums (`_candidates_7_loud`);
 # rows with a few spots (whose loud windows are mostly dispersed anyway) keep the cheaper quiet screen
-
-DEBRUIJN = np.uint64(0x03F79D71B4CB0A89)
-DEBRUIJN_TABLE = np.array([0, 1, 48, 2, 57, 49, 28, 3, 61, 58, 50, 42, 38, 29, 17, 4, 62, 55, 59, 36, 53, 51, 43, 22,
-                           45, 39, 33, 30, 24, 18, 12, 5, 63, 47, 56, 27, 60, 41, 37, 16, 54, 35, 52, 21, 44, 32, 23,
-                           11, 46, 26, 40, 15, 34, 20, 31, 10, 25, 14, 19, 9, 13, 8, 7, 6], dtype=np.int64)
-GATHER_BITS = np.uint64(0x0102040810204080)  # (w * this) >> 56: bit k = byte k of w, for bytes 0 or 1
-LOW_BITS = np.uint64(0x0101010101010101)  # bit 0 of every byte; (w * this) >> 56: the sum of w's bytes (<= 255)
-
-
-@njit(boundscheck=False, inline="always")
-def _lowest_bit(w):
-    """Index (0-63) of the lowest set bit of a nonzero uint64 (a de Bruijn bit scan)."""
-    low = w & (~w + np.uint64(1))
-    return DEBRUIJN_TABLE[np.int64((low * DEBRUIJN) >> np.uint64(58))]
-
-
-@njit(boundscheck=False, inline="always")
-def _gather_flags(flag_words, bits):
-    """bits (uint8, viewed as uint64 words by the caller): bit k of bits[w] = byte k of
-    flag_words[w], for rows of 0/1 byte flags; one vectorised loop, so that a row's few set
-    flags are then found by scanning 64 pixels per word (a byte scan cost 0.3 ms per 4M frame)."""
-    for w in range(flag_words.shape[0]):
-        bits[w] = np.uint8((flag_words[w] * GATHER_BITS) >> np.uint64(56))
-
 
 @njit(boundscheck=False, inline="always")
 def _packed(v, usable, lo1, vq):
@@ -137,7 +114,7 @@ def _list_loud(image, j, loud_words, loud_bits, ring_cols, ring_vals, slot, stat
     for q in range(bit_words.shape[0]):
         word = bit_words[q]
         while word != 0:
-            i = q * 64 + _lowest_bit(word)
+            i = q * 64 + lowest_bit(word)
             word &= word - np.uint64(1)
             ring_cols[slot, n] = i
             ring_vals[slot, n] = np.int32(image[j, i])
@@ -320,34 +297,51 @@ def packed_pass(image, mask, lower, upper, kx, ky, nsig_b, nsig_s, gain, thresho
     `candidate_bounds`. stats (int64 [overloads, valid, valid nonzero, loud]) is added to.
     source: a band source (`kernels.bslz4_native`) that fills the image's rows just before
     the pass reads them (none left: the image is decoded); returns -1 if a block of it is
-    corrupt."""
+    corrupt. Allocates the row scratch; `_packed_rows` does the pass."""
+    nx = image.shape[1]
+    n_words = (nx + 7) // 8
+    period = 2 * ky + 1
+    scratch = (np.zeros(n_words * 8, np.uint8),  # sel: the candidates of the row, a byte each
+               np.zeros(n_words * 8, np.uint8),  # loud: the entering row's loud / overload flags
+               np.zeros((n_words + 7) // 8 * 8, np.uint8),  # sel or loud gathered, a bit per pixel (`gather_flags`)
+               np.zeros(nx, np.uint32),  # col: the packed column sums
+               np.zeros(nx, np.uint32),  # wsum_px: packed window sums by pixel column
+               np.zeros(nx, np.int32),  # dm, dx, dy: loud pixels in the window of each pixel of the
+               np.zeros(nx, np.int32),  # row: count, sum (< 63 * 2**24)
+               np.zeros(nx, np.int64),  # and sum of squares
+               np.zeros((period, nx), np.int32),  # ring_cols, ring_vals, ring_n: the loud pixels
+               np.zeros((period, nx), np.int32),  # listed per row of the window
+               np.zeros(period, np.int64),
+               np.zeros((period + 1, nx), np.uint32),  # ring_packed: the packed values of its rows
+               np.zeros(nx, np.uint32))  # no_row: what the top rows' windows lose: nothing
+    return _packed_rows(image, mask, lower, upper, kx, ky, nsig_b, nsig_s, gain, threshold, min_count,
+                        dispersion_only, out_index, stats, lo1, hs1, hi1, thr1, flagged, vq, alpha, beta, source,
+                        scratch)
+
+
+@njit(boundscheck=False, _nrt=False)
+def _packed_rows(image, mask, lower, upper, kx, ky, nsig_b, nsig_s, gain, threshold, min_count, dispersion_only,
+                 out_index, stats, lo1, hs1, hi1, thr1, flagged, vq, alpha, beta, source, scratch):
+    """`packed_pass` on its scratch arrays, compiled without numba's reference counting
+    (`_nrt=False`: it allocates nothing). Every row view and every array handed to an
+    inlined helper would otherwise cost an atomic increment and decrement, ~50 per row,
+    each a barrier to the stream of loads and stores: 10% of the profile samples of a 4M
+    frame's find_spots, though most of that stall moves elsewhere without them (measured:
+    5.71 against 5.83 ms per frame, 8 alternations)."""
     ny, nx = image.shape
-    src, dst, scratch, functions, state = source
+    sel, loud, flag_bits, col, wsum_px, dm, dx, dy, ring_cols, ring_vals, ring_n, ring_packed, no_row = scratch
+    src, dst, block_scratch, functions, state = source
     fused = state[N_BLOCKS] > 0
     row_bytes = nx * state[ELEM_SIZE]
-    if fused and not decode_upto(src, dst, scratch, functions, state, min(ky, ny) * row_bytes):
+    if fused and not decode_upto(src, dst, block_scratch, functions, state, min(ky, ny) * row_bytes):
         return -1
-    n_words = (nx + 7) // 8
-    sel = np.zeros(n_words * 8, np.uint8)
     sel_words = sel.view(np.uint64)
-    loud = np.zeros(n_words * 8, np.uint8)
     loud_words = loud.view(np.uint64)
-    flag_bits = np.zeros((n_words + 7) // 8 * 8, np.uint8)  # one bit per pixel (`_gather_flags`)
     sel_bits = flag_bits.view(np.uint64)
-    col = np.zeros(nx, np.uint32)
-    wsum_px = np.zeros(nx, np.uint32)  # packed window sums by pixel column
     n_left = min(kx, nx)
     right = max(nx - kx, kx)
     n_edge = n_left + max(0, nx - right)
-    dm = np.zeros(nx, np.int32)  # loud pixels in the window of each pixel of the row: count,
-    dx = np.zeros(nx, np.int32)  # sum (< 63 * 2**24)
-    dy = np.zeros(nx, np.int64)  # and sum of squares
     period = 2 * ky + 1
-    ring_cols = np.zeros((period, nx), np.int32)
-    ring_vals = np.zeros((period, nx), np.int32)
-    ring_n = np.zeros(period, np.int64)
-    ring_packed = np.zeros((period + 1, nx), np.uint32)
-    no_row = np.zeros(nx, np.uint32)  # what the top rows' windows lose: nothing
     nb2 = 2.0 * nsig_b * nsig_b
     ns2 = nsig_s * nsig_s * gain
     n = 0
@@ -361,7 +355,7 @@ def packed_pass(image, mask, lower, upper, kx, ky, nsig_b, nsig_s, gain, thresho
     for r0 in range(0, ny, BAND_ROWS):
         r1 = min(r0 + BAND_ROWS, ny)
         if fused:  # decoded now, read while in L2 (the mask streams in fine on its own: touching it cost 0.5 ms)
-            if not decode_upto(src, dst, scratch, functions, state, min(r1 + ky, ny) * row_bytes):
+            if not decode_upto(src, dst, block_scratch, functions, state, min(r1 + ky, ny) * row_bytes):
                 return -1
         else:
             _touch_both(image, mask, min(r0 + ky, ny), min(r1 + ky, ny))
@@ -396,11 +390,11 @@ def packed_pass(image, mask, lower, upper, kx, ky, nsig_b, nsig_s, gain, thresho
                 wsum_px[i] = p
                 sel[i] = _possible(p, alpha, beta) | (dm[i] != 0)
             base = r * nx
-            _gather_flags(sel_words, flag_bits)  # sel is written anew for every pixel of every row
+            gather_flags(sel_words, flag_bits)  # sel is written anew for every pixel of every row
             for q in range(sel_bits.shape[0]):
                 word = sel_bits[q]
                 while word != 0:
-                    i = q * 64 + _lowest_bit(word)
+                    i = q * 64 + lowest_bit(word)
                     word &= word - np.uint64(1)
                     if _exact(image, mask, r, i, wsum_px[i], dm, dx, dy, lower, upper, nb2, ns2, gain,
                               threshold, min_count, dispersion_only):
