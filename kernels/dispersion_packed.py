@@ -341,7 +341,7 @@ def _packed_rows(image, mask, lower, upper, kx, ky, nsig_b, nsig_s, gain, thresh
     n_left = min(kx, nx)
     right = max(nx - kx, kx)
     n_edge = n_left + max(0, nx - right)
-    period = 2 * ky + 1
+    period = ring_n.shape[0]  # 2 * ky + 1 rows of loud pixels
     nb2 = 2.0 * nsig_b * nsig_b
     ns2 = nsig_s * nsig_s * gain
     n = 0
