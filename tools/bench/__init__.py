@@ -4,6 +4,7 @@ Each benchmark is a module `tools.bench.<name>` with
     add_arguments(parser)          # its own options (optional)
     run(args) -> dict              # measure; return the figures (CONTRACT.md keys first)
 The figures are printed as a table; with `--json` the last line printed is one JSON object.
+Every benchmark's figures end with the machine they were measured on (`tools.bench.machine`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import importlib
 import json
 import logging
 import sys
+
+from tools.bench import machine
 
 BENCHMARKS = {
     "decode": "receive + decompress throughput over ipc:// and tcp:// loopback",
@@ -42,6 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:
         return int(exc.code or 0)
     figures = module.run(args)
+    details = machine.describe()
+    figures.update({"machine": machine.summary(details), "machine_details": details})
     width = max((len(k) for k in figures), default=0)
     for key, value in figures.items():
         if not isinstance(value, (dict, list)):
