@@ -41,6 +41,7 @@ import numpy as np
 
 from kernels.bslz4_native import DecodeError, decode_all, no_source, problem
 from kernels.dispersion_extended import BIG, erode_runs, extended_final, extended_final_tiles, set_flags
+from kernels.final_rows import FINAL_TESTS, extended_final_rows, final_path
 from kernels.dispersion_general import count_valid, general_pass
 from kernels.dispersion_int import banded_pass, big_value
 from kernels.dispersion_packed import candidate_bounds, loud_fraction, packed_pass, quiet_value
@@ -113,6 +114,7 @@ class DispersionWorkspace:
         self._marked = 0  # flag is zero except at dispersed[:_marked]
         self.last_path = ""  # the pass the last call took (`choose_path`)
         self.last_fused = False  # whether it decoded the frame band by band (`strong_pixels`'s source)
+        self.last_final = ""  # the extended variant's last final test: tiles, rows or general (`final_path`)
         self.dispersed_fraction = 0.0  # of the last extended call: guides `choose_path`
         self.loud_fraction = 1.0  # of the last packed pass's usable pixels: whether the next may fuse decoding
         self._usable: tuple = (None, 0)  # (mask, its usable pixel count)
@@ -239,6 +241,7 @@ def strong_pixels(
     path: str = "auto",
     source: tuple | None = None,
     flagged: int | None = None,
+    final: str = "auto",
 ) -> np.ndarray:
     """Flat row-major indices (ascending; int32, int64 past 2**31 pixels) of the strong pixels.
 
@@ -252,7 +255,8 @@ def strong_pixels(
     else in full before the pass; raises `DecodeError` if a block is corrupt. `flagged`: a
     value above the trusted range that marks inactive pixels rather than overloads (a DECTRIS
     detector's all-ones value): invalid, as every value outside the range, but not counted in
-    the workspace's `n_overloads`.
+    the workspace's `n_overloads`. `final`: "tiles" or "rows" forces the extended variant's
+    final test (`kernels.final_rows.final_path`) where the frame allows it (tests, warm-up).
     """
     _check(image, mask, kernel_size, min_local)
     if algorithm not in ("dispersion", "dispersion_extended"):
@@ -261,6 +265,8 @@ def strong_pixels(
         raise ValueError(f"gain must be positive, not {gain}")
     if path not in PATHS:
         raise ValueError(f"unknown path {path!r}")
+    if final not in FINAL_TESTS:
+        raise ValueError(f"unknown final test {final!r}")
     ws = workspace if workspace is not None and workspace.shape == image.shape else DispersionWorkspace(image.shape)
     kx, ky = int(kernel_size[0]), int(kernel_size[1])
     window = (2 * kx + 1) * (2 * ky + 1)
@@ -282,6 +288,7 @@ def strong_pixels(
         chosen = path
     ws.last_path = chosen
     ws.last_fused = fused
+    ws.last_final = ""
     if native is not None:  # in the image's type; 0 (never above hi1 >= 0) for none
         top = int(np.iinfo(image.dtype).max)
         flag = native[0].dtype.type(flagged if flagged is not None and 0 <= flagged <= top else 0)
@@ -311,7 +318,9 @@ def strong_pixels(
     nc = erode_runs(ws.flag, ws.dispersed, n, min(kx, ky) - 1, ws.index)
     # the strong list is written in place over the core list (a subset, in order); integer
     # sums are exact in any order, float sums keep the sliding order of the general pass
-    final = extended_final if chosen == "general" else extended_final_tiles
-    ns = final(image, mask, lower, upper, kx + 2, ky + 2, float(sigma_strong), float(gain), float(global_threshold),
-               ws.flag, ws.index, nc, ws.index)
+    final = "general" if chosen == "general" else final_path(image, lower, upper, kx + 2, ky + 2, ws.index, nc, final)
+    args = (image, mask, lower, upper, kx + 2, ky + 2, float(sigma_strong), float(gain), float(global_threshold),
+            ws.flag, ws.index, nc, ws.index)
+    ns = {"general": extended_final, "tiles": extended_final_tiles, "rows": extended_final_rows}[final](*args)
+    ws.last_final = final
     return ws.index[:ns]

@@ -345,6 +345,10 @@ def extended_final_tiles(image, mask, lower, upper, kx, ky, nsig_s, gain, thresh
     if packed is None:
         return extended_final(image, mask, lower, upper, kx, ky, nsig_s, gain, threshold, flag, core, nc, out_index)
     shift, lo, hi = packed
-    screen = (nsig_s == 0.0 or 1e-30 <= nsig_s <= 1e30) and 1e-30 <= gain <= 1e30
     return _final_bands(image, mask, np.int64(lo), np.int64(hi), kx, ky, nsig_s, gain, threshold, flag, core, nc,
-                        out_index, shift, screen)
+                        out_index, shift, final_screen(nsig_s, gain))
+
+
+def final_screen(nsig_s: float, gain: float) -> bool:
+    """Whether `_strong` may decide pixels by its screen (parameters in the range its margins hold for)."""
+    return (nsig_s == 0.0 or 1e-30 <= nsig_s <= 1e30) and 1e-30 <= gain <= 1e30

@@ -311,13 +311,14 @@ class ImageAnalyser:
         mask = np.ones(small.shape, dtype=np.uint8)
         mask.setflags(write=False)  # as the series mask is: numba compiles read-only arrays apart
         sf = self.params
-        for algorithm in ("dispersion", "dispersion_extended"):
+        for algorithm, final in (("dispersion", "auto"), ("dispersion_extended", "tiles"),
+                                 ("dispersion_extended", "rows")):  # and both final tests
             for path in ("auto", "packed", "banded"):  # every pass a frame of this series may take
                 ws = DispersionWorkspace(small.shape)
                 try:
                     idx = strong_pixels(small, mask, algorithm, tuple(sf.kernel_size), sf.sigma_background,
                                         sf.sigma_strong, sf.global_threshold, sf.min_local, sf.gain,
-                                        self.trusted_range, ws, path=path).copy()
+                                        self.trusted_range, ws, path=path, final=final).copy()
                 except ValueError:  # that pass does not apply to this series (float frames, large windows)
                     continue
         if small.dtype.kind in "iu" and band_decode.block_decoder_functions() is not None:

@@ -3,7 +3,8 @@
 `erode_runs` (row runs, running counts down the columns) must give the square erosion of
 the dispersed map (pixels outside the image counting as dispersed) and leave the flag map at
 1 (dispersed) / 2 (core); `extended_final_tiles` (packed
-integer summed-area tables per band, a screen before the division and square root) must
+integer summed-area tables per band, a screen before the division and square root) and
+`extended_final_rows` (rolling column sums, `kernels.final_rows`, for dense core pixels) must
 give, bit for bit, the float64 test on exact window sums over the valid non-core pixels, in
 place over the core list as `strong_pixels` calls it, over integer dtypes, masks, edges,
 corners, window sizes, trusted ranges, gains, thresholds and exact ties; float images (and
@@ -21,6 +22,7 @@ from kernels.dispersion_extended import (
     extended_final,
     extended_final_tiles,
 )
+from kernels.final_rows import extended_final_rows, row_bounds
 
 INT_DTYPES = [np.uint8, np.uint16, np.uint32, np.int16, np.int32]
 
@@ -131,15 +133,23 @@ def core_frame(shape, dtype, rng, radius=1, background=0.4):
     return image, mask, flag, np.flatnonzero(want).astype(np.int32)
 
 
-def run_final(image, mask, lower, upper, kx, ky, nsig_s, gain, threshold, flag, core):
+FINALS = {"tiles": extended_final_tiles, "rows": extended_final_rows}
+
+
+def run_final(image, mask, lower, upper, kx, ky, nsig_s, gain, threshold, flag, core, final="tiles"):
+    """The strong core pixels by one of the final tests ("rows" where `row_bounds` lets it
+    run, else the tiles, as `final_path` chooses)."""
+    if final == "rows" and row_bounds(image, lower, upper, kx, ky) is None:
+        final = "tiles"
     work = core.copy()  # in place, as strong_pixels calls it
-    n = extended_final_tiles(image, mask, lower, upper, kx, ky, nsig_s, gain, threshold, flag, work, len(core), work)
+    n = FINALS[final](image, mask, lower, upper, kx, ky, nsig_s, gain, threshold, flag, work, len(core), work)
     return work[:n]
 
 
+@pytest.mark.parametrize("final", ["tiles", "rows"])
 @pytest.mark.parametrize("dtype", INT_DTYPES)
 @pytest.mark.parametrize("kernel", [(1, 1), (2, 2), (3, 3), (5, 5), (7, 3), (3, 7), (6, 6)])
-def test_final_equals_reference(dtype, kernel):
+def test_final_equals_reference(dtype, kernel, final):
     kx, ky = kernel
     rng = np.random.default_rng(hash((np.dtype(dtype).str, kernel)) % 2**32)
     for shape in [(61, 75), (40, 1), (1, 50), (3, 4), (70, 33)]:
@@ -148,11 +158,12 @@ def test_final_equals_reference(dtype, kernel):
                                                       (0.5, 40.5, 2.5, 0.7, 3.0), (-1.0, np.inf, 0.0, 1.3, -2.0),
                                                       (2.0, 2.0**26, 1.0, 2.0, 1.5), (-1.0, np.nan, 3.0, 1.0, 0.0)]:
             args = (image, mask, lower, upper, kx, ky, nsig_s, gain, threshold, flag)
-            np.testing.assert_array_equal(run_final(*args, core), final_reference(*args, core),
+            np.testing.assert_array_equal(run_final(*args, core, final=final), final_reference(*args, core),
                                           err_msg=f"{shape} {lower} {upper} {nsig_s} {gain} {threshold}")
 
 
-def test_final_exact_ties_and_unscreened_parameters():
+@pytest.mark.parametrize("final", ["tiles", "rows"])
+def test_final_exact_ties_and_unscreened_parameters(final):
     """Windows of ones (mean 1) and of fours (mean 4) with sigma_s 3, gain 1 put v = 4 and
     v = 10 exactly on the threshold (strong) and v = 3, 9 just under; gains and sigma_s
     outside the screen's range take the float64 test for every pixel."""
@@ -163,13 +174,14 @@ def test_final_exact_ties_and_unscreened_parameters():
     flag = np.zeros(image.shape, np.uint8)
     flag.flat[core] = 2
     mask = np.ones(image.shape, np.uint8)
-    got = run_final(image, mask, -1.0, 1e6, 3, 3, 3.0, 1.0, 0.0, flag, core)
+    got = run_final(image, mask, -1.0, 1e6, 3, 3, 3.0, 1.0, 0.0, flag, core, final=final)
     np.testing.assert_array_equal(got, core[[0, 2]])
     rng = np.random.default_rng(5)
     for nsig_s, gain in [(3.0, 1e-40), (3.0, 1e40), (1e-40, 1.0), (-1.0, 1.0), (1e40, 1.0), (3.0, 0.25)]:
         image, mask, flag, core = core_frame((50, 60), np.uint16, rng)
         args = (image, mask, -1.0, 60000.0, 4, 4, nsig_s, gain, 0.0, flag)
-        np.testing.assert_array_equal(run_final(*args, core), final_reference(*args, core), err_msg=f"{nsig_s} {gain}")
+        np.testing.assert_array_equal(run_final(*args, core, final=final), final_reference(*args, core),
+                                      err_msg=f"{nsig_s} {gain}")
 
 
 def test_screen_decides_as_the_float64_test():

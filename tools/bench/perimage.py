@@ -127,6 +127,7 @@ def run(args: Any) -> dict[str, Any]:
         "background": background,
         "spots_simulated": n_spots,
         "threshold_pass": analyser.workspace.last_path,
+        "final_test": analyser.workspace.last_final,  # the extended variant's: tiles or rows (kernels.final_rows)
         "ms_per_frame_median": median_s * 1e3,
         "analysis_ms_per_frame": analysis_s * 1e3,
         "decoded_in_pass": fused,
