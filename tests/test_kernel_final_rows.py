@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from kernels.dispersion import DispersionWorkspace, strong_pixels
-from kernels.final_rows import final_path, row_bounds, rows_reached
+from kernels.final_rows import extended_final_rows, final_path, row_bounds, rows_reached
 
 
 def test_rows_reached_counts_the_rows_of_the_windows():
@@ -91,3 +91,11 @@ def test_dense_core_pixels_take_the_rows():
     assert ws.last_final == "rows"
     strong_pixels(image, mask, "dispersion", workspace=ws)  # the classic algorithm has no final test
     assert ws.last_final == ""
+
+
+def test_no_core_pixels_none_strong():
+    image = np.ones((20, 30), np.uint16)
+    flag = np.zeros(image.shape, np.uint8)
+    core = np.zeros(0, np.int32)
+    assert extended_final_rows(image, np.ones(image.shape, np.uint8), -1.0, 65535.0, 5, 5, 3.0, 1.0, 0.0, flag,
+                               core, 0, core) == 0
