@@ -318,9 +318,9 @@ def strong_pixels(
     nc = erode_runs(ws.flag, ws.dispersed, n, min(kx, ky) - 1, ws.index)
     # the strong list is written in place over the core list (a subset, in order); integer
     # sums are exact in any order, float sums keep the sliding order of the general pass
-    final = "general" if chosen == "general" else final_path(image, lower, upper, kx + 2, ky + 2, ws.index, nc, final)
+    taken = "general" if chosen == "general" else final_path(image, lower, upper, kx + 2, ky + 2, ws.index, nc, final)
     args = (image, mask, lower, upper, kx + 2, ky + 2, float(sigma_strong), float(gain), float(global_threshold),
             ws.flag, ws.index, nc, ws.index)
-    ns = {"general": extended_final, "tiles": extended_final_tiles, "rows": extended_final_rows}[final](*args)
-    ws.last_final = final
+    ns = {"general": extended_final, "tiles": extended_final_tiles, "rows": extended_final_rows}[taken](*args)
+    ws.last_final = taken
     return ws.index[:ns]
