@@ -41,10 +41,11 @@ import numpy as np
 
 from kernels.bslz4_native import DecodeError, decode_all, no_source, problem
 from kernels.dispersion_extended import BIG, erode_runs, extended_final, extended_final_tiles, set_flags
-from kernels.final_rows import FINAL_TESTS, extended_final_rows, final_path
 from kernels.dispersion_general import count_valid, general_pass
 from kernels.dispersion_int import banded_pass, big_value
-from kernels.dispersion_packed import candidate_bounds, loud_fraction, packed_pass, quiet_value
+from kernels.dispersion_packed import loud_fraction, packed_pass
+from kernels.final_rows import FINAL_TESTS, extended_final_rows, final_path
+from kernels.packed_sums import candidate_bounds, quiet_value
 
 INT32_WINDOW_PIXELS = 127  # (2kx+1)(2ky+1) * 2**24 < 2**31: int32 window sums of values in (-2**24, 2**24)
 SUPPORTED_DTYPES = (np.uint8, np.uint16, np.uint32, np.int16, np.int32, np.float32, np.float64)

@@ -181,7 +181,7 @@ def test_module_gaps_and_empty_background(gap, background):
 def test_packed_screen_is_necessary_and_rejects_empty_windows(seed, m, gain, nsig_b, scale):
     """`_possible` (the packed pass's float32 screen of a 7 x 7 window) lets through every
     window the float64 dispersion test selects, and no window whose sum is zero."""
-    from kernels.dispersion_packed import X_BITS, Y_SHIFT, _possible, candidate_bounds, quiet_value
+    from kernels.packed_sums import X_BITS, Y_SHIFT, _possible, candidate_bounds, quiet_value
     from kernels.dispersion_tests import selected64
 
     rng = np.random.default_rng(seed)
@@ -207,7 +207,7 @@ def test_loud_screen_is_necessary(seed, m, gain, nsig_b, nsig_s, scale, top):
     """`_candidates_7_loud`'s test (quiet packed sums plus exact loud sums, in float32) lets
     through every pixel the float64 tests select: dispersion alone (extended) and with the
     strong test (classic), up to values of 2**24 - 1, whose squares round in float32."""
-    from kernels.dispersion_packed import X_BITS, Y_SHIFT, _possible_loud, candidate_bounds, quiet_value
+    from kernels.packed_sums import X_BITS, Y_SHIFT, _possible_loud, candidate_bounds, quiet_value
     from kernels.dispersion_tests import selected64
 
     rng = np.random.default_rng(seed)
