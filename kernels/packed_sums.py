@@ -16,7 +16,7 @@ import math
 
 import numpy as np
 
-from kernels.dispersion_int import _sum7
+from kernels.dispersion_int import _sum7, _window_sums
 from kernels.jit import njit
 
 X_BITS = 11
@@ -145,12 +145,7 @@ def _candidates_row(row, col, k, dm, alpha, beta, dispersion_only, wsum, cand):
     if k == 3:
         _candidates_7(col, rv, cm, alpha, beta, dispersion_only, wsum, out, n)
         return
-    for c in range(n):
-        wsum[c] = col[c]
-    for d in range(1, 2 * k + 1):
-        src = col[d:]
-        for c in range(n):
-            wsum[c] = np.uint32(wsum[c] + src[c])
+    _window_sums(col, wsum, k)  # packed sums add as uint32, as the three sums do
     for c in range(n):
         p = wsum[c]
         possible = _possible(p, alpha, beta)
