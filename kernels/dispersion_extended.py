@@ -129,18 +129,28 @@ def erode_runs(flag, index, n, radius, core_out):
     pixel whose run of dispersed pixels along its row reaches `radius` columns either side
     (or the image edge) is row-eroded, then one with row-eroded pixels `radius` rows above
     and below (or the edge) is core. flag: 1 at index[:n] (not read); marks core 2; returns
-    how many, ascending in core_out. One pass over the list, run by run (a division per new
-    row), with counts down the columns (`_erode_run`); then the bottom `radius` rows."""
+    how many, ascending in core_out. One pass over the list (`erode_rows`), then the bottom
+    `radius` rows (`erode_bottom`)."""
     ny, nx = flag.shape
     flat = flag.reshape(-1)
     count = np.zeros(nx, np.int64)
     last = np.full(nx, -2, np.int64)  # the row of count[i]
-    nc = 0
+    nc = erode_rows(flat, count, last, index, 0, n, nx, radius, core_out, 0)
+    return erode_bottom(flat, count, last, ny, nx, radius, core_out, nc)
+
+
+@njit(boundscheck=False)
+def erode_rows(flat, count, last, index, t0, t1, nx, radius, core_out, nc):
+    """Erosion of the dispersed pixels index[t0:t1], whole rows of them (the first of a row
+    at t0, the last at t1 - 1), after those of the rows above: run by run (a division per new
+    row), with the counts down the columns (`count`, `last`: zeros and -2 before the first
+    row) carried from call to call (`_erode_run`). After the rows up to j, the core pixels
+    of the rows up to j - radius are in core_out[:nc]; returns nc."""
     s, prev, row, row_start, row_end = np.int64(-1), np.int64(-2), np.int64(-1), np.int64(0), np.int64(0)
-    for t in range(n + 1):
-        p = np.int64(index[t]) if t < n else np.int64(-1)
+    for t in range(t0, t1 + 1):
+        p = np.int64(index[t]) if t < t1 else np.int64(-1)
         if (p != prev + 1) | (p >= row_end):
-            if t > 0:
+            if t > t0:
                 a = s if s == row_start else s + radius
                 b = prev if prev == row_end - 1 else prev - radius
                 nc = _erode_run(flat, count, last, a - row_start, b - row_start, row, nx, radius, core_out, nc)
@@ -150,7 +160,14 @@ def erode_runs(flag, index, n, radius, core_out):
                 row_end = row_start + nx
             s = p
         prev = p
-    for j0 in range(max(0, ny - radius), ny):  # core if the last row's count reaches row j0 - radius
+    return nc
+
+
+@njit(boundscheck=False)
+def erode_bottom(flat, count, last, ny, nx, radius, core_out, nc):
+    """The core pixels of the bottom `radius` rows, once `erode_rows` has seen every row:
+    core if the last row's count reaches row j0 - radius (rows below the image counting)."""
+    for j0 in range(max(0, ny - radius), ny):
         for i in range(nx):
             if (last[i] == ny - 1) & (count[i] >= ny + radius - j0):
                 flat[j0 * nx + i] = 2
@@ -286,16 +303,42 @@ def _packed_table(image, mask, lo, hi, flag, r0, r1, q0, q1, shift, sat, base, r
 @njit(boundscheck=False)
 def _final_bands(image, mask, lo, hi, kx, ky, nsig_s, gain, threshold, flag, core, nc, out_index, shift, screen):
     """`extended_final_tiles` for integer images whose valid values lo..hi lie in [0, 2**24),
-    band by band (`_band`)."""
+    band by band (`final_bands` on scratch of its own)."""
     ny, nx = image.shape
+    _, n = final_bands(image, mask, lo, hi, kx, ky, nsig_s, gain, threshold, flag, core, 0, nc, 0, out_index, shift,
+                       screen, ny, final_scratch(ny, nx, kx, ky, max(nc, 1)))
+    return n
+
+
+@njit
+def final_scratch(ny, nx, kx, ky, max_runs):
+    """Scratch of `final_bands` for a frame of ny x nx and windows of half-sizes kx, ky:
+    tiles (cleared as `_band` wants them), runs (max_runs: at most the core pixels of a band,
+    which never exceed TILE (nx + 1) // 2 runs), groups, tile_group, the tables' buffer and a row."""
     ntx = (nx + TILE - 1) // TILE
     tiles = np.empty((4, ntx), np.int64)
     tiles[0, :], tiles[1, :], tiles[2, :], tiles[3, :] = ny, -1, nx, -1
-    runs, groups, tile_group = np.empty((nc, 4), np.int64), np.empty((ntx, 5), np.int64), np.empty(ntx, np.int64)
-    sat, row_buf = np.empty(4096, np.int64), np.empty(nx, np.int64)
+    ntx1 = max(ntx, 1)
+    cells = (min(ny, TILE + 2 * ky) + 1) * (nx + ntx * (2 * kx + 2))
+    return (tiles, np.empty((max_runs, 4), np.int64), np.empty((ntx1, 5), np.int64), np.empty(ntx1, np.int64),
+            np.empty(max(cells, 4096), np.int64), np.empty(nx, np.int64))
+
+
+@njit(boundscheck=False)
+def final_bands(image, mask, lo, hi, kx, ky, nsig_s, gain, threshold, flag, core, c, nc, n, out_index, shift, screen,
+                row_limit, scratch):
+    """The final test of core[c:nc] (ascending), band of TILE rows by band (`_band`): one
+    summed-area table per group of touching tiles, packed (value << shift) + 1 (`_packed_table`),
+    then the core pixels' windows from their corners. Stops before a band whose windows reach
+    row_limit or below (the flags there not final yet) unless row_limit >= ny. Strong pixels go
+    to out_index[n:] (may be core itself: in place, in order). Returns (c, n) to carry on."""
+    ny, nx = image.shape
+    tiles, runs, groups, tile_group, sat, row_buf = scratch
     low = (np.int64(1) << shift) - 1
-    n, c = 0, 0
     while c < nc:
+        band_end = min(ny, (np.int64(core[c]) // nx // TILE + 1) * TILE)
+        if row_limit < ny and band_end + ky > row_limit:
+            break
         c, nr, ng, size = _band(core, c, nc, nx, ny, kx, ky, tiles, runs, groups, tile_group)
         _prefetch_groups(image, mask, flag, groups, ng)
         if size > sat.shape[0]:
@@ -316,7 +359,7 @@ def _final_bands(image, mask, lo, hi, kx, ky, nsig_s, gain, threshold, flag, cor
                                  threshold, screen)
                 out_index[n] = core[u0 + d]  # n <= u0 + d: in place over core is safe
                 n += strong
-    return n
+    return c, n
 
 
 def _packing(image, lower, upper, kx, ky):

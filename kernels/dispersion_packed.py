@@ -147,108 +147,144 @@ def packed_pass(image, mask, lower, upper, kx, ky, nsig_b, nsig_s, gain, thresho
     source: a band source (`kernels.bslz4_native`) that fills the image's rows just before
     the pass reads them (none left: the image is decoded); returns -1 if a block of it is
     corrupt. Allocates the row scratch; `_packed_rows` does the pass."""
-    nx = image.shape[1]
-    n_words = (nx + 7) // 8
-    period = 2 * ky + 1
-    scratch = (np.zeros(n_words * 8, np.uint8),  # sel: the candidates of the row, a byte each
-               np.zeros(n_words * 8, np.uint8),  # loud: the entering row's loud / overload flags
-               np.zeros((n_words + 7) // 8 * 8, np.uint8),  # sel or loud gathered, a bit per pixel (`gather_flags`)
-               np.zeros(nx, np.uint32),  # col: the packed column sums
-               np.zeros(nx, np.uint32),  # wsum_px: packed window sums by pixel column
-               np.zeros(nx, np.int32),  # dm, dx, dy: loud pixels in the window of each pixel of the
-               np.zeros(nx, np.int32),  # row: count, sum (< 63 * 2**24)
-               np.zeros(nx, np.int64),  # and sum of squares
-               np.zeros((period, nx), np.int32),  # ring_cols, ring_vals, ring_n: the loud pixels
-               np.zeros((period, nx), np.int32),  # listed per row of the window
-               np.zeros(period, np.int64),
-               np.zeros((period + 1, nx), np.uint32),  # ring_packed: the packed values of its rows
-               np.zeros(nx, np.uint32))  # no_row: what the top rows' windows lose: nothing
+    scratch = packed_scratch(image.shape[1], ky)
     return _packed_rows(image, mask, lower, upper, kx, ky, nsig_b, nsig_s, gain, threshold, min_count,
                         dispersion_only, out_index, stats, lo1, hs1, hi1, thr1, flagged, vq, alpha, beta, source,
                         scratch)
 
 
+@njit
+def packed_scratch(nx, ky):
+    """The pass's row scratch for rows of nx pixels and windows of 2 ky + 1 rows, cleared."""
+    n_words = (nx + 7) // 8
+    period = 2 * ky + 1
+    return (np.zeros(n_words * 8, np.uint8),  # sel: the candidates of the row, a byte each
+            np.zeros(n_words * 8, np.uint8),  # loud: the entering row's loud / overload flags
+            np.zeros((n_words + 7) // 8 * 8, np.uint8),  # sel or loud gathered, a bit per pixel (`gather_flags`)
+            np.zeros(nx, np.uint32),  # col: the packed column sums
+            np.zeros(nx, np.uint32),  # wsum_px: packed window sums by pixel column
+            np.zeros(nx, np.int32),  # dm, dx, dy: loud pixels in the window of each pixel of the
+            np.zeros(nx, np.int32),  # row: count, sum (< 63 * 2**24)
+            np.zeros(nx, np.int64),  # and sum of squares
+            np.zeros((period, nx), np.int32),  # ring_cols, ring_vals, ring_n: the loud pixels
+            np.zeros((period, nx), np.int32),  # listed per row of the window
+            np.zeros(period, np.int64),
+            np.zeros((period + 1, nx), np.uint32),  # ring_packed: the packed values of its rows
+            np.zeros(nx, np.uint32))  # no_row: what the top rows' windows lose: nothing
+
+
 @njit(boundscheck=False, _nrt=False)
 def _packed_rows(image, mask, lower, upper, kx, ky, nsig_b, nsig_s, gain, threshold, min_count, dispersion_only,
                  out_index, stats, lo1, hs1, hi1, thr1, flagged, vq, alpha, beta, source, scratch):
-    """`packed_pass` on its scratch arrays, compiled without numba's reference counting
-    (`_nrt=False`: it allocates nothing). Every row view and every array handed to an
-    inlined helper would otherwise cost an atomic increment and decrement, ~50 per row,
-    each a barrier to the stream of loads and stores: 10% of the profile samples of a 4M
-    frame's find_spots, though most of that stall moves elsewhere without them (measured:
-    5.71 against 5.83 ms per frame, 8 alternations)."""
-    ny, nx = image.shape
+    """`packed_pass` on its scratch arrays: `packed_start`, then `packed_band` band by band."""
+    ny = image.shape[0]
+    loud_windows = packed_start(image, mask, kx, ky, stats, lo1, hs1, hi1, flagged, vq, source, scratch)
+    if loud_windows < 0:
+        return -1
+    n = 0
+    for r0 in range(0, ny, BAND_ROWS):
+        n, loud_windows = packed_band(image, mask, lower, upper, kx, ky, nsig_b, nsig_s, gain, threshold, min_count,
+                                      dispersion_only, out_index, stats, lo1, hs1, hi1, thr1, flagged, vq, alpha,
+                                      beta, source, scratch, r0, min(r0 + BAND_ROWS, ny), n, loud_windows)
+        if n < 0:
+            return -1
+    stats[1] = -1  # valid and valid nonzero counts: on demand (`count_valid`)
+    stats[2] = -1
+    return n
+
+
+@njit(boundscheck=False, _nrt=False)
+def packed_start(image, mask, kx, ky, stats, lo1, hs1, hi1, flagged, vq, source, scratch):
+    """Start a pass on the cleared scratch of `packed_pass`: the first ky rows decoded (when
+    fused) and entered into the window; returns the count of windows with loud pixels that
+    `packed_band` carries on, or -1 if a block is corrupt."""
+    ny = image.shape[0]
     sel, loud, flag_bits, col, wsum_px, dm, dx, dy, ring_cols, ring_vals, ring_n, ring_packed, no_row = scratch
     src, dst, block_scratch, functions, state = source
-    fused = state[N_BLOCKS] > 0
-    row_bytes = nx * state[ELEM_SIZE]
-    if fused and not decode_upto(src, dst, block_scratch, functions, state, min(ky, ny) * row_bytes):
+    if state[N_BLOCKS] > 0 and not decode_upto(src, dst, block_scratch, functions, state,
+                                               min(ky, ny) * image.shape[1] * state[ELEM_SIZE]):
         return -1
-    sel_words = sel.view(np.uint64)
     loud_words = loud.view(np.uint64)
-    sel_bits = flag_bits.view(np.uint64)
-    n_left = min(kx, nx)
-    right = max(nx - kx, kx)
-    n_edge = n_left + max(0, nx - right)
     period = ring_n.shape[0]  # 2 * ky + 1 rows of loud pixels
-    nb2 = 2.0 * nsig_b * nsig_b
-    ns2 = nsig_s * nsig_s * gain
-    n = 0
-    loud_windows = 0  # windows of the row with loud pixels (dm nonzero)
+    loud_windows = 0
     for j in range(0, min(ky, ny)):
         s = j % period
         _update_packed(image, mask, j, lo1, vq, hs1, hi1, flagged, col, ring_packed[j % (period + 1)], no_row, loud)
         ring_n[s] = _list_loud(image, j, loud_words, flag_bits, ring_cols, ring_vals, s, stats)
         stats[3] += ring_n[s]
         loud_windows += _loud_windows(ring_cols, ring_vals, s, ring_n[s], 1, kx, dm, dx, dy)
-    for r0 in range(0, ny, BAND_ROWS):
-        r1 = min(r0 + BAND_ROWS, ny)
-        if fused:  # decoded now, read while in L2 (the mask streams in fine on its own: touching it cost 0.5 ms)
-            if not decode_upto(src, dst, block_scratch, functions, state, min(r1 + ky, ny) * row_bytes):
-                return -1
-        else:
-            _touch_both(image, mask, min(r0 + ky, ny), min(r1 + ky, ny))
-        for r in range(r0, r1):
-            enter = r + ky if r + ky < ny else -1
-            leave = r - ky - 1 if r - ky - 1 >= 0 else -1
-            # the packed ring has one slot more than the window, so the entering and the
-            # leaving rows never share one (no aliasing: the update loop vectorises)
-            packed_in = ring_packed[(r + ky) % (period + 1)]
-            packed_out = ring_packed[leave % (period + 1)] if leave >= 0 else no_row
-            _update_packed(image, mask, enter, lo1, vq, hs1, hi1, flagged, col, packed_in, packed_out, loud)
-            if leave >= 0:
-                s = leave % period
-                loud_windows += _loud_windows(ring_cols, ring_vals, s, ring_n[s], -1, kx, dm, dx, dy)
-                ring_n[s] = 0
-            if enter >= 0:
-                s = enter % period
-                ring_n[s] = _list_loud(image, enter, loud_words, flag_bits, ring_cols, ring_vals, s, stats)
-                stats[3] += ring_n[s]
-                loud_windows += _loud_windows(ring_cols, ring_vals, s, ring_n[s], 1, kx, dm, dx, dy)
-            row = image[r]
-            if nx > 2 * kx and kx == 3 and loud_windows > LOUD_SCREEN:
-                _candidates_7_loud(col, row[kx:], dm[kx:], dx[kx:], dy[kx:], alpha, beta, dispersion_only,
-                                   wsum_px[kx:], sel[kx:], nx - 2 * kx)
-            elif nx > 2 * kx:
-                _candidates_row(row, col, kx, dm, alpha, beta, dispersion_only, wsum_px[kx:], sel)
-            for e in range(n_edge):  # the clipped windows at the row's ends
-                i = e if e < n_left else right + e - n_left
-                p = np.uint32(0)
-                for c in range(max(0, i - kx), min(nx, i + kx + 1)):
-                    p = np.uint32(p + col[c])
-                wsum_px[i] = p
-                sel[i] = _possible(p, alpha, beta) | (dm[i] != 0)
-            base = r * nx
-            gather_flags(sel_words, flag_bits)  # sel is written anew for every pixel of every row
-            for q in range(sel_bits.shape[0]):
-                word = sel_bits[q]
-                while word != 0:
-                    i = q * 64 + lowest_bit(word)
-                    word &= word - np.uint64(1)
-                    if _exact(image, mask, r, i, wsum_px[i], dm, dx, dy, lower, upper, nb2, ns2, gain,
-                              threshold, min_count, dispersion_only):
-                        out_index[n] = base + i
-                        n += 1
-    stats[1] = -1  # valid and valid nonzero counts: on demand (`count_valid`)
-    stats[2] = -1
-    return n
+    return loud_windows
+
+
+@njit(boundscheck=False, _nrt=False)
+def packed_band(image, mask, lower, upper, kx, ky, nsig_b, nsig_s, gain, threshold, min_count, dispersion_only,
+                out_index, stats, lo1, hs1, hi1, thr1, flagged, vq, alpha, beta, source, scratch, r0, r1, n,
+                loud_windows):
+    """Rows [r0, r1) of the pass (after `packed_start` and the rows above), the rows they
+    need decoded first when fused: the selected pixels appended to out_index[n:]. Returns
+    (n, loud_windows) carried on, n -1 if a block is corrupt. Compiled without numba's
+    reference counting (`_nrt=False`: it allocates nothing). Every row view and every array
+    handed to an inlined helper would otherwise cost an atomic increment and decrement, ~50
+    per row, each a barrier to the stream of loads and stores: 10% of the profile samples of
+    a 4M frame's find_spots, though most of that stall moves elsewhere without them
+    (measured: 5.71 against 5.83 ms per frame, 8 alternations)."""
+    ny, nx = image.shape
+    sel, loud, flag_bits, col, wsum_px, dm, dx, dy, ring_cols, ring_vals, ring_n, ring_packed, no_row = scratch
+    src, dst, block_scratch, functions, state = source
+    if state[N_BLOCKS] > 0:  # decoded now, read while in L2 (the mask streams in fine on its own: touching it
+        # cost 0.5 ms)
+        if not decode_upto(src, dst, block_scratch, functions, state, min(r1 + ky, ny) * nx * state[ELEM_SIZE]):
+            return -1, loud_windows
+    else:
+        _touch_both(image, mask, min(r0 + ky, ny), min(r1 + ky, ny))
+    sel_words = sel.view(np.uint64)
+    loud_words = loud.view(np.uint64)
+    sel_bits = flag_bits.view(np.uint64)
+    n_left = min(kx, nx)
+    right = max(nx - kx, kx)
+    n_edge = n_left + max(0, nx - right)
+    period = ring_n.shape[0]
+    nb2 = 2.0 * nsig_b * nsig_b
+    ns2 = nsig_s * nsig_s * gain
+    for r in range(r0, r1):
+        enter = r + ky if r + ky < ny else -1
+        leave = r - ky - 1 if r - ky - 1 >= 0 else -1
+        # the packed ring has one slot more than the window, so the entering and the
+        # leaving rows never share one (no aliasing: the update loop vectorises)
+        packed_in = ring_packed[(r + ky) % (period + 1)]
+        packed_out = ring_packed[leave % (period + 1)] if leave >= 0 else no_row
+        _update_packed(image, mask, enter, lo1, vq, hs1, hi1, flagged, col, packed_in, packed_out, loud)
+        if leave >= 0:
+            s = leave % period
+            loud_windows += _loud_windows(ring_cols, ring_vals, s, ring_n[s], -1, kx, dm, dx, dy)
+            ring_n[s] = 0
+        if enter >= 0:
+            s = enter % period
+            ring_n[s] = _list_loud(image, enter, loud_words, flag_bits, ring_cols, ring_vals, s, stats)
+            stats[3] += ring_n[s]
+            loud_windows += _loud_windows(ring_cols, ring_vals, s, ring_n[s], 1, kx, dm, dx, dy)
+        row = image[r]
+        if nx > 2 * kx and kx == 3 and loud_windows > LOUD_SCREEN:
+            _candidates_7_loud(col, row[kx:], dm[kx:], dx[kx:], dy[kx:], alpha, beta, dispersion_only,
+                               wsum_px[kx:], sel[kx:], nx - 2 * kx)
+        elif nx > 2 * kx:
+            _candidates_row(row, col, kx, dm, alpha, beta, dispersion_only, wsum_px[kx:], sel)
+        for e in range(n_edge):  # the clipped windows at the row's ends
+            i = e if e < n_left else right + e - n_left
+            p = np.uint32(0)
+            for c in range(max(0, i - kx), min(nx, i + kx + 1)):
+                p = np.uint32(p + col[c])
+            wsum_px[i] = p
+            sel[i] = _possible(p, alpha, beta) | (dm[i] != 0)
+        base = r * nx
+        gather_flags(sel_words, flag_bits)  # sel is written anew for every pixel of every row
+        for q in range(sel_bits.shape[0]):
+            word = sel_bits[q]
+            while word != 0:
+                i = q * 64 + lowest_bit(word)
+                word &= word - np.uint64(1)
+                if _exact(image, mask, r, i, wsum_px[i], dm, dx, dy, lower, upper, nb2, ns2, gain,
+                          threshold, min_count, dispersion_only):
+                    out_index[n] = base + i
+                    n += 1
+    return n, loud_windows

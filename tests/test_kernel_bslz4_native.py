@@ -162,6 +162,31 @@ def test_threshold_reports_a_corrupt_band():
             strong_pixels(view, mask, path=path, source=source_of(image, blob, out))
 
 
+def test_a_corrupt_band_leaves_no_flags_behind():
+    """The extended variant flags dispersed pixels as its pass goes down the frame
+    (`kernels.extended_trailing`): a block found corrupt at row 136 stops it with the rows
+    above flagged, and the next frame on the same workspace must not see those flags."""
+    image = spotty((200, 300), "<u4", seed=5)
+    mask = np.ones(image.shape, dtype=np.uint8)
+    ws = DispersionWorkspace(image.shape)
+    out = np.zeros(image.shape, dtype=image.dtype)
+    view = out.view()
+    view.setflags(write=False)
+    blob = corrupt(codecs.encode(image, "bslz4"), 20, 4, image.nbytes)  # block 20: rows 136-143
+    with pytest.raises(bn.DecodeError, match="block 20"):
+        strong_pixels(view, mask, path="packed", workspace=ws, source=source_of(image, blob, out))
+    assert ws.flag.any()  # the rows above were flagged
+    other = spotty((200, 300), "<u4", seed=6)
+    other.setflags(write=False)
+    ref_ws = DispersionWorkspace(image.shape)
+    want = strong_pixels(other, mask, workspace=ref_ws).copy()
+    got = strong_pixels(view, mask, path="packed", workspace=ws, source=source_of(other, codecs.encode(other, "bslz4"),
+                                                                                   out))
+    assert ws.last_final == "trailing"
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(ws.flag, ref_ws.flag)
+
+
 def test_noisy_frames_decode_before_the_pass_they_need():
     """A quiet frame lets the next one fuse; after a noisy one (exact in the packed pass too, only
     slower), the next is decoded first and its sampled rows choose the banded pass."""
