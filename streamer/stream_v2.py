@@ -32,6 +32,7 @@ from streamer.series import EncodedFrame, SeriesInfo
 SELF_DESCRIBE = b"\xd9\xd9\xf7"
 TIME_BASE = 50_000_000  # ticks per second in DECTRIS time rationals
 MAX_DEPTH = 16
+SPLICE_BYTES = 64 * 1024  # byte strings from this size are views of the message (`loads`)
 HC_EV_A = 12398.419843320026  # h*c in eV*Angstrom (CODATA 2018)
 # RFC 8746 typed-array tags -> numpy dtype strings
 TYPED_ARRAY_TAGS = {
@@ -107,19 +108,20 @@ class V2End:
 
 
 
-def _tag_hook(a: Any, b: Any) -> Any:
-    # cbor2 >= 6 calls hook(tag, immutable); cbor2 5 calls hook(decoder, tag)
+def _tag_hook(a: Any, b: Any, payloads: dict[bytes, memoryview] | None = None) -> Any:
+    # cbor2 >= 6 calls hook(tag, immutable); cbor2 5 calls hook(decoder, tag). payloads: the
+    # byte strings `cbor_splice.split` took out, by placeholder (popped as they are put back)
     tag = a if isinstance(a, cbor2.CBORTag) else b
     value = tag.value
     if tag.tag == 56500:
         if not (isinstance(value, Sequence) and len(value) == 3 and isinstance(value[0], str)
                 and isinstance(value[1], int) and isinstance(value[2], (bytes, bytearray))):
             raise BadMessage("tag 56500 is not [algorithm, element size, bytes]", reason="malformed_cbor")
-        return Compressed(value[0], value[1], value[2])
+        return Compressed(value[0], value[1], _put_back(value[2], payloads))
     if tag.tag in TYPED_ARRAY_TAGS:
         if not isinstance(value, (bytes, bytearray, Compressed)):
             raise BadMessage(f"typed array tag {tag.tag} holds {type(value).__name__}", reason="malformed_cbor")
-        return TypedArray(TYPED_ARRAY_TAGS[tag.tag], value)
+        return TypedArray(TYPED_ARRAY_TAGS[tag.tag], _put_back(value, payloads))
     if tag.tag == 40:
         if not (isinstance(value, Sequence) and len(value) == 2 and isinstance(value[1], TypedArray)
                 and isinstance(value[0], Sequence) and all(isinstance(n, int) and n > 0 for n in value[0])):
@@ -128,11 +130,30 @@ def _tag_hook(a: Any, b: Any) -> Any:
     return tag
 
 
+def _put_back(value: Any, payloads: dict[bytes, memoryview] | None) -> Any:
+    if payloads and isinstance(value, bytes) and value in payloads:
+        return payloads.pop(value)
+    return value
+
+
 def loads(buf: Any, max_bytes: int) -> dict[str, Any]:
-    """Decode one CBOR message map, bounded: at most `max_bytes` and MAX_DEPTH nesting levels."""
-    view = memoryview(buf)
+    """Decode one CBOR message map, bounded: at most `max_bytes` and MAX_DEPTH nesting levels.
+
+    The compressed frames and arrays of tags 56500 and RFC 8746 are views of `buf`, not copies
+    (`cbor_splice.split`, for byte strings of SPLICE_BYTES and more), when every such string
+    is one of those; else cbor2 decodes the whole message, and they are bytes."""
+    view = memoryview(buf).cast("B")
     if view.nbytes > max_bytes:
         raise BadMessage(f"message of {view.nbytes} bytes exceeds {max_bytes}", reason="oversized_message")
+    split = cbor_splice.split(view, SPLICE_BYTES, MAX_DEPTH) if view.nbytes >= SPLICE_BYTES else None
+    if split is not None:
+        small, payloads = split
+        try:
+            msg = cbor2.loads(small, tag_hook=lambda a, b: _tag_hook(a, b, payloads), max_depth=MAX_DEPTH)
+        except Exception:  # any error: the whole message is decoded below, which reports it as before
+            payloads = None
+        if payloads is not None and not payloads:  # every large string was put back where it belongs
+            return _message_map(msg)
     try:
         msg = cbor2.loads(view, tag_hook=_tag_hook, max_depth=MAX_DEPTH)
     except BadMessage:
@@ -142,6 +163,10 @@ def loads(buf: Any, max_bytes: int) -> dict[str, Any]:
         if cause is not None:
             raise cause from exc
         raise BadMessage(f"CBOR does not parse: {exc}", reason="malformed_cbor") from exc
+    return _message_map(msg)
+
+
+def _message_map(msg: Any) -> dict[str, Any]:
     if isinstance(msg, cbor2.CBORTag) and msg.tag == 55799:
         msg = msg.value
     if not isinstance(msg, Mapping):
