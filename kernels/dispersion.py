@@ -31,9 +31,10 @@ float64 test bit for bit (`kernels.dispersion_tests`):
 The flag map is written sparsely (only where pixels are selected, cleared the same way on
 the next frame); erosion and the extended test work on the sparse lists
 (`kernels.dispersion_extended`), trailing the packed pass down the frame band by band
-(`kernels.extended_trailing`: their pixels still cached) or after the other passes. A bslz4 frame handed over still compressed (a band source,
-`kernels.bslz4_native`) is decoded band by band inside the packed pass, while the rows are
-in L2, when the previous frame took that pass; else in full before the pass.
+(`kernels.extended_trailing`: their pixels still cached) or after the other passes. A bslz4
+frame handed over still compressed (a band source, `kernels.bslz4_native`) is decoded band
+by band inside the packed pass, while the rows are in L2, when the previous frame took that
+pass; else in full before the pass.
 """
 
 from __future__ import annotations

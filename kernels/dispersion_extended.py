@@ -341,7 +341,7 @@ def final_bands(image, mask, lo, hi, kx, ky, nsig_s, gain, threshold, flag, core
             break
         c, nr, ng, size = _band(core, c, nc, nx, ny, kx, ky, tiles, runs, groups, tile_group)
         _prefetch_groups(image, mask, flag, groups, ng)
-        if size > sat.shape[0]:
+        if size > sat.shape[0]:  # never with `final_scratch`'s bound; the tables are written unchecked
             sat = np.empty(2 * size, np.int64)
         for g in range(ng):
             r0, q0, w1, base, h = groups[g, 0], groups[g, 1], groups[g, 2], groups[g, 3], groups[g, 4]
