@@ -312,13 +312,14 @@ def strong_pixels(
     args = (image, mask, lower, upper, kx, ky, float(sigma_background), float(sigma_strong), float(gain),
             float(global_threshold), float(min_local), extended, ws.dispersed, ws.stats)
     ws.clear_flag()
+    if chosen == "packed":  # the packed pass's bounds, screen and band source, as both its callers take them
+        packed = (*native, flag, native[0].dtype.type(min(quiet_value(window), int(native[1]))),
+                  *candidate_bounds(window, float(sigma_background), float(gain)), source if fused else ws._no_source)
     packing = _packing(image, lower, upper, kx + 2, ky + 2) if extended and chosen == "packed" else None
     if packing is not None and final != "rows":  # measured faster than either final test after the pass
-        return _trailing(ws, packing, args, native, flag, window, fused, source)
+        return _trailing(ws, packing, args, packed)
     if chosen == "packed":
-        n = packed_pass(*args, *native, flag, native[0].dtype.type(min(quiet_value(window), int(native[1]))),
-                        *candidate_bounds(window, float(sigma_background), float(gain)),
-                        source if fused else ws._no_source)
+        n = packed_pass(*args, *packed)
         if n < 0:
             ws.last_path = ""
             raise DecodeError(problem(source[-1]))
@@ -345,22 +346,20 @@ def strong_pixels(
     return ws.index[:ns]
 
 
-def _trailing(ws, packing, args, native, flagged, window, fused, source) -> np.ndarray:
-    """`strong_pixels`'s extended variant by `trailing_pass` (args, native, flagged: as the
-    packed pass takes them; packing: the final test's `_packing`): the strong pixels, and
-    the workspace as the pass, erosion and final test run apart leave it."""
+def _trailing(ws, packing, args, packed) -> np.ndarray:
+    """`strong_pixels`'s extended variant by `trailing_pass` (args, packed: what `packed_pass`
+    takes; packing: the final test's `_packing`): the strong pixels, and the workspace as the
+    pass, erosion and final test run apart leave it."""
     image, mask, lower, upper, kx, ky, nsig_b, nsig_s, gain, threshold, min_local, _, _, stats = args
     shift, lo, hi = packing
     ok, n, ns = trailing_pass(
-        image, mask, lower, upper, kx, ky, nsig_b, nsig_s, gain, threshold, min_local, ws.dispersed, stats, *native,
-        flagged, native[0].dtype.type(min(quiet_value(window), int(native[1]))),
-        *candidate_bounds(window, nsig_b, gain), source if fused else ws._no_source, ws.flag, ws.index,
-        min(kx, ky) - 1, np.int64(lo), np.int64(hi), shift, final_screen(nsig_s, gain),
+        image, mask, lower, upper, kx, ky, nsig_b, nsig_s, gain, threshold, min_local, ws.dispersed, stats, *packed,
+        ws.flag, ws.index, min(kx, ky) - 1, np.int64(lo), np.int64(hi), shift, final_screen(nsig_s, gain),
         ws.trailing_scratch(kx + 2, ky + 2))
     ws._marked = n  # the flags are set at dispersed[:n] (as `mark` sets them): the next call clears them
     if not ok:
         ws.last_path = ""
-        raise DecodeError(problem(source[-1]))
+        raise DecodeError(problem(packed[-1][-1]))  # the state of the pass's band source, its last argument
     ws.loud_fraction = int(stats[3]) / max(ws.usable(mask), 1)
     ws.dispersed_fraction = n / image.size
     ws.last_final = "trailing"

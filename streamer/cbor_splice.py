@@ -62,12 +62,12 @@ def dumps(obj: Any, payloads: Sequence[Any]) -> bytes:
 
 def byte_string_spans(buf: memoryview, min_bytes: int, max_depth: int, max_items: int = 100_000
                       ) -> list[tuple[int, int, int]] | None:
-    """(head start, data start, data end) of each definite-length byte string of at least `min_bytes` in the
-    CBOR item at the start of `buf` (a byte-format view), found by walking the item heads
-    (RFC 8949: major type and argument; strings skipped, arrays, maps and tags counted), in
-    order; None when the walk cannot tell: indefinite lengths, reserved heads, a string or
-    head past the end, nesting over max_depth, more than max_items items. The walk checks
-    no more than that: decoding the rest is cbor2's."""
+    """(head start, data start, data end) of each definite-length byte string of at least
+    `min_bytes` in the CBOR item at the start of `buf` (a byte-format view), found by walking
+    the item heads (RFC 8949: major type and argument; strings skipped, arrays, maps and tags
+    counted), in order; None when the walk cannot tell: indefinite lengths, reserved heads, a
+    string or head past the end, nesting over max_depth, more than max_items items. The walk
+    checks no more than that: decoding the rest is cbor2's."""
     n = len(buf)
     pos = 0
     left = [1]  # items still to read at each open level
