@@ -128,6 +128,8 @@ class Collector:
         self._stage_thread = threading.Thread(target=self._run_stages, name="sweep-stages", daemon=True)
         self._stage_thread.start()
         self.models: queue.Queue[tuple[str, dict[str, Any]]] = queue.Queue()
+        # told (series_id, seq) once no worker reads that frame any more: result or given up
+        self.settled: Callable[[tuple[str, int]], None] = lambda key: None
 
     # ------------------------------------------------------------------ events
     def series_start(self, series: SeriesInfo) -> None:
@@ -179,6 +181,7 @@ class Collector:
 
     def result(self, result: FrameResult) -> None:
         """A worker's result (processed or dropped) for one dispatched frame."""
+        self.settled((result.series_id, result.seq))
         state = self.series.get(result.series_id)
         self.workers[result.worker] = self.clock()
         if state is None or state.closed or result.seq < state.next_seq or result.seq in state.buffer:
@@ -241,6 +244,7 @@ class Collector:
             break
 
     def _lose(self, state: SeriesState, seq: int) -> None:
+        self.settled((state.series.series_id, seq))
         image_number, _ = state.dispatched.pop(seq, (None, 0.0))
         state.next_seq = seq + 1
         if image_number is None:  # the dispatch notice itself never came: nothing was received

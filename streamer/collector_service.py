@@ -1,8 +1,9 @@
 """The collector's sockets: one thread polls them and turns messages into `Collector` events.
 
-Workers say hello and ask for series headers on the control socket, send results to the results
-socket, and hear series announcements and crystal models on the model socket; the fan-out
-reports dispatches, receiver drops and series ends on the feed socket.
+Workers say hello (then `joining`, saying whether they mapped the shared frame store) and ask
+for series headers on the control socket, send results to the results socket, and hear series
+announcements and crystal models on the model socket; the fan-out reports dispatches, receiver
+drops and series ends on the feed socket.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from streamer.collector import Collector
@@ -167,7 +168,12 @@ class CollectorService:
         elif msg.kind == "hello":
             urls = {k: self.urls[k] for k in ("results", "model")}
             urls["frames"] = self.frames_url
+            urls.update(self.store_info or {})
             sock.send_multipart([identity, *wire.encode("endpoints", urls)])
+        elif msg.kind == "joining":  # before the worker connects for frames
+            if self.store_info and not msg.body.get("store"):
+                self.storeless_worker(str(msg.body.get("worker")))
+            sock.send_multipart([identity, *wire.encode("welcome")])
         elif msg.kind == "series_request":
             series_id = str(msg.body.get("series_id"))
             if series_id in self.headers:
@@ -176,6 +182,8 @@ class CollectorService:
                 self.pending.setdefault(series_id, []).append((identity, time.monotonic() + self.header_wait_s))
 
     frames_url: str = ""  # set by the pipeline: where the fan-out binds its frames socket
+    store_info: dict[str, str] | None = None  # set by the pipeline: the shared frame store's place
+    storeless_worker: Callable[[str], None] = staticmethod(lambda name: None)  # one that cannot map it
 
     def _expire_requests(self) -> None:
         now = time.monotonic()

@@ -52,6 +52,9 @@ class FanoutConfig(Section):
     frame_store_mb: int = Field(
         2048, ge=0, description="bound on compressed frames kept for re-integration once a model exists (MB)"
     )
+    shared_store: bool = Field(
+        True, description="workers on this host read frames from the frame store's shared memory instead of receiving them"
+    )
     control_port: int = Field(0, ge=0, le=65535, description="port where workers join the collector (0: ipc://)")
     model_port: int = Field(0, ge=0, le=65535, description="port of the model channel to workers (0: ipc://)")
     reorder_bound: int = Field(256, ge=1, description="results held waiting for an earlier frame before it is given up")

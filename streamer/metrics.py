@@ -19,7 +19,7 @@ KNOWN_DROP_REASONS = (
     # fan-out and collector
     "overload", "unknown_series", "worker_lost", "wire_malformed",
     # workers: decoding and per-image analysis
-    "corrupt_compression", "wrong_size", "bad_frame",
+    "corrupt_compression", "wrong_size", "bad_frame", "frame_store",
 )
 QUEUES = ("in_flight", "reorder", "store", "sweep_stages")
 STAGES = ("decode", "analyse", "worker", "end_to_end")

@@ -97,6 +97,10 @@ class Fanout:
     `overload_wait_s` None blocks until a worker takes the frame (recorded data: as fast as
     the workers go); a number is how long a live frame may wait before it is dropped as
     "overload" (the detector does not wait for us).
+
+    With a shared store, each frame is copied into it first and the workers are sent its place
+    there (pinned until the collector has its result), unless a worker that cannot map the
+    store has joined or the store has no room that no worker may still be reading.
     """
 
     def __init__(self, ctx: zmq.Context, endpoints: Endpoints, hwm: int, overload_wait_s: float | None,
@@ -112,6 +116,8 @@ class Fanout:
         self.feed.connect(endpoints.feed)
         self.overload_wait_s = overload_wait_s
         self.store = store
+        self.by_reference = store is not None and store.shared  # until a worker cannot map it
+        self.n_by_reference = 0  # frames sent as their place in the store
         self.metrics = metrics
         self.check_workers: Callable[[], None] = lambda: None  # raises when no worker is left
         self.open: dict[str, int] = {}  # series id -> frames dispatched so far
@@ -156,12 +162,16 @@ class Fanout:
         received_at = frame.received_at or time.monotonic()
         if frame.received_at == 0.0:
             frame = dataclasses.replace(frame, received_at=received_at)
-        parts = wire.encode_frame(frame, seq)
+        pin = (frame.series_id, seq)
+        stored_at = self.store.add(frame, pin=pin) if self.store is not None and self.by_reference else None
+        parts = wire.encode_frame(frame, seq, stored_at)  # stored: the workers read it from the store
         try:
             self.frames.send_multipart(parts, copy=False, flags=zmq.NOBLOCK)
         except zmq.Again:
             if self.overload_wait_s is not None:
                 if not self.frames.poll(int(self.overload_wait_s * 1000), zmq.POLLOUT):
+                    if stored_at is not None:
+                        self.store.release(pin)
                     self._drop("overload", frame.series_id, frame.image_number)
                     return
             else:  # recorded data: wait for a worker, as long as there is one
@@ -169,12 +179,24 @@ class Fanout:
                     self.check_workers()
             self.frames.send_multipart(parts, copy=False)
         self.open[frame.series_id] = seq + 1
+        self.n_by_reference += stored_at is not None
         self.feed.send_multipart(wire.encode("dispatched", {
             "series_id": frame.series_id, "seq": seq, "image_number": frame.image_number, "received_at": received_at}))
         if self.store is not None:
-            self.store.add(frame)
+            if stored_at is None:
+                self.store.add(frame)
             if self.metrics is not None:
                 self.metrics.queue["store"].set(len(self.store.frames))
+
+    def storeless_worker(self, name: str) -> None:
+        """A worker that cannot map the shared store joins (another host): send bytes from now on.
+
+        Called from the collector's thread before that worker connects for frames, so no frame
+        sent by reference can reach it.
+        """
+        if self.by_reference:
+            log.warning("worker %s cannot map the frame store (another host?): every frame goes as bytes now", name)
+        self.by_reference = False
 
     def _drop(self, reason: str, series_id: str | None, image_number: int | None, is_frame: bool = True) -> None:
         self.feed.send_multipart(wire.encode("received_drop", {
@@ -196,6 +218,16 @@ class Fanout:
         self.feed.close(linger=0)
         if self.store is not None:
             self.store.close()
+
+
+def share_store(fanout: Fanout, service: CollectorService, collector: Collector) -> None:
+    """Offer the fan-out's shared frame store to the workers that join, and unpin each frame
+    once the collector has its result (or gave it up)."""
+    store = fanout.store
+    if store is not None and store.shared:
+        service.store_info = store.share()
+        service.storeless_worker = fanout.storeless_worker
+        collector.settled = store.release
 
 
 class Pipeline:
@@ -234,11 +266,13 @@ class Pipeline:
         )
         self.service = CollectorService(self.ctx, self.collector, self.endpoints.control, self.endpoints.results,
                                         self.endpoints.model, self.endpoints.feed)
-        store = FrameStore(config.fanout.frame_store_mb * 1024 * 1024) if config.fanout.frame_store_mb else None
+        store = FrameStore(config.fanout.frame_store_mb * 1024 * 1024, shared=config.fanout.shared_store) \
+            if config.fanout.frame_store_mb else None
         self.fanout = Fanout(self.ctx, self.endpoints, config.fanout.hwm,
                              config.fanout.overload_wait_s if live else None, store, self.metrics)
         self.fanout.check_workers = self._check_workers
         self.service.frames_url = self.fanout.frames_url
+        share_store(self.fanout, self.service, self.collector)
         self.control_url = self.service.urls["control"]
         self._thread = threading.Thread(target=self.service.run, name="collector", daemon=True)
         self.worker_args = list(worker_args)

@@ -15,11 +15,14 @@ Never pickle.
 
 Kinds:
     series       SeriesInfo (pixel_mask/flatfield as arrays), collector -> worker on request
-    frame        EncodedFrame + dispatch sequence number, receiver -> workers (one data part)
+    frame        EncodedFrame + dispatch sequence number, receiver -> workers (one data part,
+                 or none and its store_offset/store_size in the shared frame store)
     result       per-image result of one frame (scalars in body, spot columns as arrays)
     dropped      a frame a worker could not use, with its reason
     hello        worker -> collector: "which endpoints?"; reply `endpoints`
-    endpoints    collector -> worker: frames / results / model URLs
+    endpoints    collector -> worker: frames / results / model URLs, the shared frame store
+    joining      worker -> collector: about to connect for frames, and whether it mapped the
+                 store (if not, frames are sent as bytes from then on); reply `welcome`
     series_request  worker -> collector: "send me the header of series X"
     unknown_series  collector -> worker: no such series
     model        collector -> workers: the current crystal model (indexing), by series
@@ -56,6 +59,8 @@ KINDS = frozenset(
         "dropped",
         "hello",
         "endpoints",
+        "joining",
+        "welcome",
         "series_request",
         "unknown_series",
         "model",
@@ -238,11 +243,12 @@ def series_from(message: Message) -> SeriesInfo:
         raise WireError(f"series message incomplete: {exc}") from exc
 
 
-def encode_frame(frame: EncodedFrame, seq: int) -> list[Any]:
+def encode_frame(frame: EncodedFrame, seq: int, stored_at: int | None = None) -> list[Any]:
     """EncodedFrame -> parts: timing and layout in the header, compressed bytes as one part.
 
     `seq` is the dispatch sequence number within the series (0, 1, 2, ... without gaps),
-    which the collector uses to restore frame order.
+    which the collector uses to restore frame order. With `stored_at`, the bytes stay in the
+    shared frame store (`streamer.frame_store`) at that offset and only the header is sent.
     """
     body = {
         "series_id": frame.series_id,
@@ -257,6 +263,10 @@ def encode_frame(frame: EncodedFrame, seq: int) -> list[Any]:
         "real_time_s": frame.real_time_s,
         "received_at": frame.received_at,
     }
+    if stored_at is not None:
+        body["store_offset"] = int(stored_at)
+        body["store_size"] = memoryview(frame.data).nbytes
+        return encode("frame", body)
     return encode("frame", body, {"data": frame.data})
 
 
@@ -266,6 +276,7 @@ class WorkFrame:
 
     frame: EncodedFrame
     seq: int
+    stored: tuple[int, int] | None = None  # (offset, size) in the shared frame store; data is then empty
 
 
 def frame_from(message: Message) -> WorkFrame:
@@ -273,13 +284,14 @@ def frame_from(message: Message) -> WorkFrame:
     try:
         shape = tuple(int(n) for n in b["shape"])
         _check_dtype(b["dtype"])
+        stored = (int(b["store_offset"]), int(b["store_size"])) if "store_offset" in b else None
         frame = EncodedFrame(
             series_id=str(b["series_id"]),
             image_number=int(b["image_number"]),
             shape=shape,  # type: ignore[arg-type]
             dtype=str(b["dtype"]),
             encoding=str(b["encoding"]),
-            data=message.arrays["data"],
+            data=b"" if stored is not None else message.arrays["data"],
             channel=str(b.get("channel", "")),
             start_time_s=b.get("start_time_s"),
             stop_time_s=b.get("stop_time_s"),
@@ -291,7 +303,7 @@ def frame_from(message: Message) -> WorkFrame:
         raise WireError(f"frame message incomplete: {exc!r}") from exc
     if len(shape) != 2:
         raise WireError(f"frame shape {shape} is not 2D")
-    return WorkFrame(frame, seq)
+    return WorkFrame(frame, seq, stored)
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,9 @@
 """The worker loop: encoded frames in, per-image results out (one process per core).
 
 A worker knows one URL, the collector's control socket. It asks it (`hello`) where the
-frames, results and model channel are, then PULLs frames (`wire` "frame" messages, the
-compressed bytes as one zero-copy part), decodes each into a buffer reused for the series
+frames, results and model channel are, maps the receiver's shared frame store if it is on the
+same host (`joining` tells the collector whether it could), then PULLs frames (`wire` "frame"
+messages: the compressed bytes as one zero-copy part, or their place in the store), decodes each into a buffer reused for the series
 (bslz4 frames band by band inside the threshold pass: `ImageAnalyser.prepare`), runs the
 series' `ImageAnalyser`, and PUSHes a "result" (or "dropped" with the reason) back.
 A frame of a series it has not seen makes it ask the collector for that series' header
@@ -14,6 +15,7 @@ The analyser and decoder are given as "module:name" so the same loop runs the pr
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import logging
 import os
@@ -31,6 +33,7 @@ import zmq
 from streamer import wire
 from streamer.allocator import keep_freed_memory
 from streamer.errors import BadInput
+from streamer.frame_store import StoreReader
 from streamer.series import SeriesInfo
 
 log = logging.getLogger(__name__)
@@ -91,6 +94,7 @@ class Worker:
         self.models: dict[str, dict[str, Any]] = {}
         self.n_frames = 0
         self.n_bad_messages = 0
+        self.store: StoreReader | None = None  # the receiver's frame store, when on this host
 
     # ------------------------------------------------------------------ sockets
     def _connect(self) -> None:
@@ -98,6 +102,14 @@ class Worker:
         self.control.setsockopt(zmq.LINGER, 0)
         self.control.connect(self.control_url)
         endpoints = self._hello()
+        if "store_path" in endpoints:
+            try:
+                self.store = StoreReader.attach(endpoints["store_path"], endpoints.get("store_token", ""),
+                                                int(endpoints.get("store_bytes", "0")))
+            except ValueError:
+                self.store = None
+            log.info("worker %s %s the frame store", self.name, "maps" if self.store else "cannot map")
+        self._ask("joining", {"worker": self.name, "store": self.store is not None}, "welcome")
         self.frames = self.ctx.socket(zmq.PULL)
         self.frames.setsockopt(zmq.LINGER, 0)
         self.frames.setsockopt(zmq.RCVHWM, self.rcvhwm)
@@ -131,8 +143,12 @@ class Worker:
 
     def _hello(self) -> dict[str, str]:
         """Ask the collector for the endpoints; retry until it answers or we are stopped."""
+        return {k: str(v) for k, v in self._ask("hello", {"worker": self.name}, "endpoints").items()}
+
+    def _ask(self, kind: str, body: dict[str, Any], answer: str) -> dict[str, Any]:
+        """Send a control message until the collector answers with `answer`; its body."""
         while not self.stop.is_set():
-            self.control.send_multipart(wire.encode("hello", {"worker": self.name}))
+            self.control.send_multipart(wire.encode(kind, body))
             deadline = time.monotonic() + 2.0
             while time.monotonic() < deadline and not self.stop.is_set():
                 if self.control.poll(100):
@@ -141,8 +157,8 @@ class Worker:
                     except wire.WireError as exc:
                         log.warning("bad answer from %s: %s", self.control_url, exc)
                         continue
-                    if msg.kind == "endpoints":
-                        return {k: str(v) for k, v in msg.body.items()}
+                    if msg.kind == answer:
+                        return dict(msg.body)
             log.info("no answer from collector at %s yet, retrying", self.control_url)
         raise TimeoutError(f"no collector answered at {self.control_url}")
 
@@ -151,6 +167,8 @@ class Worker:
             sock = getattr(self, name, None)
             if sock is not None:
                 sock.close()
+        if self.store is not None:
+            self.store.close()
 
     # ------------------------------------------------------------------ loop
     def run(self) -> int:
@@ -203,6 +221,8 @@ class Worker:
         self.n_frames += 1
         result = wire.FrameResult(frame.series_id, work.seq, frame.image_number, self.name)
         try:
+            if work.stored is not None:
+                frame = dataclasses.replace(frame, data=self._stored(*work.stored))
             analyser = self._analyser(frame.series_id)
             t0 = time.perf_counter()
             buffer = self._buffer(frame.shape, frame.dtype)
@@ -225,6 +245,16 @@ class Worker:
             result = wire.FrameResult(frame.series_id, work.seq, frame.image_number, self.name,
                                       drop_reason=exc.reason, drop_message=str(exc)[:500])
         self.results.send_multipart(wire.encode_result(result), copy=False)
+
+    def _stored(self, offset: int, size: int) -> memoryview:
+        """A frame's bytes in the receiver's shared store (read before its result is sent)."""
+        if self.store is None:
+            raise BadInput("frame sent by its place in a frame store this worker has not mapped",
+                           reason="frame_store")
+        try:
+            return self.store.view(offset, size)
+        except ValueError as exc:
+            raise BadInput(str(exc), reason="frame_store") from exc
 
     def _buffer(self, shape: tuple[int, ...], dtype: str) -> np.ndarray:
         """A decode buffer reused for every frame of this shape and dtype (no page faults per frame)."""

@@ -9,9 +9,11 @@ import textwrap
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from streamer import frame_store
-from streamer.frame_store import FrameStore
+from streamer.frame_store import FrameStore, StoreReader
 from streamer.series import EncodedFrame
 
 
@@ -30,9 +32,10 @@ def _check(store: FrameStore, added: list[EncodedFrame]) -> None:
         assert bytes(got.data) == added[i].data and got.received_at == added[i].received_at
 
 
-def test_ring_keeps_the_newest_frames_intact_over_many_laps():
+@pytest.mark.parametrize("shared", [False, True])
+def test_ring_keeps_the_newest_frames_intact_over_many_laps(shared):
     rng = np.random.default_rng(7)
-    store = FrameStore(max_bytes=10_000)
+    store = FrameStore(max_bytes=10_000, shared=shared)
     added = []
     for i in range(400):
         frame = _frame(i, int(rng.integers(1, 3000)))
@@ -55,9 +58,10 @@ def test_oversized_frames_are_not_stored_and_a_repeated_key_replaces():
     store.close()
 
 
-def test_mapping_thread_never_overwrites_stored_frames(monkeypatch):
+@pytest.mark.parametrize("shared", [False, True])
+def test_mapping_thread_never_overwrites_stored_frames(monkeypatch, shared):
     monkeypatch.setattr(frame_store, "MAP_CHUNK_BYTES", 64)  # many small steps racing with add()
-    store = FrameStore(max_bytes=200_000)
+    store = FrameStore(max_bytes=200_000, shared=shared)
     store.start_mapping(ahead_bytes=5_000)
     added = []
     for i in range(300):
@@ -98,3 +102,64 @@ def test_whole_ring_mapped_on_request_then_frames_still_stored():
         store.add(frame)
     _check(store, added)
     store.close()
+
+
+def _reader(store: FrameStore) -> StoreReader:
+    info = store.share()
+    reader = StoreReader.attach(info["store_path"], info["store_token"], int(info["store_bytes"]))
+    assert reader is not None
+    return reader
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(1, 3000), st.sampled_from([0, 0, 0, 1, 1, 2])), min_size=1, max_size=120),
+       st.randoms(use_true_random=False))
+def test_pinned_frames_are_never_overwritten_and_room_is_never_refused(steps, rnd):
+    """Frames pinned as in flight keep their bytes, released in any order, over many laps; a
+    frame is refused only when its slot would overlap a pinned one."""
+    store = FrameStore(max_bytes=10_000, shared=True)
+    reader = _reader(store)
+    pinned: dict[int, tuple[int, bytes]] = {}  # pin -> (offset, bytes)
+    try:
+        for i, (size, n_release) in enumerate(steps):
+            for pin in rnd.sample(sorted(pinned), min(n_release, len(pinned))):
+                store.release(pin)
+                del pinned[pin]
+            frame = _frame(i, size)
+            before = store._head
+            offset = store.add(frame, pin=i)
+            start = 0 if before + size > store.max_bytes else before
+            clash = any(start < o + len(d) and o < start + size for o, d in pinned.values())
+            assert (offset is None) == clash
+            if offset is not None:
+                assert offset == start and bytes(reader.view(offset, size)) == frame.data
+                pinned[i] = (offset, frame.data)
+            else:
+                assert ("s", i) not in store.frames and store._head == before
+            for o, data in pinned.values():
+                assert bytes(reader.view(o, len(data))) == data
+    finally:
+        reader.close()
+        store.close()
+
+
+def test_a_reader_maps_only_the_store_it_was_offered(tmp_path):
+    store = FrameStore(max_bytes=1 << 16, shared=True)
+    info = store.share()
+    offset = store.add(_frame(0, 5000))
+    reader = _reader(store)
+    assert bytes(reader.view(offset, 5000)) == _frame(0, 5000).data
+    with pytest.raises(ValueError):
+        reader.view(store.max_bytes - 100, 101)
+    with pytest.raises(ValueError):
+        reader.view(-1, 10)
+    reader.close()
+    path, token, nbytes = info["store_path"], info["store_token"], int(info["store_bytes"])
+    wrong = bytes(16).hex()
+    assert StoreReader.attach(path, wrong, nbytes) is None  # another store at that place
+    assert StoreReader.attach(path, token, nbytes + 4096) is None
+    assert StoreReader.attach(path, "not hex", nbytes) is None
+    assert StoreReader.attach(str(tmp_path / "nothing"), token, nbytes) is None  # another host
+    store.close()
+    assert StoreReader.attach(path, token, nbytes) is None  # closed: its descriptor is gone
+    assert FrameStore(max_bytes=1000).share() is None and not FrameStore(max_bytes=1000).shared

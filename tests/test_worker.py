@@ -16,7 +16,8 @@ from streamer.collector import Collector
 from streamer.collector_service import CollectorService
 from streamer.config import Config
 from streamer.metrics import Metrics
-from streamer.pipeline import Endpoints, Fanout
+from streamer.frame_store import FrameStore, StoreReader
+from streamer.pipeline import Endpoints, Fanout, share_store
 from streamer.series import SeriesEnd
 from streamer.worker import Worker
 
@@ -41,14 +42,15 @@ class Capture:
 class Rig:
     """Collector service + fan-out in this process, workers as threads."""
 
-    def __init__(self, tmp_path):
+    def __init__(self, tmp_path, store: FrameStore | None = None):
         self.ctx = zmq.Context()
         self.ep = Endpoints.make(Config(), str(tmp_path))
         self.collector = Collector(Metrics(), None, stage_factories=[Capture], result_timeout_s=30)
         self.service = CollectorService(self.ctx, self.collector, self.ep.control, self.ep.results, self.ep.model,
                                         self.ep.feed)
-        self.fanout = Fanout(self.ctx, self.ep, hwm=16, overload_wait_s=None)
+        self.fanout = Fanout(self.ctx, self.ep, hwm=16, overload_wait_s=None, store=store)
         self.service.frames_url = self.fanout.frames_url
+        share_store(self.fanout, self.service, self.collector)
         self.thread = threading.Thread(target=self.service.run, daemon=True)
         self.thread.start()
         self.workers: list[tuple[Worker, threading.Thread]] = []
@@ -169,6 +171,9 @@ def test_worker_drops_a_frame_whose_series_the_collector_does_not_know(tmp_path)
         ident, *parts = router.recv_multipart()
         assert wire.decode(parts).kind == "hello"
         router.send_multipart([ident, *wire.encode("endpoints", urls)])
+        joining = wire.decode(router.recv_multipart()[1:])  # no store offered: none mapped
+        assert joining.kind == "joining" and joining.body == {"worker": "w", "store": False}
+        router.send_multipart([ident, *wire.encode("welcome")])
         assert wire.decode(router.recv_multipart()[1:]).body["ready"]
         s = make_series()
         frames.send_multipart(wire.encode_frame(make_frame(s, 0, 1), 0), copy=False)
@@ -188,3 +193,69 @@ def test_worker_drops_a_frame_whose_series_the_collector_does_not_know(tmp_path)
         t.join(10)
     finally:
         ctx.destroy(linger=0)
+
+
+@pytest.fixture
+def shared_rig(tmp_path):
+    r = Rig(tmp_path, FrameStore(64 << 10, shared=True))  # ten 6 KB frames: laps while frames are in flight
+    yield r
+    r.close()
+
+
+def _send_series(rig, s, n_hot=lambda i: i % 5 + 1):
+    rig.fanout.handle(s)
+    for i in range(s.n_images):
+        rig.fanout.handle(make_frame(s, i, n_hot(i)))
+    rig.fanout.handle(SeriesEnd(s.series_id))
+    assert rig.collector.wait_closed(rig.collector.n_closed + 1, 20)
+    return {r.image_number: r.stats["n_spots"] for r in rig.collector.series[s.series_id].results}
+
+
+def test_local_workers_read_frames_from_the_shared_store_and_unpin_them(shared_rig):
+    rig = shared_rig
+    w1, w2 = rig.add_worker("w1"), rig.add_worker("w2")
+    assert w1.store is not None and w2.store is not None
+    s = make_series(n_images=60)
+    assert _send_series(rig, s) == {i: i % 5 + 1 for i in range(60)}  # no pinned frame was overwritten
+    # by bytes while the ring has no room that no worker may still be reading
+    assert 10 <= rig.fanout.n_by_reference <= 60
+    assert {r.worker for r in rig.collector.series[s.series_id].results} == {"w1", "w2"}
+    store = rig.fanout.store
+    store.add(make_frame(s, 0, 1))  # drains the releases: no frame stays pinned
+    assert store._pins == {}
+
+
+def test_a_worker_that_cannot_map_the_store_turns_frames_into_bytes(shared_rig, monkeypatch):
+    rig = shared_rig
+    rig.add_worker("local")
+    first = make_series("first", n_images=10)
+    assert len(_send_series(rig, first)) == 10 and rig.fanout.n_by_reference == 10
+    monkeypatch.setattr(StoreReader, "attach", classmethod(lambda cls, *a: None))  # as on another host
+    remote = rig.add_worker("remote")
+    assert remote.store is None and not rig.fanout.by_reference
+    second = make_series("second", n_images=30)
+    assert _send_series(rig, second) == {i: i % 5 + 1 for i in range(30)}
+    assert rig.fanout.n_by_reference == 10  # none of the second series went by reference
+    assert {r.worker for r in rig.collector.series["second"].results} == {"local", "remote"}
+
+
+def test_frames_in_a_store_a_worker_cannot_read_are_dropped_with_a_reason(shared_rig, monkeypatch):
+    rig = shared_rig
+    monkeypatch.setattr(StoreReader, "attach", classmethod(lambda cls, *a: None))
+    rig.add_worker("unmapped")
+    rig.fanout.by_reference = True  # as if it had been let through: it cannot read them
+    s = make_series(n_images=3)
+    assert _send_series(rig, s) == {}
+    assert rig.collector.total.as_dict()["dropped"] == {"frame_store": 3}
+
+
+def test_a_frame_outside_the_store_is_dropped_with_a_reason(shared_rig, monkeypatch):
+    rig = shared_rig
+    w = rig.add_worker("w1")
+    s = make_series(n_images=4)
+    store = rig.fanout.store
+    real_add = store.add
+    monkeypatch.setattr(store, "add", lambda frame, pin=None: store.max_bytes - 10 if frame.image_number == 2
+                        else real_add(frame, pin))
+    assert _send_series(rig, s) == {0: 1, 1: 2, 3: 4}
+    assert rig.collector.total.as_dict()["dropped"] == {"frame_store": 1} and w.store is not None
