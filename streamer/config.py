@@ -53,7 +53,8 @@ class FanoutConfig(Section):
         2048, ge=0, description="bound on compressed frames kept for re-integration once a model exists (MB)"
     )
     shared_store: bool = Field(
-        True, description="workers on this host read frames from the frame store's shared memory instead of receiving them"
+        True,
+        description="workers on this host read frames from the frame store's shared memory instead of receiving them",
     )
     control_port: int = Field(0, ge=0, le=65535, description="port where workers join the collector (0: ipc://)")
     model_port: int = Field(0, ge=0, le=65535, description="port of the model channel to workers (0: ipc://)")

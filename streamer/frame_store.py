@@ -179,6 +179,7 @@ class FrameStore:
         assert self._ring is not None
         base = ctypes.c_char.from_buffer(self._ring)  # an export: released before close()
         address = ctypes.addressof(base)
+        populate = _populate_write()
         mapped = 0
         try:
             while mapped < self.max_bytes:
@@ -191,8 +192,16 @@ class FrameStore:
                     if start >= self.max_bytes:
                         return
                     end = min(start + MAP_CHUNK_BYTES, self.max_bytes)
-                    ctypes.memset(address + start, 0, end - start)  # releases the GIL
-                    mapped = end
+                    if populate is None:  # zeroes: only where add() cannot be writing
+                        ctypes.memset(address + start, 0, end - start)  # releases the GIL
+                        mapped = end
+                        continue
+                # Faulting pages in leaves their bytes alone: add() need not wait for it (holding
+                # the lock here kept frames waiting up to 0.3 s while the ring was first mapped).
+                if populate(ctypes.c_void_p(address + start), end - start, MADV_POPULATE_WRITE) != 0:
+                    populate = None  # a kernel without it (before Linux 5.14): memset the chunk
+                    continue
+                mapped = end
         finally:
             del base
 
@@ -201,6 +210,20 @@ class FrameStore:
 
     def _pop(self, key: tuple[str, int]) -> None:
         self.nbytes -= self.frames.pop(key).size
+
+
+MADV_POPULATE_WRITE = 23  # Linux 5.14: fault pages in writable without writing them
+
+
+def _populate_write():
+    """libc's madvise (called without the GIL), or None where it cannot populate pages."""
+    try:
+        madvise = ctypes.CDLL(None, use_errno=True).madvise
+    except (OSError, AttributeError):
+        return None
+    madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+    madvise.restype = ctypes.c_int
+    return madvise
 
 
 class StoreReader:

@@ -3,11 +3,12 @@
 A worker knows one URL, the collector's control socket. It asks it (`hello`) where the
 frames, results and model channel are, maps the receiver's shared frame store if it is on the
 same host (`joining` tells the collector whether it could), then PULLs frames (`wire` "frame"
-messages: the compressed bytes as one zero-copy part, or their place in the store), decodes each into a buffer reused for the series
-(bslz4 frames band by band inside the threshold pass: `ImageAnalyser.prepare`), runs the
-series' `ImageAnalyser`, and PUSHes a "result" (or "dropped" with the reason) back.
-A frame of a series it has not seen makes it ask the collector for that series' header
-(late-joining and remote workers get it the same way). Bad input never stops the loop.
+messages: the compressed bytes as one zero-copy part, or their place in the store), decodes
+each into a buffer reused for the series (bslz4 frames band by band inside the threshold pass:
+`ImageAnalyser.prepare`), runs the series' `ImageAnalyser`, and PUSHes a "result" (or
+"dropped" with the reason) back. A frame of a series it has not seen makes it ask the
+collector for that series' header (late-joining and remote workers get it the same way).
+Bad input never stops the loop.
 
 The analyser and decoder are given as "module:name" so the same loop runs the product's
 (`streamer.perimage:ImageAnalyser`, `streamer.codecs:decode`) or another implementation.

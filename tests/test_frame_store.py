@@ -163,3 +163,49 @@ def test_a_reader_maps_only_the_store_it_was_offered(tmp_path):
     store.close()
     assert StoreReader.attach(path, token, nbytes) is None  # closed: its descriptor is gone
     assert FrameStore(max_bytes=1000).share() is None and not FrameStore(max_bytes=1000).shared
+
+
+def test_adding_frames_never_waits_for_the_mapping_thread(monkeypatch):
+    """Pages are faulted in outside the lock (MADV_POPULATE_WRITE leaves bytes alone): a frame
+    arriving while the ring is first mapped is stored at once, not after the mapping."""
+    import threading
+
+    inside, release = threading.Event(), threading.Event()
+    real = frame_store._populate_write()
+    assert real is not None
+
+    def slow_populate(address, length, advice):
+        inside.set()
+        release.wait(10)
+        return real(address, length, advice)
+
+    monkeypatch.setattr(frame_store, "_populate_write", lambda: slow_populate)
+    store = FrameStore(max_bytes=8 << 20, shared=True)
+    store.start_mapping(ahead_bytes=store.max_bytes)
+    assert inside.wait(10)  # the mapping thread is in the middle of a chunk
+    frame = _frame(0, 100_000)
+    done = threading.Thread(target=store.add, args=(frame,))
+    done.start()
+    done.join(5)
+    assert not done.is_alive()  # stored while the chunk is still being mapped
+    release.set()
+    assert store.wait_mapped(30)
+    assert bytes(store.get("s", 0).data) == frame.data
+    store.close()
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_without_populate_the_mapping_zeroes_only_unwritten_chunks(monkeypatch, shared):
+    monkeypatch.setattr(frame_store, "MAP_CHUNK_BYTES", 4096)
+    monkeypatch.setattr(frame_store, "_populate_write", lambda: (lambda address, length, advice: -1))  # old kernel
+    store = FrameStore(max_bytes=400_000, shared=shared)
+    store.start_mapping(ahead_bytes=20_000)
+    added = []
+    for i in range(300):
+        added.append(_frame(i, 1000 + 7 * i))
+        store.add(added[-1])
+    _check(store, added)
+    store.start_mapping(ahead_bytes=store.max_bytes)
+    assert store.wait_mapped(30)
+    _check(store, added)
+    store.close()
