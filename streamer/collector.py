@@ -31,7 +31,7 @@ from streamer.metrics import Metrics
 from streamer.result_stream import ResultPublisher, series_start_payload
 from streamer.series import SeriesInfo
 from streamer.summary import jsonable
-from streamer.wire import FrameResult
+from streamer.pipeline_messages import FrameResult
 
 log = logging.getLogger(__name__)
 

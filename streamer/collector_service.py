@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from streamer import pipeline_messages, wire
 from streamer.collector import Collector
 
 log = logging.getLogger(__name__)
@@ -38,8 +39,6 @@ class CollectorService:
     def __init__(self, ctx, collector: Collector, control: str, results: str, model: str, feed: str,
                  header_wait_s: float = 5.0, drain_timeout_s: float = 30.0):
         import zmq
-
-        from streamer import wire
 
         self._zmq, self._wire = zmq, wire
         self.collector = collector
@@ -120,8 +119,8 @@ class CollectorService:
         msg = wire.decode(parts)  # our own process: a bad notice is a bug, let it raise
         b = msg.body
         if msg.kind == "series":
-            series = wire.series_from(msg)
-            self.headers[series.series_id] = wire.encode_series(series)
+            series = pipeline_messages.series_from(msg)
+            self.headers[series.series_id] = pipeline_messages.encode_series(series)
             # Every connected worker sets the series up now, while the detector starts.
             self.sockets["model"].send_multipart(self.headers[series.series_id], copy=False)
             self.collector.series_start(series)
@@ -143,7 +142,7 @@ class CollectorService:
     def _on_result(self, parts: list[Any]) -> None:
         wire = self._wire
         try:
-            result = wire.result_from(wire.decode(parts))
+            result = pipeline_messages.result_from(wire.decode(parts))
         except wire.WireError as exc:  # the frame it was about will time out as worker_lost
             self.n_bad_messages += 1
             log.warning("unreadable result message (%s): %s", exc.reason, exc)

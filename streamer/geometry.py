@@ -10,8 +10,9 @@ Conventions (those of DIALS/dxtbx and imgCIF, stated once here):
 - Pixels: x fast (column), y slow (row), 0-based continuous coordinates; pixel (i, j) covers
   [i, i+1) x [j, j+1), so its centre is at +0.5. A detector's `origin_mm` is the lab vector to
   the pixel coordinate (0, 0), the outer corner of the first pixel.
-- Crystal: A = U B with B the transpose of the fractionalisation matrix (Busing & Levy 1967;
-  the cctbx/DIALS B), so the columns of A are a*, b*, c* in the lab frame at rotation angle 0.
+- Crystal (`streamer.crystal`): A = U B with B the transpose of the fractionalisation matrix
+  (Busing & Levy 1967; the cctbx/DIALS B), so the columns of A are a*, b*, c* in the lab frame
+  at rotation angle 0.
 - Rotation: a reciprocal-lattice point h sits at q = S R(e, phi) F A h, with S the setting
   rotation, F the fixed rotation and R(e, phi) a right-handed rotation by phi about the
   axis e (dxtbx's goniometer model). It diffracts when |s0 + q| = |s0|; then s1 = s0 + q.
@@ -23,8 +24,9 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-import gemmi
 import numpy as np
+
+from streamer.crystal import Crystal, frozen_matrix
 
 _IDENTITY = ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0))
 
@@ -39,10 +41,6 @@ def _unit(v) -> np.ndarray:
 
 def _tuple3(v) -> tuple[float, float, float]:
     return tuple(float(x) for x in np.asarray(v, dtype=np.float64).reshape(3))
-
-
-def _matrix(m) -> tuple[tuple[float, ...], ...]:
-    return tuple(tuple(float(x) for x in row) for row in np.asarray(m, dtype=np.float64).reshape(3, 3))
 
 
 def rotation_matrix(axis, angle_deg: float) -> np.ndarray:
@@ -221,8 +219,8 @@ class Goniometer:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "rotation_axis", _tuple3(_unit(self.rotation_axis)))
-        object.__setattr__(self, "fixed_rotation", _matrix(self.fixed_rotation))
-        object.__setattr__(self, "setting_rotation", _matrix(self.setting_rotation))
+        object.__setattr__(self, "fixed_rotation", frozen_matrix(self.fixed_rotation))
+        object.__setattr__(self, "setting_rotation", frozen_matrix(self.setting_rotation))
 
     @property
     def F(self) -> np.ndarray:
@@ -266,67 +264,6 @@ class Scan:
     @property
     def is_still(self) -> bool:
         return self.width_deg == 0.0
-
-
-def b_matrix(cell) -> np.ndarray:
-    """B (1/A) for cell (a, b, c, alpha, beta, gamma): the transpose of gemmi's fractionalisation matrix."""
-    return np.array(gemmi.UnitCell(*cell).frac.mat, dtype=np.float64).T
-
-
-def cell_from_a_matrix(a_matrix: np.ndarray) -> tuple[float, ...]:
-    """Unit cell (A, degrees) of the lattice whose reciprocal basis is the columns of A."""
-    real = np.linalg.inv(np.asarray(a_matrix, dtype=np.float64)).T  # columns a, b, c
-    g = real.T @ real
-    a, b, c = np.sqrt(np.diag(g))
-    alpha = math.degrees(math.acos(np.clip(g[1, 2] / (b * c), -1, 1)))
-    beta = math.degrees(math.acos(np.clip(g[0, 2] / (a * c), -1, 1)))
-    gamma = math.degrees(math.acos(np.clip(g[0, 1] / (a * b), -1, 1)))
-    return (float(a), float(b), float(c), alpha, beta, gamma)
-
-
-@dataclass(frozen=True)
-class Crystal:
-    """A crystal's orientation and lattice as the matrix A = U B (columns a*, b*, c* at phi = 0)."""
-
-    A: tuple[tuple[float, ...], ...]
-    space_group: str = "P 1"
-    mosaicity_deg: float = 0.0
-
-    def __post_init__(self) -> None:
-        a = np.asarray(self.A, dtype=np.float64).reshape(3, 3)
-        if abs(np.linalg.det(a)) < 1e-12:
-            raise ValueError("A matrix is singular")
-        object.__setattr__(self, "A", _matrix(a))
-        object.__setattr__(self, "space_group", gemmi.SpaceGroup(self.space_group).hm)
-
-    @classmethod
-    def from_cell(cls, cell, U=None, space_group: str = "P 1", mosaicity_deg: float = 0.0) -> Crystal:
-        U = np.eye(3) if U is None else np.asarray(U, dtype=np.float64)
-        return cls(_matrix(U @ b_matrix(cell)), space_group, mosaicity_deg)
-
-    @property
-    def A_matrix(self) -> np.ndarray:
-        return np.asarray(self.A)
-
-    @property
-    def unit_cell(self) -> tuple[float, ...]:
-        return cell_from_a_matrix(self.A_matrix)
-
-    @property
-    def B(self) -> np.ndarray:
-        return b_matrix(self.unit_cell)
-
-    @property
-    def U(self) -> np.ndarray:
-        return self.A_matrix @ np.linalg.inv(self.B)
-
-    def real_space_vectors(self) -> np.ndarray:
-        """Rows a, b, c (A) in the lab frame at phi = 0."""
-        return np.linalg.inv(self.A_matrix)
-
-    @property
-    def gemmi_space_group(self) -> gemmi.SpaceGroup:
-        return gemmi.SpaceGroup(self.space_group)
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ from typing import Any
 
 import zmq
 
-from streamer import wire
+from streamer import pipeline_messages, wire
 from streamer.allocator import keep_freed_memory
 from streamer.collector import Collector, StageFactory
 from streamer.collector_service import CollectorService
@@ -143,7 +143,7 @@ class Fanout:
             self.seen.add(series_id)
             if event.series_id not in self.open:
                 self.open[event.series_id] = 0
-                self.feed.send_multipart(wire.encode_series(event), copy=False)
+                self.feed.send_multipart(pipeline_messages.encode_series(event), copy=False)
         elif isinstance(event, SeriesEnd):
             series_id = self.aliases.get(event.series_id, event.series_id)
             if series_id in self.open:
@@ -164,7 +164,7 @@ class Fanout:
             frame = dataclasses.replace(frame, received_at=received_at)
         pin = (frame.series_id, seq)
         stored_at = self.store.add(frame, pin=pin) if self.store is not None and self.by_reference else None
-        parts = wire.encode_frame(frame, seq, stored_at)  # stored: the workers read it from the store
+        parts = pipeline_messages.encode_frame(frame, seq, stored_at)  # stored: the workers read it from the store
         try:
             self.frames.send_multipart(parts, copy=False, flags=zmq.NOBLOCK)
         except zmq.Again:

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 import gemmi
 import numpy as np
 
-from streamer.geometry import Crystal, Experiment, resolution_of, rotate_vectors
+from streamer.crystal import Crystal
+from streamer.geometry import Experiment, resolution_of, rotate_vectors
 
 # -- prediction ------------------------------------------------------------------------------
 

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import zmq
 
-from streamer import codecs, lz4_framing, stream_v1, stream_v2
+from streamer import codecs, lz4_framing, stream_v1, stream_v1_encode, stream_v2, stream_v2_encode
 from streamer.allocator import keep_freed_memory
 from streamer.series import EncodedFrame, SeriesInfo
 
@@ -102,13 +102,13 @@ class DetectorSender:
         self._series_number = series_number
         self._series_date = _dt.datetime.now(_dt.timezone.utc)
         if self.fmt == "v1":
-            parts = stream_v1.encode_header(series, series_number, detail, appendix)
+            parts = stream_v1_encode.encode_header(series, series_number, detail, appendix)
         else:
             unique = series.series_id if len(series.series_id) == 26 and series.source == "stream-v2" else None
-            self._unique_id = unique or stream_v2.new_ulid()
+            self._unique_id = unique or stream_v2_encode.new_ulid()
             channels = series.channels or ("threshold_1",)
-            parts = [stream_v2.encode_start(series, series_number, self._unique_id, detail, channels, appendix)]
-        self._tick_s = stream_v1.time_tick_s(stream_v1.config_of(series))
+            parts = [stream_v2_encode.encode_start(series, series_number, self._unique_id, detail, channels, appendix)]
+        self._tick_s = stream_v1.time_tick_s(stream_v1_encode.config_of(series))
         self._t0 = 0.0  # the pacing clock starts with the first frame
         self._n_sent = 0
         self._send(parts)
@@ -150,9 +150,9 @@ class DetectorSender:
             frame = _for_v1(frames[0])
             tick = self._tick_s
             ticks = tuple(int(round(t / tick)) for t in times)
-            self._send(stream_v1.encode_image(frame, self._series_number, ticks, appendix))
+            self._send(stream_v1_encode.encode_image(frame, self._series_number, ticks, appendix))
         else:
-            msg = stream_v2.encode_image([_for_v2(f) for f in frames], self._series_number, self._unique_id,
+            msg = stream_v2_encode.encode_image([_for_v2(f) for f in frames], self._series_number, self._unique_id,
                                          self._series_date, times, appendix)
             self._send([msg])
         self.frames_sent += 1
@@ -160,9 +160,9 @@ class DetectorSender:
     def send_end(self, appendix: Any = None) -> None:
         """End the series (v1 `dseries_end-1.0`, v2 `end`)."""
         if self.fmt == "v1":
-            self._send(stream_v1.encode_end(self._series_number, appendix))
+            self._send(stream_v1_encode.encode_end(self._series_number, appendix))
         else:
-            self._send([stream_v2.encode_end(self._series_number, self._unique_id)])
+            self._send([stream_v2_encode.encode_end(self._series_number, self._unique_id)])
         self._series = None
 
 

@@ -31,7 +31,7 @@ from urllib.parse import urlsplit
 import numpy as np
 import zmq
 
-from streamer import wire
+from streamer import pipeline_messages, wire
 from streamer.allocator import keep_freed_memory
 from streamer.errors import BadInput
 from streamer.frame_store import StoreReader
@@ -200,7 +200,7 @@ class Worker:
             self.models[str(msg.body.get("series_id"))] = dict(msg.body.get("model") or {})
         elif msg.kind == "series":  # announced: set up now rather than on the first frame
             try:
-                series = wire.series_from(msg)
+                series = pipeline_messages.series_from(msg)
             except wire.WireError as exc:
                 log.warning("bad series announcement: %s", exc)
                 return
@@ -212,7 +212,7 @@ class Worker:
 
     def _on_frame(self, parts: list[Any]) -> None:
         try:
-            work = wire.frame_from(wire.decode(parts))
+            work = pipeline_messages.frame_from(wire.decode(parts))
         except wire.WireError as exc:
             # Without a readable header the frame cannot be named; the collector times it out.
             self.n_bad_messages += 1
@@ -220,7 +220,7 @@ class Worker:
             return
         frame = work.frame
         self.n_frames += 1
-        result = wire.FrameResult(frame.series_id, work.seq, frame.image_number, self.name)
+        result = pipeline_messages.FrameResult(frame.series_id, work.seq, frame.image_number, self.name)
         try:
             if work.stored is not None:
                 frame = dataclasses.replace(frame, data=self._stored(*work.stored))
@@ -237,15 +237,15 @@ class Worker:
                 t1 = time.perf_counter()
                 out = analyser.analyse(image, frame.image_number)
             t2 = time.perf_counter()
-            stats, profiles, spots = wire.split_result(out)
-            result = wire.FrameResult(frame.series_id, work.seq, frame.image_number, self.name,
+            stats, profiles, spots = pipeline_messages.split_result(out)
+            result = pipeline_messages.FrameResult(frame.series_id, work.seq, frame.image_number, self.name,
                                       decode_s=t1 - t0, analyse_s=t2 - t1,
                                       stats=stats, profiles=profiles, spots=spots)
         except BadInput as exc:
             log.info("series %s image %d dropped: %s", frame.series_id, frame.image_number, exc)
-            result = wire.FrameResult(frame.series_id, work.seq, frame.image_number, self.name,
+            result = pipeline_messages.FrameResult(frame.series_id, work.seq, frame.image_number, self.name,
                                       drop_reason=exc.reason, drop_message=str(exc)[:500])
-        self.results.send_multipart(wire.encode_result(result), copy=False)
+        self.results.send_multipart(pipeline_messages.encode_result(result), copy=False)
 
     def _stored(self, offset: int, size: int) -> memoryview:
         """A frame's bytes in the receiver's shared store (read before its result is sent)."""
@@ -310,7 +310,7 @@ class Worker:
                 log.warning("bad control message: %s", exc)
                 continue
             if msg.kind == "series":
-                series = wire.series_from(msg)
+                series = pipeline_messages.series_from(msg)
                 self._remember(series)
                 if series.series_id == series_id:
                     return series

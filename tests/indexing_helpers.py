@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 from scipy.spatial.transform import Rotation
 
-from streamer.geometry import Beam, Crystal, Detector, Experiment, Goniometer, Scan
+from streamer.crystal import Crystal
+from streamer.geometry import Beam, Detector, Experiment, Goniometer, Scan
 from streamer.prediction import predict_rotation
 from streamer.indexing.rlp import Spots
 

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streamer import cbor_splice, codecs, stream_v2
+from streamer import cbor_splice, codecs, stream_v2, stream_v2_encode
 from streamer.series import EncodedFrame
 
 SIZES = [0, 1, 23, 24, 255, 256, 65535, 65536, 1_500_000]
@@ -51,11 +51,11 @@ def test_image_message_is_what_cbor2_writes_and_parses_back():
                            codecs.encode(np.arange(1200, dtype="<u4").reshape(40, 30) + k, "bslz4"), channel=name)
               for k, name in enumerate(["threshold_1", "threshold_2"])]
     date = datetime.datetime(2026, 12, 4, tzinfo=datetime.timezone.utc)
-    message = stream_v2.encode_image(frames, 5, "u-1", date, (0.0, 0.001, 0.001))
+    message = stream_v2_encode.encode_image(frames, 5, "u-1", date, (0.0, 0.001, 0.001))
     whole = {"type": "image", "series_id": 5, "series_unique_id": "u-1", "image_id": 3,
-             "real_time": stream_v2._ticks(0.001), "series_date": date, "start_time": stream_v2._ticks(0.0),
-             "stop_time": stream_v2._ticks(0.001),
-             "data": {f.channel: stream_v2.multidim(f.shape, f.dtype, f.encoding, f.data) for f in frames}}
+             "real_time": stream_v2_encode.ticks(0.001), "series_date": date, "start_time": stream_v2_encode.ticks(0.0),
+             "stop_time": stream_v2_encode.ticks(0.001),
+             "data": {f.channel: stream_v2_encode.multidim(f.shape, f.dtype, f.encoding, f.data) for f in frames}}
     assert message == cbor2.dumps(cbor2.CBORTag(55799, whole))
     parsed = stream_v2.parse_message(message)
     assert [np.array_equal(a.decode(), codecs.decode(f)) for a, f in zip(parsed.data.values(), frames)] == [
@@ -135,14 +135,14 @@ def test_v2_frames_are_views_of_the_received_message_and_other_large_strings_are
     image = np.random.default_rng(2).poisson(100.0, (500, 600)).astype("<u4")
     frame = EncodedFrame("s", 3, image.shape, "<u4", "bslz4", codecs.encode(image, "bslz4"))
     date = datetime.datetime(2026, 12, 5, tzinfo=datetime.timezone.utc)
-    message = stream_v2.encode_image([frame], 5, "u-1", date, (0.0, 0.001, 0.001))
+    message = stream_v2_encode.encode_image([frame], 5, "u-1", date, (0.0, 0.001, 0.001))
     assert len(message) > stream_v2.SPLICE_BYTES
     parsed = stream_v2.parse_message(message)
     data = parsed.data["threshold_1"].array.data.data
     assert isinstance(data, memoryview) and data.obj is message  # no copy of the frame
     np.testing.assert_array_equal(parsed.data["threshold_1"].decode(), image)
     # a large byte string outside the arrays (user data): the whole message is decoded by cbor2
-    with_user = stream_v2.encode_image([frame], 5, "u-1", date, (0.0, 0.001, 0.001), user_data=bytes(100_000))
+    with_user = stream_v2_encode.encode_image([frame], 5, "u-1", date, (0.0, 0.001, 0.001), user_data=bytes(100_000))
     parsed = stream_v2.parse_message(with_user)
     assert parsed.user_data == bytes(100_000) and isinstance(parsed.user_data, bytes)
     np.testing.assert_array_equal(parsed.data["threshold_1"].decode(), image)

@@ -11,7 +11,7 @@ from pipeline_fakes import make_series
 
 from streamer.collector import Collector
 from streamer.metrics import Metrics
-from streamer.wire import FrameResult
+from streamer.pipeline_messages import FrameResult
 
 
 class Clock:

@@ -12,7 +12,7 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from streamer import codecs, stream_v1, stream_v2
+from streamer import codecs, stream_v1, stream_v1_encode, stream_v2, stream_v2_encode
 from streamer.errors import BadInput
 from streamer.receiver import Receiver
 from streamer.series import EncodedFrame, SeriesInfo
@@ -69,13 +69,13 @@ def test_declared_sizes_are_checked_before_any_allocation(total, block, tail, en
 
 def _v1_image_parts():
     frame = EncodedFrame("1", 0, SHAPE, "<u2", "bslz4", VALID[("<u2", "bslz4")])
-    return stream_v1.encode_image(frame, 1, (10, 20, 10))
+    return stream_v1_encode.encode_image(frame, 1, (10, 20, 10))
 
 
 def _v1_header_parts():
     series = SeriesInfo(series_id="1", source="simulator", image_shape=SHAPE, dtype="<u2",
                         pixel_mask=np.zeros(SHAPE, "<u4"), flatfield=np.ones(SHAPE, "<f4"))
-    return stream_v1.encode_header(series, 1, "all")
+    return stream_v1_encode.encode_header(series, 1, "all")
 
 
 @FUZZ
@@ -122,13 +122,13 @@ def _v2_image():
     frame = EncodedFrame("1", 0, SHAPE, "<u2", "bslz4", VALID[("<u2", "bslz4")])
     import datetime
 
-    return stream_v2.encode_image([frame], 1, stream_v2.new_ulid(), datetime.datetime(2024, 1, 1, tzinfo=datetime.UTC),
+    return stream_v2_encode.encode_image([frame], 1, stream_v2_encode.new_ulid(), datetime.datetime(2024, 1, 1, tzinfo=datetime.UTC),
                                   (0.0, 0.1, 0.1))
 
 
 V2_IMAGE = _v2_image()
-V2_START = stream_v2.encode_start(SeriesInfo(series_id="1", source="simulator", image_shape=SHAPE, dtype="<u2",
-                                             pixel_mask=np.zeros(SHAPE, "<u4")), 1, stream_v2.new_ulid(), "all")
+V2_START = stream_v2_encode.encode_start(SeriesInfo(series_id="1", source="simulator", image_shape=SHAPE, dtype="<u2",
+                                             pixel_mask=np.zeros(SHAPE, "<u4")), 1, stream_v2_encode.new_ulid(), "all")
 
 
 @FUZZ

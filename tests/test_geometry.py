@@ -6,9 +6,10 @@ import gemmi
 import numpy as np
 import pytest
 
+from streamer.crystal import Crystal, b_matrix, cell_from_a_matrix
 from streamer.geometry import (
-    Beam, Crystal, Detector, Experiment, Goniometer, Scan, b_matrix, cell_from_a_matrix,
-    lorentz_zeta, polarization_factor, reciprocal_vectors, rotation_matrix,
+    Beam, Detector, Experiment, Goniometer, Scan, lorentz_zeta, polarization_factor, reciprocal_vectors,
+    rotation_matrix,
 )
 from streamer.prediction import miller_indices, predict_rotation, systematically_absent
 

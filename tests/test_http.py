@@ -13,7 +13,7 @@ from pipeline_fakes import make_series
 from streamer.collector import Collector
 from streamer.http_server import DASHBOARD, FeedbackServer, parse_host_port
 from streamer.metrics import Metrics
-from streamer.wire import FrameResult
+from streamer.pipeline_messages import FrameResult
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import gemmi
 import numpy as np
 import pytest
 
-from streamer.geometry import b_matrix
+from streamer.crystal import b_matrix
 from streamer.indexing.assign import assign_indices, index_and_fit
 from streamer.indexing.basis import choose_basis
 from streamer.indexing.fft1d import estimate_max_cell, find_candidate_vectors, hemisphere_directions

@@ -34,7 +34,7 @@ def _myd88(shared_data, axis_key: str):
 
 
 def _reduced(cell):
-    from streamer.geometry import b_matrix
+    from streamer.crystal import b_matrix
 
     return np.array(cell_of_basis(niggli_reduce_basis(np.linalg.inv(b_matrix(cell)))[0]))
 

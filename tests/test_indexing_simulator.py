@@ -11,7 +11,7 @@ import pytest
 from indexing_helpers import misorientation_deg
 
 from streamer.config import Config
-from streamer.geometry import cell_from_a_matrix
+from streamer.crystal import cell_from_a_matrix
 from streamer.indexing.incremental import IndexingStage
 from streamer.perimage import ImageAnalyser
 

@@ -53,7 +53,7 @@ def test_simulated_sweep_matches_truth(cell, space_group, lattice):
 
 def _same_setting(found, truth_crystal):
     """The found cell expressed in the truth's basis (the index change is unimodular)."""
-    from streamer.geometry import cell_from_a_matrix
+    from streamer.crystal import cell_from_a_matrix
 
     m = np.rint(np.linalg.inv(truth_crystal.A_matrix) @ found.A_matrix)
     return cell_from_a_matrix(found.A_matrix @ np.linalg.inv(m))

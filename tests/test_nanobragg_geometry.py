@@ -19,7 +19,8 @@ import pytest
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
-from streamer.geometry import Beam, Crystal, Detector, Experiment, Goniometer, Scan
+from streamer.crystal import Crystal
+from streamer.geometry import Beam, Detector, Experiment, Goniometer, Scan
 from streamer.prediction import predict_rotation
 
 log = logging.getLogger(__name__)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from kernels.radial import bin_map, radial_profile
-from streamer import codecs, wire
+from streamer import codecs, pipeline_messages, wire
 from streamer.config import Config, MaskConfig
 from streamer.errors import BadFrame
 from streamer.ice_rings import detect_ice_rings, ice_ring_d_star_sq, on_ice_rings
@@ -84,11 +84,11 @@ def test_find_spots_is_analyse_without_the_statistics(analyser):
 
 def test_result_goes_over_the_wire(analyser):
     result = analyser.analyse(spots_frame(POSITIONS, seed=2), 1)
-    stats, profiles, spots = wire.split_result(result)
+    stats, profiles, spots = pipeline_messages.split_result(result)
     assert stats["n_spots"] == result.n_spots and "radial_profile" in profiles
     assert set(spots) >= {"x_px", "y_px", "z_image", "intensity", "n_pixels", "pixel_index", "pixel_value"}
-    fr = wire.FrameResult("test", 1, 1, "w", stats=stats, profiles=profiles, spots=spots)
-    back = wire.result_from(wire.decode(wire.encode_result(fr)))
+    fr = pipeline_messages.FrameResult("test", 1, 1, "w", stats=stats, profiles=profiles, spots=spots)
+    back = pipeline_messages.result_from(wire.decode(pipeline_messages.encode_result(fr)))
     np.testing.assert_array_equal(back.spots["x_px"], result.spots.x_px)
 
 

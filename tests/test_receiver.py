@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import zmq
 
-from streamer import captures, codecs, stream_v1, stream_v2
+from streamer import captures, codecs, stream_v1, stream_v1_encode, stream_v2, stream_v2_encode
 from streamer.config import ReceiverConfig
 from streamer.receiver import Receiver, receive_series
 from streamer.sender import DetectorSender
@@ -113,7 +113,7 @@ def test_v2_captures_replayed_and_received_bit_exact(shared_data, ctx, url, fold
     uid = images[0].series_unique_id
     r500k = SeriesInfo(series_id=uid, source="simulator", image_shape=(514, 1030), dtype=dtype, n_images=10,
                        bit_depth_image=8 * np.dtype(dtype).itemsize)  # the EIGER2 R 500K the captures came from
-    start = stream_v2.encode_start(r500k, 1, uid, "basic", ("threshold_1", "threshold_2", "difference"))
+    start = stream_v2_encode.encode_start(r500k, 1, uid, "basic", ("threshold_1", "threshold_2", "difference"))
     sender = DetectorSender(ctx, url, fmt="v2")
     receiver = Receiver(ctx, url, ReceiverConfig(channels=["threshold_1", "difference"]))
     thread, errors = _in_thread(lambda: [sender.send_raw_parts(m) for m in [[start]] + messages])
@@ -204,8 +204,8 @@ def test_stop_from_another_thread_ends_events(ctx, url):
 # --- bad input: each case is dropped with its reason, and the next good frame gets through -------------
 
 def _v1_good(series, frames):
-    return (stream_v1.encode_header(series, 7, "basic"), [stream_v1.encode_image(f, 7, (0, 1, 1)) for f in frames],
-            stream_v1.encode_end(7))
+    return (stream_v1_encode.encode_header(series, 7, "basic"), [stream_v1_encode.encode_image(f, 7, (0, 1, 1)) for f in frames],
+            stream_v1_encode.encode_end(7))
 
 
 def _bad_v1_cases(image):
@@ -217,7 +217,7 @@ def _bad_v1_cases(image):
         "malformed_json": [b'{"htype": "dimage-1.0", "series": 7,'] + image[1:],
         "blob_size": image[:2] + [bytes(image[2])[:-3]] + image[3:],
         "unknown_encoding": [image[0], json.dumps({**desc, "encoding": "bs64-zstd<"}).encode()] + image[2:],
-        "no_series": stream_v1.encode_image(EncodedFrame("3", 0, (16, 20), "<u2", "raw", bytes(640)), 3, (0, 1, 1)),
+        "no_series": stream_v1_encode.encode_image(EncodedFrame("3", 0, (16, 20), "<u2", "raw", bytes(640)), 3, (0, 1, 1)),
         "malformed_cbor": [b"\xd9\xd9\xf7\xa1\x64type"],
     }
 
@@ -276,8 +276,8 @@ def test_corrupt_lz4_passes_the_receiver_and_fails_the_decoder_with_its_reason(c
     _, frames = _frames(series)
     corrupt = EncodedFrame("7", 0, series.image_shape, series.dtype, "bslz4", bytes(frames[0].data)[:12] + b"\xff" * 40)
     receiver = Receiver(ctx, "inproc://unused")
-    events = receiver.handle(stream_v1.encode_header(series, 7)) + receiver.handle(
-        stream_v1.encode_image(corrupt, 7, (0, 1, 1)))
+    events = receiver.handle(stream_v1_encode.encode_header(series, 7)) + receiver.handle(
+        stream_v1_encode.encode_image(corrupt, 7, (0, 1, 1)))
     frame = events[-1]
     assert isinstance(frame, EncodedFrame)
     with pytest.raises(codecs.BadFrame) as err:
@@ -290,22 +290,22 @@ def test_v2_unknown_type_channels_and_shape_checks(ctx):
     series = _series(n=1)
     _, frames = _frames(series)
     receiver = Receiver(ctx, "inproc://unused", ReceiverConfig(channels=["threshold_2"]))
-    uid = stream_v2.new_ulid()
-    events = receiver.handle([stream_v2.encode_start(series, 1, uid)])
+    uid = stream_v2_encode.new_ulid()
+    events = receiver.handle([stream_v2_encode.encode_start(series, 1, uid)])
     assert isinstance(events[0], SeriesInfo) and events[0].series_id == uid
     import datetime
 
     now = datetime.datetime.now(datetime.timezone.utc)
-    t1 = stream_v2.encode_image(frames, 1, uid, now, (0, 1, 1))  # channel "threshold_1" only
+    t1 = stream_v2_encode.encode_image(frames, 1, uid, now, (0, 1, 1))  # channel "threshold_1" only
     assert receiver.handle([t1])[0].reason == "missing_channel"
     two = EncodedFrame("7", 0, series.image_shape, series.dtype, "bslz4", frames[0].data, channel="threshold_2")
-    got = receiver.handle([stream_v2.encode_image([frames[0], two], 1, uid, now, (0, 1, 1))])
+    got = receiver.handle([stream_v2_encode.encode_image([frames[0], two], 1, uid, now, (0, 1, 1))])
     assert [f.channel for f in got] == ["threshold_2"]
     wrong = EncodedFrame("7", 1, (20, 16), series.dtype, "raw", bytes(640), channel="threshold_2")
-    assert receiver.handle([stream_v2.encode_image([wrong], 1, uid, now, (0, 1, 1))])[0].reason == "wrong_shape"
-    assert receiver.handle([stream_v2._dumps({"type": "preview", "series_id": 1})])[0].reason == "unknown_type"
+    assert receiver.handle([stream_v2_encode.encode_image([wrong], 1, uid, now, (0, 1, 1))])[0].reason == "wrong_shape"
+    assert receiver.handle([stream_v2_encode.dumps({"type": "preview", "series_id": 1})])[0].reason == "unknown_type"
     assert receiver.handle([b"\xa1\x64type"])[0].reason == "malformed_cbor"
-    assert receiver.handle([stream_v2.encode_end(1, uid)])[-1] == SeriesEnd(uid, "end", 1)
+    assert receiver.handle([stream_v2_encode.encode_end(1, uid)])[-1] == SeriesEnd(uid, "end", 1)
     assert dict(receiver.counters) == {"missing_channel": 1, "wrong_shape": 1, "unknown_type": 1, "malformed_cbor": 1}
     receiver.close()
 
@@ -314,8 +314,8 @@ def test_header_detail_none_takes_geometry_from_the_first_image(ctx):
     series = _series(n=1)
     _, frames = _frames(series)
     receiver = Receiver(ctx, "inproc://unused")
-    assert receiver.handle(stream_v1.encode_header(series, 7, "none")) == []
-    events = receiver.handle(stream_v1.encode_image(frames[0], 7, (0, 1, 1)))
+    assert receiver.handle(stream_v1_encode.encode_header(series, 7, "none")) == []
+    events = receiver.handle(stream_v1_encode.encode_image(frames[0], 7, (0, 1, 1)))
     assert isinstance(events[0], SeriesInfo) and events[0].image_shape == (16, 20) and events[0].dtype == "<u2"
     assert isinstance(events[1], EncodedFrame)
     receiver.close()
@@ -334,11 +334,11 @@ def test_each_reason_is_logged_once_then_rate_limited(ctx, caplog):
 def test_a_bad_header_is_dropped_and_its_frames_have_no_series(ctx):
     series = _series(n=1)
     _, frames = _frames(series)
-    parts = stream_v1.encode_header(series, 7, "basic")
+    parts = stream_v1_encode.encode_header(series, 7, "basic")
     parts[1] = parts[1].replace(b'"nimages":1', b'"nimages":NaN')
     receiver = Receiver(ctx, "inproc://unused")
     assert [e.reason for e in receiver.handle(parts)] == ["bad_header"]
-    assert [e.reason for e in receiver.handle(stream_v1.encode_image(frames[0], 7, (0, 1, 1)))] == ["no_series"]
+    assert [e.reason for e in receiver.handle(stream_v1_encode.encode_image(frames[0], 7, (0, 1, 1)))] == ["no_series"]
     assert receiver.open_series is None
     receiver.close()
 

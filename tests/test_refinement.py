@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from indexing_helpers import misorientation_deg, simulated_spots, sweep_experiment
 
-from streamer.geometry import Crystal, Detector, Goniometer, rotation_matrix
+from streamer.crystal import Crystal
+from streamer.geometry import Detector, Goniometer, rotation_matrix
 from streamer.indexing.predict import match_spots, predict_images, predict_near
 from streamer.indexing.refinement import Observations, refine
 

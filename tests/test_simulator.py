@@ -77,7 +77,7 @@ def test_detector_presets_load_and_gaps_follow_the_eiger_layout():
 @pytest.mark.parametrize("name", sorted(PRESETS))
 def test_random_structure_has_the_space_group_symmetry(name):
     preset = PRESETS[name]
-    from streamer.geometry import Crystal
+    from streamer.crystal import Crystal
 
     crystal = Crystal.from_cell(preset.cell, None, preset.space_group)
     hkl = miller_indices(crystal, 3.0, remove_absent=False)
@@ -104,7 +104,7 @@ def test_random_structure_has_the_space_group_symmetry(name):
 
 def test_random_structure_follows_wilson_statistics():
     crystal_cell, sg_name = (60.0, 60.0, 60.0, 90, 90, 90), "P 4 2 2"  # many centric zones
-    from streamer.geometry import Crystal
+    from streamer.crystal import Crystal
 
     crystal = Crystal.from_cell(crystal_cell, None, sg_name)
     hkl = miller_indices(crystal, 1.6)

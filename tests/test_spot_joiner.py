@@ -108,7 +108,7 @@ def test_collector_stage_reads_frame_results():
     values = stack_of_spots(nz=6, seed=8)
     series = SeriesInfo("s", "simulator", values.shape[1:], "<u4", n_images=6, omega_increment_deg=0.1)
 
-    class Result:  # the fields of wire.FrameResult the stage reads
+    class Result:  # the fields of pipeline_messages.FrameResult the stage reads
         def __init__(self, z):
             index = np.flatnonzero(values[z])
             self.image_number = z

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from streamer import captures, codecs, stream_v1
+from streamer import captures, codecs, stream_v1, stream_v1_encode
 from streamer.errors import BadInput
 from streamer.series import EncodedFrame, SeriesInfo
 
@@ -59,7 +59,7 @@ def test_image_shape_is_width_height_on_the_wire(eiger2_1m):
     # and a non-square synthetic frame keeps its orientation through encode -> parse -> decode
     arr = np.arange(15, dtype="<u2").reshape(3, 5)
     frame = EncodedFrame("1", 4, (3, 5), "<u2", "raw", arr.tobytes())
-    parts = stream_v1.encode_image(frame, 1, (1, 2, 1))
+    parts = stream_v1_encode.encode_image(frame, 1, (1, 2, 1))
     assert json.loads(parts[1])["shape"] == [5, 3]
     back = stream_v1.parse_message(parts)
     np.testing.assert_array_equal(codecs.decode_buffer(back.data, back.shape, back.dtype, back.encoding), arr)
@@ -85,7 +85,7 @@ def test_header_encode_parse_round_trip(detail):
                         omega_start_deg=10.0, omega_increment_deg=0.1, count_time_s=0.01, frame_time_s=0.01,
                         saturation_value=65000, bit_depth_image=16, sensor_material="CdTe", sensor_thickness_mm=0.75,
                         pixel_mask=mask, flatfield=np.ones((4, 6), "<f4"))
-    parts = stream_v1.encode_header(series, 9, detail, appendix={"user": 1})
+    parts = stream_v1_encode.encode_header(series, 9, detail, appendix={"user": 1})
     assert len(parts) == stream_v1.HEADER_PARTS[detail] + 1
     header = stream_v1.parse_message(parts)
     assert header.appendix == {"user": 1}
@@ -109,7 +109,7 @@ def test_header_encode_parse_round_trip(detail):
 ])
 def test_encoding_names(name, dtype, expected):
     assert stream_v1.encoding_of(name, dtype) == expected
-    assert stream_v1.v1_encoding_name(*expected) == name
+    assert stream_v1_encode.v1_encoding_name(*expected) == name
 
 
 def _image_parts(eiger2_1m):
@@ -150,7 +150,7 @@ def test_header_blob_size_disagreeing_with_its_part_header(eiger_4m):
 @pytest.mark.parametrize("value", ["NaN", "Infinity", '"ten"', "true"])
 def test_non_finite_or_non_numeric_configuration_is_a_bad_header(value):
     series = SeriesInfo(series_id="1", source="simulator", image_shape=(4, 6), dtype="<u2")
-    parts = stream_v1.encode_header(series, 1, "basic")
+    parts = stream_v1_encode.encode_header(series, 1, "basic")
     config = json.loads(parts[1])
     parts[1] = json.dumps(config).replace('"nimages": 0', f'"nimages": {value}').encode()
     assert f'"nimages": {value}' in parts[1].decode()

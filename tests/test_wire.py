@@ -10,7 +10,7 @@ import zmq
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streamer import wire
+from streamer import pipeline_messages, wire
 from streamer.errors import BadInput
 from streamer.series import EncodedFrame, SeriesInfo
 
@@ -25,7 +25,7 @@ def series():
 
 def test_series_round_trip_keeps_fields_types_and_mask():
     s = series()
-    back = wire.series_from(wire.decode(wire.encode_series(s)))
+    back = pipeline_messages.series_from(wire.decode(pipeline_messages.encode_series(s)))
     assert back == s  # dataclass equality: every compared field, tuples as tuples
     assert isinstance(back.beam_centre_px, tuple) and back.channels == ("threshold_1",)
     np.testing.assert_array_equal(back.pixel_mask, s.pixel_mask)
@@ -40,9 +40,9 @@ def test_frame_over_a_real_socket_is_not_copied_on_receive():
         push.connect("inproc://wire-test")
         payload = bytes(range(256)) * 512  # above zmq's copy threshold: a real zero-copy frame
         frame = EncodedFrame("abc", 3, (6, 5), "<u2", "bslz4", payload, received_at=12.5)
-        push.send_multipart(wire.encode_frame(frame, seq=2), copy=False)
+        push.send_multipart(pipeline_messages.encode_frame(frame, seq=2), copy=False)
         parts = pull.recv_multipart(copy=False)
-        work = wire.frame_from(wire.decode(parts))
+        work = pipeline_messages.frame_from(wire.decode(parts))
         assert work.seq == 2 and work.frame.image_number == 3 and work.frame.received_at == 12.5
         data = work.frame.data
         assert bytes(data) == payload
@@ -54,11 +54,11 @@ def test_frame_over_a_real_socket_is_not_copied_on_receive():
 
 
 def test_result_round_trip_with_spot_columns_and_profiles():
-    r = wire.FrameResult("abc", 4, 9, "w1", 0.001, 0.002,
+    r = pipeline_messages.FrameResult("abc", 4, 9, "w1", 0.001, 0.002,
                          stats={"n_spots": 2, "estimated_d_min": 1.8, "ice_rings": [3.9, 3.67]},
                          profiles={"radial_profile": np.arange(4, dtype=">f8")},
                          spots={"x_px": np.array([1.5, 2.5], "<f4"), "n_pixels": np.array([3, 4], "<i4")})
-    back = wire.result_from(wire.decode(wire.encode_result(r)))
+    back = pipeline_messages.result_from(wire.decode(pipeline_messages.encode_result(r)))
     assert back.stats == r.stats and back.seq == 4 and not back.dropped
     assert back.profiles["radial_profile"].dtype == np.dtype(">f8")
     np.testing.assert_array_equal(back.profiles["radial_profile"], np.arange(4))
@@ -66,16 +66,16 @@ def test_result_round_trip_with_spot_columns_and_profiles():
 
 
 def test_dropped_result_keeps_its_reason():
-    r = wire.FrameResult("abc", 0, 0, "w1", drop_reason="corrupt_compression", drop_message="bad block 3")
-    parts = wire.encode_result(r)
-    back = wire.result_from(wire.decode(parts))
+    r = pipeline_messages.FrameResult("abc", 0, 0, "w1", drop_reason="corrupt_compression", drop_message="bad block 3")
+    parts = pipeline_messages.encode_result(r)
+    back = pipeline_messages.result_from(wire.decode(parts))
     assert back.dropped and back.drop_reason == "corrupt_compression" and back.drop_message == "bad block 3"
 
 
 def test_split_result_reads_structured_and_dataclass_tables():
     table = np.zeros(3, dtype=[("x_px", "<f8"), ("intensity", "<f4")])
     table["x_px"] = [1, 2, 3]
-    stats, profiles, spots = wire.split_result({"n_spots": np.int64(3), "spots": table, "p": np.ones(2)})
+    stats, profiles, spots = pipeline_messages.split_result({"n_spots": np.int64(3), "spots": table, "p": np.ones(2)})
     assert stats == {"n_spots": 3} and type(stats["n_spots"]) is int
     assert list(spots) == ["x_px", "intensity"] and list(profiles) == ["p"]
     np.testing.assert_array_equal(spots["x_px"], [1, 2, 3])
@@ -110,9 +110,9 @@ def test_bad_messages_raise_typed_errors(parts, reason):
 
 def test_frame_message_missing_fields_is_a_wire_error():
     with pytest.raises(wire.WireError):
-        wire.frame_from(wire.decode(wire.encode("frame", {"series_id": "x"}, {"data": b"12"})))
+        pipeline_messages.frame_from(wire.decode(wire.encode("frame", {"series_id": "x"}, {"data": b"12"})))
     with pytest.raises(wire.WireError):
-        wire.series_from(wire.decode(wire.encode("series", {"series_id": "x", "evil": 1})))
+        pipeline_messages.series_from(wire.decode(wire.encode("series", {"series_id": "x", "evil": 1})))
 
 
 @settings(max_examples=300, deadline=None)

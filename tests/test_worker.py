@@ -11,7 +11,7 @@ import pytest
 import zmq
 from pipeline_fakes import HOT, make_frame, make_series
 
-from streamer import codecs, wire
+from streamer import codecs, pipeline_messages, wire
 from streamer.collector import Collector
 from streamer.collector_service import CollectorService
 from streamer.config import Config
@@ -176,18 +176,18 @@ def test_worker_drops_a_frame_whose_series_the_collector_does_not_know(tmp_path)
         router.send_multipart([ident, *wire.encode("welcome")])
         assert wire.decode(router.recv_multipart()[1:]).body["ready"]
         s = make_series()
-        frames.send_multipart(wire.encode_frame(make_frame(s, 0, 1), 0), copy=False)
+        frames.send_multipart(pipeline_messages.encode_frame(make_frame(s, 0, 1), 0), copy=False)
         ident, *parts = router.recv_multipart()
         request = wire.decode(parts)
         assert request.kind == "series_request" and request.body["series_id"] == s.series_id
         router.send_multipart([ident, *wire.encode("unknown_series", {"series_id": s.series_id})])
-        result = wire.result_from(wire.decode(results.recv_multipart()))
+        result = pipeline_messages.result_from(wire.decode(results.recv_multipart()))
         assert result.drop_reason == "unknown_series"
         frames.send_multipart([b"\x93garbage"])  # unreadable: counted by the worker, loop goes on
-        frames.send_multipart(wire.encode_frame(make_frame(s, 1, 1), 1), copy=False)
+        frames.send_multipart(pipeline_messages.encode_frame(make_frame(s, 1, 1), 1), copy=False)
         ident, *parts = router.recv_multipart()
-        router.send_multipart([ident, *wire.encode_series(s)])
-        result = wire.result_from(wire.decode(results.recv_multipart()))
+        router.send_multipart([ident, *pipeline_messages.encode_series(s)])
+        result = pipeline_messages.result_from(wire.decode(results.recv_multipart()))
         assert result.stats["n_spots"] == 1 and w.n_bad_messages == 1
         w.stop.set()
         t.join(10)

@@ -14,7 +14,8 @@ import time
 import gemmi
 import numpy as np
 
-from streamer.geometry import Crystal, Experiment, b_matrix
+from streamer.crystal import Crystal, b_matrix
+from streamer.geometry import Experiment
 from streamer.indexing.assign import assign_indices, index_and_fit
 from streamer.indexing.basis import choose_basis
 from streamer.indexing.fft1d import estimate_max_cell, find_candidate_vectors

@@ -6,7 +6,7 @@ from __future__ import annotations
 import gemmi
 import numpy as np
 
-from streamer.geometry import cell_from_a_matrix
+from streamer.crystal import cell_from_a_matrix
 
 
 def cell_of_basis(basis: np.ndarray) -> tuple[float, ...]:

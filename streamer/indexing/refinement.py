@@ -20,7 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import least_squares
 
-from streamer.geometry import Crystal, Detector, Experiment, Goniometer, b_matrix, rotation_matrix
+from streamer.crystal import Crystal, b_matrix
+from streamer.geometry import Detector, Experiment, Goniometer, rotation_matrix
 from streamer.indexing.predict import predict_near
 
 log = logging.getLogger(__name__)

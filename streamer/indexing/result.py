@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 import gemmi
 import numpy as np
 
-from streamer.geometry import Crystal, Experiment
+from streamer.crystal import Crystal
+from streamer.geometry import Experiment
 from streamer.indexing.lattice_symmetry import SPACE_GROUP
 
 

@@ -28,7 +28,8 @@ def add_arguments(parser: Any) -> None:
 def _sweep(n_images: int, d_min: float, seed: int = 3):
     from scipy.spatial.transform import Rotation
 
-    from streamer.geometry import Beam, Crystal, Detector, Experiment, Goniometer, Scan
+    from streamer.crystal import Crystal
+    from streamer.geometry import Beam, Detector, Experiment, Goniometer, Scan
     from streamer.prediction import predict_rotation
 
     rng = np.random.default_rng(seed)

@@ -37,7 +37,8 @@ from scipy.special import ndtr
 
 from streamer import codecs
 from streamer.detector_presets import DetectorPreset, load_preset
-from streamer.geometry import Beam, Crystal, Detector, Experiment, Goniometer, Scan, polarization_factor
+from streamer.crystal import Crystal
+from streamer.geometry import Beam, Detector, Experiment, Goniometer, Scan, polarization_factor
 from streamer.prediction import Predictions, miller_indices, predict_rotation
 from streamer.series import EncodedFrame, SeriesInfo
 from tools.simulator.background import BackgroundModel, expected_background
