@@ -10,16 +10,21 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
-# Drop reasons known in advance (others appear when first counted).
+# Drop reasons known in advance: every one the frame path raises (tests/test_metrics.py checks);
+# others appear when first counted.
 KNOWN_DROP_REASONS = (
     # receiver (streamer.receiver)
     "truncated_message", "wrong_part_count", "unknown_type", "malformed_json", "malformed_cbor",
     "blob_size", "unknown_encoding", "bad_header", "oversized_message", "no_series", "wrong_shape",
     "missing_channel",
     # fan-out and collector
-    "overload", "unknown_series", "worker_lost", "wire_malformed",
+    "overload", "unknown_series", "worker_lost", "wire_malformed", "wire_too_large", "wire_unknown_kind",
+    "wire_version",
     # workers: decoding and per-image analysis
-    "corrupt_compression", "wrong_size", "bad_frame", "frame_store",
+    "corrupt_compression", "wrong_size", "bad_frame", "frame_store", "wrong_dtype", "wrong_mask_size",
+    "all_zero", "all_saturated", "nan_pixels", "too_many_strong_pixels", "bad_config",
+    # the exceptions' own defaults (`streamer.errors`), for a raise that names no reason
+    "bad_input", "malformed_message",
 )
 QUEUES = ("in_flight", "reorder", "store", "sweep_stages")
 STAGES = ("decode", "analyse", "worker", "end_to_end")

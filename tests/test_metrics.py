@@ -3,7 +3,9 @@ each Metrics has its own registry."""
 
 from __future__ import annotations
 
+import ast
 import re
+from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -50,3 +52,32 @@ def test_registries_are_independent_and_counts_add_up():
     count = [s.value for s in fa["xtal_stage_latency_seconds"].samples
              if s.name.endswith("_count") and s.labels["stage"] == "end_to_end"]
     assert count == [1.0]
+
+
+# the modules a frame passes through, receiver to collector: every drop reason they can raise
+FRAME_PATH = ("errors", "receiver", "stream_v1", "stream_v2", "codecs", "band_decode", "lz4_framing",
+              "cbor_splice", "pipeline", "wire", "pipeline_messages", "worker", "perimage", "masks", "collector")
+
+
+def _reason_literals(path: Path) -> set[str]:
+    """reason="..." keywords, `reason = "..."` class defaults and _drop("...") calls of a module."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Call):
+            for kw in node.keywords:
+                if kw.arg == "reason" and isinstance(kw.value, ast.Constant) and isinstance(kw.value.value, str):
+                    found.add(kw.value.value)
+            if (isinstance(node.func, ast.Attribute) and node.func.attr == "_drop" and node.args
+                    and isinstance(node.args[0], ast.Constant)):
+                found.add(node.args[0].value)
+        elif isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str):
+            if any(isinstance(t, ast.Name) and t.id == "reason" for t in node.targets):
+                found.add(node.value.value)
+    return found
+
+
+def test_every_reason_the_frame_path_raises_is_known_in_advance():
+    streamer = Path(__file__).resolve().parents[1] / "streamer"
+    raised = set().union(*(_reason_literals(streamer / f"{name}.py") for name in FRAME_PATH))
+    assert {"corrupt_compression", "all_zero", "overload", "wire_malformed"} <= raised  # the scan finds them
+    assert raised - set(KNOWN_DROP_REASONS) == set()
