@@ -28,10 +28,10 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from streamer.metrics import Metrics
+from streamer.pipeline_messages import FrameResult
 from streamer.result_stream import ResultPublisher, series_start_payload
 from streamer.series import SeriesInfo
 from streamer.summary import jsonable
-from streamer.pipeline_messages import FrameResult
 
 log = logging.getLogger(__name__)
 

@@ -182,8 +182,10 @@ def split_result(result: Any) -> tuple[dict[str, Any], dict[str, np.ndarray], di
     stats: dict[str, Any] = {}
     profiles: dict[str, np.ndarray] = {}
     spots: dict[str, np.ndarray] = {}
-    items = ((f.name, getattr(result, f.name)) for f in dataclasses.fields(result)) if dataclasses.is_dataclass(result) \
-        else dict(result).items()
+    if dataclasses.is_dataclass(result):
+        items = ((f.name, getattr(result, f.name)) for f in dataclasses.fields(result))
+    else:
+        items = dict(result).items()
     for name, value in items:
         if name == "spots":
             spots = _columns(value)

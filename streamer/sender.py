@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import zmq
 
-from streamer import codecs, lz4_framing, stream_v1, stream_v1_encode, stream_v2, stream_v2_encode
+from streamer import codecs, lz4_framing, stream_v1, stream_v1_encode, stream_v2_encode
 from streamer.allocator import keep_freed_memory
 from streamer.series import EncodedFrame, SeriesInfo
 
@@ -153,7 +153,7 @@ class DetectorSender:
             self._send(stream_v1_encode.encode_image(frame, self._series_number, ticks, appendix))
         else:
             msg = stream_v2_encode.encode_image([_for_v2(f) for f in frames], self._series_number, self._unique_id,
-                                         self._series_date, times, appendix)
+                                                self._series_date, times, appendix)
             self._send([msg])
         self.frames_sent += 1
 

@@ -15,6 +15,7 @@ import numpy as np
 from streamer.series import EncodedFrame, SeriesInfo
 from streamer.stream_v1 import _TYPES, END, HC_KEV_A, HEADER, HEADER_PARTS, IMAGE, _bytes
 
+
 def _json(obj: dict[str, Any]) -> bytes:
     return json.dumps(obj, separators=(",", ":")).encode()
 

@@ -239,12 +239,12 @@ class Worker:
             t2 = time.perf_counter()
             stats, profiles, spots = pipeline_messages.split_result(out)
             result = pipeline_messages.FrameResult(frame.series_id, work.seq, frame.image_number, self.name,
-                                      decode_s=t1 - t0, analyse_s=t2 - t1,
-                                      stats=stats, profiles=profiles, spots=spots)
+                                                   decode_s=t1 - t0, analyse_s=t2 - t1,
+                                                   stats=stats, profiles=profiles, spots=spots)
         except BadInput as exc:
             log.info("series %s image %d dropped: %s", frame.series_id, frame.image_number, exc)
             result = pipeline_messages.FrameResult(frame.series_id, work.seq, frame.image_number, self.name,
-                                      drop_reason=exc.reason, drop_message=str(exc)[:500])
+                                                   drop_reason=exc.reason, drop_message=str(exc)[:500])
         self.results.send_multipart(pipeline_messages.encode_result(result), copy=False)
 
     def _stored(self, offset: int, size: int) -> memoryview:

@@ -122,13 +122,14 @@ def _v2_image():
     frame = EncodedFrame("1", 0, SHAPE, "<u2", "bslz4", VALID[("<u2", "bslz4")])
     import datetime
 
-    return stream_v2_encode.encode_image([frame], 1, stream_v2_encode.new_ulid(), datetime.datetime(2024, 1, 1, tzinfo=datetime.UTC),
-                                  (0.0, 0.1, 0.1))
+    date = datetime.datetime(2024, 1, 1, tzinfo=datetime.UTC)
+    return stream_v2_encode.encode_image([frame], 1, stream_v2_encode.new_ulid(), date, (0.0, 0.1, 0.1))
 
 
 V2_IMAGE = _v2_image()
-V2_START = stream_v2_encode.encode_start(SeriesInfo(series_id="1", source="simulator", image_shape=SHAPE, dtype="<u2",
-                                             pixel_mask=np.zeros(SHAPE, "<u4")), 1, stream_v2_encode.new_ulid(), "all")
+V2_START = stream_v2_encode.encode_start(
+    SeriesInfo(series_id="1", source="simulator", image_shape=SHAPE, dtype="<u2", pixel_mask=np.zeros(SHAPE, "<u4")),
+    1, stream_v2_encode.new_ulid(), "all")
 
 
 @FUZZ

@@ -70,7 +70,7 @@ def _reason_literals(path: Path) -> set[str]:
             if (isinstance(node.func, ast.Attribute) and node.func.attr == "_drop" and node.args
                     and isinstance(node.args[0], ast.Constant)):
                 found.add(node.args[0].value)
-        elif isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str):
+        elif isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant):
             if any(isinstance(t, ast.Name) and t.id == "reason" for t in node.targets):
                 found.add(node.value.value)
     return found

@@ -204,8 +204,8 @@ def test_stop_from_another_thread_ends_events(ctx, url):
 # --- bad input: each case is dropped with its reason, and the next good frame gets through -------------
 
 def _v1_good(series, frames):
-    return (stream_v1_encode.encode_header(series, 7, "basic"), [stream_v1_encode.encode_image(f, 7, (0, 1, 1)) for f in frames],
-            stream_v1_encode.encode_end(7))
+    images = [stream_v1_encode.encode_image(f, 7, (0, 1, 1)) for f in frames]
+    return stream_v1_encode.encode_header(series, 7, "basic"), images, stream_v1_encode.encode_end(7)
 
 
 def _bad_v1_cases(image):
@@ -217,7 +217,8 @@ def _bad_v1_cases(image):
         "malformed_json": [b'{"htype": "dimage-1.0", "series": 7,'] + image[1:],
         "blob_size": image[:2] + [bytes(image[2])[:-3]] + image[3:],
         "unknown_encoding": [image[0], json.dumps({**desc, "encoding": "bs64-zstd<"}).encode()] + image[2:],
-        "no_series": stream_v1_encode.encode_image(EncodedFrame("3", 0, (16, 20), "<u2", "raw", bytes(640)), 3, (0, 1, 1)),
+        "no_series": stream_v1_encode.encode_image(EncodedFrame("3", 0, (16, 20), "<u2", "raw", bytes(640)), 3,
+                                                   (0, 1, 1)),
         "malformed_cbor": [b"\xd9\xd9\xf7\xa1\x64type"],
     }
 

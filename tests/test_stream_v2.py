@@ -52,7 +52,8 @@ def test_real_image_and_end_messages(shared_data, folder, dtype):
 
 def test_start_message_as_a_detector_sends_it_and_back():
     series = r500k_series(mask=True)
-    msg = stream_v2_encode.encode_start(series, 3, stream_v2_encode.new_ulid(), "all", series.channels, user_data={"a": 1})
+    msg = stream_v2_encode.encode_start(series, 3, stream_v2_encode.new_ulid(), "all", series.channels,
+                                        user_data={"a": 1})
     assert msg[:3] == stream_v2.SELF_DESCRIBE
     assert msg[3] & 0xE0 == 0xA0  # a map ...
     key_at = 4 if msg[3] < 0xB8 else 5  # (more than 23 entries: one length byte follows)
@@ -93,8 +94,9 @@ def test_image_message_encoding_keeps_the_compressed_bytes(shared_data):
     frames = stream_v2.encoded_frames(image, image.series_unique_id, list(image.data))
     import datetime
 
-    again = stream_v2_encode.encode_image(frames, 1, image.series_unique_id, datetime.datetime.now(datetime.timezone.utc),
-                                   (image.start_time_s, image.stop_time_s, image.real_time_s))
+    now = datetime.datetime.now(datetime.timezone.utc)
+    again = stream_v2_encode.encode_image(frames, 1, image.series_unique_id, now,
+                                          (image.start_time_s, image.stop_time_s, image.real_time_s))
     assert again[:3] == stream_v2.SELF_DESCRIBE
     back = stream_v2.parse_message(again)
     assert back.image_id == image.image_id and back.start_time_s == image.start_time_s
@@ -109,7 +111,7 @@ def test_ulids_are_26_crockford_characters_sorted_by_time():
 
 def _image(payload):
     return stream_v2_encode.dumps({"type": "image", "series_id": 1, "series_unique_id": "U", "image_id": 0,
-                             "data": {"threshold_1": payload}})
+                                   "data": {"threshold_1": payload}})
 
 
 @pytest.mark.parametrize("message, reason", [

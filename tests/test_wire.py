@@ -55,9 +55,10 @@ def test_frame_over_a_real_socket_is_not_copied_on_receive():
 
 def test_result_round_trip_with_spot_columns_and_profiles():
     r = pipeline_messages.FrameResult("abc", 4, 9, "w1", 0.001, 0.002,
-                         stats={"n_spots": 2, "estimated_d_min": 1.8, "ice_rings": [3.9, 3.67]},
-                         profiles={"radial_profile": np.arange(4, dtype=">f8")},
-                         spots={"x_px": np.array([1.5, 2.5], "<f4"), "n_pixels": np.array([3, 4], "<i4")})
+                                      stats={"n_spots": 2, "estimated_d_min": 1.8, "ice_rings": [3.9, 3.67]},
+                                      profiles={"radial_profile": np.arange(4, dtype=">f8")},
+                                      spots={"x_px": np.array([1.5, 2.5], "<f4"),
+                                             "n_pixels": np.array([3, 4], "<i4")})
     back = pipeline_messages.result_from(wire.decode(pipeline_messages.encode_result(r)))
     assert back.stats == r.stats and back.seq == 4 and not back.dropped
     assert back.profiles["radial_profile"].dtype == np.dtype(">f8")

@@ -36,8 +36,8 @@ from scipy.spatial.transform import Rotation
 from scipy.special import ndtr
 
 from streamer import codecs
-from streamer.detector_presets import DetectorPreset, load_preset
 from streamer.crystal import Crystal
+from streamer.detector_presets import DetectorPreset, load_preset
 from streamer.geometry import Beam, Detector, Experiment, Goniometer, Scan, polarization_factor
 from streamer.prediction import Predictions, miller_indices, predict_rotation
 from streamer.series import EncodedFrame, SeriesInfo
