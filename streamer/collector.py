@@ -288,25 +288,7 @@ class Collector:
                 self.total.processed += 1
             # kept for per_image.csv: the statistics only (spot tables go to the sweep stages)
             state.results.append(dataclasses.replace(result, spots={}, profiles={}))
-            m.frames_processed.inc()
-            m.stage["decode"].observe(result.decode_s)
-            m.stage["analyse"].observe(result.analyse_s)
-            n_spots = result.stats.get("n_spots")
-            if isinstance(n_spots, (int, float)):
-                m.spots_per_image.observe(n_spots)
-                m.spots_last.set(n_spots)
-            d_min = result.stats.get("estimated_d_min")
-            if isinstance(d_min, (int, float)) and d_min == d_min and d_min > 0:
-                m.resolution.set(d_min)
-            overloads = result.stats.get("n_overloads")
-            if isinstance(overloads, (int, float)):
-                m.overloads_last.set(overloads)
-            background = result.stats.get("background")
-            if isinstance(background, (int, float)) and background == background:
-                m.background_last.set(background)
-            ice = result.stats.get("ice_rings")
-            m.ice_rings.set(len(ice) if isinstance(ice, (list, tuple)) else (ice if isinstance(ice, (int, float)) else 0))
-            m.image_number.set(result.image_number)
+            m.image_processed(result.image_number, result.stats, result.decode_s, result.analyse_s)
             if state.stages:
                 self._feed_stages(state, result)
         if received_at is not None:

@@ -7,6 +7,9 @@ injectable for tests; `/metrics` serves `Metrics.exposition()`.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
@@ -88,6 +91,29 @@ class Metrics:
 
     def dropped(self, reason: str, n: int = 1) -> None:
         self.frames_dropped.labels(reason=reason).inc(n)
+
+    def image_processed(self, image_number: int, stats: Mapping[str, Any], decode_s: float, analyse_s: float) -> None:
+        """One per-image result, in frame order: its counts, stage times and the latest-image
+        gauges (`stats` as a worker sends them; a figure missing or NaN leaves its gauge as it was)."""
+        self.frames_processed.inc()
+        self.stage["decode"].observe(decode_s)
+        self.stage["analyse"].observe(analyse_s)
+        n_spots = stats.get("n_spots")
+        if isinstance(n_spots, (int, float)):
+            self.spots_per_image.observe(n_spots)
+            self.spots_last.set(n_spots)
+        d_min = stats.get("estimated_d_min")
+        if isinstance(d_min, (int, float)) and d_min == d_min and d_min > 0:
+            self.resolution.set(d_min)
+        overloads = stats.get("n_overloads")
+        if isinstance(overloads, (int, float)):
+            self.overloads_last.set(overloads)
+        background = stats.get("background")
+        if isinstance(background, (int, float)) and background == background:
+            self.background_last.set(background)
+        ice = stats.get("ice_rings")
+        self.ice_rings.set(len(ice) if isinstance(ice, (list, tuple)) else (ice if isinstance(ice, (int, float)) else 0))
+        self.image_number.set(image_number)
 
     def exposition(self) -> bytes:
         """The Prometheus text format of every metric."""

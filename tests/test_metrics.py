@@ -81,3 +81,21 @@ def test_every_reason_the_frame_path_raises_is_known_in_advance():
     raised = set().union(*(_reason_literals(streamer / f"{name}.py") for name in FRAME_PATH))
     assert {"corrupt_compression", "all_zero", "overload", "wire_malformed"} <= raised  # the scan finds them
     assert raised - set(KNOWN_DROP_REASONS) == set()
+
+
+def test_an_image_result_sets_the_latest_image_gauges_and_keeps_them_through_gaps():
+    m = Metrics()
+    m.image_processed(7, {"n_spots": 120, "estimated_d_min": 2.1, "n_overloads": 3, "background": 0.5,
+                          "ice_rings": [3.9, 3.67]}, decode_s=0.001, analyse_s=0.008)
+    m.image_processed(8, {"n_spots": 40, "estimated_d_min": float("nan"), "background": float("nan"),
+                          "ice_rings": 0}, decode_s=0.001, analyse_s=0.009)
+
+    def value(name, sample=None):
+        return next(s.value for s in families(m)[name].samples if s.name == (sample or name))
+
+    assert value("xtal_frames_processed", "xtal_frames_processed_total") == 2
+    assert value("xtal_spots_last_image") == 40 and value("xtal_image_number_last") == 8
+    assert value("xtal_resolution_estimate_angstrom") == 2.1  # image 8 had no estimate
+    assert value("xtal_background_last_image") == 0.5 and value("xtal_overloads_last_image") == 3
+    assert value("xtal_ice_rings") == 0
+    assert value("xtal_spots_per_image", "xtal_spots_per_image_count") == 2
