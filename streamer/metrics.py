@@ -112,7 +112,9 @@ class Metrics:
         if isinstance(background, (int, float)) and background == background:
             self.background_last.set(background)
         ice = stats.get("ice_rings")
-        self.ice_rings.set(len(ice) if isinstance(ice, (list, tuple)) else (ice if isinstance(ice, (int, float)) else 0))
+        if isinstance(ice, (list, tuple)):  # the rings' resolutions, or their count
+            ice = len(ice)
+        self.ice_rings.set(ice if isinstance(ice, (int, float)) else 0)
         self.image_number.set(image_number)
 
     def exposition(self) -> bytes:
