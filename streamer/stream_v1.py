@@ -37,8 +37,9 @@ IMAGE_PARTS = 4
 END_PARTS = 1
 HC_KEV_A = 12.398419843320026  # h*c in keV*Angstrom (CODATA 2018)
 _ENCODING = re.compile(r"^(?:bs(8|16|32)-)?(lz4)?([<>])$")
-_TYPES = {"uint8": "u1", "uint16": "u2", "uint32": "u4", "int8": "i1", "int16": "i2", "int32": "i4",
-          "float32": "f4", "float64": "f8"}
+# the pixel type names of the stream -> numpy type codes
+PIXEL_TYPES = {"uint8": "u1", "uint16": "u2", "uint32": "u4", "int8": "i1", "int16": "i2", "int32": "i4",
+               "float32": "f4", "float64": "f8"}
 
 
 @dataclass(frozen=True)
@@ -123,9 +124,9 @@ def _count_parts(parts: Sequence[Any], needed: int, what: str) -> Any:
 
 def dtype_of(type_name: Any) -> str:
     """numpy dtype string of a SIMPLON `type` ("uint16" -> "<u2"); BadMessage if unknown."""
-    if type_name not in _TYPES:
+    if type_name not in PIXEL_TYPES:
         raise BadMessage(f"unknown pixel type {type_name!r}", reason="unknown_encoding")
-    return "<" + _TYPES[type_name] if _TYPES[type_name] != "u1" else "|u1"
+    return "<" + PIXEL_TYPES[type_name] if PIXEL_TYPES[type_name] != "u1" else "|u1"
 
 
 def encoding_of(name: Any, dtype: str) -> tuple[str, str]:

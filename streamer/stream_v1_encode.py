@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from streamer.series import EncodedFrame, SeriesInfo
-from streamer.stream_v1 import _TYPES, END, HC_KEV_A, HEADER, HEADER_PARTS, IMAGE, _bytes
+from streamer.stream_v1 import END, HC_KEV_A, HEADER, HEADER_PARTS, IMAGE, PIXEL_TYPES
 
 
 def _json(obj: dict[str, Any]) -> bytes:
@@ -93,7 +93,7 @@ def v1_encoding_name(encoding: str, dtype: str) -> str:
 
 
 def type_name(dtype: str) -> str:
-    return {v: k for k, v in _TYPES.items()}[np.dtype(dtype).str[1:]]
+    return {v: k for k, v in PIXEL_TYPES.items()}[np.dtype(dtype).str[1:]]
 
 
 def encode_image(frame: EncodedFrame, series_number: int, times_ticks: tuple[int, int, int],
@@ -107,7 +107,7 @@ def encode_image(frame: EncodedFrame, series_number: int, times_ticks: tuple[int
     parts: list[Any] = [
         _json({"frame": frame.image_number, "hash": "", "htype": IMAGE, "series": series_number}),
         _json({"encoding": v1_encoding_name(frame.encoding, frame.dtype), "htype": "dimage_d-1.0",
-               "shape": [width, height], "size": _bytes(blob).nbytes, "type": type_name(frame.dtype)}),
+               "shape": [width, height], "size": memoryview(blob).nbytes, "type": type_name(frame.dtype)}),
         blob,
         _json({"htype": "dconfig-1.0", "real_time": times_ticks[2], "start_time": times_ticks[0],
                "stop_time": times_ticks[1]}),
