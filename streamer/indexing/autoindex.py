@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+
 import gemmi
 import numpy as np
 
@@ -26,6 +27,7 @@ from streamer.indexing.lattice_symmetry import (
     bravais_solutions,
     symmetrised_cell,
 )
+from streamer.indexing.origin import best_origin
 from streamer.indexing.reduction import cell_of_basis, niggli_reduce_basis
 from streamer.indexing.refinement import Observations, nearest_rotation, refine
 from streamer.indexing.result import BravaisRow, IndexingOptions, IndexingResult
@@ -112,61 +114,6 @@ def find_basis(rlps: np.ndarray, max_cell_A: float | None, min_cell_A: float = 1
     return reduced, max_cell
 
 
-def _beam_centre_from_shift(exp: Experiment, shift: np.ndarray, spots: Spots, min_px: float = 1.0) -> Experiment | None:
-    """The experiment with its beam centre moved to remove a common reciprocal-space shift of
-    the spots (what a wrong beam centre causes: s1 errs by the in-plane origin error / (D lambda)),
-    or None when the implied move is below `min_px`."""
-    from streamer.geometry import Detector
-
-    gonio = exp.goniometer
-    phi_mid = float(exp.scan.phi_deg(np.median(spots.z_image)))
-    s_lab = gonio.rotation_matrix(phi_mid) @ shift
-    det = exp.detector
-    scale = det.distance_mm * exp.beam.wavelength_A
-    f, sl = np.asarray(det.fast_axis), np.asarray(det.slow_axis)
-    dx = (s_lab @ f) * scale / det.pixel_size_mm[0]
-    dy = (s_lab @ sl) * scale / det.pixel_size_mm[1]
-    if np.hypot(dx, dy) < min_px or not np.isfinite(dx + dy):
-        return None
-    bx, by = det.beam_centre_px(exp.beam)
-    moved = Detector.from_beam_centre((bx + dx, by + dy), det.distance_mm, det.pixel_size_mm, det.image_size,
-                                      det.fast_axis, det.slow_axis, exp.beam.direction)
-    return exp.replace(detector=moved)
-
-
-def _best_origin(exp: Experiment, a_red: np.ndarray, shift: np.ndarray, spots: Spots, max_cell: float,
-                 max_move_px: float = 40.0) -> Experiment | None:
-    """The shift is known only modulo a reciprocal-lattice vector; each of the 27 nearest choices
-    implies a beam-centre move. Keep the one whose moved geometry indexes the most spots out to
-    higher resolution (where the distortion of a wrong centre shows), or None if no move is needed."""
-    def tight_count(candidate: Experiment) -> int:
-        rlps = rlps_from_spots(candidate, spots)
-        a_fit, hkl, ok, _ = index_and_fit(a_red, rlps)
-        if ok.sum() < 6:
-            return 0
-        frac = rlps[ok] @ np.linalg.inv(a_fit).T - hkl[ok]
-        return int(np.all(np.abs(frac) < 0.1, axis=1).sum())  # tight: the right centre fits high resolution
-
-    stay = tight_count(exp)
-    best, best_count = None, -1
-    for n in np.array(np.meshgrid([-1, 0, 1], [-1, 0, 1], [-1, 0, 1], indexing="ij")).reshape(3, -1).T:
-        moved = _beam_centre_from_shift(exp, shift + a_red @ n, spots, min_px=0.0)
-        if moved is None:
-            continue
-        move = np.subtract(moved.detector.beam_centre_px(exp.beam), exp.detector.beam_centre_px(exp.beam))
-        if np.hypot(*move) > max_move_px:
-            continue
-        count = tight_count(moved)
-        if count > best_count:
-            best, best_count = (moved, np.hypot(*move)), count
-    # move only when it clearly helps: the header's centre is kept unless another fits much better
-    log.debug("origin search: %d spots fit tightly in place, %s after the best move", stay, best_count)
-    if best is None or best[1] < 1.0 or best_count < 1.2 * stay + 10:
-        return None
-    log.info("reciprocal-space origin shift: beam centre moved by %.2f px", best[1])
-    return best[0]
-
-
 def index_rotation(experiment: Experiment, spots: Spots, options: IndexingOptions | None = None) -> IndexingResult:
     """Index a rotation sweep's spots (no cell needed) and refine the model; see the module doc."""
     opt = options or IndexingOptions()
@@ -186,7 +133,7 @@ def index_rotation(experiment: Experiment, spots: Spots, options: IndexingOption
         if ok.sum() < opt.min_spots or ok.mean() < 0.1 + 0.5 * opt.min_fraction_indexed:
             # random points index about 22 % within the 0.3 tolerance
             return _failed(f"no lattice found (best basis indexes {ok.mean():.2f})", n, t0, max_cell_A=max_cell)
-        moved = _best_origin(exp, a_red, shift, spots, max_cell)
+        moved = best_origin(exp, a_red, shift, spots)
         if moved is None:
             break
         exp = moved
