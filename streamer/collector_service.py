@@ -40,7 +40,7 @@ class CollectorService:
                  header_wait_s: float = 5.0, drain_timeout_s: float = 30.0):
         import zmq
 
-        self._zmq, self._wire = zmq, wire
+        self._zmq = zmq
         self.collector = collector
         self.header_wait_s = header_wait_s
         self.drain_timeout_s = drain_timeout_s
@@ -115,7 +115,6 @@ class CollectorService:
 
     def _on_feed(self, parts: list[Any]) -> bool:
         """One notice from the fan-out; True when it is the stop notice."""
-        wire = self._wire
         msg = wire.decode(parts)  # our own process: a bad notice is a bug, let it raise
         b = msg.body
         if msg.kind == "series":
@@ -140,7 +139,6 @@ class CollectorService:
         return False
 
     def _on_result(self, parts: list[Any]) -> None:
-        wire = self._wire
         try:
             result = pipeline_messages.result_from(wire.decode(parts))
         except wire.WireError as exc:  # the frame it was about will time out as worker_lost
@@ -150,7 +148,6 @@ class CollectorService:
         self.collector.result(result)
 
     def _on_control(self, parts: list[Any]) -> None:
-        wire = self._wire
         if len(parts) < 2:
             return
         identity = parts[0].bytes
@@ -190,7 +187,7 @@ class CollectorService:
             waiting = self.pending[series_id]
             for identity, deadline in [w for w in waiting if w[1] < now]:
                 self.sockets["control"].send_multipart(
-                    [identity, *self._wire.encode("unknown_series", {"series_id": series_id})])
+                    [identity, *wire.encode("unknown_series", {"series_id": series_id})])
             self.pending[series_id] = [w for w in waiting if w[1] >= now]
             if not self.pending[series_id]:
                 del self.pending[series_id]
@@ -201,6 +198,6 @@ class CollectorService:
                 series_id, model = self.collector.models.get_nowait()
             except queue.Empty:
                 return
-            self.sockets["model"].send_multipart(self._wire.encode("model", {"series_id": series_id, "model": model}))
+            self.sockets["model"].send_multipart(wire.encode("model", {"series_id": series_id, "model": model}))
             if self.collector.publisher:
                 self.collector.publisher.publish("indexing", {"series_id": series_id, "indexing": model})
