@@ -163,7 +163,8 @@ class Fanout:
         if frame.received_at == 0.0:
             frame = dataclasses.replace(frame, received_at=received_at)
         pin = (frame.series_id, seq)
-        stored_at = self.store.add(frame, pin=pin) if self.store is not None and self.by_reference else None
+        by_reference = self.store is not None and self.by_reference
+        stored_at = self.store.add(frame, pin=pin) if by_reference else None
         parts = pipeline_messages.encode_frame(frame, seq, stored_at)  # stored: the workers read it from the store
         try:
             self.frames.send_multipart(parts, copy=False, flags=zmq.NOBLOCK)
@@ -183,7 +184,7 @@ class Fanout:
         self.feed.send_multipart(wire.encode("dispatched", {
             "series_id": frame.series_id, "seq": seq, "image_number": frame.image_number, "received_at": received_at}))
         if self.store is not None:
-            if stored_at is None:
+            if not by_reference:  # kept for re-integration (one refused by reference had no room then)
                 self.store.add(frame)
             if self.metrics is not None:
                 self.metrics.queue["store"].set(len(self.store.frames))
