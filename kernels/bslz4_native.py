@@ -4,11 +4,12 @@ A threshold pass that decodes each band of rows just before it reads them finds 
 L2; decoding the whole frame first leaves it in L3 or memory by the time the pass gets there
 (measured: 1.0 ns per pixel when a 4M frame's rows are in L2, 1.5 from a decoded frame). So
 the kernels call the C decoders per 8 kB block: LZ4 (`LZ4_decompress_safe`) and the bit
-transpose (dectris-compression's `bitshuf_decode_block`, the fastest, else bitshuffle's
-`bshuf_untrans_bit_elem`), both exported by the extension modules already installed. Their
-addresses are passed in as integers (`streamer.codecs.block_decoder_functions`) and called
-through a pointer cast, not linked by name, so the compiled kernels are cached on disk and run
-with either library. (llvmlite, numba's code generator, spells the cast.)
+transpose (dectris-compression's `bitshuf_decode_block`, the fastest C one, else bitshuffle's
+`bshuf_untrans_bit_elem`), both exported by the extension modules already installed; on CPUs
+with GFNI and AVX-512, the blocks `kernels.bit_transpose` covers are transposed by it. The C
+functions' addresses are passed in as integers (`streamer.band_decode.block_decoder_functions`)
+and called through a pointer cast, not linked by name, so the compiled kernels are cached on
+disk and run with either library. (llvmlite, numba's code generator, spells the cast.)
 
 A band source is a tuple (src, dst, scratch, functions, state): the compressed buffer
 (read-only uint8; its header checked beforehand, `streamer.codecs.bslz4_band_source`), the
@@ -26,6 +27,7 @@ from llvmlite import ir
 from numba import types
 from numba.core.extending import intrinsic
 
+from kernels.bit_transpose import untranspose
 from kernels.bslz4_blocks import BAD_LENGTH, BAD_TAIL, OK, TRUNCATED_HEADER, block_length
 from kernels.jit import njit
 
@@ -123,7 +125,9 @@ def decode_upto(src, dst, scratch, functions, state, byte_end):
             return False
         out = base_dst + state[DECODED]
         ok = _lz4(functions[0], base_src + pos + 4, tmp, np.int32(length), np.int32(size)) == size
-        if ok and functions[2] == DECTRIS:
+        if ok and functions[3] != 0 and untranspose(tmp, out, size // elem, elem):
+            pass
+        elif ok and functions[2] == DECTRIS:
             ok = _decode_block(functions[1], out, tmp, tmp + size, size // elem, elem) == 0
         elif ok:
             ok = _untrans(functions[1], tmp, out, size // elem, elem) == size
@@ -152,7 +156,8 @@ def band_source(src: np.ndarray, start: int, n_full: int, block_bytes: int, last
     """The band source of one bslz4 buffer (see the module docstring) whose first block's
     length word is at `start`: n_full blocks of block_bytes, a last one of last_bytes (0:
     none), tail_bytes raw, into dst (the frame's writable bytes, C-contiguous); functions:
-    int64 [LZ4_decompress_safe, bit transpose, DECTRIS or BITSHUFFLE] addresses."""
+    int64 [LZ4_decompress_safe, bit transpose, DECTRIS or BITSHUFFLE, own] (addresses, the
+    transpose's kind, and 1 where `kernels.bit_transpose` may take the blocks it covers)."""
     src = src.view()
     src.flags.writeable = False  # one compiled variant, whatever buffer the frame came in
     state = np.zeros(STATE_SIZE, dtype=np.int64)
@@ -174,7 +179,7 @@ def no_source() -> tuple:
     src.flags.writeable = False
     state = np.zeros(STATE_SIZE, dtype=np.int64)
     state[DONE] = 1
-    return src, np.zeros(0, np.uint8), np.zeros(0, np.uint8), np.zeros(3, np.int64), state
+    return src, np.zeros(0, np.uint8), np.zeros(0, np.uint8), np.zeros(4, np.int64), state
 
 
 @njit(boundscheck=False)

@@ -4,7 +4,8 @@ pass that decodes its rows just ahead of reading them.
 The reference is bitshuffle's own Python decoder (`bitshuffle.decompress_lz4`) and, for the
 threshold, the same frame decoded first: indices, flags, counts and the decoded pixels must
 be identical, over pixel types, shapes with partial last blocks and raw tails, kernel sizes,
-both thresholds, both C transposes, and a corrupt block must be reported, never decoded past.
+both thresholds, both C transposes and `kernels.bit_transpose` where the CPU has it; a corrupt
+block must be reported, never decoded past.
 """
 
 from __future__ import annotations
@@ -38,12 +39,17 @@ def reference(blob: bytes, image: np.ndarray) -> np.ndarray:
 
 
 def transposes() -> list[np.ndarray]:
-    """The function tables to test: the default one and bitshuffle's (when the default is dectris's)."""
-    tables = [band_decode.block_decoder_functions()]
-    if tables[0][2] == bn.DECTRIS:
+    """The function tables to test: the default one; where it uses `kernels.bit_transpose`, the
+    same with the library's C transpose alone; and bitshuffle's (when the default is dectris's)."""
+    default = band_decode.block_decoder_functions()
+    tables = [default]
+    if default[3]:
+        tables.append(np.array([*default[:3], 0], dtype=np.int64))
+    if default[2] == bn.DECTRIS:
         path = bitshuffle.ext.__file__
         tables.append(np.array([band_decode._address(path, "LZ4_decompress_safe"),
-                                band_decode._address(path, "bshuf_untrans_bit_elem"), bn.BITSHUFFLE], dtype=np.int64))
+                                band_decode._address(path, "bshuf_untrans_bit_elem"), bn.BITSHUFFLE, 0],
+                               dtype=np.int64))
     return tables
 
 

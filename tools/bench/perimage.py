@@ -17,7 +17,8 @@ run (`tools.bench.memcopy`: each copy reads and writes main memory) over our med
 frame; medians, because a shared machine's slow outliers swing means. memcpy_hot_ms is the
 same copy repeated between two buffers, which a 32 MB L3 partly holds (4M: 2 x 17.9 MB).
 decode_ms (a whole frame, as a worker decodes it outside the pass) and threshold_ms (of a
-decoded frame) are the parts on their own.
+decoded frame) are the parts on their own; bit_transpose names the bit transpose that
+decodes the blocks (`streamer.band_decode.transpose_name`).
 
 dials_ratio (when `dials.find_spots` is on PATH): DIALS 3.12's spot finding against ours on the
 same frames, one core each (`tools.bench.dials_compare.same_frames`); the *_6M figures do the
@@ -40,6 +41,7 @@ from tools.bench import dials_compare
 from tools.bench.decode import SHAPES, gap_mask, realistic_frame
 from tools.bench.memcopy import memory_copy_rate
 from tools.bench.timing import best_rate
+
 
 def add_arguments(parser: Any) -> None:
     parser.add_argument("--frames", type=int, default=None, help="timed frames (default 40 for 4M, 10 for 16M)")
@@ -128,6 +130,7 @@ def run(args: Any) -> dict[str, Any]:
         "spots_simulated": n_spots,
         "threshold_pass": analyser.workspace.last_path,
         "final_test": analyser.workspace.last_final,  # the extended variant's: tiles or rows (kernels.final_rows)
+        "bit_transpose": band_decode.transpose_name(),
         "ms_per_frame_median": median_s * 1e3,
         "analysis_ms_per_frame": analysis_s * 1e3,
         "decoded_in_pass": fused,
