@@ -13,8 +13,9 @@ It is compiled only where the host CPU has GFNI, AVX-512F and AVX-512BW (`AVAILA
 numba targets the host; elsewhere `untranspose` declines and the library's transpose runs.
 It covers blocks of a multiple of 512 pixels (8192-byte blocks, as DECTRIS detectors and the
 HDF5 filter write: 2048 uint32 or 4096 uint16 pixels); other blocks, pixel sizes 1 and 8,
-and a frame's shorter last block take the library's transpose. The reference is bitshuffle's
-own decoder (tests/test_kernel_bit_transpose.py).
+and a frame's shorter last block take the library's transpose; XTALSTREAM_BIT_TRANSPOSE=library
+in the environment leaves it every block (`streamer.band_decode`). The reference is
+bitshuffle's own encoder (tests/test_kernel_bit_transpose.py).
 """
 
 from __future__ import annotations

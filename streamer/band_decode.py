@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import importlib
+import os
 
 import numpy as np
 
@@ -36,14 +37,16 @@ def _block_decoders() -> np.ndarray | None:
     """[LZ4, bit transpose, its kind, own] for `kernels.bslz4_native`: bitshuffle's LZ4 (1.05
     ms per 4M uint32 frame here, against dectris-compression's 1.24), dectris-compression's
     transpose (1.2 ms against bitshuffle's 2.7), else the other library's of each; own: 1 where
-    `kernels.bit_transpose` (0.5 ms) takes the blocks it covers."""
+    `kernels.bit_transpose` (0.5 ms) takes the blocks it covers, unless the environment sets
+    XTALSTREAM_BIT_TRANSPOSE=library (to compare, or to rule it out)."""
     lz4 = _exported("bitshuffle.ext", "LZ4_decompress_safe") or _exported("dectris.compression", "LZ4_decompress_safe")
     transpose, kind = _exported("dectris.compression", "bitshuf_decode_block"), DECTRIS
     if transpose is None:
         transpose, kind = _exported("bitshuffle.ext", "bshuf_untrans_bit_elem"), BITSHUFFLE
     if lz4 is None or transpose is None:  # pragma: no cover - depends on the build
         return None
-    return np.array([lz4, transpose, kind, int(bit_transpose.AVAILABLE)], dtype=np.int64)
+    own = bit_transpose.AVAILABLE and os.environ.get("XTALSTREAM_BIT_TRANSPOSE", "") != "library"
+    return np.array([lz4, transpose, kind, int(own)], dtype=np.int64)
 
 
 _BLOCK_DECODERS = _block_decoders()

@@ -97,3 +97,4 @@ def test_blocks_it_does_not_cover_are_left_to_the_library(dtype, n):
     out = np.zeros(n, dtype)
     assert not untranspose_array(shuffled(x).copy(), out.view(np.uint8), n, x.itemsize)
     assert not out.any()
+

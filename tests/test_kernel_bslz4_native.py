@@ -17,6 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from kernels import bit_transpose
 from kernels import bslz4_native as bn
 from kernels.dispersion import DispersionWorkspace, strong_pixels
 from streamer import band_decode, codecs
@@ -51,6 +52,13 @@ def transposes() -> list[np.ndarray]:
                                 band_decode._address(path, "bshuf_untrans_bit_elem"), bn.BITSHUFFLE, 0],
                                dtype=np.int64))
     return tables
+
+
+def test_the_environment_can_leave_every_block_to_the_library_transpose(monkeypatch):
+    assert band_decode._block_decoders()[3] == int(bit_transpose.AVAILABLE)
+    monkeypatch.setenv("XTALSTREAM_BIT_TRANSPOSE", "library")
+    assert band_decode._block_decoders()[3] == 0
+    assert band_decode.block_decoder_functions()[3] == int(bit_transpose.AVAILABLE)  # read once, at import
 
 
 def source_of(image: np.ndarray, blob: bytes, out: np.ndarray, functions: np.ndarray | None = None) -> tuple:
