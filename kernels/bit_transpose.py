@@ -12,10 +12,10 @@ operand is the square itself), and interleaves the pixel bytes back with two mor
 It is compiled only where the host CPU has GFNI, AVX-512F and AVX-512BW (`AVAILABLE`), as
 numba targets the host; elsewhere `untranspose` declines and the library's transpose runs.
 It covers blocks of a multiple of 512 pixels (8192-byte blocks, as DECTRIS detectors and the
-HDF5 filter write: 2048 uint32 or 4096 uint16 pixels); other blocks, pixel sizes 1 and 8,
-and a frame's shorter last block take the library's transpose; XTALSTREAM_BIT_TRANSPOSE=library
-in the environment leaves it every block (`streamer.band_decode`). The reference is
-bitshuffle's own encoder (tests/test_kernel_bit_transpose.py).
+HDF5 filter write: 2048 uint32 or 4096 uint16 pixels); other blocks (a frame's shorter last
+block, mostly) and 1- and 8-byte pixels take the library's transpose, as every block does
+with XTALSTREAM_BIT_TRANSPOSE=library in the environment (`streamer.band_decode`). The
+reference is bitshuffle's own encoder (tests/test_kernel_bit_transpose.py).
 """
 
 from __future__ import annotations
