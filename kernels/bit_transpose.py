@@ -11,6 +11,7 @@ operand is the square itself), and interleaves the pixel bytes back with two mor
 
 It is compiled only where the host CPU has GFNI, AVX-512F and AVX-512BW (`AVAILABLE`), as
 numba targets the host; elsewhere `untranspose` declines and the library's transpose runs.
+`streamer.band_decode` checks it on random blocks against bitshuffle before it trusts it.
 It covers blocks of a multiple of 512 pixels (8192-byte blocks, as DECTRIS detectors and the
 HDF5 filter write: 2048 uint32 or 4096 uint16 pixels); other blocks (a frame's shorter last
 block, mostly) and 1- and 8-byte pixels take the library's transpose, as every block does
@@ -168,3 +169,11 @@ else:
     def untranspose(src, dst, n, elem):
         """Without GFNI and AVX-512 on this CPU: always declines (the library's transpose runs)."""
         return False
+
+
+@njit(boundscheck=False)
+def untranspose_array(block, out, elem):
+    """`untranspose` of one bit-transposed block (uint8 array) into out (uint8, as many bytes)."""
+    if out.shape[0] != block.shape[0] or block.shape[0] % elem != 0:
+        return False
+    return untranspose(block.ctypes.data, out.ctypes.data, block.shape[0] // elem, elem)

@@ -8,7 +8,6 @@ AVX-512, against bitshuffle's own encoder over pixel sizes, block sizes and valu
 from __future__ import annotations
 
 import bitshuffle
-import numba
 import numpy as np
 import pytest
 
@@ -71,11 +70,6 @@ def test_the_masks_untranspose_512_pixels(dtype):
     np.testing.assert_array_equal(emulated_chunk(rows, x.itemsize).view(dtype), x)
 
 
-@numba.njit
-def untranspose_array(block, out, n, elem):
-    return bt.untranspose(block.ctypes.data, out.ctypes.data, n, elem)
-
-
 @needs_gfni
 @pytest.mark.parametrize("dtype,n", [("<u4", 512), ("<u4", 2048), ("<u4", 4096), ("<u2", 512), ("<u2", 4096),
                                      ("<i4", 2048), ("<u2", 1536)])
@@ -86,7 +80,7 @@ def test_untranspose_equals_bitshuffle(dtype, n):
               rng.poisson(0.3, n).astype(dtype), np.full(n, info.max, dtype), np.zeros(n, dtype)):
         x[rng.integers(0, n, 7)] = info.max  # overloads or gap pixels among the counts
         out = np.full(n, 3, dtype)
-        assert untranspose_array(shuffled(x).copy(), out.view(np.uint8), n, x.itemsize)
+        assert bt.untranspose_array(shuffled(x).copy(), out.view(np.uint8), x.itemsize)
         np.testing.assert_array_equal(out, x)
 
 
@@ -95,6 +89,6 @@ def test_untranspose_equals_bitshuffle(dtype, n):
 def test_blocks_it_does_not_cover_are_left_to_the_library(dtype, n):
     x = np.arange(n, dtype=dtype)
     out = np.zeros(n, dtype)
-    assert not untranspose_array(shuffled(x).copy(), out.view(np.uint8), n, x.itemsize)
+    assert not bt.untranspose_array(shuffled(x).copy(), out.view(np.uint8), x.itemsize)
     assert not out.any()
 

@@ -58,7 +58,18 @@ def test_the_environment_can_leave_every_block_to_the_library_transpose(monkeypa
     assert band_decode._block_decoders()[3] == int(bit_transpose.AVAILABLE)
     monkeypatch.setenv("XTALSTREAM_BIT_TRANSPOSE", "library")
     assert band_decode._block_decoders()[3] == 0
-    assert band_decode.block_decoder_functions()[3] == int(bit_transpose.AVAILABLE)  # read once, at import
+    assert band_decode.block_decoder_functions()[3] == int(bit_transpose.AVAILABLE)  # read once, on first use
+
+
+def test_a_transpose_that_fails_its_check_is_not_used(monkeypatch, caplog):
+    def wrong(block, out, elem):
+        out[:] = block  # not transposed
+        return True
+
+    monkeypatch.setattr(bit_transpose, "untranspose_array", wrong)
+    monkeypatch.setattr(bit_transpose, "AVAILABLE", True)
+    assert band_decode._block_decoders()[3] == 0
+    assert "does not reproduce bitshuffle's <u4 pixels" in caplog.text
 
 
 def source_of(image: np.ndarray, blob: bytes, out: np.ndarray, functions: np.ndarray | None = None) -> tuple:
