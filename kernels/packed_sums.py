@@ -22,6 +22,7 @@ from kernels.jit import njit
 X_BITS = 11
 M_BITS = 6
 Y_SHIFT = X_BITS + M_BITS  # 17: the square takes the top 15 bits
+CHORD_MARGIN = np.float32(0.9999 / 1.0001)  # `_chord`'s relative margin (float32 rounds to ~6e-8)
 
 
 def quiet_value(window_pixels: int) -> int:
@@ -54,14 +55,14 @@ def _chord(m, x, y, alpha, beta):
     dispersed pixel (necessary).
 
     The exact test needs m y - x^2 - g x (m - 1) > g x sqrt(nb2 (m - 1)), i.e. m y > x^2 +
-    x k(m) with k(m) = g ((m - 1) + sqrt(nb2 (m - 1))); sqrt is concave, so k(m) >= alpha +
-    beta m (its chord from m = 2 to the window size, `candidate_bounds`). The float32 sums and
-    products are within a few ulps: the 1e-4 margins keep the test necessary. The test is
-    strict, as the exact one is: a window of zeros (m y = 0, x = 0), common where the
+    x k(m) with k(m) = g ((m - 1) + sqrt(nb2 (m - 1))); sqrt is concave, so k(m) >= a + b m
+    (its chord from m = 2 to the window size). The float32 sums and products are within a
+    few ulps, so m y > CHORD_MARGIN x (x + a + b m) with CHORD_MARGIN = 0.9999 / 1.0001
+    keeps the test necessary; alpha, beta (`candidate_bounds`) are a and b times
+    CHORD_MARGIN, folded in once per frame (two multiplications fewer per pixel). The test
+    is strict, as the exact one is: a window of zeros (m y = 0, x = 0), common where the
     background is low or in a masked gap, is no candidate."""
-    lhs = m * y * np.float32(1.0001)
-    rhs = x * (x + (alpha + beta * m)) * np.float32(0.9999)
-    return lhs > rhs
+    return m * y > x * (x * CHORD_MARGIN + (alpha + beta * m))
 
 
 @njit(boundscheck=False, inline="always")
@@ -154,10 +155,12 @@ def _candidates_row(row, col, k, dm, alpha, beta, dispersion_only, wsum, cand):
         out[c] = possible | (cm[c] != 0)
 
 def candidate_bounds(window: int, nsig_b: float, gain: float) -> tuple[np.float32, np.float32]:
-    """(alpha, beta): the chord of k(m) = g ((m - 1) + sqrt(nb2 (m - 1))) from m = 2 to the
-    window size, a lower bound of k over that range (`_possible`)."""
+    """(alpha, beta): the chord a + b m of k(m) = g ((m - 1) + sqrt(nb2 (m - 1))) from m = 2
+    to the window size, a lower bound of k over that range, times `CHORD_MARGIN`, as
+    `_chord` takes them."""
     nb2 = 2.0 * nsig_b * nsig_b
     q2 = math.sqrt(nb2)
     qw = math.sqrt(nb2 * (window - 1))
     slope = (qw - q2) / (window - 2)
-    return np.float32(gain * (-1.0 + q2 - 2.0 * slope)), np.float32(gain * (1.0 + slope))
+    margin = float(CHORD_MARGIN)
+    return (np.float32(margin * gain * (-1.0 + q2 - 2.0 * slope)), np.float32(margin * gain * (1.0 + slope)))
