@@ -45,11 +45,12 @@ from kernels.bslz4_native import DecodeError, decode_all, no_source, problem
 from kernels.dispersion_extended import (BIG, _packing, erode_runs, extended_final, extended_final_tiles, final_screen,
                                          set_flags)
 from kernels.dispersion_general import count_valid, general_pass
-from kernels.dispersion_int import banded_pass, big_value
+from kernels.dispersion_int import BAND_ROWS, banded_pass, big_value
 from kernels.dispersion_packed import loud_fraction, packed_pass
 from kernels.extended_trailing import trailing_pass, trailing_scratch
 from kernels.final_rows import FINAL_TESTS, extended_final_rows, final_path
 from kernels.packed_sums import candidate_bounds, quiet_value
+from kernels.radial import BandedRadial, no_radial
 
 INT32_WINDOW_PIXELS = 127  # (2kx+1)(2ky+1) * 2**24 < 2**31: int32 window sums of values in (-2**24, 2**24)
 SUPPORTED_DTYPES = (np.uint8, np.uint16, np.uint32, np.int16, np.int32, np.float32, np.float64)
@@ -255,6 +256,7 @@ def strong_pixels(
     source: tuple | None = None,
     flagged: int | None = None,
     final: str = "auto",
+    radial: BandedRadial | None = None,
 ) -> np.ndarray:
     """Flat row-major indices (ascending; int32, int64 past 2**31 pixels) of the strong pixels.
 
@@ -272,7 +274,8 @@ def strong_pixels(
     packed pass down the frame where the frame takes that pass and the tiles' final test
     applies (`kernels.extended_trailing`), else follow the pass, the final test chosen by
     `kernels.final_rows.final_path`; `final` "tiles" or "rows" forces one where the frame
-    allows it (tests, warm-up; "rows" never trails).
+    allows it (tests, warm-up; "rows" never trails). `radial`: the trailing pass also takes
+    these radial sums, over the pixels not dispersed (`radial.filled` says whether it did).
     """
     _check(image, mask, kernel_size, min_local)
     if algorithm not in ("dispersion", "dispersion_extended"):
@@ -284,6 +287,10 @@ def strong_pixels(
     if final not in FINAL_TESTS:
         raise ValueError(f"unknown final test {final!r}")
     ws = workspace if workspace is not None and workspace.shape == image.shape else DispersionWorkspace(image.shape)
+    if radial is not None:
+        radial.filled = False
+        if radial.segments.shape != image.shape or radial.dtype != image.dtype or radial.band_rows != BAND_ROWS:
+            raise ValueError("the radial sums were set up for another shape, pixel type or band height")
     kx, ky = int(kernel_size[0]), int(kernel_size[1])
     window = (2 * kx + 1) * (2 * ky + 1)
     lower, upper = float(trusted_range[0]), float(trusted_range[1])
@@ -317,7 +324,7 @@ def strong_pixels(
                   *candidate_bounds(window, float(sigma_background), float(gain)), source if fused else ws._no_source)
     packing = _packing(image, lower, upper, kx + 2, ky + 2) if extended and chosen == "packed" else None
     if packing is not None and final != "rows":  # measured faster than either final test after the pass
-        return _trailing(ws, packing, args, packed)
+        return _trailing(ws, packing, args, packed, radial)
     if chosen == "packed":
         n = packed_pass(*args, *packed)
         if n < 0:
@@ -346,16 +353,16 @@ def strong_pixels(
     return ws.index[:ns]
 
 
-def _trailing(ws, packing, args, packed) -> np.ndarray:
+def _trailing(ws, packing, args, packed, radial) -> np.ndarray:
     """`strong_pixels`'s extended variant by `trailing_pass` (args, packed: what `packed_pass`
-    takes; packing: the final test's `_packing`): the strong pixels, and the workspace as the
-    pass, erosion and final test run apart leave it."""
+    takes; packing: the final test's `_packing`; radial: a `BandedRadial` or None): the strong
+    pixels, and the workspace as the pass, erosion and final test run apart leave it."""
     image, mask, lower, upper, kx, ky, nsig_b, nsig_s, gain, threshold, min_local, _, _, stats = args
     shift, lo, hi = packing
     ok, n, ns = trailing_pass(
         image, mask, lower, upper, kx, ky, nsig_b, nsig_s, gain, threshold, min_local, ws.dispersed, stats, *packed,
         ws.flag, ws.index, min(kx, ky) - 1, np.int64(lo), np.int64(hi), shift, final_screen(nsig_s, gain),
-        ws.trailing_scratch(kx + 2, ky + 2))
+        ws.trailing_scratch(kx + 2, ky + 2), radial.start() if radial is not None else no_radial(image.dtype))
     ws._marked = n  # the flags are set at dispersed[:n] (as `mark` sets them): the next call clears them
     if not ok:
         ws.last_path = ""
@@ -363,4 +370,6 @@ def _trailing(ws, packing, args, packed) -> np.ndarray:
     ws.loud_fraction = int(stats[3]) / max(ws.usable(mask), 1)
     ws.dispersed_fraction = n / image.size
     ws.last_final = "trailing"
+    if radial is not None:
+        radial.filled = True
     return ws.index[:ns]

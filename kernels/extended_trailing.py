@@ -16,6 +16,9 @@ Measured (find_spots per 4M frame, medians, 6 alternations in one process): 400 
 ms against 8.04-8.20 ms apart; 1000 spots 10.1-10.9 against 11.1-12.4 and 3000 spots 19.0-20.4
 against 19.9-20.8 with the rolling rows' final test (`kernels.final_rows`), which the frames
 of the packed pass therefore no longer take.
+
+The radial background sums (`kernels.radial.BandedRadial`) are taken here too, band by band,
+once a band's dispersed pixels are flagged: its rows were read by the pass moments before.
 """
 
 from __future__ import annotations
@@ -26,20 +29,25 @@ from kernels.dispersion_extended import TILE, erode_bottom, erode_rows, final_ba
 from kernels.dispersion_int import BAND_ROWS
 from kernels.dispersion_packed import packed_band, packed_scratch, packed_start
 from kernels.jit import njit
+from kernels.radial import _sums_integer
 
 
 @njit(boundscheck=False)
 def trailing_pass(image, mask, lower, upper, kx, ky, nsig_b, nsig_s, gain, threshold, min_count, dispersed, stats,
                   lo1, hs1, hi1, thr1, flagged, vq, alpha, beta, source, flag, core, radius, lo, hi, shift, screen,
-                  final_scratch):
+                  final_scratch, radial):
     """The extended variant's packed pass (arguments as `packed_pass`'s, selecting the
     dispersed pixels into `dispersed`), erosion by `radius` (`erode_rows`, flags 1 and 2 in
     `flag`, which must be clear) and final test over windows of half-sizes kx + 2, ky + 2
-    (`final_bands`: lo, hi, shift, screen as `_final_bands` takes them), band by band.
-    Returns (ok, dispersed, strong), the strong pixels in core[:strong]; ok False if a block
-    of the source is corrupt (then the flags are set at dispersed[:dispersed] only)."""
+    (`final_bands`: lo, hi, shift, screen as `_final_bands` takes them), band by band, and
+    the radial sums of each band's segments over its pixels not flagged (`radial`:
+    `BandedRadial.start`'s tuple, or `no_radial`'s for none). Returns (ok, dispersed,
+    strong), the strong pixels in core[:strong]; ok False if a block of the source is
+    corrupt (then the flags are set at dispersed[:dispersed] only, the radial sums partial)."""
     ny, nx = image.shape
     flat = flag.reshape(-1)
+    pixels = image.reshape(-1)
+    starts, stops, seg_bins, bounds, n_windowed, window, radial_lo, radial_hi, sums, counts = radial
     scratch = packed_scratch(nx, ky)
     loud_windows = packed_start(image, mask, kx, ky, stats, lo1, hs1, hi1, flagged, vq, source, scratch)
     if loud_windows < 0:
@@ -60,6 +68,10 @@ def trailing_pass(image, mask, lower, upper, kx, ky, nsig_b, nsig_s, gain, thres
         n = n1
         for t in range(n0, n):
             flat[dispersed[t]] = 1
+        b = r0 // BAND_ROWS  # the band's pixels are flagged now as after the whole pass (nonzero: dispersed)
+        if b + 1 < bounds.shape[0]:
+            _sums_integer(pixels, flat, starts, stops, seg_bins, radial_lo, radial_hi, window, n_windowed, sums,
+                          counts, bounds[b], bounds[b + 1])
         nc = erode_rows(flat, count, last, dispersed, n0, n, nx, radius, core, nc)
         if r1 == ny:
             nc = erode_bottom(flat, count, last, ny, nx, radius, core, nc)

@@ -31,7 +31,7 @@ from kernels.dispersion import DispersionWorkspace, strong_pixels
 from kernels.image_spots import image_spots
 from kernels.image_statistics import image_statistics
 from kernels.labelling import label_pixels
-from kernels.radial import bin_map, radial_profile, radial_segments, radial_sums
+from kernels.radial import BandedRadial, bin_map, radial_profile, radial_segments, radial_sums
 from streamer import band_decode, codecs
 from streamer.config import Config
 from streamer.errors import BadFrame
@@ -146,6 +146,9 @@ class ImageAnalyser:
         self.radial_bin_edges = np.arange(n_bins + 1, dtype=np.float64) * sf.radial_bin_width
         self.radial_bins = bin_map(d_star_sq, self.radial_bin_edges)
         self.radial_segments = radial_segments(self.mask, self.radial_bins, n_bins, sf.radial_row_step)
+        # taken inside the threshold pass where it can (integer pixels, `analyse`)
+        self.radial_in_pass = BandedRadial(self.radial_segments, self.dtype, self.trusted_range) \
+            if self.dtype.kind in "iu" and self.dtype.itemsize <= 4 else None
         self.ice_shells = IceRingShells.build(self.radial_bin_edges, sf.ice_ring_width)
         self.ice_table = ice_ring_table()
         det, beam = self.experiment.detector, self.experiment.beam
@@ -186,14 +189,15 @@ class ImageAnalyser:
         return other
 
     # ------------------------------------------------------------------ per frame
-    def strong(self, image: np.ndarray, source: tuple | None = None) -> np.ndarray:
+    def strong(self, image: np.ndarray, source: tuple | None = None, radial: bool = False) -> np.ndarray:
         """Strong pixel flat indices of a checked frame (a view into the workspace); `source`:
-        see `prepare`."""
+        see `prepare`; `radial`: the pass may take the radial sums too (`radial_in_pass`)."""
         sf = self.params
         try:
             return strong_pixels(image, self.mask, sf.algorithm, tuple(sf.kernel_size), sf.sigma_background,
                                  sf.sigma_strong, sf.global_threshold, sf.min_local, sf.gain, self.trusted_range,
-                                 self.workspace, source=source, flagged=self.series_mask.inactive)
+                                 self.workspace, source=source, flagged=self.series_mask.inactive,
+                                 radial=self.radial_in_pass if radial else None)
         except DecodeError as exc:
             raise BadFrame(str(exc), reason="corrupt_compression") from exc
 
@@ -233,21 +237,25 @@ class ImageAnalyser:
 
     def analyse(self, image: np.ndarray, image_number: int, source: tuple | None = None) -> ImageResult:
         """The per-image result of a decoded frame, or of one `prepare` handed on with its source."""
-        image, spots, n_strong = self.find_spots(image, image_number, source)
+        image, spots, n_strong = self.find_spots(image, image_number, source, radial=True)
         ws = self.workspace
-        profile, counts = radial_sums(image, self.radial_segments, ws.flag, self.trusted_range)
+        if self.radial_in_pass is not None and self.radial_in_pass.filled:
+            profile, counts = self.radial_in_pass.result()
+        else:  # the pixels of its spots (the dispersed ones) are flagged in ws.flag
+            profile, counts = radial_sums(image, self.radial_segments, ws.flag, self.trusted_range)
         total_counts = counts.sum()
         background = float(np.nansum(profile.astype(np.float64) * counts) / total_counts) if total_counts \
             else float("nan")
         return self.statistics(image_number, spots, n_strong, ws.n_overloads, background, profile, counts)
 
-    def find_spots(self, image: np.ndarray, image_number: int,
-                   source: tuple | None = None) -> tuple[np.ndarray, SpotTable, int]:
+    def find_spots(self, image: np.ndarray, image_number: int, source: tuple | None = None,
+                   radial: bool = False) -> tuple[np.ndarray, SpotTable, int]:
         """(checked image, spots, strong pixel count): what `dials.find_spots` does per image
         (decode, threshold, labelling, centroids, spot filters), without the statistics and
-        radial profile `analyse` adds. BadFrame for a frame with nothing to find."""
+        radial profile `analyse` adds (`radial`: as `strong`). BadFrame for a frame with
+        nothing to find."""
         image = self.check(image)
-        strong = self.strong(image, source)
+        strong = self.strong(image, source, radial)
         ws = self.workspace
         # a strong pixel is valid and above zero, so only an empty result can mean a dead frame
         # (the fast pass counts valid pixels only when asked)

@@ -7,7 +7,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from kernels.radial import bin_map, radial_profile
+from kernels.radial import bin_map, radial_profile, radial_sums
 from streamer import codecs, pipeline_messages, wire
 from streamer.config import Config, MaskConfig
 from streamer.errors import BadFrame
@@ -98,6 +98,23 @@ def test_radial_profile_shape_and_values(analyser):
     assert result.radial_profile.shape == (len(analyser.radial_bin_edges) - 1,)
     filled = np.isfinite(result.radial_profile)
     assert filled.sum() > 5 and abs(np.nanmean(result.radial_profile) - 5.0) < 0.5
+
+
+def test_radial_profile_taken_in_the_pass_as_after_it(analyser):
+    """`analyse` takes the radial sums inside the threshold pass (here decoding a bslz4 frame
+    band by band, as a worker hands it over): the profile and background are those of
+    `radial_sums` over the decoded frame after the pass, spot pixels left out."""
+    frame = spots_frame(POSITIONS, seed=6, background=4.0)
+    encoded = EncodedFrame("test", 0, SHAPE, "<u4", "bslz4", codecs.encode(frame, "bslz4"))
+    out = np.empty(SHAPE, np.uint32)
+    for _ in range(2):  # the second frame is decoded inside the pass
+        image, source = analyser.prepare(encoded, out)
+        result = analyser.analyse(image, 0, source)
+    assert analyser.workspace.last_fused and analyser.radial_in_pass.filled
+    mean, counts = radial_sums(out, analyser.radial_segments, analyser.workspace.flag, analyser.trusted_range)
+    assert result.radial_profile.tobytes() == mean.tobytes()
+    assert result.background == float(np.nansum(mean.astype(np.float64) * counts) / counts.sum())
+    assert np.count_nonzero(analyser.workspace.flag[::analyser.params.radial_row_step]) > 0
 
 
 def test_overloads_counted_and_excluded(analyser):
