@@ -45,7 +45,7 @@ from kernels.bslz4_native import DecodeError, decode_all, no_source, problem
 from kernels.dispersion_extended import (BIG, _packing, erode_runs, extended_final, extended_final_tiles, final_screen,
                                          set_flags)
 from kernels.dispersion_general import count_valid, general_pass
-from kernels.dispersion_int import BAND_ROWS, banded_pass, big_value
+from kernels.dispersion_int import banded_pass, big_value
 from kernels.dispersion_packed import loud_fraction, packed_pass
 from kernels.extended_trailing import trailing_pass, trailing_scratch
 from kernels.final_rows import FINAL_TESTS, extended_final_rows, final_path
@@ -289,8 +289,8 @@ def strong_pixels(
     ws = workspace if workspace is not None and workspace.shape == image.shape else DispersionWorkspace(image.shape)
     if radial is not None:
         radial.filled = False
-        if radial.segments.shape != image.shape or radial.dtype != image.dtype or radial.band_rows != BAND_ROWS:
-            raise ValueError("the radial sums were set up for another shape, pixel type or band height")
+        if radial.segments.shape != image.shape or radial.dtype != image.dtype:
+            raise ValueError("the radial sums were set up for another shape or pixel type")
     kx, ky = int(kernel_size[0]), int(kernel_size[1])
     window = (2 * kx + 1) * (2 * ky + 1)
     lower, upper = float(trusted_range[0]), float(trusted_range[1])

@@ -184,18 +184,16 @@ class BandedRadial:
     `filled` says whether the last pass took them (else call `radial_sums`).
     """
 
-    def __init__(self, segments: RadialSegments, dtype: np.dtype, trusted_range: tuple[float, float],
-                 band_rows: int = BAND_ROWS):
+    def __init__(self, segments: RadialSegments, dtype: np.dtype, trusted_range: tuple[float, float]):
         dtype = np.dtype(dtype).newbyteorder("=")  # the pass's images are native
         if dtype.kind not in "iu" or dtype.itemsize > 4:
             raise ValueError(f"banded radial sums need integer pixels of at most 32 bits, not {dtype}")
         ny, nx = segments.shape
         self.segments = segments
         self.dtype = dtype
-        self.band_rows = int(band_rows)
         lo, hi = _integer_limits(dtype, float(trusted_range[0]), float(trusted_range[1]))
-        rows = np.minimum(np.arange(0, ny + band_rows, band_rows, dtype=np.int64), ny)
-        # segments of the band starting at row b * band_rows: bounds[b] <= s < bounds[b + 1]
+        rows = np.minimum(np.arange(0, ny + BAND_ROWS, BAND_ROWS, dtype=np.int64), ny)
+        # segments of the pass's band starting at row b * BAND_ROWS: bounds[b] <= s < bounds[b + 1]
         bounds = np.searchsorted(segments.starts, rows * nx).astype(np.int64)
         n_windowed = int(np.searchsorted(segments.starts, ny * nx - WINDOW, side="right"))
         self.sums = np.zeros(segments.n_bins, dtype=np.int64)
