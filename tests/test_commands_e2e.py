@@ -1,0 +1,117 @@
+"""The commands that run the whole pipeline, end to end: `xtalstream process` on recorded
+frames (against the analyser run in this process), `run --once` on a live stream v2, and
+`demo` (simulator -> stream -> pipeline -> outputs, and its exit when the simulator fails)."""
+
+from __future__ import annotations
+
+import json
+import threading
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import zmq
+
+from streamer import codecs
+from streamer.config import Config
+
+
+@pytest.mark.slow
+def test_process_command_equals_direct_per_image_analysis(shared_data, tmp_path):
+    """`xtalstream process` on real SMV files (nanoBragg lysozyme) with two worker processes gives
+    per_image.csv rows identical to running the analyser on the same frames in this process."""
+    import csv
+
+    from streamer.commands.process import main as process_main
+    from streamer.perimage import ImageAnalyser
+    from streamer.sources.open_any import open_source
+    from streamer.spot_joiner import SpotJoinerStage
+    from streamer.spots_io import read_spots_csv
+
+    # four 0.5-degree images: below the indexer's first attempt (3 degrees), so this stays fast
+    paths = sorted((shared_data / "sim" / "lyso-nanobragg" / "images").glob("lyso_00[1-4].img.bz2"))
+    assert len(paths) == 4
+    out = tmp_path / "out"
+    assert process_main([*map(str, paths), "--pedestal", "40", "--out", str(out), "--workers", "2",
+                         "--result-stream", "off"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["frames"] == {"received": 4, "processed": 4, "dropped": {}}
+    rows = list(csv.DictReader(open(out / "per_image.csv")))
+    series, frames = open_source(paths, pedestal=40)
+    analyser = ImageAnalyser(series, Config())
+    joiner = SpotJoinerStage(series, Config())
+    for row, frame in zip(rows, frames, strict=True):
+        direct = analyser.analyse(codecs.decode(frame), frame.image_number)
+        joiner.add(series, SimpleNamespace(image_number=direct.image_number, spots=direct.spots.columns()))
+        assert int(row["image"]) == direct.image_number
+        assert float(row["phi"]) == pytest.approx(direct.phi_deg)
+        for key in ("n_spots", "n_spots_no_ice", "n_spots_4A", "n_overloads", "ice_rings"):
+            assert int(row[key]) == getattr(direct, key), key
+        for key in ("total_intensity", "estimated_d_min", "background"):
+            assert float(row[key]) == pytest.approx(getattr(direct, key), rel=1e-5), key
+    assert direct.n_spots > 100  # a real diffraction image, not an empty pass
+    joiner.finish()
+    spots = read_spots_csv(out / "spots.csv")
+    expected = joiner.spots()
+    assert len(spots["x_px"]) == len(expected) > 100
+    np.testing.assert_allclose(np.sort(spots["z_image"]), np.sort(expected.z_image), atol=1e-4)
+
+
+@pytest.mark.slow
+def test_run_once_command_on_a_real_stream(shared_data, tmp_path):
+    """`xtalstream run --once --out DIR` (the command itself) on a stream v2 of real frames."""
+    from streamer.commands.run import main as run_main
+    from streamer.sender import DetectorSender
+    from streamer.sources.open_any import open_source
+
+    paths = sorted((shared_data / "sim" / "lyso-nanobragg" / "images").glob("lyso_00[1-4].img.bz2"))
+    series, frames = open_source(paths, encoding="bslz4", pedestal=40)
+    frames = list(frames)
+    ctx = zmq.Context.instance()
+    sender = DetectorSender(ctx, "tcp://127.0.0.1:*", fmt="v2")
+
+    def send():  # the detector does not wait for the processor: ZeroMQ queues until it connects
+        sender.send_start(series)
+        for frame in frames:
+            sender.send_frame(frame)
+        sender.send_end()
+
+    thread = threading.Thread(target=send, daemon=True)
+    thread.start()
+    try:
+        code = run_main(["--connect", sender.endpoint, "--once", "--out", str(tmp_path / "out"), "--workers", "1",
+                         "--http", "127.0.0.1:0", "--result-stream", "off"])
+    finally:
+        thread.join(10)
+        sender.close()
+    assert code == 0
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["frames"] == {"received": 4, "processed": 4, "dropped": {}}
+    assert (tmp_path / "out" / "config.yaml").exists()
+
+
+@pytest.mark.slow
+def test_demo_command_streams_a_simulated_sweep_end_to_end(tmp_path, capsys):
+    """`xtalstream demo`: simulator child process -> stream -> pipeline -> outputs, live progress."""
+    from streamer.commands.demo import main as demo_main
+    from streamer.spots_io import read_spots_csv
+
+    out = tmp_path / "demo"
+    assert demo_main(["--images", "6", "--out", str(out), "--http", "127.0.0.1:0", "--workers", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert "dashboard: http://127.0.0.1:" in printed and "frames processed" in printed
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["frames"] == {"received": 6, "processed": 6, "dropped": {}}
+    rows = (out / "per_image.csv").read_text().splitlines()[1:]
+    assert [int(r.split(",")[0]) for r in rows] == list(range(6))
+    assert all(int(r.split(",")[2]) > 50 for r in rows)  # a simulated lysozyme pattern has spots
+    spots = read_spots_csv(out / "spots.csv")
+    assert len(spots["x_px"]) > 100 and spots["z_image"].min() >= 0 and spots["z_image"].max() < 6
+
+
+def test_demo_exits_when_the_simulator_fails(tmp_path, capsys):
+    from streamer.commands.demo import main as demo_main
+
+    code = demo_main(["--images", "3", "--preset", "no-such-crystal", "--out", str(tmp_path / "d"),
+                      "--http", "off", "--workers", "1"])
+    assert code != 0
