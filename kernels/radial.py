@@ -135,6 +135,19 @@ def _integer_limits(dtype: np.dtype, lower: float, upper: float) -> tuple[int, i
     return (lo, hi) if lo <= hi else (1, 0)
 
 
+def integer_sums_apply(dtype: np.dtype) -> bool:
+    """Whether pixels of `dtype` take the integer sums (`_sums_integer`): integers of at most 32 bits."""
+    dtype = np.dtype(dtype)
+    return dtype.kind in "iu" and dtype.itemsize <= 4
+
+
+def _windowed(segments: RadialSegments) -> int:
+    """How many leading segments `_sums_integer` reads as whole blocks: those starting at least
+    WINDOW pixels before the frame's end, so that a block never reads past it."""
+    ny, nx = segments.shape
+    return int(np.searchsorted(segments.starts, ny * nx - WINDOW, side="right"))
+
+
 def radial_sums(image: np.ndarray, segments: RadialSegments, exclude: np.ndarray,
                 trusted_range: tuple[float, float]) -> tuple[np.ndarray, np.ndarray]:
     """(mean value per bin as float32 (NaN where empty), pixel count per bin as int64).
@@ -151,12 +164,11 @@ def radial_sums(image: np.ndarray, segments: RadialSegments, exclude: np.ndarray
     flat, excl = image.reshape(-1), exclude.reshape(-1)
     counts = np.zeros(segments.n_bins, dtype=np.int64)
     lower, upper = float(trusted_range[0]), float(trusted_range[1])
-    if image.dtype.kind in "iu" and image.dtype.itemsize <= 4:
+    if integer_sums_apply(image.dtype):
         lo, hi = _integer_limits(image.dtype, lower, upper)
         int_sums = np.zeros(segments.n_bins, dtype=np.int64)
-        n_windowed = int(np.searchsorted(segments.starts, flat.size - WINDOW, side="right"))
         _sums_integer(flat, excl, segments.starts, segments.stops, segments.bins, image.dtype.type(lo),
-                      image.dtype.type(hi), WINDOW, n_windowed, int_sums, counts, 0, segments.starts.shape[0])
+                      image.dtype.type(hi), WINDOW, _windowed(segments), int_sums, counts, 0, segments.starts.shape[0])
         return _means(int_sums, counts), counts
     sums = np.zeros(segments.n_bins, dtype=np.float64)
     _sums_float(flat, excl, segments.starts, segments.stops, segments.bins, lower, upper, sums, counts)
@@ -186,7 +198,7 @@ class BandedRadial:
 
     def __init__(self, segments: RadialSegments, dtype: np.dtype, trusted_range: tuple[float, float]):
         dtype = np.dtype(dtype).newbyteorder("=")  # the pass's images are native
-        if dtype.kind not in "iu" or dtype.itemsize > 4:
+        if not integer_sums_apply(dtype):
             raise ValueError(f"banded radial sums need integer pixels of at most 32 bits, not {dtype}")
         ny, nx = segments.shape
         self.segments = segments
@@ -195,12 +207,11 @@ class BandedRadial:
         rows = np.minimum(np.arange(0, ny + BAND_ROWS, BAND_ROWS, dtype=np.int64), ny)
         # segments of the pass's band starting at row b * BAND_ROWS: bounds[b] <= s < bounds[b + 1]
         bounds = np.searchsorted(segments.starts, rows * nx).astype(np.int64)
-        n_windowed = int(np.searchsorted(segments.starts, ny * nx - WINDOW, side="right"))
         self.sums = np.zeros(segments.n_bins, dtype=np.int64)
         self.counts = np.zeros(segments.n_bins, dtype=np.int64)
         # the block width travels as a value: a constant one inlined into the pass is unrolled to scalar code
-        self.args = (segments.starts, segments.stops, segments.bins, bounds, np.int64(n_windowed), np.int64(WINDOW),
-                     dtype.type(lo), dtype.type(hi), self.sums, self.counts)
+        self.args = (segments.starts, segments.stops, segments.bins, bounds, np.int64(_windowed(segments)),
+                     np.int64(WINDOW), dtype.type(lo), dtype.type(hi), self.sums, self.counts)
         self.filled = False
 
     def start(self) -> tuple:

@@ -31,7 +31,7 @@ from kernels.dispersion import DispersionWorkspace, strong_pixels
 from kernels.image_spots import image_spots
 from kernels.image_statistics import image_statistics
 from kernels.labelling import label_pixels
-from kernels.radial import BandedRadial, bin_map, radial_profile, radial_segments, radial_sums
+from kernels.radial import BandedRadial, bin_map, integer_sums_apply, radial_profile, radial_segments, radial_sums
 from streamer import band_decode, codecs
 from streamer.config import Config
 from streamer.errors import BadFrame
@@ -148,7 +148,7 @@ class ImageAnalyser:
         self.radial_segments = radial_segments(self.mask, self.radial_bins, n_bins, sf.radial_row_step)
         # taken inside the threshold pass where it can (integer pixels, `analyse`)
         self.radial_in_pass = BandedRadial(self.radial_segments, self.dtype, self.trusted_range) \
-            if self.dtype.kind in "iu" and self.dtype.itemsize <= 4 else None
+            if integer_sums_apply(self.dtype) else None
         self.ice_shells = IceRingShells.build(self.radial_bin_edges, sf.ice_ring_width)
         self.ice_table = ice_ring_table()
         det, beam = self.experiment.detector, self.experiment.beam
