@@ -116,6 +116,8 @@ class DispersionWorkspace:
         index_dtype = np.int32 if size < 2**31 else np.int64
         self.index = np.empty(size, dtype=index_dtype)
         self.dispersed = np.empty(size, dtype=index_dtype)  # the pass's selected (extended: dispersed) pixels
+        self.values = np.empty(size)  # the strong pixels' values, where the pass took them (`strong_values`)
+        self._values_taken = -1  # values[:_values_taken] are the last call's, or -1
         self.stats = np.zeros(4, dtype=np.int64)
         self._marked = 0  # flag is zero except at dispersed[:_marked]
         self.last_path = ""  # the pass the last call took (`choose_path`)
@@ -151,6 +153,11 @@ class DispersionWorkspace:
         if (kx, ky) not in self._trailing:
             self._trailing[(kx, ky)] = trailing_scratch(self.shape, kx, ky)
         return self._trailing[(kx, ky)]
+
+    def strong_values(self) -> np.ndarray | None:
+        """The values (float64, a view) of the last call's strong pixels, in its order, where its
+        pass read them while cached (the trailing pass), else None: gather them from the image."""
+        return self.values[:self._values_taken] if self._values_taken >= 0 else None
 
     def clear_flag(self) -> None:
         """Zero the flag map (only where the last sparse pass marked it)."""
@@ -295,6 +302,7 @@ def strong_pixels(
     window = (2 * kx + 1) * (2 * ky + 1)
     lower, upper = float(trusted_range[0]), float(trusted_range[1])
     ws.stats[:] = 0
+    ws._values_taken = -1
     extended = algorithm == "dispersion_extended"
     lo, hi, hi_sum = _bounds(image.dtype, lower, upper)
     native = _native_bounds(image.dtype, lo, hi, hi_sum, float(global_threshold)) if image.dtype.kind in "iu" else None
@@ -362,7 +370,8 @@ def _trailing(ws, packing, args, packed, radial) -> np.ndarray:
     ok, n, ns = trailing_pass(
         image, mask, lower, upper, kx, ky, nsig_b, nsig_s, gain, threshold, min_local, ws.dispersed, stats, *packed,
         ws.flag, ws.index, min(kx, ky) - 1, np.int64(lo), np.int64(hi), shift, final_screen(nsig_s, gain),
-        ws.trailing_scratch(kx + 2, ky + 2), radial.start() if radial is not None else no_radial(image.dtype))
+        ws.trailing_scratch(kx + 2, ky + 2), radial.start() if radial is not None else no_radial(image.dtype),
+        ws.values)
     ws._marked = n  # the flags are set at dispersed[:n] (as `mark` sets them): the next call clears them
     if not ok:
         ws.last_path = ""
@@ -370,6 +379,7 @@ def _trailing(ws, packing, args, packed, radial) -> np.ndarray:
     ws.loud_fraction = int(stats[3]) / max(ws.usable(mask), 1)
     ws.dispersed_fraction = n / image.size
     ws.last_final = "trailing"
+    ws._values_taken = ns
     if radial is not None:
         radial.filled = True
     return ws.index[:ns]

@@ -35,14 +35,16 @@ from kernels.radial import _sums_integer
 @njit(boundscheck=False)
 def trailing_pass(image, mask, lower, upper, kx, ky, nsig_b, nsig_s, gain, threshold, min_count, dispersed, stats,
                   lo1, hs1, hi1, thr1, flagged, vq, alpha, beta, source, flag, core, radius, lo, hi, shift, screen,
-                  final_scratch, radial):
+                  final_scratch, radial, values):
     """The extended variant's packed pass (arguments as `packed_pass`'s, selecting the
     dispersed pixels into `dispersed`), erosion by `radius` (`erode_rows`, flags 1 and 2 in
     `flag`, which must be clear) and final test over windows of half-sizes kx + 2, ky + 2
     (`final_bands`: lo, hi, shift, screen as `_final_bands` takes them), band by band, and
     the radial sums of each band's segments over its pixels not flagged (`radial`:
     `BandedRadial.start`'s tuple, or `no_radial`'s for none). Returns (ok, dispersed,
-    strong), the strong pixels in core[:strong]; ok False if a block of the source is
+    strong), the strong pixels in core[:strong] and their values (float64) in
+    values[:strong], read after each band's final test while its pixels are cached (gathered
+    after the pass, they cost 0.13 ms per sparse 4M frame); ok False if a block of the source is
     corrupt (then the flags are set at dispersed[:dispersed] only, the radial sums partial)."""
     ny, nx = image.shape
     flat = flag.reshape(-1)
@@ -75,8 +77,11 @@ def trailing_pass(image, mask, lower, upper, kx, ky, nsig_b, nsig_s, gain, thres
         nc = erode_rows(flat, count, last, dispersed, n0, n, nx, radius, core, nc)
         if r1 == ny:
             nc = erode_bottom(flat, count, last, ny, nx, radius, core, nc)
+        ns0 = ns
         c, ns = final_bands(image, mask, lo, hi, kx + 2, ky + 2, nsig_s, gain, threshold, flag, core, c, nc, ns, core,
                             shift, screen, r1 - radius if r1 < ny else ny, final_scratch)
+        for t in range(ns0, ns):
+            values[t] = pixels[core[t]]
     stats[1] = -1  # valid and valid nonzero counts: on demand, as after `packed_pass`
     stats[2] = -1
     return True, n, ns

@@ -269,7 +269,9 @@ class ImageAnalyser:
                            f"{self.params.max_strong_pixel_fraction:.0%} of the detector",
                            reason="too_many_strong_pixels")
         index = strong.copy()
-        values = np.take(image.reshape(-1), index)
+        values = ws.strong_values()
+        if values is None:
+            values = np.take(image.reshape(-1), index)
         return image, self.spots(index, values, image_number), index.size
 
     def spots(self, index: np.ndarray, values: np.ndarray, image_number: int) -> SpotTable:

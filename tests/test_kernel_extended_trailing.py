@@ -5,7 +5,8 @@ The trailing steps take bands of core pixels only once the rows their windows re
 so the cases are those where that bookkeeping could slip: spots across the pass's bands
 (BAND_ROWS) and the final test's tiles (TILE), in the last rows, in frames shorter than a band
 or than a window, windows of other sizes (erosion radius 0 to 3), and frames dense with spots.
-Strong pixels, the flag map (1 dispersed, 2 core) and the counts must be the same bit for bit.
+Strong pixels, the flag map (1 dispersed, 2 core) and the counts must be the same bit for bit,
+and the values the pass takes of its strong pixels those of the image.
 The radial sums the pass takes band by band must be those of `radial_sums` after it.
 """
 
@@ -35,9 +36,11 @@ def trailing_and_general(image, mask, **kw):
     view.setflags(write=False)
     got = strong_pixels(view, mask, "dispersion_extended", workspace=ws, path="packed", **kw).copy()
     assert ws.last_final == "trailing"
+    np.testing.assert_array_equal(ws.strong_values(), image.reshape(-1)[got].astype(np.float64))
     ref_ws = DispersionWorkspace(image.shape)
     want = strong_pixels(image.astype(np.float64), mask, "dispersion_extended", workspace=ref_ws, **kw).copy()
     assert ref_ws.last_path == "general"
+    assert ref_ws.strong_values() is None  # taken by the trailing pass only
     np.testing.assert_array_equal(got, want)
     np.testing.assert_array_equal(ws.flag, ref_ws.flag)
     assert (ws.n_overloads, ws.n_valid, ws.n_valid_nonzero) == (
@@ -83,6 +86,10 @@ def test_dense_spots_and_one_workspace_for_many_frames():
         got = strong_pixels(image, mask, workspace=ws)
         taken.add(ws.last_final)
         np.testing.assert_array_equal(got, want)
+        values = ws.strong_values()  # this frame's, or None where the pass did not take them
+        assert (values is None) == (ws.last_final != "trailing")
+        if values is not None:
+            np.testing.assert_array_equal(values, image.reshape(-1)[got])
         np.testing.assert_array_equal(ws.flag, alone.flag)
     assert "trailing" in taken and len(taken) > 1
 
