@@ -39,6 +39,8 @@ pass; else in full before the pass.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from kernels.bslz4_native import DecodeError, decode_all, no_source, problem
@@ -200,6 +202,7 @@ class DispersionWorkspace:
             self.stats[1], self.stats[2] = count_valid(*self._last)
 
 
+@functools.lru_cache(maxsize=64)  # per series: frames skip the numpy scalar work
 def _bounds(dtype: np.dtype, lower: float, upper: float) -> tuple[object, object, object]:
     """(lo, hi, hi_sum) in the image's arithmetic: for integers v > lower <=> v > floor(lower)
     and v < upper <=> v < ceil(upper), clamped to the int64 range; hi_sum = min(hi, 2**24)."""
@@ -210,6 +213,7 @@ def _bounds(dtype: np.dtype, lower: float, upper: float) -> tuple[object, object
     return np.float64(lower), np.float64(upper), np.float64(min(upper, BIG))
 
 
+@functools.lru_cache(maxsize=64)
 def _native_bounds(dtype: np.dtype, lo: int, hi: int, hi_sum: int, threshold: float) -> tuple | None:
     """Inclusive bounds (lo + 1, hi_sum - 1, hi - 1, floor(threshold) + 1) in the image's
     integer type for the screened pass, or None when it does not apply: it needs

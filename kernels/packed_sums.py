@@ -12,6 +12,7 @@ in a hundred for the float64 test. The pass over a frame is `kernels.dispersion_
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -25,6 +26,7 @@ Y_SHIFT = X_BITS + M_BITS  # 17: the square takes the top 15 bits
 CHORD_MARGIN = np.float32(0.9999 / 1.0001)  # `_chord`'s relative margin (float32 rounds to ~6e-8)
 
 
+@functools.lru_cache(maxsize=64)
 def quiet_value(window_pixels: int) -> int:
     """Largest value whose window sums fit the packed fields (0: the window is too large)."""
     if window_pixels >= 2**M_BITS:
@@ -154,6 +156,7 @@ def _candidates_row(row, col, k, dm, alpha, beta, dispersion_only, wsum, cand):
             possible = possible & _above_quiet_mean(p, rv[c])
         out[c] = possible | (cm[c] != 0)
 
+@functools.lru_cache(maxsize=64)  # per series, asked per frame
 def candidate_bounds(window: int, nsig_b: float, gain: float) -> tuple[np.float32, np.float32]:
     """(alpha, beta): the chord a + b m of k(m) = g ((m - 1) + sqrt(nb2 (m - 1))) from m = 2
     to the window size, a lower bound of k over that range, times `CHORD_MARGIN`, as

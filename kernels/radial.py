@@ -15,6 +15,7 @@ in scan order.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -226,8 +227,10 @@ class BandedRadial:
         return _means(self.sums, self.counts), self.counts.copy()
 
 
+@functools.lru_cache(maxsize=16)
 def no_radial(dtype: np.dtype) -> tuple:
-    """The trailing pass's radial argument when no sums are wanted: no band has segments."""
+    """The trailing pass's radial argument when no sums are wanted: no band has segments (one
+    tuple per dtype, made once: its arrays are empty, nothing is ever written to them)."""
     dtype = np.dtype(dtype)
     none = np.zeros(0, dtype=np.int64)
     return (none, none, np.zeros(0, dtype=np.int32), none, np.int64(0), np.int64(WINDOW), dtype.type(1), dtype.type(0),

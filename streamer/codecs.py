@@ -32,6 +32,7 @@ import ctypes
 import ctypes.util
 import glob
 import logging
+import math
 import os
 import struct
 from collections.abc import Sequence
@@ -224,7 +225,7 @@ def expected_bytes(shape: tuple[int, ...], dt: np.dtype) -> int:
         raise BadFrame(f"unsupported pixel type {dt.str}", reason="wrong_size")
     if not shape or any(n <= 0 for n in shape):
         raise BadFrame(f"bad frame shape {shape}", reason="wrong_size")
-    expected = int(np.prod(shape, dtype=np.int64)) * dt.itemsize
+    expected = math.prod(int(n) for n in shape) * dt.itemsize  # exact: Python integers
     if expected > MAX_DECODED_BYTES:
         raise BadFrame(f"frame of {expected} bytes exceeds the {MAX_DECODED_BYTES}-byte bound", reason="wrong_size")
     return expected

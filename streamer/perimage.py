@@ -159,6 +159,7 @@ class ImageAnalyser:
             raise BadFrame(f"max_spot_size {sf.max_spot_size} must exceed min_spot_size {self.min_spot_size}",
                            reason="bad_config")
         self.workspace = DispersionWorkspace(self.shape)
+        self._block_scratch = np.empty(0, np.uint8)  # the band sources' block scratch, kept from frame to frame
         self.max_strong = int(math.ceil(sf.max_strong_pixel_fraction * self.shape[0] * self.shape[1]))
         if warm_up:
             self._warm_up()
@@ -212,7 +213,8 @@ class ImageAnalyser:
                 and np.dtype(frame.dtype) == self.dtype and tuple(frame.shape) == self.shape
                 and out.shape == self.shape and out.dtype == self.dtype
                 and band_decode.block_decoder_functions() is not None):
-            source = band_decode.bslz4_band_source(frame, out)
+            source = band_decode.bslz4_band_source(frame, out, self._block_scratch)
+            self._block_scratch = source[2]
             image = out.view()
             image.flags.writeable = False
             return image, source
