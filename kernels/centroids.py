@@ -57,15 +57,14 @@ def _spot_moments(index, values, labels, n_labels, ny, nx, n_pixels, bbox, sums,
         wy_sum = sums[s, 3]
         wz_sum = sums[s, 4]
         best = peak_value[s]
+        best_x = np.int64(-1)  # the run's brightest pixel so far, if brighter than the spot's before
         count = 0
         while True:
             x = p - row_start
             w = values[t]
-            if w > best:
-                best = w
-                peak[s, 0] = x + 0.5
-                peak[s, 1] = y + 0.5
-                peak[s, 2] = z + 0.5
+            brighter = w > best  # selects, not a branch (which the rise and fall of a spot mispredicts)
+            best = w if brighter else best
+            best_x = x if brighter else best_x
             w_sum += w
             w2_sum += w * w
             wx_sum += w * (x + 0.5)
@@ -80,6 +79,10 @@ def _spot_moments(index, values, labels, n_labels, ny, nx, n_pixels, bbox, sums,
                     continue
             break
         x_last = p - row_start
+        if best_x >= 0:
+            peak[s, 0] = best_x + 0.5
+            peak[s, 1] = y + 0.5
+            peak[s, 2] = z + 0.5
         sums[s, 0] = w_sum
         sums[s, 1] = w2_sum
         sums[s, 2] = wx_sum

@@ -3,9 +3,10 @@
 Follows DIALS 3.12 `PixelListLabeller.labels_2d/labels_3d` (dials/model/data/pixel_list.h):
 pixels are neighbours when they differ by one step along x, y (2D: 4-connectivity) or also
 z, the image number (3D: 6-connectivity); diagonal pixels are *not* connected. Only the
-sorted list of strong pixels is visited (two forward pointers find the pixel below and the
-one on the next image), with union-find. Components are numbered in the order of their
-first pixel in (z, y, x) order, which is the order DIALS's connected_components gives.
+sorted list of strong pixels is visited, as runs along x (two forward pointers find the
+overlapping runs of the row above and of the image before), with union-find over the runs.
+Components are numbered in the order of their first pixel in (z, y, x) order, which is the
+order DIALS's connected_components gives.
 """
 
 from __future__ import annotations
@@ -40,55 +41,77 @@ def _union(parent, a, b):
 @njit
 def _label(index, nz, ny, nx, labels, parent):
     """labels[i] = component of pixel i (flat index z*ny*nx + y*nx + x, ascending); returns
-    the number of components, or -1 if `index` is not strictly ascending."""
+    the number of components, or -1 if `index` is not strictly ascending. parent: scratch of
+    index's length. Unions run over runs (consecutive pixels of one row), not pixels: a run
+    joins the runs of the row above and of the same row on the image before that overlap it
+    in x, found by two pointers that only move forward. Per pixel there is one test, which
+    holds inside a run (measured on 4M bench frames, 10,500-11,000 strong pixels in 2,500
+    runs: 0.12 -> 0.07 ms; pixel by pixel, each neighbour test and union was a branch the
+    CPU often mispredicts)."""
     n = index.shape[0]
-    for i in range(n):
-        parent[i] = i
-    plane = ny * nx
-    j2 = 0
-    j3 = 0
+    if n == 0:
+        return 0
+    start = np.empty(n + 1, np.int64)  # the runs: first pixel, row (z * ny + y), first and last x
+    line = np.empty(n, np.int64)
+    x0 = np.empty(n, np.int64)
+    x1 = np.empty(n, np.int64)
+    runs = 0
     previous = np.int64(-1)
     row_start = np.int64(0)
-    row_end = np.int64(0)  # [row_start, row_end): the row of the pixel; found by division only on a new row
-    y = np.int64(0)
-    z = np.int64(0)
+    row_end = np.int64(0)  # [row_start, row_end): the row of the last pixel; found by division only on a new row
+    row = np.int64(0)
     for i in range(n):
         p = np.int64(index[i])
-        if p <= previous:
-            return -1
+        if p != previous + 1 or p == row_end:  # a new run
+            if p <= previous:
+                return -1
+            if p >= row_end:
+                row = p // nx
+                row_start = row * nx
+                row_end = row_start + nx
+            if runs:
+                x1[runs - 1] = previous - line[runs - 1] * nx
+            start[runs] = i
+            line[runs] = row
+            x0[runs] = p - row_start
+            runs += 1
         previous = p
-        if p >= row_end:
-            row = p // nx
-            row_start = row * nx
-            row_end = row_start + nx
-            z = row // ny
-            y = row - z * ny
-        if p + 1 < row_end and i + 1 < n and index[i + 1] == p + 1:
-            _union(parent, i, i + 1)
-        if y < ny - 1:
-            target = p + nx
-            if j2 < i:
-                j2 = i
-            while j2 < n and index[j2] < target:
-                j2 += 1
-            if j2 < n and index[j2] == target:
-                _union(parent, i, j2)
-        if z < nz - 1:
-            target = p + plane
-            if j3 < j2:
-                j3 = j2
-            while j3 < n and index[j3] < target:
-                j3 += 1
-            if j3 < n and index[j3] == target:
-                _union(parent, i, j3)
+    x1[runs - 1] = previous - line[runs - 1] * nx
+    start[runs] = n
+    for k in range(runs):
+        parent[k] = k
+    above = 0  # the first run that may touch a later run from the row above / the image before
+    before = 0
+    for k in range(runs):
+        r = line[k]
+        a = x0[k]
+        b = x1[k]
+        if r % ny != 0:  # y > 0: the row above, r - 1
+            target = r - 1
+            while above < k and (line[above] < target or (line[above] == target and x1[above] < a)):
+                above += 1
+            j = above
+            while j < k and line[j] == target and x0[j] <= b:
+                _union(parent, k, j)
+                j += 1
+        if r >= ny:  # z > 0: the same row of the image before, r - ny
+            target = r - ny
+            while before < k and (line[before] < target or (line[before] == target and x1[before] < a)):
+                before += 1
+            j = before
+            while j < k and line[j] == target and x0[j] <= b:
+                _union(parent, k, j)
+                j += 1
     count = 0
-    for i in range(n):
-        r = _find(parent, i)
-        if r == i:
-            labels[i] = count
+    for k in range(runs):  # a component's root is its first run: components numbered by first pixel
+        root = _find(parent, k)
+        if root == k:
+            value = count
             count += 1
         else:
-            labels[i] = labels[r]  # r < i: its label is already set
+            value = labels[start[root]]  # root < k: its label is already set
+        for i in range(start[k], start[k + 1]):
+            labels[i] = value
     return count
 
 
