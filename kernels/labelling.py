@@ -38,6 +38,20 @@ def _union(parent, a, b):
         parent[ra] = rb
 
 
+@njit(inline="always")  # called per run: a call passes every array anew (0.07 -> 0.084 ms per 4M frame)
+def _join_overlapping(parent, k, target, first, line, x0, x1):
+    """Join run k to the runs of row `target` that overlap it in x, searching from run `first`
+    (runs before it end left of every run from k on); returns where the next search starts."""
+    a = x0[k]
+    while first < k and (line[first] < target or (line[first] == target and x1[first] < a)):
+        first += 1
+    j = first
+    while j < k and line[j] == target and x0[j] <= x1[k]:
+        _union(parent, k, j)
+        j += 1
+    return first
+
+
 @njit
 def _label(index, nz, ny, nx, labels, parent):
     """labels[i] = component of pixel i (flat index z*ny*nx + y*nx + x, ascending); returns
@@ -84,24 +98,10 @@ def _label(index, nz, ny, nx, labels, parent):
     before = 0
     for k in range(runs):
         r = line[k]
-        a = x0[k]
-        b = x1[k]
-        if r % ny != 0:  # y > 0: the row above, r - 1
-            target = r - 1
-            while above < k and (line[above] < target or (line[above] == target and x1[above] < a)):
-                above += 1
-            j = above
-            while j < k and line[j] == target and x0[j] <= b:
-                _union(parent, k, j)
-                j += 1
-        if r >= ny:  # z > 0: the same row of the image before, r - ny
-            target = r - ny
-            while before < k and (line[before] < target or (line[before] == target and x1[before] < a)):
-                before += 1
-            j = before
-            while j < k and line[j] == target and x0[j] <= b:
-                _union(parent, k, j)
-                j += 1
+        if r % ny != 0:  # y > 0: the row above
+            above = _join_overlapping(parent, k, r - 1, above, line, x0, x1)
+        if r >= ny:  # z > 0: the same row of the image before
+            before = _join_overlapping(parent, k, r - ny, before, line, x0, x1)
     count = 0
     for k in range(runs):  # a component's root is its first run: components numbered by first pixel
         root = _find(parent, k)
