@@ -334,7 +334,8 @@ def strong_pixels(
     if chosen == "packed":  # the packed pass's bounds, screen and band source, as both its callers take them
         packed = (*native, flag, native[0].dtype.type(min(quiet_value(window), int(native[1]))),
                   *candidate_bounds(window, float(sigma_background), float(gain)), source if fused else ws._no_source)
-    packing = _packing(image, lower, upper, kx + 2, ky + 2) if extended and chosen == "packed" else None
+    packing = _packing(image.dtype.kind, image.shape, lower, upper, kx + 2, ky + 2) \
+        if extended and chosen == "packed" else None
     if packing is not None and final != "rows":  # measured faster than either final test after the pass
         return _trailing(ws, packing, args, packed, radial)
     if chosen == "packed":

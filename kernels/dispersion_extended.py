@@ -363,18 +363,15 @@ def final_bands(image, mask, lo, hi, kx, ky, nsig_s, gain, threshold, flag, core
     return c, n
 
 
-def _packing(image, lower, upper, kx, ky):
-    """(shift, lo, hi) for `_final_bands`, or None: integer images with valid values (lower <
-    v < upper, v < 2**24) lo..hi in [0, 2**24) (lower >= -1), tables of (value << shift) + 1
-    (shift: bits of the window's pixel count) below 2**62 over a band's widest group."""
-    return _packing_for(image.dtype.kind, *image.shape, lower, upper, kx, ky)
-
-
 @functools.lru_cache(maxsize=64)  # per series, asked per frame
-def _packing_for(kind, ny, nx, lower, upper, kx, ky):
-    """`_packing` of an image of dtype kind `kind` and shape (ny, nx)."""
+def _packing(kind, shape, lower, upper, kx, ky):
+    """(shift, lo, hi) for `_final_bands`, or None, for images of dtype kind `kind` and `shape`:
+    integer images with valid values (lower < v < upper, v < 2**24) lo..hi in [0, 2**24)
+    (lower >= -1), tables of (value << shift) + 1 (shift: bits of the window's pixel count)
+    below 2**62 over a band's widest group."""
     if kind not in "iu" or not lower >= -1.0:
         return None
+    ny, nx = shape
     shift = ((2 * int(kx) + 1) * (2 * int(ky) + 1)).bit_length()
     if min(ny, TILE + 2 * ky) * nx >= 2 ** (62 - 24 - shift):
         return None
@@ -390,7 +387,7 @@ def extended_final_tiles(image, mask, lower, upper, kx, ky, nsig_s, gain, thresh
     window each), for integer images; out_index may be core (written in place, in order).
     Integer sums are exact in any order, so the results are `extended_final`'s; other
     images (floats, lower < -1, huge windows) take `extended_final` itself."""
-    packed = _packing(image, lower, upper, kx, ky)
+    packed = _packing(image.dtype.kind, image.shape, lower, upper, kx, ky)
     if packed is None:
         return extended_final(image, mask, lower, upper, kx, ky, nsig_s, gain, threshold, flag, core, nc, out_index)
     shift, lo, hi = packed
@@ -398,7 +395,6 @@ def extended_final_tiles(image, mask, lower, upper, kx, ky, nsig_s, gain, thresh
                         out_index, shift, final_screen(nsig_s, gain))
 
 
-@functools.lru_cache(maxsize=64)
 def final_screen(nsig_s: float, gain: float) -> bool:
     """Whether `_strong` may decide pixels by its screen (parameters in the range its margins hold for)."""
     return (nsig_s == 0.0 or 1e-30 <= nsig_s <= 1e30) and 1e-30 <= gain <= 1e30

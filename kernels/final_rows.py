@@ -32,7 +32,7 @@ def row_bounds(image: np.ndarray, lower: float, upper: float, kx: int, ky: int) 
     """(lo, hi) in the image's type for `final_rows`, or None where it does not apply: the
     valid values lo..hi of an integer image must lie in [0, 2**24) (`_packing`) and the
     window have at most MAX_ROWS rows."""
-    packed = _packing(image, lower, upper, kx, ky)
+    packed = _packing(image.dtype.kind, image.shape, lower, upper, kx, ky)
     if packed is None or 2 * ky + 1 > MAX_ROWS:
         return None
     _, lo, hi = packed

@@ -214,7 +214,7 @@ class ImageAnalyser:
                 and out.shape == self.shape and out.dtype == self.dtype
                 and band_decode.block_decoder_functions() is not None):
             source = band_decode.bslz4_band_source(frame, out, self._block_scratch)
-            self._block_scratch = source[2]
+            self._block_scratch = source[2]  # (src, dst, scratch, functions, state)
             image = out.view()
             image.flags.writeable = False
             return image, source
