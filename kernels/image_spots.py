@@ -24,7 +24,7 @@ def _image_spots(index, values, ny, nx, min_size, max_size, max_separation, use_
                  fast, slow, pixel_size, wavelength, s0):
     n = index.shape[0]
     labels = np.empty(n, dtype=np.int32)
-    n_labels = _label(index, 1, ny, nx, labels, np.empty(n, dtype=np.int64))
+    n_labels = _label(index, ny, nx, labels, np.empty(n, dtype=np.int64))
     if n_labels < 0:
         n_labels = 0  # not ascending: the caller raises
     n_pixels = np.zeros(n_labels, dtype=np.int64)

@@ -53,8 +53,9 @@ def _join_overlapping(parent, k, target, first, line, x0, x1):
 
 
 @njit
-def _label(index, nz, ny, nx, labels, parent):
-    """labels[i] = component of pixel i (flat index z*ny*nx + y*nx + x, ascending); returns
+def _label(index, ny, nx, labels, parent):
+    """labels[i] = component of pixel i (flat index z*ny*nx + y*nx + x, ascending; any number
+    of images z: a run's image and row follow from its flat row z*ny + y); returns
     the number of components, or -1 if `index` is not strictly ascending. parent: scratch of
     index's length. Unions run over runs (consecutive pixels of one row), not pixels: a run
     joins the runs of the row above and of the same row on the image before that overlap it
@@ -138,7 +139,7 @@ def label_pixels(index: np.ndarray, shape: tuple[int, ...]) -> tuple[np.ndarray,
         return labels, 0
     if index[0] < 0 or index[-1] >= nz * ny * nx:
         raise ValueError("index must be strictly ascending flat indices inside the shape")
-    n = _label(index, int(nz), int(ny), int(nx), labels, np.empty(index.size, dtype=np.int64))
+    n = _label(index, int(ny), int(nx), labels, np.empty(index.size, dtype=np.int64))
     if n < 0:
         raise ValueError("index must be strictly ascending flat indices inside the shape")
     return labels, int(n)

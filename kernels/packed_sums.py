@@ -26,7 +26,6 @@ Y_SHIFT = X_BITS + M_BITS  # 17: the square takes the top 15 bits
 CHORD_MARGIN = np.float32(0.9999 / 1.0001)  # `_chord`'s relative margin (float32 rounds to ~6e-8)
 
 
-@functools.lru_cache(maxsize=64)
 def quiet_value(window_pixels: int) -> int:
     """Largest value whose window sums fit the packed fields (0: the window is too large)."""
     if window_pixels >= 2**M_BITS:
