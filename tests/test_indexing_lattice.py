@@ -64,6 +64,28 @@ def test_bravais_search_finds_the_lattice_and_its_cell(cell, centring, lattice):
     assert len(ops.sym_ops) == rotations
 
 
+ORTHORHOMBIC_ORDER = [  # (cell as given, its centring, lattice, the conventional cell DIALS reports)
+    ((62.9, 70.1, 51.2, 90, 90, 90), "P", "oP", (51.2, 62.9, 70.1)),
+    ((70, 50, 60, 90, 90, 90), "I", "oI", (50, 60, 70)),
+    ((60, 70, 50, 90, 90, 90), "F", "oF", (50, 60, 70)),
+    ((80, 66, 52, 90, 90, 90), "C", "oC", (66, 80, 52)),  # c stays across the centred face
+]
+
+
+@pytest.mark.parametrize("cell, centring, lattice, expected", ORTHORHOMBIC_ORDER,
+                         ids=[x[2] for x in ORTHORHOMBIC_ORDER])
+def test_orthorhombic_cells_come_in_the_conventional_axis_order(cell, centring, lattice, expected):
+    primitive = PRIMITIVE[centring] @ _real_basis(cell)
+    rng = np.random.default_rng(11)
+    for scramble in (np.eye(3, dtype=int), np.array([[0, 1, 0], [0, 0, 1], [1, 0, 0]]),
+                     np.array([[1, 1, 0], [0, 1, 0], [1, 0, 1]])):
+        reduced, _ = niggli_reduce_basis(scramble @ primitive @ _random_rotation(rng).T)
+        best = {s.lattice: s for s in bravais_solutions(reduced)}[lattice]
+        np.testing.assert_allclose(best.cell[:3], expected, rtol=1e-6)
+        assert np.linalg.det(best.basis) > 0
+        np.testing.assert_allclose(best.transform @ reduced, best.basis, atol=1e-9)
+
+
 def test_distortion_grows_with_the_departure_from_symmetry():
     deltas = []
     for gamma in (90.0, 90.5, 91.0, 2.0 + 90.0):

@@ -111,6 +111,14 @@ def _centring_ok(m: np.ndarray, centring: str) -> np.ndarray:
     return np.all(diff.min(axis=2) < 1e-4, axis=1)
 
 
+def _orthorhombic_order(lengths: np.ndarray, centring: str) -> list[int]:
+    """The axis order of an orthorhombic cell as DIALS reports it: a <= b <= c, except that a
+    C-centred cell keeps c across its centred face (a <= b). The caller restores right-handedness."""
+    if centring == "C":
+        return [0, 1, 2] if lengths[0] <= lengths[1] else [1, 0, 2]
+    return [int(k) for k in np.argsort(lengths, kind="stable")]
+
+
 def bravais_solutions(reduced_basis: np.ndarray, max_distortion_deg: float = 5.0) -> list[LatticeSolution]:
     """Every Bravais lattice within `max_distortion_deg`, lowest symmetry first (aP always)."""
     r = np.asarray(reduced_basis, dtype=np.float64)
@@ -159,6 +167,9 @@ def bravais_solutions(reduced_basis: np.ndarray, max_distortion_deg: float = 5.0
         best = cand[np.argmin(key)]
         m = _M_ALL[best].copy()
         basis = vec[best].copy()
+        if BRAVAIS[lattice] == "orthorhombic":  # the axis orders tie above: take the conventional one
+            order = _orthorhombic_order(length[best], centring)
+            m, basis = m[order], basis[order]
         if BRAVAIS[lattice] in ("hexagonal", "rhombohedral") and ang[best, 2] < 90.0:
             m[1] = -m[1]
             basis[1] = -basis[1]
