@@ -64,7 +64,10 @@ class DetectorSender:
         self.frames_sent = 0
 
     def close(self, linger_s: float = 0.0) -> None:
-        """Close the socket; `linger_s` > 0 gives queued messages that long to leave."""
+        """Close the socket; `linger_s` > 0 gives queued messages that long to leave. They leave
+        only while the context lives: a process that sent zero-copy parts must `term()` its
+        context before it exits (at exit the interpreter frees the buffers while ZeroMQ's I/O
+        thread may still be writing them, and libzmq aborts on the bad address)."""
         self.socket.close(linger=int(linger_s * 1000))
 
     def __enter__(self) -> DetectorSender:

@@ -3,9 +3,12 @@ its geometry; captures go out part for part as captured; pacing and waiting for 
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import tempfile
 import threading
 import time
+from pathlib import Path
 
 import fabio
 import numpy as np
@@ -212,3 +215,29 @@ def test_wait_for_consumer_holds_the_start(shared_data, tmp_path):
     got = receive_series(url, timeout_s=20.0, ctx=ctx)
     thread.join(timeout=30)
     assert len(got.frames) == 4 and got.end is not None and time.monotonic() - t0 < 20
+
+
+def test_capture_replay_process_exits_cleanly_after_large_parts(shared_data, tmp_path):
+    """The replay command as its own process: the 4M capture's header carries ~18 MB parts,
+    still leaving when the sends return. The process must keep their buffers until they have
+    left (its ZeroMQ context terminated before exit; else libzmq aborts on a freed buffer)."""
+    folder = shared_data / "streams" / "eiger4m-v1-dls"
+    messages = read_capture(folder)
+    url = ipc_url(tmp_path, "proc")
+    ctx = zmq.Context.instance()
+    pull = ctx.socket(zmq.PULL)
+    pull.setsockopt(zmq.LINGER, 0)
+    pull.connect(url)
+    proc = subprocess.Popen([sys.executable, "-m", "streamer.cli", "replay", str(folder), "--bind", url,
+                             "--wait-for-consumer", "--wait-timeout", "20"], cwd=Path(__file__).resolve().parents[1],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        for expected in messages:
+            assert pull.poll(30000), "replay stopped early"
+            assert pull.recv_multipart() == [bytes(p) for p in expected]
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+        pull.close()
+    assert proc.returncode == 0, out
+    assert "sent 3 frames" in out

@@ -165,18 +165,22 @@ def main(argv: list[str] | None = None) -> int:
     if args.repeat < 1:
         p.error("--repeat must be >= 1")
     paths = list(args.paths)
-    ctx = zmq.Context.instance()
+    ctx = zmq.Context()
     rate = None if args.rate == 0 else args.rate
     start = time.monotonic()
-    if _is_capture(paths):
-        if len(paths) != 1:
-            raise BadInput("give one capture folder", reason="bad_arguments")
-        n = replay_capture(ctx, paths[0], args.bind, rate, args.repeat, args.wait_for_consumer, args.wait_timeout,
-                           args.linger)
-    else:
-        n = replay_series(ctx, paths, args.bind, args.format, -1.0 if args.rate is None else rate, args.header_detail,
-                          args.series_id, args.repeat, args.wait_for_consumer, args.wait_timeout, args.pedestal,
-                          args.compression, args.linger, on_series=lambda info: print(describe(info), flush=True))
+    try:
+        if _is_capture(paths):
+            if len(paths) != 1:
+                raise BadInput("give one capture folder", reason="bad_arguments")
+            n = replay_capture(ctx, paths[0], args.bind, rate, args.repeat, args.wait_for_consumer,
+                               args.wait_timeout, args.linger)
+        else:
+            n = replay_series(ctx, paths, args.bind, args.format, -1.0 if args.rate is None else rate,
+                              args.header_detail, args.series_id, args.repeat, args.wait_for_consumer,
+                              args.wait_timeout, args.pedestal, args.compression, args.linger,
+                              on_series=lambda info: print(describe(info), flush=True))
+    finally:
+        ctx.term()  # waits (each socket's linger) for queued messages: see `DetectorSender.close`
     elapsed = time.monotonic() - start
     print(f"sent {n} frames in {elapsed:.2f} s ({n / elapsed if elapsed > 0 else 0:.1f} frames/s) on {args.bind}")
     return 0

@@ -128,7 +128,7 @@ def stream(sim, url: str, fmt: str, rate: float | None, wait: bool, wait_timeout
 
     from streamer.sender import DetectorSender
 
-    ctx = zmq.Context.instance()
+    ctx = zmq.Context()
     sender = DetectorSender(ctx, url, fmt=fmt, rate_hz=rate, header_detail=header_detail)
     try:
         if wait:
@@ -145,6 +145,7 @@ def stream(sim, url: str, fmt: str, rate: float | None, wait: bool, wait_timeout
                  sim.spec.n_images / max(elapsed, 1e-9))
     finally:
         sender.close(linger_s=30.0)
+        ctx.term()  # waits for queued messages: see `DetectorSender.close`
     return sim.spec.n_images
 
 
