@@ -123,7 +123,7 @@ class Fanout:
         self.open: dict[str, int] = {}  # series id -> frames dispatched so far
         self.seen: set[str] = set()  # series ids announced so far
         self.aliases: dict[str, str] = {}  # a repeated series id -> the id it has in this run
-        self.n_series_ended = 0
+        self.n_series_ended = 0  # ends received, of series open here or never started
 
     def handle(self, event: Any) -> None:
         """Dispatch one source event (SeriesInfo, EncodedFrame, SeriesEnd, Dropped)."""
@@ -149,7 +149,10 @@ class Fanout:
             if series_id in self.open:
                 self._end(series_id, "end" if event.reason == "end" else MISSING_END)
         elif isinstance(event, Dropped):
-            self._drop(event.reason, event.series_id, event.image_number, is_frame=_is_frame(event))
+            is_frame = _is_frame(event)
+            self._drop(event.reason, event.series_id, event.image_number, is_frame=is_frame)
+            if not is_frame and event.reason == "no_series":  # the end of a series joined too late to
+                self.n_series_ended += 1  # see its start (its frames dropped): it has ended for `--once` too
         else:
             raise TypeError(f"unexpected source event {type(event).__name__}")
 

@@ -158,6 +158,24 @@ def test_run_session_writes_summary_per_image_and_config(tmp_path):
     assert "schema_version: 1" in (tmp_path / "out" / "config.yaml").read_text()
 
 
+@pytest.mark.slow
+def test_run_once_returns_at_the_end_of_a_series_joined_too_late(tmp_path):
+    """`run --once` started after the detector sent its series start (a restart mid-collection):
+    the frames are dropped as no_series, and its end of series ends the run as any end does."""
+    from streamer.commands.run import run_session
+
+    def events():
+        for i in range(3):
+            yield Dropped("no_series", f"image {i} of series s9 that never started", "s9", i)
+        yield Dropped("no_series", "end of series s9 that never started", "s9")
+        raise AssertionError("--once read past the end of the series")
+
+    summary = run_session(live_config(), events, tmp_path / "out", live=True, once=True, progress=False,
+                          worker_args=fake_args(), worker_env=ENV)
+    assert summary["frames"] == {"received": 3, "processed": 0, "dropped": {"no_series": 3}}
+    assert (tmp_path / "out" / "summary.json").exists()
+
+
 def live_config(idle_timeout_s=30.0):
     c = Config()
     return c.model_copy(update={
