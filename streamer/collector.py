@@ -86,6 +86,7 @@ class SeriesState:
     stages: list[SweepStage] = field(default_factory=list)
     outputs: dict[str, Any] = field(default_factory=dict)
     results: list[FrameResult] = field(default_factory=list)  # processed, in frame order
+    dropped_images: list[int] = field(default_factory=list)  # image numbers of frames dropped (per_image.csv rows)
     latencies_s: list[float] = field(default_factory=list)  # received -> published, per frame
 
 
@@ -172,6 +173,8 @@ class Collector:
             if state is not None:
                 state.tally.received += 1
                 state.tally.drop(reason)
+                if image_number is not None:
+                    state.dropped_images.append(int(image_number))
         self.metrics.frames_received.inc()
         self.metrics.dropped(reason)
         payload = {"series_id": series_id or "", "image": image_number, "phi_deg": None, "dropped": reason}
@@ -253,6 +256,7 @@ class Collector:
         with self._lock:
             state.tally.drop("worker_lost")
             self.total.drop("worker_lost")
+            state.dropped_images.append(image_number)
         self.metrics.dropped("worker_lost")
         payload = {"series_id": state.series.series_id, "image": image_number,
                    "phi_deg": state.series.phi_deg(image_number + 0.5), "dropped": "worker_lost"}
@@ -276,6 +280,7 @@ class Collector:
             with self._lock:
                 state.tally.drop(result.drop_reason or "bad_frame")
                 self.total.drop(result.drop_reason or "bad_frame")
+                state.dropped_images.append(result.image_number)
             m.dropped(result.drop_reason or "bad_frame")
             log.info("series %s image %d dropped: %s (%s)", series.series_id, result.image_number,
                      result.drop_reason, result.drop_message)

@@ -54,9 +54,10 @@ def build_summary(frames: Mapping[str, Any], stage_outputs: Mapping[str, Any]) -
     return jsonable(summary)
 
 
-def per_image_rows(series: Any, results: Sequence[Any]) -> list[dict[str, Any]]:
-    """Rows of per_image.csv from the collector's processed results (columns the stages filled)."""
-    rows = []
+def per_image_rows(series: Any, results: Sequence[Any], dropped: Sequence[int] = ()) -> list[dict[str, Any]]:
+    """Rows of per_image.csv, one per image: the collector's processed results (columns the
+    stages filled) and, by image number among them, the images it dropped (image and phi only)."""
+    rows = [{"image": n, "phi": series.phi_deg(n + 0.5)} for n in dropped]
     for r in results:
         row: dict[str, Any] = {"image": r.image_number,
                                "phi": r.stats.get("phi_deg", series.phi_deg(r.image_number + 0.5))}
@@ -64,7 +65,7 @@ def per_image_rows(series: Any, results: Sequence[Any]) -> list[dict[str, Any]]:
             value = r.stats.get(column)
             row[column] = len(value) if column == "ice_rings" and isinstance(value, (list, tuple)) else value
         rows.append(row)
-    return rows
+    return sorted(rows, key=lambda row: row["image"])
 
 
 def write_per_image(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:

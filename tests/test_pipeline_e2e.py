@@ -21,6 +21,7 @@ from streamer.config import Config
 from streamer.pipeline import Pipeline
 from streamer.result_stream import read_message
 from streamer.series import Dropped, EncodedFrame, SeriesEnd
+from streamer.summary import per_image_rows
 
 TESTS = str(Path(__file__).resolve().parent)
 ENV = {"PYTHONPATH": os.pathsep.join([TESTS, os.environ.get("PYTHONPATH", "")])}
@@ -96,10 +97,14 @@ def test_recorded_frames_with_bad_input_all_accounted_and_published_in_order(tmp
         pipe.feed(events)
         assert pipe.wait(60)
         frames = pipe.collector.total.as_dict()
-        results = pipe.collector.series[s.series_id].results
+        state = pipe.collector.series[s.series_id]
+        results = state.results
         sub.done.wait(10)
     assert frames["received"] == 31 and balanced(frames)
     assert frames["processed"] == 28
+    rows = per_image_rows(s, results, state.dropped_images)  # one per image, the dropped ones blank
+    assert [row["image"] for row in rows] == list(range(30))
+    assert [row["image"] for row in rows if row.get("n_spots") is None] == [7, 11]
     assert frames["dropped"] == {"malformed_message": 1, "wrong_shape": 1, "corrupt_compression": 1}
     assert {r.image_number: r.stats["n_spots"] for r in results} == truth
     images = [p for t, p in sub.messages if t == "image" and p["image"] is not None]
@@ -228,8 +233,9 @@ def test_live_stream_v2_with_injected_bad_messages(tmp_path):
     frames = stream_through_run(tmp_path, "v2", send)["frames"]
     assert balanced(frames) and frames["received"] == 21 and frames["processed"] == 19, frames
     assert frames["dropped"]["corrupt_compression"] == 1 and sum(frames["dropped"].values()) == 2
-    rows = (tmp_path / "out" / "per_image.csv").read_text().splitlines()[1:]
-    assert [int(r.split(",")[2]) for r in rows] == [i % 5 for i in range(20) if i != 5]
+    rows = [r.split(",") for r in (tmp_path / "out" / "per_image.csv").read_text().splitlines()[1:]]
+    assert [int(r[0]) for r in rows] == list(range(20))  # one row per image: the dropped one is blank
+    assert [int(r[2]) if r[2] else None for r in rows] == [None if i == 5 else i % 5 for i in range(20)]
 
 
 @pytest.mark.slow

@@ -111,3 +111,25 @@ def test_findspots_on_eiger_hdf5_decodes_chunks_in_the_pass_as_decoding_first(tm
     assert [float(r["total_intensity"]) for r in rows] == pytest.approx([w.total_intensity for w in want], rel=1e-6)
     assert [float(r["background"]) for r in rows] == pytest.approx([w.background for w in want], rel=1e-5)  # 6 digits
     assert sum(w.n_spots for w in want) > 0
+
+
+def test_findspots_writes_a_blank_per_image_row_for_a_skipped_image(tmp_path):
+    """per_image.csv has one row per image (CONTRACT.md): an image that cannot be decoded is
+    skipped with its reason, and its row carries only its number and phi."""
+    import csv
+
+    from streamer.commands.findspots import main
+
+    master = tmp_path / "sweep_master.h5"
+    assert simulate.main([*ARGS[:5], "4", *ARGS[6:], "--out", str(master)]) == 0
+    data_file = next(tmp_path.glob("sweep_data_*.h5"))
+    with h5py.File(data_file, "r+") as f:  # image 2: a chunk whose bitshuffle-LZ4 blocks are garbage
+        dset = f["entry/data/data"]
+        good = dset.id.read_direct_chunk((2, 0, 0))[1]
+        dset.id.write_direct_chunk((2, 0, 0), good[:12] + b"\xff" * (len(good) - 12))
+    assert main([str(master), "--out", str(tmp_path / "spots.csv"), "--nproc", "1"]) == 0
+    with open(tmp_path / "per_image.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [int(r["image"]) for r in rows] == [0, 1, 2, 3]
+    assert [r["n_spots"] == "" for r in rows] == [False, False, True, False]
+    assert rows[2]["phi"] != ""

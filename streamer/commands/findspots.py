@@ -99,11 +99,12 @@ def main(argv: list[str] | None = None) -> int:
         except BadInput as exc:
             return frame.image_number, None, exc
 
-    results, dropped = [], {}
+    results, dropped, skipped = [], {}, []
     with ThreadPoolExecutor(max_workers=args.nproc) as pool:
         for image_number, result, error in pool.map(analyse, frames):
             if error is not None:
                 dropped[error.reason] = dropped.get(error.reason, 0) + 1
+                skipped.append({"image": image_number, "phi": info.phi_deg(image_number + 0.5)})
                 log.warning("image %d skipped: %s", image_number, error)
             else:
                 results.append(result)
@@ -121,8 +122,9 @@ def main(argv: list[str] | None = None) -> int:
             joined = Spots3D.concatenate(parts + [joiner.finish()])
             spots_out.write(joined.x_px, joined.y_px, joined.z_image, joined.intensity, joined.n_pixels)
         n_spots = spots_out.n_written
-    with PerImageWriter(out.parent / "per_image.csv") as per_image:
-        per_image.write_all(results)
+    with PerImageWriter(out.parent / "per_image.csv") as per_image:  # one row per image, a skipped one blank
+        per_image.write_all(sorted([*results, *skipped], key=lambda r: r["image"] if isinstance(r, dict)
+                                   else r.image_number))
     elapsed = time.perf_counter() - t_start
     n_images = len(results) + sum(dropped.values())
     print(f"{n_images} images ({len(results)} analysed, dropped {dropped or 'none'}), {n_spots} spots "

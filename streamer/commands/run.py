@@ -206,7 +206,7 @@ def _write(collector, config, out: Path) -> dict[str, Any]:
 
     closed = [collector.series[sid] for sid in collector.order if collector.series[sid].closed]
     outputs: dict[str, Any] = dict(closed[-1].outputs) if closed else {}
-    rows = per_image_rows(closed[-1].series, closed[-1].results) if closed else []
+    rows = per_image_rows(closed[-1].series, closed[-1].results, closed[-1].dropped_images) if closed else []
     spots = outputs.pop("_spots", None)
     summary = build_summary(collector.total.as_dict(), outputs)
     write_outputs(out, config, summary, rows, spots)
