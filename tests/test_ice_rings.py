@@ -48,7 +48,8 @@ def reference_detect(profile, counts, bin_edges_ds2, spot_d=None, width=0.004, m
         mean_in = float((profile[inner] * counts[inner]).sum() / n_in)
         mean_side = float((profile[side] * counts[side]).sum() / n_side)
         excess = mean_in - mean_side
-        sigma = np.sqrt(max(mean_side, 1e-9) / n_in + max(mean_side, 1e-9) / n_side)
+        pooled = max((mean_in * n_in + mean_side * n_side) / (n_in + n_side), 1e-9)
+        sigma = np.sqrt(pooled / n_in + pooled / n_side)
         ice = excess > min_excess * max(mean_side, 1e-9) and excess > n_sigma * sigma
         if not ice and spot_ds2 is not None:
             s_in = int(np.count_nonzero(np.abs(spot_ds2 - ring) < half))

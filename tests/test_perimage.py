@@ -238,6 +238,23 @@ def test_ice_ring_detection_from_profile():
     assert detect_ice_rings(profile, counts, edges) == (3.669,)
 
 
+def test_ice_ring_detection_at_a_background_of_a_few_photons():
+    """Where the background is a few photons per shell (high resolution, low dose), a handful
+    of photons more in the ring shell than in its sides is noise, not ice (the side shells'
+    mean alone made 0 photons against 4 a 60-sigma ring); a ring of a tenth of a photon per
+    pixel over such a background still shows."""
+    edges = np.arange(0, 0.4, 0.002)
+    centres = 0.5 * (edges[1:] + edges[:-1])
+    counts = np.full(centres.size, 350)
+    ring = np.abs(centres - 1 / 2.249**2) < 0.002  # two bins: 700 pixels; side shells: 1400
+    profile = np.zeros(centres.size, dtype=np.float32)
+    profile[ring] = 2.0 / 350  # 4 photons in the ring shell, none beside it
+    assert detect_ice_rings(profile, counts, edges) == ()
+    profile[:] = 0.05
+    profile[ring] = 0.15
+    assert detect_ice_rings(profile, counts, edges) == (2.249,)
+
+
 def test_resolution_estimate_pieces():
     bins = equal_population_bins(np.linspace(0.01, 0.3, 100))
     assert len(bins) == 5 and bins[0][1] > bins[0][0] > bins[1][0]
