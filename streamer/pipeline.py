@@ -32,11 +32,11 @@ from typing import Any
 
 import zmq
 
-from streamer import pipeline_messages, wire
+from streamer import header_corrections, pipeline_messages, wire
 from streamer.allocator import keep_freed_memory
 from streamer.collector import Collector, StageFactory
 from streamer.collector_service import CollectorService
-from streamer.config import Config
+from streamer.config import Config, GeometryOverride
 from streamer.frame_store import FrameStore
 from streamer.metrics import Metrics
 from streamer.result_stream import ResultPublisher
@@ -104,7 +104,8 @@ class Fanout:
     """
 
     def __init__(self, ctx: zmq.Context, endpoints: Endpoints, hwm: int, overload_wait_s: float | None,
-                 store: FrameStore | None = None, metrics: Metrics | None = None):
+                 store: FrameStore | None = None, metrics: Metrics | None = None,
+                 geometry: GeometryOverride | None = None):
         self.frames = ctx.socket(zmq.PUSH)
         self.frames.setsockopt(zmq.LINGER, 0)
         self.frames.setsockopt(zmq.SNDHWM, hwm)
@@ -124,6 +125,7 @@ class Fanout:
         self.seen: set[str] = set()  # series ids announced so far
         self.aliases: dict[str, str] = {}  # a repeated series id -> the id it has in this run
         self.n_series_ended = 0  # ends received, of series open here or never started
+        self.geometry = geometry or GeometryOverride()  # the configured header corrections
 
     def handle(self, event: Any) -> None:
         """Dispatch one source event (SeriesInfo, EncodedFrame, SeriesEnd, Dropped)."""
@@ -131,6 +133,7 @@ class Fanout:
             alias = self.aliases.get(event.series_id)
             self._frame(event if alias is None else dataclasses.replace(event, series_id=alias))
         elif isinstance(event, SeriesInfo):
+            event = header_corrections.entering(event, self.geometry)  # what every later stage sees
             series_id = event.series_id
             for other in list(self.open):
                 if other != self.aliases.get(series_id, series_id):
@@ -273,7 +276,7 @@ class Pipeline:
         store = FrameStore(config.fanout.frame_store_mb * 1024 * 1024, shared=config.fanout.shared_store) \
             if config.fanout.frame_store_mb else None
         self.fanout = Fanout(self.ctx, self.endpoints, config.fanout.hwm,
-                             config.fanout.overload_wait_s if live else None, store, self.metrics)
+                             config.fanout.overload_wait_s if live else None, store, self.metrics, config.geometry)
         self.fanout.check_workers = self._check_workers
         self.service.frames_url = self.fanout.frames_url
         share_store(self.fanout, self.service, self.collector)

@@ -71,13 +71,15 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
 
     from streamer.errors import BadInput
+    from streamer.header_corrections import entering
     from streamer.perimage import ImageAnalyser
     from streamer.sources.open_any import open_source
-    from streamer.spot_joiner import Spots3D, SpotJoinerStage
+    from streamer.spot_joiner import SpotJoinerStage, Spots3D
     from streamer.spots_io import PerImageWriter, SpotsWriter
 
     config = effective_config(args)
     info, frames = open_source(args.paths, pedestal=args.pedestal)
+    info = entering(info, config.geometry)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
