@@ -3,6 +3,7 @@ virtual dataset, and the real EIGER 9M master; pixels compared bit-exact with h5
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from pathlib import Path
@@ -155,6 +156,19 @@ def test_artificial_master_with_its_data_file(shared_data, tmp_path):
     assert info.image_shape == (13, 11) and info.n_images == 5 and len(frames) == 5
     np.testing.assert_array_equal(info.pixel_mask, mask)
     np.testing.assert_array_equal(np.stack([codecs.decode(fr) for fr in frames]), expected)
+
+
+def test_a_pixel_mask_that_does_not_fit_is_reported(shared_data, tmp_path, caplog):
+    """A master whose pixel mask has another shape than the images: not used, and said so (the
+    detector's bad pixels then go unmasked)."""
+    _, files = sorted(dataset_pairs(shared_data).items())[0]
+    master = make_master(tmp_path, files)
+    with h5py.File(master, "a") as f:
+        f.create_dataset("entry/instrument/detector/detectorSpecific/pixel_mask", data=np.zeros((100, 100), "<u4"))
+    with caplog.at_level(logging.WARNING), EigerH5Source(master) as source:
+        info = source.info
+    assert info.pixel_mask is None
+    assert "pixel_mask of shape (100, 100) does not fit the images" in caplog.text
 
 
 def test_real_eiger9m_master_geometry_without_its_data(shared_data):

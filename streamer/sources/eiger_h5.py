@@ -201,6 +201,9 @@ class EigerH5Source:
         mask_ds = f.get(f"{spec}/pixel_mask")
         if isinstance(mask_ds, h5py.Dataset) and mask_ds.shape == shape:
             mask = np.ascontiguousarray(mask_ds[()], dtype=np.uint32)
+        elif isinstance(mask_ds, h5py.Dataset):  # the detector's bad pixels are not masked: say so
+            log.warning("%s: pixel_mask of shape %s does not fit the images (%s): not used", self.path,
+                        mask_ds.shape, shape)
         flatfield = None
         ff_ds = f.get(f"{spec}/flatfield")
         if load_flatfield and isinstance(ff_ds, h5py.Dataset) and ff_ds.shape == shape:
