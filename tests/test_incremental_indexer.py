@@ -151,6 +151,22 @@ def test_collector_stage_joins_pixels_and_publishes_a_model():
     assert summary["indexed"] and summary["unit_cell"][0] > 78 and summary["unit_cell"][0] < 80
 
 
+def test_a_sweep_that_ends_short_of_min_degrees_is_tried_at_its_end():
+    """A 2-degree wedge (a screening sweep) never reaches the 3 degrees the first attempt waits
+    for while images arrive; once the series ends, its spots are all there is: tried then."""
+    truth = sweep_experiment(CELL, "P 43 21 2", n_images=8, width=0.25)
+    spots = simulated_spots(truth, missing=0.1, outliers=0.02)
+    indexer = IncrementalIndexer(truth.replace(crystal=None), IndexingConfig(min_images=5, min_degrees=3.0))
+    assert _feed(indexer, spots, 8) == []
+    assert indexer.status().startswith("not indexed yet: waiting for data")
+    indexer.complete = True  # what `IndexingStage.finish` sets
+    update = indexer.step()
+    assert update is not None and update.kind == "indexed"
+    final = indexer.summary()
+    assert final["indexed"] and final["lattice"] == "tP"
+    np.testing.assert_allclose(final["unit_cell"][:3], [78.9, 78.9, 36.9], rtol=2e-3)
+
+
 def test_stills_are_indexed_one_image_at_a_time():
     from streamer.geometry import Scan
     from streamer.prediction import miller_indices

@@ -5,7 +5,8 @@
     update = indexer.step()              # None, or an IndexingUpdate to publish
     indexer.status(); indexer.summary()  # reason when not indexed yet; CONTRACT.md `indexing`
 
-Policy: the first attempt waits for `min_images` images and `min_degrees` of rotation; failed
+Policy: the first attempt waits for `min_images` images and `min_degrees` of rotation (a sweep
+that ends short of that is tried once at its end, with every spot); failed
 attempts are retried every `retry_every_images` new images (with all spots so far); a solution
 is accepted by fraction indexed and RMSDs (px and images); once accepted, the model is
 re-refined every `refine_every_images` images, re-indexing from scratch if it stops fitting.
@@ -80,6 +81,7 @@ class IncrementalIndexer:
         self.scan_varying = None  # ScanVaryingModel once the sweep spans two blocks
         self._parts: list[Spots] = []
         self.images_seen = 0
+        self.complete = False  # the sweep has ended: its spots are all there will be
         self.last_attempt_image: int | None = None
         self.last_refine_image: int | None = None
         self.result: IndexingResult | None = None  # last attempt (accepted or not)
@@ -137,7 +139,7 @@ class IncrementalIndexer:
         if self.experiment.scan.is_still:
             return "still" if self.images_seen > (self.last_attempt_image or 0) else None
         if self.model is None:
-            if self.images_seen < self.min_images or self.spot_degrees < self.min_degrees:
+            if self._waiting():
                 return None
             if self.last_attempt_image is not None and self.images_seen - self.last_attempt_image < self.retry_every:
                 return None
@@ -145,6 +147,11 @@ class IncrementalIndexer:
         if self.images_seen - (self.last_refine_image or 0) >= self.refine_every:
             return "refine"
         return None
+
+    def _waiting(self) -> bool:
+        """Whether the first attempt waits for more data: `min_images` images and, while the
+        sweep runs, `min_degrees` of spots (a sweep that ended short is tried with what it has)."""
+        return self.images_seen < self.min_images or (self.spot_degrees < self.min_degrees and not self.complete)
 
     def step(self) -> IndexingUpdate | None:
         """Try indexing or re-refinement if due; returns an update when a new model is accepted."""
@@ -229,7 +236,7 @@ class IncrementalIndexer:
             return "indexed"
         if self.experiment.scan.is_still:
             return "not indexed yet: no image yet" if self.result is None else f"not indexed yet: {self.result.reason}"
-        if self.images_seen < self.min_images or self.spot_degrees < self.min_degrees:
+        if self._waiting():
             return (f"not indexed yet: waiting for data ({self.images_seen} images, spots over "
                     f"{self.spot_degrees:.1f} deg; needs {self.min_images} images and {self.min_degrees:.1f} deg)")
         if self.result is None:
@@ -319,6 +326,7 @@ class IndexingStage:
         indexer = self.indexer
         if indexer.images_seen and not indexer.experiment.scan.is_still:
             indexer.set_spots(_untruncated(self.joiner.spots(), indexer.images_seen))
+            indexer.complete = True  # a short sweep gets its attempt now
             indexer.last_refine_image = -indexer.refine_every  # due now, whatever the count
             if indexer.model is None:
                 indexer.last_attempt_image = None
