@@ -171,6 +171,18 @@ def test_a_pixel_mask_that_does_not_fit_is_reported(shared_data, tmp_path, caplo
     assert "pixel_mask of shape (100, 100) does not fit the images" in caplog.text
 
 
+def test_a_master_announcing_more_images_than_its_data_hold_is_reported(shared_data, tmp_path, caplog):
+    _, files = sorted(dataset_pairs(shared_data).items())[0]
+    master = make_master(tmp_path, files)
+    with h5py.File(master, "a") as f:
+        spec = f.require_group("entry/instrument/detector/detectorSpecific")
+        spec.create_dataset("nimages", data=40)
+        spec.create_dataset("ntrigger", data=1)
+    with caplog.at_level(logging.WARNING), EigerH5Source(master) as source:
+        n_frames = len(list(source.frames()))
+    assert f"announces 40 images (nimages x ntrigger), its data hold {n_frames}" in caplog.text
+
+
 def test_real_eiger9m_master_geometry_without_its_data(shared_data):
     source = EigerH5Source(shared_data / EIGER_DIR / "dials-data-files_dectris_eiger9m_master.h5")
     info = source.info

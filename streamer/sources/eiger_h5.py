@@ -230,6 +230,9 @@ class EigerH5Source:
         n_images = sum(b.count for b in self.blocks) or None
         nimages, ntrigger = dataset_value(f, f"{spec}/nimages"), dataset_value(f, f"{spec}/ntrigger")
         if isinstance(nimages, int) and isinstance(ntrigger, int) and nimages * ntrigger > 0:
+            if n_images and n_images < nimages * ntrigger:  # an interrupted collection, or data files missing
+                log.warning("%s: the master announces %d images (nimages x ntrigger), its data hold %d: the last %d "
+                            "are missing", self.path, nimages * ntrigger, n_images, nimages * ntrigger - n_images)
             n_images = max(n_images or 0, nimages * ntrigger)
         booleans = {k: dataset_value(f, f"{det_path}/{k}") for k in ("countrate_correction_applied",
                                                                "flatfield_correction_applied")}
