@@ -36,6 +36,14 @@ def ipc_url(tmp_path, name: str) -> str:
     return f"ipc://{path}"
 
 
+def pull_from(ctx: zmq.Context, url: str) -> zmq.Socket:
+    """A PULL socket connected to the replay's `url` (no linger: tests close it at once)."""
+    pull = ctx.socket(zmq.PULL)
+    pull.setsockopt(zmq.LINGER, 0)
+    pull.connect(url)
+    return pull
+
+
 def run_replay(target, *args, **kwargs) -> threading.Thread:
     thread = threading.Thread(target=target, args=args, kwargs=kwargs, daemon=True)
     thread.start()
@@ -120,9 +128,7 @@ def test_capture_replay_is_part_for_part(shared_data, tmp_path, capture):
     messages = read_capture(folder)
     url = ipc_url(tmp_path, "cap")
     ctx = zmq.Context.instance()
-    pull = ctx.socket(zmq.PULL)
-    pull.setsockopt(zmq.LINGER, 0)
-    pull.connect(url)
+    pull = pull_from(ctx, url)
     thread = run_replay(replay_capture, ctx, folder, url, None)
     try:
         for expected in messages:
@@ -224,10 +230,7 @@ def test_capture_replay_process_exits_cleanly_after_large_parts(shared_data, tmp
     folder = shared_data / "streams" / "eiger4m-v1-dls"
     messages = read_capture(folder)
     url = ipc_url(tmp_path, "proc")
-    ctx = zmq.Context.instance()
-    pull = ctx.socket(zmq.PULL)
-    pull.setsockopt(zmq.LINGER, 0)
-    pull.connect(url)
+    pull = pull_from(zmq.Context.instance(), url)
     proc = subprocess.Popen([sys.executable, "-m", "streamer.cli", "replay", str(folder), "--bind", url,
                              "--wait-for-consumer", "--wait-timeout", "20"], cwd=Path(__file__).resolve().parents[1],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
