@@ -183,6 +183,21 @@ def test_a_master_announcing_more_images_than_its_data_hold_is_reported(shared_d
     assert f"announces 40 images (nimages x ntrigger), its data hold {n_frames}" in caplog.text
 
 
+def test_a_truncated_data_file_is_named_in_the_error(shared_data, tmp_path):
+    _, files = sorted(dataset_pairs(shared_data).items())[0]
+    copies = []
+    for path in files:  # real copies: the first one truncated
+        copy = tmp_path / "data" / path.name
+        copy.parent.mkdir(exist_ok=True)
+        copy.write_bytes(path.read_bytes())
+        copies.append(copy)
+    with open(copies[0], "r+b") as fh:
+        fh.truncate(copies[0].stat().st_size * 6 // 10)
+    master = make_master(tmp_path, copies)
+    with pytest.raises(BadInput, match=f"cannot read data file .*{copies[0].name} of .*{master.name}"):
+        EigerH5Source(master)
+
+
 def test_real_eiger9m_master_geometry_without_its_data(shared_data):
     source = EigerH5Source(shared_data / EIGER_DIR / "dials-data-files_dectris_eiger9m_master.h5")
     info = source.info

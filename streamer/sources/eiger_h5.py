@@ -105,7 +105,11 @@ def _external_blocks(f: h5py.File, master: Path) -> list[ImageBlock]:
             target, dataset = master, f"/entry/data/{name}"
         count, first = None, next_image
         if target.exists():
-            with h5py.File(target, "r") as data:
+            try:
+                data = h5py.File(target, "r")
+            except OSError as exc:  # named here: the caller's message would name the master
+                raise BadInput(f"cannot read data file {target} of {master}: {exc}", reason="bad_hdf5") from exc
+            with data:
                 ds = data.get(dataset)
                 if not isinstance(ds, h5py.Dataset) or ds.ndim != 3:
                     raise BadHeader(f"{target}:{dataset} is not a 3-d image stack", reason="bad_layout")
