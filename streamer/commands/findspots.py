@@ -16,6 +16,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from types import SimpleNamespace
 
 from streamer.commands.common import cli_errors, parser
 
@@ -106,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         for image_number, result, error in pool.map(analyse, frames):
             if error is not None:
                 dropped[error.reason] = dropped.get(error.reason, 0) + 1
-                skipped.append({"image": image_number, "phi": info.phi_deg(image_number + 0.5)})
+                skipped.append(SimpleNamespace(image_number=image_number, phi_deg=info.phi_deg(image_number + 0.5)))
                 log.warning("image %d skipped: %s", image_number, error)
             else:
                 results.append(result)
@@ -125,8 +126,7 @@ def main(argv: list[str] | None = None) -> int:
             spots_out.write(joined.x_px, joined.y_px, joined.z_image, joined.intensity, joined.n_pixels)
         n_spots = spots_out.n_written
     with PerImageWriter(out.parent / "per_image.csv") as per_image:  # one row per image, a skipped one blank
-        per_image.write_all(sorted([*results, *skipped], key=lambda r: r["image"] if isinstance(r, dict)
-                                   else r.image_number))
+        per_image.write_all(sorted([*results, *skipped], key=lambda r: r.image_number))
     elapsed = time.perf_counter() - t_start
     n_images = len(results) + sum(dropped.values())
     print(f"{n_images} images ({len(results)} analysed, dropped {dropped or 'none'}), {n_spots} spots "
