@@ -104,9 +104,9 @@ def ring_flags(profile: np.ndarray, counts: np.ndarray, ring_d_star_sq: np.ndarr
                n_sigma: float, density_factor: float, min_spots: int) -> np.ndarray:
     """Boolean per ring: its shell's mean background (bins inner_bins[inner_ptr[r]:inner_ptr[r+1]])
     exceeds the side shells' by `min_excess` relative and `n_sigma` Poisson sigmas (of the
-    pooled mean of both), or (with
-    spots) the shell holds at least `min_spots` spots, `density_factor` times and `n_sigma`
-    sigmas above the side shells' density. Rings with < `min_pixels` pixels in a shell: False.
+    pooled mean of both), or (with spots) the shell holds at least `min_spots` spots,
+    `density_factor` times and `n_sigma` sigmas above the side shells' density. Rings with <
+    `min_pixels` pixels in a shell: False.
     """
     counts = np.ascontiguousarray(counts, dtype=np.int64)
     profile = np.ascontiguousarray(profile)

@@ -246,6 +246,14 @@ class Collector:
                 continue
             break
 
+    def _drop_image(self, state: SeriesState, reason: str, image_number: int) -> None:
+        """Count a dispatched frame of `state` as dropped: tallies, its per_image.csv row, metrics."""
+        with self._lock:
+            state.tally.drop(reason)
+            self.total.drop(reason)
+            state.dropped_images.append(image_number)
+        self.metrics.dropped(reason)
+
     def _lose(self, state: SeriesState, seq: int) -> None:
         self.settled((state.series.series_id, seq))
         image_number, _ = state.dispatched.pop(seq, (None, 0.0))
@@ -253,11 +261,7 @@ class Collector:
         if image_number is None:  # the dispatch notice itself never came: nothing was received
             return
         log.warning("series %s image %d: no result from any worker, dropped", state.series.series_id, image_number)
-        with self._lock:
-            state.tally.drop("worker_lost")
-            self.total.drop("worker_lost")
-            state.dropped_images.append(image_number)
-        self.metrics.dropped("worker_lost")
+        self._drop_image(state, "worker_lost", image_number)
         payload = {"series_id": state.series.series_id, "image": image_number,
                    "phi_deg": state.series.phi_deg(image_number + 0.5), "dropped": "worker_lost"}
         if self.publisher:
@@ -277,11 +281,7 @@ class Collector:
         }
         m = self.metrics
         if result.dropped:
-            with self._lock:
-                state.tally.drop(result.drop_reason or "bad_frame")
-                self.total.drop(result.drop_reason or "bad_frame")
-                state.dropped_images.append(result.image_number)
-            m.dropped(result.drop_reason or "bad_frame")
+            self._drop_image(state, result.drop_reason or "bad_frame", result.image_number)
             log.info("series %s image %d dropped: %s (%s)", series.series_id, result.image_number,
                      result.drop_reason, result.drop_message)
         else:
