@@ -7,9 +7,11 @@ worker, ...). After a series closes, received = processed + sum(dropped).
 
 Order: the receiver numbers the frames it dispatches per series (seq 0, 1, 2, ... without
 gaps). Results wait in a bounded reorder buffer until all earlier frames are published. A
-frame whose result does not come within `result_timeout_s` of its dispatch (its worker died,
-or its message was lost), or that blocks a full buffer, is dropped as "worker_lost" and
-the stream moves on; a late result of such a frame is ignored (never counted twice).
+frame is dropped as "worker_lost" when it blocks a full buffer (its worker died while others
+go on), or when `result_timeout_s` has passed both since its dispatch and since the series'
+last result (no worker is making progress: all died, or its message was lost). Time spent
+queued for a busy worker is not loss: `process` queues frames for as long as the workers
+take. A late result of a dropped frame is ignored (never counted twice).
 
 Sweep-wide stages (spot joining, incremental indexing) run in their own thread, fed the
 results in order through a queue, so they never hold up the per-image path.
@@ -88,6 +90,7 @@ class SeriesState:
     results: list[FrameResult] = field(default_factory=list)  # processed, in frame order
     dropped_images: list[int] = field(default_factory=list)  # image numbers of frames dropped (per_image.csv rows)
     latencies_s: list[float] = field(default_factory=list)  # received -> published, per frame
+    last_result: float = 0.0  # collector clock at the series' latest worker result (progress)
 
 
 class Collector:
@@ -187,6 +190,8 @@ class Collector:
         self.settled((result.series_id, result.seq))
         state = self.series.get(result.series_id)
         self.workers[result.worker] = self.clock()
+        if state is not None:
+            state.last_result = self.workers[result.worker]
         if state is None or state.closed or result.seq < state.next_seq or result.seq in state.buffer:
             log.warning("late or unknown result for series %s frame %d ignored", result.series_id, result.image_number)
             return
@@ -238,7 +243,7 @@ class Collector:
                 self._emit(state, state.buffer.pop(seq))
                 continue
             sent = state.dispatched.get(seq)
-            overdue = sent is not None and now - sent[1] > self.result_timeout_s
+            overdue = sent is not None and now - max(sent[1], state.last_result) > self.result_timeout_s
             overfull = len(state.buffer) > self.reorder_bound
             unknown = sent is None and state.n_dispatched is not None
             if force or overdue or overfull or unknown:

@@ -60,7 +60,9 @@ class FanoutConfig(Section):
     model_port: int = Field(0, ge=0, le=65535, description="port of the model channel to workers (0: ipc://)")
     reorder_bound: int = Field(256, ge=1, description="results held waiting for an earlier frame before it is given up")
     result_timeout_s: float = Field(
-        10.0, gt=0, description="a dispatched frame without a result after this long is dropped as 'worker_lost'"
+        10.0, gt=0,
+        description="a dispatched frame is dropped as 'worker_lost' when this long has passed since its dispatch and "
+        "since the series' last result from any worker",
     )
     overload_wait_s: float = Field(
         1.0, ge=0, description="live: how long a frame may wait for a free worker before it is dropped as 'overload'"

@@ -123,6 +123,35 @@ def test_frame_of_a_dead_worker_times_out_and_a_late_result_is_not_counted_twice
     assert c.total.as_dict() == {"received": 4, "processed": 3, "dropped": {"worker_lost": 1}}
 
 
+def test_frames_queued_behind_a_slow_worker_are_not_lost():
+    # `process` queues frames for as long as the workers take: 40 frames dispatched at once,
+    # one result every 0.5 s, so the last waits 20 s, twice the timeout, and none is lost
+    clock = Clock()
+    c, pub = make(clock=clock, result_timeout_s=10.0)
+    s = make_series(n_images=40)
+    c.series_start(s)
+    for seq in range(40):
+        c.dispatched(s.series_id, seq, seq, clock.t)
+    for seq in range(40):
+        clock.t += 0.5
+        c.tick()
+        c.result(ok(s.series_id, seq, seq))
+    c.series_end(s.series_id, 40)
+    assert c.total.as_dict() == {"received": 40, "processed": 40, "dropped": {}}
+    # once the workers fall silent for the timeout, what is still out is lost
+    s2 = make_series("s2", n_images=3)
+    c.series_start(s2)
+    for seq in range(3):
+        c.dispatched(s2.series_id, seq, seq, clock.t)
+    c.result(ok(s2.series_id, 0, 0))
+    clock.t += 9.9
+    c.tick()
+    assert c.series[s2.series_id].tally.dropped == {}
+    clock.t += 0.2
+    c.tick()
+    assert c.series[s2.series_id].tally.dropped == {"worker_lost": 2}
+
+
 def test_full_reorder_buffer_gives_up_the_missing_frame():
     c, pub = make(reorder_bound=8)
     s = make_series(n_images=30)
