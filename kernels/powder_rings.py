@@ -82,8 +82,14 @@ def _ring_flags(profile, counts, ring_d_star_sq, inner_ptr, inner_bins, side_ptr
                     s_side += 1
             expected = np.float64(s_side * n_in) / np.float64(n_side)
             floor_expected = 1.0 if 1.0 > expected else expected
+            # were the spots of both shells spread evenly over their pixels, the ring shell's
+            # share would be binomial (share p of the pixels): the test of the background above,
+            # for counts. The side shells' count alone is the noisiest estimate of a few spots
+            # (Bragg spots of one image cluster: 11 against 4 is no ring)
+            p = np.float64(n_in) / np.float64(n_in + n_side)
+            pair = np.float64(s_in + s_side)
             ice = (s_in >= min_spots and s_in > density_factor * floor_expected
-                   and s_in - expected > n_sigma * math.sqrt(expected + 1.0))
+                   and s_in - pair * p > n_sigma * math.sqrt(pair * p * (1.0 - p)))
         out[r] = ice
 
 

@@ -9,8 +9,9 @@ Ice on an image (`detect_ice_rings`) is judged from the azimuthally averaged bac
 resolution bins: a ring counts when the mean background in its shell is well above the
 neighbouring shells on both sides (by `min_excess` relative and `n_sigma` in Poisson
 terms, the noise that of the mean background of the ring and side shells together), or
-when the shell holds at least `min_spots` spots, more than `density_factor` times and
-`n_sigma` Poisson sigmas above what the neighbouring shells' spot density predicts.
+when the shell holds at least `min_spots` spots, more than `density_factor` times what the
+neighbouring shells' spot density predicts and `n_sigma` binomial sigmas above its share of
+the spots of ring and side shells together.
 The shells of each ring are set up once per series (`IceRingShells`); the per-image tests
 run compiled (`kernels.powder_rings`), with numpy's arithmetic, bit for bit.
 """

@@ -55,8 +55,10 @@ def reference_detect(profile, counts, bin_edges_ds2, spot_d=None, width=0.004, m
             s_in = int(np.count_nonzero(np.abs(spot_ds2 - ring) < half))
             s_side = int(np.count_nonzero((np.abs(spot_ds2 - ring) >= half) & (np.abs(spot_ds2 - ring) < 3 * half)))
             expected = s_side * n_in / n_side
+            p = n_in / (n_in + n_side)
+            pair = s_in + s_side
             ice = (s_in >= min_spots and s_in > density_factor * max(expected, 1.0)
-                   and s_in - expected > n_sigma * math.sqrt(expected + 1.0))
+                   and s_in - pair * p > n_sigma * math.sqrt(pair * p * (1.0 - p)))
         if ice:
             found.append(d_ring)
     return tuple(found)

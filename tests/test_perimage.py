@@ -300,6 +300,24 @@ def test_ice_ring_detection_from_spot_density():
     assert detect_ice_rings(profile, counts, edges, spot_d=np.concatenate([uniform, ring])) == (2.249,)
 
 
+def test_a_cluster_of_bragg_spots_on_a_ring_is_not_ice():
+    """Spots of one image cluster (a Laue zone crossing an ice shell): 11 in the ring shell and
+    4 beside it (simulated R 3, no ice) is a binomial 3.3 sigma, no ring; 20 against 1 is."""
+    edges = np.arange(0, 0.4, 0.002)
+    counts = np.full(edges.size - 1, 1000)  # side shells: twice the ring shell's pixels
+    profile = np.full(edges.size - 1, 10.0, dtype=np.float32)
+    rng = np.random.default_rng(3)
+    ring = 1 / 3.897**2
+
+    def spots(n_in, n_side):
+        inner = ring + rng.uniform(-0.0015, 0.0015, n_in)
+        side = ring + rng.choice([-1, 1], n_side) * rng.uniform(0.0025, 0.0055, n_side)
+        return 1.0 / np.sqrt(np.concatenate([inner, side]))
+
+    assert detect_ice_rings(profile, counts, edges, spot_d=spots(11, 4)) == ()
+    assert detect_ice_rings(profile, counts, edges, spot_d=spots(20, 1)) == (3.897,)
+
+
 def test_set_up_is_reused_for_a_series_of_the_same_detector(analyser):
     """A new series of the same detector and geometry reuses the set-up (its own phi); a
     changed beam centre or pixel mask does not."""
