@@ -206,3 +206,18 @@ def test_stage_keeps_indexing_within_its_cpu_budget(monkeypatch, fraction, most_
                                                                  "pixel_value": np.zeros(0, np.float32)}))
     assert 1 <= len(calls) <= most_calls
     assert stage.held == 20 - len(calls) if fraction < 1 else stage.held == 0
+
+
+def test_the_second_lattice_search_says_what_it_looked_for(caplog):
+    """After a model is accepted the search among its leftovers logs its own outcome, not an
+    'indexing attempt failed' that reads as if the crystal was not indexed."""
+    truth = sweep_experiment(CELL, "P 43 21 2", n_images=20, width=0.5)
+    spots = simulated_spots(truth, missing=0.1, outliers=0.1)
+    config = IndexingConfig(min_images=5, min_degrees=3.0, retry_every_images=2, second_lattice=True)
+    indexer = IncrementalIndexer(truth.replace(crystal=None), config)
+    with caplog.at_level("INFO", logger="streamer.indexing"):
+        updates = _feed(indexer, spots, 20)
+    assert updates[0].kind == "indexed" and indexer.second is None
+    messages = [r.getMessage() for r in caplog.records if r.levelname == "INFO"]
+    assert any(m.startswith("no second lattice among the") for m in messages)
+    assert not any("attempt failed" in m for m in messages)

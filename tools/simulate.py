@@ -182,8 +182,10 @@ def main(argv: list[str] | None = None) -> int:
                args.trigger_delay)
     else:
         write_hdf5(sim, args.out)
-    print(f"simulated {spec.n_images} images ({args.preset}, {sim.preset.name}, {len(sim.reflections.intensity)} "
-          f"reflections) in {time.monotonic() - t0:.2f} s" + (f"; truth {truth}" if truth else ""), file=sys.stderr)
+    cell = " ".join(f"{v:g}" for v in spec.cell)
+    print(f"simulated {spec.n_images} images ({spec.space_group}, cell {cell}; {sim.preset.name}, "
+          f"{len(sim.reflections.intensity)} reflections) in {time.monotonic() - t0:.2f} s"
+          + (f"; truth {truth}" if truth else ""), file=sys.stderr)
     return 0
 
 

@@ -87,7 +87,8 @@ def _in_known_setting(lattice: str, basis: np.ndarray, known) -> Crystal | None:
 
 
 def _failed(reason: str, n: int, t0: float, **kw) -> IndexingResult:
-    log.info("indexing attempt failed: %s", reason)
+    """A failed attempt with its reason; the caller says what was attempted (the log names it)."""
+    log.debug("indexing attempt failed: %s", reason)
     return IndexingResult(False, reason, n_spots=n, seconds=time.perf_counter() - t0, **kw)
 
 
@@ -138,7 +139,8 @@ def index_rotation(experiment: Experiment, spots: Spots, options: IndexingOption
             break
         exp = moved
     try:
-        return _refine_and_choose(exp, spots, opt, a_red, rlps, shift, low, max_cell, t0)
+        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):  # NaN: caught as divergence
+            return _refine_and_choose(exp, spots, opt, a_red, rlps, shift, low, max_cell, t0)
     except (ValueError, np.linalg.LinAlgError) as exc:  # a model driven singular by junk spots
         return _failed(f"no lattice found (refinement diverged: {exc})", n, t0, max_cell_A=max_cell)
 

@@ -228,6 +228,11 @@ class IncrementalIndexer:
         from streamer.indexing.second_lattice import find_second_lattice
 
         self.second = find_second_lattice(result.experiment, spots, result.indexed_mask, self.options)
+        if self.second is None or not self.second.indexed:
+            log.info("no second lattice among the %d spots the model leaves unindexed",
+                     int(np.count_nonzero(~result.indexed_mask)))
+        else:
+            log.info("second lattice: %s %s", self.second.lattice, np.round(self.second.unit_cell, 2))
 
     # -- reporting --------------------------------------------------------------------------
     def status(self) -> str:
