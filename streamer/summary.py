@@ -2,10 +2,13 @@
 
 - `summary.json`: `frames` {received, processed, dropped: {reason: count}} always;
   `indexing` from the indexing stage (with `status` saying why when there is no model), or
-  {"indexed": false, "status": ...} when no indexing stage ran; every other key only when the stage that owns it ran (never a placeholder value).
+  {"indexed": false, "status": ...} when no indexing stage ran; `warnings` (`streamer.sweep_warnings`,
+  [] when there is nothing to act on); every other key only when the stage that owns it ran
+  (never a placeholder value).
 - `per_image.csv`: one row per processed image, in frame order; `phi` at the image's centre
   (degrees); columns of stages that did not run are left empty.
 - `spots.csv`: the spot joiner's table, when that stage ran.
+- `report.html`: the final report (`streamer.report`): frames, indexing, warnings, per-image plots.
 - `config.yaml`: the full effective configuration, stored beside the outputs.
 """
 
@@ -86,16 +89,22 @@ def write_config(path: Path, config: Config) -> None:
 
 
 def write_outputs(out_dir: str | Path, config: Config, summary: Mapping[str, Any],
-                  per_image: Sequence[Mapping[str, Any]] | None = None, spots: Any = None) -> Path:
-    """Write summary.json, per_image.csv, spots.csv (when the joined spots are given), config.yaml.
+                  per_image: Sequence[Mapping[str, Any]] | None = None, spots: Any = None,
+                  title: str = "xtalstream") -> Path:
+    """Write summary.json, per_image.csv and report.html (when the rows are given), spots.csv
+    (when the joined spots are given), config.yaml.
 
     Each file is written beside and then renamed over the old one, so a reader never sees half a file.
     """
+    from streamer.report import render_report
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     _replace(out / "summary.json", lambda p: p.write_text(json.dumps(jsonable(summary), indent=2) + "\n"))
     if per_image is not None:
         _replace(out / "per_image.csv", lambda p: write_per_image(p, per_image))
+        report = render_report(jsonable(summary), jsonable(list(per_image)), title)
+        _replace(out / "report.html", lambda p: p.write_text(report, encoding="utf-8"))
     if spots is not None:
         _replace(out / "spots.csv", lambda p: write_spots(p, spots))
     _replace(out / "config.yaml", lambda p: write_config(p, config))

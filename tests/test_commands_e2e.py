@@ -107,6 +107,12 @@ def test_demo_command_streams_a_simulated_sweep_end_to_end(tmp_path, capsys):
     assert all(int(r.split(",")[2]) > 50 for r in rows)  # a simulated lysozyme pattern has spots
     spots = read_spots_csv(out / "spots.csv")
     assert len(spots["x_px"]) > 100 and spots["z_image"].min() >= 0 and spots["z_image"].max() < 6
+    # 0.6 degrees may be too little to index: then that is the one warning, and the table shows it
+    warned = [w["kind"] for w in summary["warnings"]]
+    assert warned == ([] if summary["indexing"]["indexed"] else ["not_indexed"])
+    assert ("warning: not_indexed" in printed) == bool(warned)
+    report = (out / "report.html").read_text()
+    assert report.count("<svg") == 5 and "Frames" in report
 
 
 def test_demo_exits_when_the_simulator_fails(tmp_path, capsys):

@@ -121,6 +121,7 @@ def print_table(summary: dict[str, Any], out: Path, stream=None) -> None:
         rows += [("lattice", idx.get("lattice")), ("unit cell", idx.get("unit_cell"))]
     elif idx.get("status") or idx.get("reason"):
         rows.append(("indexing", idx.get("status") or idx.get("reason")))
+    rows += [(f"warning: {w['kind']}", f"{w['message']} -> {w['suggestion']}") for w in summary.get("warnings", [])]
     rows.append(("outputs", out))
     width = max(len(k) for k, _ in rows)
     print("\n".join(f"{k:<{width}}  {v}" for k, v in rows), file=stream or sys.stdout, flush=True)
@@ -203,13 +204,16 @@ def _write(collector, config, out: Path) -> dict[str, Any]:
     """summary.json (the run's frame accounting; the stages' keys of the last closed series),
     per_image.csv, spots.csv of that series, config.yaml."""
     from streamer.summary import build_summary, per_image_rows, write_outputs
+    from streamer.sweep_warnings import sweep_warnings
 
     closed = [collector.series[sid] for sid in collector.order if collector.series[sid].closed]
     outputs: dict[str, Any] = dict(closed[-1].outputs) if closed else {}
     rows = per_image_rows(closed[-1].series, closed[-1].results, closed[-1].dropped_images) if closed else []
     spots = outputs.pop("_spots", None)
     summary = build_summary(collector.total.as_dict(), outputs)
-    write_outputs(out, config, summary, rows, spots)
+    summary["warnings"] = sweep_warnings(summary, rows, closed[-1].series if closed else None)
+    title = f"xtalstream: series {closed[-1].series.series_id}" if closed else "xtalstream"
+    write_outputs(out, config, summary, rows, spots, title)
     return summary
 
 
