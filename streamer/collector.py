@@ -33,7 +33,8 @@ from streamer.metrics import Metrics
 from streamer.pipeline_messages import FrameResult
 from streamer.result_stream import ResultPublisher, series_start_payload
 from streamer.series import SeriesInfo
-from streamer.summary import jsonable
+from streamer.summary import jsonable, per_image_rows
+from streamer.sweep_warnings import sweep_warnings
 
 log = logging.getLogger(__name__)
 
@@ -378,15 +379,22 @@ class Collector:
         return items[-limit:]
 
     def summary(self) -> dict[str, Any]:
-        """The live summary: the frames accounting and the state of each series."""
+        """The live summary: the frames accounting and the state of each series, with its
+        warnings so far (`streamer.sweep_warnings`)."""
         with self._lock:
+            states = [self.series[sid] for sid in self.order]
             series = [
-                {"series_id": sid, "source": s.series.source, "n_images": s.series.n_images,
+                {"series_id": s.series.series_id, "source": s.series.source, "n_images": s.series.n_images,
                  "closed": s.closed, "how_ended": s.how_ended, "frames": s.tally.as_dict(),
-                 **{k: v for k, v in s.outputs.items()}}
-                for sid, s in ((sid, self.series[sid]) for sid in self.order)
+                 **{k: v for k, v in s.outputs.items() if not k.startswith("_")}}
+                for s in states
             ]
-            return {"frames": self.total.as_dict(), "series": series}
+            rows = [(list(s.results), list(s.dropped_images)) for s in states]
+            total = self.total.as_dict()
+        for entry, state, (results, dropped) in zip(series, states, rows):
+            entry["warnings"] = sweep_warnings(entry, per_image_rows(state.series, results, dropped), state.series,
+                                               final=state.closed)
+        return {"frames": total, "series": series}
 
     def wait_closed(self, n: int, timeout: float | None = None) -> bool:
         """Block until `n` series have closed and their sweep stages finished."""

@@ -53,12 +53,14 @@ def _median(values: list[float]) -> float:
 
 
 def sweep_warnings(summary: Mapping[str, Any], rows: Sequence[Mapping[str, Any]], series: SeriesInfo | None = None,
-                   ice_fraction: float = 0.05, ice_min_images: int = 3, overload_fraction: float = 0.1,
-                   few_spots: float = 20.0) -> list[dict[str, Any]]:
+                   final: bool = True, ice_fraction: float = 0.05, ice_min_images: int = 3,
+                   overload_fraction: float = 0.1, few_spots: float = 20.0) -> list[dict[str, Any]]:
     """The warnings of a series (plain dicts, for JSON), most urgent first.
 
     summary: the summary.json object so far (`frames`, `indexing`); rows: its per_image.csv
-    rows. Ice: rings on at least `ice_fraction` of the images and `ice_min_images` of them.
+    rows; final: the series has ended (while it runs, not being indexed yet is no warning:
+    the indexer may be waiting for data). Ice: rings on at least `ice_fraction` of the
+    images and `ice_min_images` of them.
     Overloads: on at least `overload_fraction` of the images. Few spots: a median under
     `few_spots` spots away from ice rings per image.
     """
@@ -73,7 +75,7 @@ def sweep_warnings(summary: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]
                                   "set the configuration key named: it replaces the header's value"))
     spots = _numbers(rows, "n_spots_no_ice")
     indexing = summary.get("indexing") or {}
-    if spots and not indexing.get("indexed", False):
+    if final and spots and not indexing.get("indexed", False):
         found.append(SweepWarning("not_indexed", None, str(indexing.get("status") or "not indexed"),
                                   "check the beam centre, distance and wavelength of the header (config geometry "
                                   "overrides them); more degrees of rotation give the indexer more to work with"))

@@ -76,3 +76,39 @@ def test_dashboard_and_errors(served):
         with pytest.raises(urllib.error.HTTPError) as exc:
             get(served, path)
         assert exc.value.code == code
+
+
+class _EndStage:
+    """A sweep stage that ends like the pipeline's: its summary keys and the joined spots
+    (`_spots`, an object for spots.csv, not JSON)."""
+
+    def __init__(self, series):
+        pass
+
+    def add(self, series, result):
+        pass
+
+    def finish(self):
+        return {"indexing": {"indexed": False, "status": "not indexed yet: no lattice found"}, "_spots": object()}
+
+
+def test_summary_of_an_ended_series_has_its_warnings_and_no_private_keys():
+    metrics = Metrics()
+    collector = Collector(metrics, stage_factories=[_EndStage])
+    s = make_series(n_images=2)
+    collector.series_start(s)
+    for seq in range(2):
+        collector.dispatched(s.series_id, seq, seq, time.monotonic())
+    collector.result(FrameResult(s.series_id, 0, 0, "w", stats={"n_spots": 3, "n_spots_no_ice": 3}))
+    assert [w["kind"] for w in collector.summary()["series"][0]["warnings"]] == ["few_spots"]  # running
+    collector.result(FrameResult(s.series_id, 1, 1, "w", drop_reason="empty_frame"))
+    collector.series_end(s.series_id, 2)
+    assert collector.wait_closed(1, 5)
+    server = FeedbackServer(("127.0.0.1", 0), metrics, collector.summary, collector.recent_images).start()
+    try:
+        status, _, body = get(server, "/api/summary")
+    finally:
+        server.close()
+    entry = json.loads(body)["series"][0]
+    assert status == 200 and "_spots" not in entry
+    assert [w["kind"] for w in entry["warnings"]] == ["frames_dropped", "not_indexed", "few_spots"]
