@@ -202,7 +202,7 @@ class Collector:
     def series_end(self, series_id: str, n_dispatched: int, how: str = "end") -> None:
         """The receiver will send no more frames of this series (`how`: end, missing_end_of_series)."""
         state = self.series.get(series_id)
-        if state is None:
+        if state is None or state.closed:
             return
         state.n_dispatched = n_dispatched
         state.how_ended = how

@@ -122,7 +122,7 @@ class Fanout:
         self.metrics = metrics
         self.check_workers: Callable[[], None] = lambda: None  # raises when no worker is left
         self.open: dict[str, int] = {}  # series id -> frames dispatched so far
-        self.seen: set[str] = set()  # series ids announced so far
+        self.seen: set[str] = set()  # series ids announced so far, and the aliases given
         self.aliases: dict[str, str] = {}  # a repeated series id -> the id it has in this run
         self.n_series_ended = 0  # ends received, of series open here or never started
         self.geometry = geometry or GeometryOverride()  # the configured header corrections
@@ -140,8 +140,13 @@ class Fanout:
                     log.warning("series %s started before %s ended", series_id, other)
                     self._end(other, MISSING_END)
             if series_id in self.seen and self.aliases.get(series_id, series_id) not in self.open:
-                # the same id again (a detector restarted its numbering): a new series for us
-                self.aliases[series_id] = f"{series_id}~{len(self.seen)}"
+                # the same id again (a detector restarted its numbering): a new series for us,
+                # with a name no series of this run has had (the id may come back many times)
+                n = 1
+                while f"{series_id}~{n}" in self.seen:
+                    n += 1
+                self.aliases[series_id] = f"{series_id}~{n}"
+                self.seen.add(self.aliases[series_id])
                 event = dataclasses.replace(event, series_id=self.aliases[series_id])
             self.seen.add(series_id)
             if event.series_id not in self.open:
@@ -154,8 +159,10 @@ class Fanout:
         elif isinstance(event, Dropped):
             is_frame = _is_frame(event)
             self._drop(event.reason, event.series_id, event.image_number, is_frame=is_frame)
-            if not is_frame and event.reason == "no_series":  # the end of a series joined too late to
-                self.n_series_ended += 1  # see its start (its frames dropped): it has ended for `--once` too
+            if not is_frame and event.reason == "no_series" and not self.open:
+                # the end of a series joined too late to see its start (its frames dropped): it has
+                # ended for `--once` too; while a series is open, a stray end is only counted
+                self.n_series_ended += 1
         else:
             raise TypeError(f"unexpected source event {type(event).__name__}")
 

@@ -181,6 +181,28 @@ def test_run_once_returns_at_the_end_of_a_series_joined_too_late(tmp_path):
     assert (tmp_path / "out" / "summary.json").exists()
 
 
+@pytest.mark.slow
+def test_run_once_is_not_ended_by_a_stray_end_of_another_series(tmp_path):
+    """An end of series for an id never started, while a series is open (not a frame: logged by
+    the receiver), and the open series goes on to its own end (before, `--once` stopped there
+    and lost the rest)."""
+    from streamer.commands.run import run_session
+
+    s = make_series("7", n_images=5)
+
+    def events():
+        yield s
+        yield from (make_frame(s, i, 1) for i in range(2))
+        yield Dropped("no_series", "end of series 99 that never started", "99")
+        yield from (make_frame(s, i, 1) for i in range(2, 5))
+        yield SeriesEnd("7")
+        raise AssertionError("--once read past the end of the series")
+
+    summary = run_session(live_config(), events, tmp_path / "out", live=True, once=True, progress=False,
+                          worker_args=fake_args(), worker_env=ENV)
+    assert summary["frames"] == {"received": 5, "processed": 5, "dropped": {}}
+
+
 def live_config(idle_timeout_s=30.0):
     c = Config()
     return c.model_copy(update={
@@ -317,13 +339,15 @@ def test_repeated_series_id_and_a_start_before_the_end(tmp_path):
         events = [a] + [make_frame(a, i, 1) for i in range(5)]  # no end: b starts
         events += [b] + [make_frame(b, i, 2) for i in range(5)] + [SeriesEnd("8")]
         events += [a] + [make_frame(a, i, 3) for i in range(5)] + [SeriesEnd("7")]  # "7" again
+        events += [a] + [make_frame(a, i, 4) for i in range(5)] + [SeriesEnd("7")]  # and again
         pipe.feed(events)
         assert pipe.wait(60)
         c = pipe.collector
-        assert c.total.as_dict() == {"received": 15, "processed": 15, "dropped": {}}
+        assert c.total.as_dict() == {"received": 20, "processed": 20, "dropped": {}}
         assert [(sid, c.series[sid].how_ended) for sid in c.order] == [
-            ("7", "missing_end_of_series"), ("8", "end"), ("7~2", "end")]
-        assert [r.stats["n_spots"] for r in c.series["7~2"].results] == [3] * 5
+            ("7", "missing_end_of_series"), ("8", "end"), ("7~1", "end"), ("7~2", "end")]
+        assert [r.stats["n_spots"] for r in c.series["7~1"].results] == [3] * 5
+        assert [r.stats["n_spots"] for r in c.series["7~2"].results] == [4] * 5
 
 
 @pytest.mark.slow
