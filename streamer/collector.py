@@ -351,14 +351,10 @@ class Collector:
                 try:
                     if op == "add":
                         stage.add(state.series, result)
-                        model = getattr(stage, "take_model", lambda: None)()
-                        if model is not None:
-                            model = jsonable(model)  # plain types for msgpack and JSON
-                            self.models.put((state.series.series_id, model))
-                            with self._lock:  # the live summary shows the latest model
-                                state.outputs["indexing"] = model
+                        self._pass_model_on(state, stage)
                     else:
                         outputs = stage.finish()
+                        self._pass_model_on(state, stage)  # the last refinement's (or a short sweep's first)
                         with self._lock:
                             state.outputs.update(outputs)
                 except Exception:  # keep per-image feedback alive whatever a stage does
@@ -367,6 +363,15 @@ class Collector:
                 with self.series_closed:
                     self.n_closed += 1
                     self.series_closed.notify_all()
+
+    def _pass_model_on(self, state: SeriesState, stage: SweepStage) -> None:
+        """A stage's new crystal model, if any, to the model channel and the result stream."""
+        model = getattr(stage, "take_model", lambda: None)()
+        if model is not None:
+            model = jsonable(model)  # plain types for msgpack and JSON
+            self.models.put((state.series.series_id, model))
+            with self._lock:  # the live summary shows the latest model
+                state.outputs["indexing"] = model
 
     # ------------------------------------------------------------------ views (any thread)
     def _recent_image(self, payload: dict[str, Any]) -> None:

@@ -25,7 +25,7 @@ KNOWN_DROP_REASONS = (
     "wire_version",
     # workers: decoding and per-image analysis
     "corrupt_compression", "wrong_size", "bad_frame", "frame_store", "wrong_dtype", "wrong_mask_size",
-    "all_zero", "all_saturated", "nan_pixels", "too_many_strong_pixels", "bad_config",
+    "all_zero", "all_saturated", "nan_pixels", "too_many_strong_pixels", "bad_config", "worker_error",
     # the exceptions' own defaults (`streamer.errors`), for a raise that names no reason
     "bad_input", "malformed_message",
 )

@@ -18,6 +18,7 @@ collector can join the 2D spots of a rotation sweep into 3D spots exactly
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import math
 from dataclasses import dataclass, field, fields
@@ -122,6 +123,15 @@ def default_min_spot_size(series: SeriesInfo) -> int:
     return 6 if any(ccd in name for ccd in CCD_NAMES) else 3
 
 
+def _experiment(series: SeriesInfo) -> Experiment:
+    """The series' geometry; without a usable wavelength (a header with no geometry) one that
+    gives no resolutions, as a distance of 0 does (`header_corrections.geometry_problems` says
+    so once per series): spots are still found."""
+    if not (math.isfinite(series.wavelength_A) and series.wavelength_A > 0):
+        series = dataclasses.replace(series, wavelength_A=1.0, distance_mm=math.nan)
+    return Experiment.from_series(series)
+
+
 class ImageAnalyser:
     """Per-series set-up, then `analyse(image, image_number)` per frame (one worker core)."""
 
@@ -134,7 +144,7 @@ class ImageAnalyser:
         self.dtype = np.dtype(series.dtype)
         if len(self.shape) != 2 or min(self.shape) < 1:
             raise BadFrame(f"series image shape {self.shape} is not a 2D image", reason="wrong_shape")
-        self.experiment = Experiment.from_series(series)
+        self.experiment = _experiment(series)
         self.resolution_map = self.experiment.detector.resolution_map(self.experiment.beam)
         self.series_mask = SeriesMask.build(series, self.config.mask, sf.d_min, sf.d_max, self.resolution_map)
         self.mask = self.series_mask.mask
@@ -186,7 +196,7 @@ class ImageAnalyser:
             return None
         other = copy.copy(self)
         other.series = series
-        other.experiment = Experiment.from_series(series)
+        other.experiment = _experiment(series)
         return other
 
     # ------------------------------------------------------------------ per frame

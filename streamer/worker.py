@@ -245,6 +245,10 @@ class Worker:
             log.info("series %s image %d dropped: %s", frame.series_id, frame.image_number, exc)
             result = pipeline_messages.FrameResult(frame.series_id, work.seq, frame.image_number, self.name,
                                                    drop_reason=exc.reason, drop_message=str(exc)[:500])
+        except Exception as exc:  # a bug: logged with its traceback, the frame counted, the worker goes on
+            log.exception("series %s image %d: analysis failed", frame.series_id, frame.image_number)
+            result = pipeline_messages.FrameResult(frame.series_id, work.seq, frame.image_number, self.name,
+                                                   drop_reason="worker_error", drop_message=repr(exc)[:500])
         self.results.send_multipart(pipeline_messages.encode_result(result), copy=False)
 
     def _stored(self, offset: int, size: int) -> memoryview:
@@ -285,6 +289,11 @@ class Worker:
         except BadInput as exc:
             self.setup_errors[series_id] = exc
             raise
+        except Exception as exc:  # a bug or a header nobody foresaw: this series' frames are
+            # dropped (counted, with the reason), not every series after it with a dead worker
+            log.exception("series %s: analysis set-up failed", series_id)
+            self.setup_errors[series_id] = BadInput(f"analysis set-up failed: {exc!r}", reason="worker_error")
+            raise self.setup_errors[series_id] from exc
         if len(self.analysers) >= ANALYSER_CACHE:
             self.analysers.pop(next(iter(self.analysers)))
         self.analysers[series_id] = analyser

@@ -52,6 +52,20 @@ class CountingAnalyser:
         )
 
 
+class FailingAnalyser(CountingAnalyser):
+    """A bug stand-in: set-up fails for series "broken", analysis for image 1."""
+
+    def __init__(self, series: SeriesInfo, config=None):
+        if series.series_id == "broken":
+            raise ZeroDivisionError("set-up bug")
+        super().__init__(series, config)
+
+    def analyse(self, image: np.ndarray, image_number: int) -> CountingResult:
+        if image_number == 1:
+            raise IndexError("analysis bug")
+        return super().analyse(image, image_number)
+
+
 def raw_decode(frame: EncodedFrame, out: np.ndarray | None = None) -> np.ndarray:
     if frame.encoding != "raw":
         raise BadFrame(f"unknown encoding {frame.encoding!r}", reason="unknown_encoding")

@@ -54,3 +54,16 @@ def test_the_pipeline_processes_the_corrected_series():
     assert state.series.distance_mm == 250.0 and state.series.omega_increment_deg == 0.5
     assert state.tally.processed == 4
     assert [r.stats["phi_deg"] for r in state.results] == [0.0, 0.5, 1.0, 1.5]  # the workers' series too
+
+
+@pytest.mark.parametrize("geometry", [{"wavelength_A": 0.0}, {"distance_mm": 0.0}, {"wavelength_A": float("nan")}])
+def test_a_header_without_geometry_still_gives_spots(geometry):
+    """A stream v1 header sent with no geometry (wavelength 0): the spots, no resolutions.
+    A wavelength of 0 made the analyser's set-up raise, which ended every worker."""
+    from streamer.perimage import ImageAnalyser
+
+    series = dataclasses.replace(make_series(shape=(200, 180)), **geometry)
+    image = np.random.default_rng(0).poisson(2.0, (200, 180)).astype("<u2")
+    image[50:53, 60:63] = 200
+    result = ImageAnalyser(series, Config()).analyse(image, 0)
+    assert result.n_spots == 1 and result.n_spots_4A == 0 and result.estimated_d_min == -1.0

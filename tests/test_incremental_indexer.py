@@ -221,3 +221,23 @@ def test_the_second_lattice_search_says_what_it_looked_for(caplog):
     messages = [r.getMessage() for r in caplog.records if r.levelname == "INFO"]
     assert any(m.startswith("no second lattice among the") for m in messages)
     assert not any("attempt failed" in m for m in messages)
+
+
+def test_a_series_without_geometry_is_joined_but_not_indexed():
+    """No wavelength in the header (stream v1 with no detail): the spots are joined for
+    spots.csv and the indexing status says why there is no attempt (the set-up raised before)."""
+    import dataclasses
+
+    from pipeline_fakes import make_series
+
+    from streamer.config import Config
+
+    series = dataclasses.replace(make_series(n_images=3), wavelength_A=0.0)
+    stage = IndexingStage(series, Config())
+    for i in range(3):
+        spots = {"x_px": np.array([10.5], "<f4"), "y_px": np.array([20.5], "<f4"), "intensity": np.array([50.0], "<f4"),
+                 "n_pixels": np.array([4], "<i4")}
+        stage.add(series, SimpleNamespace(image_number=i, spots=spots))
+    out = stage.finish()
+    assert out["indexing"]["indexed"] is False and "wavelength 0.0 A" in out["indexing"]["status"]
+    assert stage.take_model() is None

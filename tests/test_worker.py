@@ -134,6 +134,28 @@ def test_bad_frames_come_back_as_drops_with_reasons(rig):
     }
 
 
+def test_a_bug_in_analysis_drops_frames_with_a_reason_and_the_worker_goes_on(rig, caplog):
+    """An exception that is no BadInput (a bug, a header nobody foresaw) costs the frames it
+    hits, counted as worker_error with its traceback logged, not the worker and every series after."""
+    w = Worker(rig.ctx, rig.ep.control, analyser="pipeline_fakes:FailingAnalyser", name="w1", header_timeout_s=2.0)
+    t = threading.Thread(target=w.run, daemon=True)
+    t.start()
+    rig.workers.append((w, t))
+    assert rig.service.wait_workers(1, 10)
+    for name in ("s1", "broken", "s3"):
+        s = make_series(name, n_images=3)
+        rig.fanout.handle(s)
+        for i in range(3):
+            rig.fanout.handle(make_frame(s, i, 2))
+        rig.fanout.handle(SeriesEnd(name))
+    assert rig.collector.wait_closed(3, 20)
+    tallies = {name: rig.collector.series[name].tally.as_dict() for name in ("s1", "broken", "s3")}
+    assert tallies["s1"] == tallies["s3"] == {"received": 3, "processed": 2, "dropped": {"worker_error": 1}}
+    assert tallies["broken"] == {"received": 3, "processed": 0, "dropped": {"worker_error": 3}}
+    assert t.is_alive()
+    assert any("analysis set-up failed" in r.getMessage() and r.exc_info for r in caplog.records)
+
+
 def test_late_worker_gets_the_header_of_a_running_series_and_models(rig):
     rig.add_worker("w1")
     s = make_series(n_images=40)

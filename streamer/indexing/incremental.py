@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from streamer.geometry import Experiment
+from streamer.header_corrections import geometry_problems
 from streamer.indexing.autoindex import IndexingOptions, IndexingResult, index_rotation, refine_model
 from streamer.indexing.rlp import BadSpots, Spots
 
@@ -297,7 +298,9 @@ class IndexingStage:
 
         self.joiner = SpotJoinerStage(series, config)
         cfg = getattr(config, "indexing", config)
-        self.indexer = IncrementalIndexer(series, cfg)
+        problems = geometry_problems(series)  # no resolutions: spots are joined, nothing is indexed
+        self.no_geometry = "; ".join(problems) if problems else None
+        self.indexer = IncrementalIndexer(series, cfg) if self.no_geometry is None else None
         self.max_cpu_fraction = float(getattr(cfg, "max_cpu_fraction", 0.3) or 0.3)
         self.hold_until = 0.0  # monotonic time before which no attempt starts (the CPU budget)
         self.held = 0  # images that arrived while held
@@ -305,6 +308,8 @@ class IndexingStage:
 
     def add(self, series: Any, result: Any) -> None:
         self.joiner.add(series, result)
+        if self.indexer is None:
+            return
         self.indexer.note_images(int(result.image_number) + 1)
         if time.monotonic() < self.hold_until:
             self.held += 1
@@ -329,6 +334,9 @@ class IndexingStage:
         """Close the series: a last re-refinement (or attempt) with every spot, then the summary."""
         self.joiner.finish()
         indexer = self.indexer
+        if indexer is None:
+            return {"indexing": {"indexed": False,
+                                 "status": f"not indexed: the header's geometry gives no resolutions ({self.no_geometry})"}}
         if indexer.images_seen and not indexer.experiment.scan.is_still:
             indexer.set_spots(_untruncated(self.joiner.spots(), indexer.images_seen))
             indexer.complete = True  # a short sweep gets its attempt now
