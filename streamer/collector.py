@@ -7,11 +7,16 @@ worker, ...). After a series closes, received = processed + sum(dropped).
 
 Order: the receiver numbers the frames it dispatches per series (seq 0, 1, 2, ... without
 gaps). Results wait in a bounded reorder buffer until all earlier frames are published. A
-frame is dropped as "worker_lost" when it blocks a full buffer (its worker died while others
-go on), or when `result_timeout_s` has passed both since its dispatch and since the series'
-last result (no worker is making progress: all died, or its message was lost). Time spent
-queued for a busy worker is not loss: `process` queues frames for as long as the workers
-take. A late result of a dropped frame is ignored (never counted twice).
+frame is dropped as "worker_lost":
+- at once, when a worker has exited (`worker_gone`) and every worker still alive has returned
+  a later frame of the series: each worker takes its frames in dispatch order, so the frame
+  was in the queue of the one that died;
+- when it blocks a full reorder buffer (its worker died unnoticed while others go on);
+- when `result_timeout_s` has passed since its dispatch (live: the fan-out bounds how long a
+  frame waits for a worker) or, for recorded data (`timeout_from_progress`), also since the
+  series' last result: `process` queues frames for as long as the workers take, so only a
+  lack of progress (all workers died, or a message was lost) is loss there.
+A late result of a dropped frame is ignored (never counted twice).
 
 Sweep-wide stages (spot joining, incremental indexing) run in their own thread, fed the
 results in order through a queue, so they never hold up the per-image path.
@@ -92,6 +97,7 @@ class SeriesState:
     dropped_images: list[int] = field(default_factory=list)  # image numbers of frames dropped (per_image.csv rows)
     latencies_s: list[float] = field(default_factory=list)  # received -> published, per frame
     last_result: float = 0.0  # collector clock at the series' latest worker result (progress)
+    worker_seq: dict[str, int] = field(default_factory=dict)  # worker -> the latest seq it returned
 
 
 class Collector:
@@ -111,8 +117,10 @@ class Collector:
         recent: int = 2000,
         clock: Callable[[], float] = time.monotonic,
         stage_queue_bound: int = 2000,
+        timeout_from_progress: bool = False,
     ):
         self.metrics = metrics
+        self.timeout_from_progress = timeout_from_progress
         self.publisher = publisher
         self.stage_factories = list(stage_factories)
         self.reorder_bound = reorder_bound
@@ -128,7 +136,9 @@ class Collector:
         self._recent: deque[dict[str, Any]] = deque(maxlen=recent)
         self.series_closed = threading.Condition(self._lock)
         self.n_closed = 0
-        self.workers: dict[str, float] = {}
+        self.workers: dict[str, float] = {}  # worker -> clock at its latest result
+        self.joined: set[str] = set()  # workers that said they are ready, and have not exited
+        self.gone: set[str] = set()  # workers known to have exited
         self._stage_queue: queue.Queue[tuple[str, Any, Any]] = queue.Queue()
         self._stage_thread = threading.Thread(target=self._run_stages, name="sweep-stages", daemon=True)
         self._stage_thread.start()
@@ -193,6 +203,7 @@ class Collector:
         self.workers[result.worker] = self.clock()
         if state is not None:
             state.last_result = self.workers[result.worker]
+            state.worker_seq[result.worker] = max(result.seq, state.worker_seq.get(result.worker, -1))
         if state is None or state.closed or result.seq < state.next_seq or result.seq in state.buffer:
             log.warning("late or unknown result for series %s frame %d ignored", result.series_id, result.image_number)
             return
@@ -208,12 +219,26 @@ class Collector:
         state.how_ended = how
         self._advance(state)
 
+    def worker_joined(self, name: str) -> None:
+        """A worker said it is ready (it takes frames from now on)."""
+        self.joined.add(name)
+        self.gone.discard(name)
+
+    def worker_gone(self, name: str) -> None:
+        """A worker exited: the frames in its queue are lost; those that every worker still
+        alive has passed are given up now, not after the timeout."""
+        self.joined.discard(name)
+        self.gone.add(name)
+        for state in list(self.open.values()):
+            self._advance(state)
+
     def tick(self) -> None:
         """Drop frames whose results are overdue, update the gauges; called regularly by the service loop."""
         for state in list(self.open.values()):
             self._advance(state)
         now = self.clock()
-        self.metrics.workers_seen.set(sum(1 for t in self.workers.values() if now - t < 60.0))
+        recent = {name for name, t in self.workers.items() if now - t < 60.0} - self.gone
+        self.metrics.workers_seen.set(len(recent | self.joined))
         self._update_depths()
 
     def finish(self) -> None:
@@ -244,13 +269,22 @@ class Collector:
                 self._emit(state, state.buffer.pop(seq))
                 continue
             sent = state.dispatched.get(seq)
-            overdue = sent is not None and now - max(sent[1], state.last_result) > self.result_timeout_s
-            overfull = len(state.buffer) > self.reorder_bound
-            unknown = sent is None and state.n_dispatched is not None
-            if force or overdue or overfull or unknown:
+            if sent is not None:
+                since = max(sent[1], state.last_result) if self.timeout_from_progress else sent[1]
+                lost = now - since > self.result_timeout_s or self._passed_by_the_living(state, seq)
+            else:
+                lost = state.n_dispatched is not None  # its dispatch notice never came
+            if force or lost or len(state.buffer) > self.reorder_bound:
                 self._lose(state, seq)
                 continue
             break
+
+    def _passed_by_the_living(self, state: SeriesState, seq: int) -> bool:
+        """A worker has exited and every worker alive has returned a frame after `seq`: no
+        live queue holds it (each worker takes its frames in dispatch order)."""
+        if not self.gone or not self.joined:
+            return False
+        return all(state.worker_seq.get(name, -1) > seq for name in self.joined)
 
     def _drop_image(self, state: SeriesState, reason: str, image_number: int) -> None:
         """Count a dispatched frame of `state` as dropped: tallies, its per_image.csv row, metrics."""

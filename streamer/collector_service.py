@@ -57,6 +57,8 @@ class CollectorService:
         self.headers: dict[str, list[Any]] = {}
         self.pending: dict[str, list[tuple[bytes, float]]] = {}
         self.hellos: set[str] = set()
+        # names of workers that exited since the last call (the pipeline watches its own processes)
+        self.exited_workers: Callable[[], list[str]] = lambda: []
         self.hello_event = threading.Condition()
         self.stopped = threading.Event()
         self.n_bad_messages = 0
@@ -89,6 +91,8 @@ class CollectorService:
                         self._on_control(parts)
                 now = time.monotonic()
                 if now >= next_tick:  # timeouts, gauges, models: not per message
+                    for name in self.exited_workers():
+                        self.collector.worker_gone(name)
                     self.collector.tick()
                     self._publish_models()
                     self._expire_requests()
@@ -161,6 +165,7 @@ class CollectorService:
             with self.hello_event:
                 self.hellos.add(str(msg.body.get("worker")))
                 self.hello_event.notify_all()
+            self.collector.worker_joined(str(msg.body.get("worker")))
         elif msg.kind == "hello":
             urls = {k: self.urls[k] for k in ("results", "model")}
             urls["frames"] = self.frames_url

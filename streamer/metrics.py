@@ -21,8 +21,8 @@ KNOWN_DROP_REASONS = (
     "blob_size", "unknown_encoding", "bad_header", "oversized_message", "no_series", "wrong_shape",
     "missing_channel",
     # fan-out and collector
-    "overload", "unknown_series", "worker_lost", "wire_malformed", "wire_too_large", "wire_unknown_kind",
-    "wire_version",
+    "overload", "no_worker", "unknown_series", "worker_lost", "wire_malformed", "wire_too_large",
+    "wire_unknown_kind", "wire_version",
     # workers: decoding and per-image analysis
     "corrupt_compression", "wrong_size", "bad_frame", "frame_store", "wrong_dtype", "wrong_mask_size",
     "all_zero", "all_saturated", "nan_pixels", "too_many_strong_pixels", "bad_config", "worker_error",
@@ -54,7 +54,8 @@ class Metrics:
         self.series_started = Counter("xtal_series_started_total", "data series started", registry=r)
         self.series_ended = Counter("xtal_series_ended_total", "data series ended, by how", ["how"], registry=r)
         self.queue_depth = Gauge("xtal_queue_depth", "items waiting, by queue", ["queue"], registry=r)
-        self.workers_seen = Gauge("xtal_workers_seen", "workers that delivered results in the last minute", registry=r)
+        self.workers_seen = Gauge("xtal_workers_seen", "workers joined or with results in the last minute, not exited",
+                                  registry=r)
         self.stage_latency = Histogram(
             "xtal_stage_latency_seconds", "time per frame in each stage (decode: before the analysis, which decodes "
             "bslz4 frames band by band itself; end_to_end: received to published)",

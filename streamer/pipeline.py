@@ -21,6 +21,7 @@ import functools
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -121,10 +122,12 @@ class Fanout:
         self.n_by_reference = 0  # frames sent as their place in the store
         self.metrics = metrics
         self.check_workers: Callable[[], None] = lambda: None  # raises when no worker is left
+        self.workers_alive: Callable[[], bool] = lambda: True  # False once every known worker has exited
         self.open: dict[str, int] = {}  # series id -> frames dispatched so far
         self.seen: set[str] = set()  # series ids announced so far, and the aliases given
         self.aliases: dict[str, str] = {}  # a repeated series id -> the id it has in this run
         self.n_series_ended = 0  # ends received, of series open here or never started
+        self.n_dropped: dict[str, int] = {}  # frames the fan-out itself dropped, by reason (for its log)
         self.geometry = geometry or GeometryOverride()  # the configured header corrections
 
     def handle(self, event: Any) -> None:
@@ -183,6 +186,11 @@ class Fanout:
             self.frames.send_multipart(parts, copy=False, flags=zmq.NOBLOCK)
         except zmq.Again:
             if self.overload_wait_s is not None:
+                if not self.workers_alive():  # waiting would only put the receiver behind the detector
+                    if stored_at is not None:
+                        self.store.release(pin)
+                    self._drop("no_worker", frame.series_id, frame.image_number)
+                    return
                 if not self.frames.poll(int(self.overload_wait_s * 1000), zmq.POLLOUT):
                     if stored_at is not None:
                         self.store.release(pin)
@@ -213,6 +221,11 @@ class Fanout:
         self.by_reference = False
 
     def _drop(self, reason: str, series_id: str | None, image_number: int | None, is_frame: bool = True) -> None:
+        if reason in ("overload", "no_worker"):  # the fan-out's own reasons (the receiver logs its own)
+            n = self.n_dropped[reason] = self.n_dropped.get(reason, 0) + 1
+            if n & (n - 1) == 0:  # the 1st, 2nd, 4th, 8th, ...: visible, never a flood
+                log.warning("series %s image %s dropped: %s (%d so far)", series_id, image_number,
+                            "no worker is alive" if reason == "no_worker" else "no worker was free in time", n)
         self.feed.send_multipart(wire.encode("received_drop", {
             "reason": reason, "series_id": series_id, "image_number": image_number, "frame": is_frame}))
 
@@ -277,6 +290,7 @@ class Pipeline:
             self.metrics, self.publisher, stage_factories,
             reorder_bound=config.fanout.reorder_bound,
             result_timeout_s=config.fanout.result_timeout_s if result_timeout_s is None else result_timeout_s,
+            timeout_from_progress=not live,  # recorded data queue for as long as the workers take
         )
         self.service = CollectorService(self.ctx, self.collector, self.endpoints.control, self.endpoints.results,
                                         self.endpoints.model, self.endpoints.feed)
@@ -285,6 +299,11 @@ class Pipeline:
         self.fanout = Fanout(self.ctx, self.endpoints, config.fanout.hwm,
                              config.fanout.overload_wait_s if live else None, store, self.metrics, config.geometry)
         self.fanout.check_workers = self._check_workers
+        self.service.exited_workers = self._exited_workers
+        self.fanout.workers_alive = lambda: bool(self.collector.joined)
+        self._reported_exits: set[int] = set()
+        self._next_exit_check = 0.0
+        self._closing = False
         self.service.frames_url = self.fanout.frames_url
         share_store(self.fanout, self.service, self.collector)
         self.control_url = self.service.urls["control"]
@@ -322,6 +341,26 @@ class Pipeline:
                 raise TimeoutError(f"workers did not join {self.control_url} within {worker_timeout_s} s")
         log.info("%d local workers joined %s", self.n_workers, self.control_url)
 
+    def _exited_workers(self) -> list[str]:
+        """Names of local worker processes that exited since the last call (checked at most
+        four times a second), each logged once: the frames in their queues are lost."""
+        now = time.monotonic()
+        if self._closing or now < self._next_exit_check:
+            return []
+        self._next_exit_check = now + 0.25
+        names = []
+        for proc in self.processes:
+            if proc.pid in self._reported_exits or proc.poll() is None:
+                continue
+            self._reported_exits.add(proc.pid)
+            names.append(f"{socket.gethostname()}:{proc.pid}")  # the worker's own default name
+            log.warning("worker process %d exited with status %s: the frames in its queue are dropped as "
+                        "worker_lost", proc.pid, proc.returncode)
+        if names and self.live and not self.collector.joined - set(names):
+            log.error("no worker left: frames are dropped (no_worker) until a worker joins "
+                      "(xtalstream worker --connect %s)", self.control_url)
+        return names
+
     def _check_workers(self) -> None:
         """Raise when every local worker has exited (and none joined from elsewhere)."""
         if self.processes and all(p.poll() is not None for p in self.processes) \
@@ -355,6 +394,7 @@ class Pipeline:
         return self.collector.wait_stages(timeout)
 
     def close(self) -> None:
+        self._closing = True  # the workers are stopped on purpose now: no more exit warnings
         for proc in self.processes:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)

@@ -127,7 +127,7 @@ def test_frames_queued_behind_a_slow_worker_are_not_lost():
     # `process` queues frames for as long as the workers take: 40 frames dispatched at once,
     # one result every 0.5 s, so the last waits 20 s, twice the timeout, and none is lost
     clock = Clock()
-    c, pub = make(clock=clock, result_timeout_s=10.0)
+    c, pub = make(clock=clock, result_timeout_s=10.0, timeout_from_progress=True)
     s = make_series(n_images=40)
     c.series_start(s)
     for seq in range(40):
@@ -150,6 +150,53 @@ def test_frames_queued_behind_a_slow_worker_are_not_lost():
     clock.t += 0.2
     c.tick()
     assert c.series[s2.series_id].tally.dropped == {"worker_lost": 2}
+
+
+def test_live_frames_time_out_from_their_dispatch_whatever_else_returns():
+    clock = Clock()
+    c, pub = make(clock=clock, result_timeout_s=10.0)
+    s = make_series(n_images=30)
+    c.series_start(s)
+    t0 = clock.t
+    c.dispatched(s.series_id, 0, 0, t0)  # its worker is silent; the others go on
+    for seq in range(1, 30):
+        clock.t += 0.5
+        c.dispatched(s.series_id, seq, seq, clock.t)
+        c.result(ok(s.series_id, seq, seq))
+        c.tick()
+        assert [p["image"] for p in pub.images()] == ([] if clock.t - t0 <= 10.0 else list(range(seq + 1)))
+    assert c.series[s.series_id].tally.dropped == {"worker_lost": 1}
+
+
+def test_frames_of_an_exited_worker_are_given_up_once_the_living_have_passed_them():
+    """Each worker takes its frames in dispatch order: once a worker has exited, a frame that
+    every live worker has passed was in the dead one's queue, and goes at once."""
+    c, pub = make(result_timeout_s=1000.0)
+    s = make_series(n_images=12)
+    c.series_start(s)
+    for name in ("a", "b", "c"):
+        c.worker_joined(name)
+    for seq in range(12):
+        c.dispatched(s.series_id, seq, seq, 100.0)
+
+    def result(seq, worker):
+        c.result(FrameResult(s.series_id, seq, seq, worker, stats={"n_spots": 1}))
+
+    result(0, "a")
+    result(1, "b")  # "c" held frame 2, then died
+    result(3, "a")
+    c.worker_gone("c")
+    assert [p["image"] for p in pub.images()] == [0, 1]  # "b" has not passed 2 yet: it may hold it
+    result(4, "b")
+    assert [(p["image"], p["dropped"]) for p in pub.images()][2:] == [(2, "worker_lost"), (3, None), (4, None)]
+    result(6, "a")
+    assert [p["image"] for p in pub.images()][-1] == 4  # 5 waits: "b" may still hold it
+    result(5, "b")
+    assert [p["image"] for p in pub.images()][-2:] == [5, 6]
+    c.worker_joined("c2")  # a new worker: nothing is given up until it has returned frames too
+    result(9, "a")
+    result(10, "b")
+    assert [p["image"] for p in pub.images()][-1] == 6
 
 
 def test_full_reorder_buffer_gives_up_the_missing_frame():
