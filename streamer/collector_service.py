@@ -169,6 +169,7 @@ class CollectorService:
         elif msg.kind == "hello":
             urls = {k: self.urls[k] for k in ("results", "model")}
             urls["frames"] = self.frames_url
+            urls["run"] = self.run_token
             urls.update(self.store_info or {})
             sock.send_multipart([identity, *wire.encode("endpoints", urls)])
         elif msg.kind == "joining":  # before the worker connects for frames
@@ -183,6 +184,7 @@ class CollectorService:
                 self.pending.setdefault(series_id, []).append((identity, time.monotonic() + self.header_wait_s))
 
     frames_url: str = ""  # set by the pipeline: where the fan-out binds its frames socket
+    run_token: str = ""  # set by the pipeline: the token the fan-out puts in every frame
     store_info: dict[str, str] | None = None  # set by the pipeline: the shared frame store's place
     storeless_worker: Callable[[str], None] = staticmethod(lambda name: None)  # one that cannot map it
 

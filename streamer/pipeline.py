@@ -27,6 +27,7 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -128,6 +129,7 @@ class Fanout:
         self.aliases: dict[str, str] = {}  # a repeated series id -> the id it has in this run
         self.n_series_ended = 0  # ends received, of series open here or never started
         self.n_dropped: dict[str, int] = {}  # frames the fan-out itself dropped, by reason (for its log)
+        self.run = uuid.uuid4().hex[:16]  # this run's token, in every frame and in the workers' endpoints
         self.geometry = geometry or GeometryOverride()  # the configured header corrections
 
     def handle(self, event: Any) -> None:
@@ -181,7 +183,7 @@ class Fanout:
         pin = (frame.series_id, seq)
         by_reference = self.store is not None and self.by_reference
         stored_at = self.store.add(frame, pin=pin) if by_reference else None
-        parts = pipeline_messages.encode_frame(frame, seq, stored_at)  # stored: the workers read it from the store
+        parts = pipeline_messages.encode_frame(frame, seq, stored_at, self.run)  # stored: read from the store
         try:
             self.frames.send_multipart(parts, copy=False, flags=zmq.NOBLOCK)
         except zmq.Again:
@@ -247,9 +249,12 @@ class Fanout:
             self.store.close()
 
 
-def share_store(fanout: Fanout, service: CollectorService, collector: Collector) -> None:
-    """Offer the fan-out's shared frame store to the workers that join, and unpin each frame
-    once the collector has its result (or gave it up)."""
+def connect_service(fanout: Fanout, service: CollectorService, collector: Collector) -> None:
+    """What the collector service tells the workers that join about the fan-out: where its
+    frames come from, the run's token (in every frame) and its shared frame store, whose
+    frames are unpinned once the collector has their result (or gave it up)."""
+    service.frames_url = fanout.frames_url
+    service.run_token = fanout.run
     store = fanout.store
     if store is not None and store.shared:
         service.store_info = store.share()
@@ -304,8 +309,7 @@ class Pipeline:
         self._reported_exits: set[int] = set()
         self._next_exit_check = 0.0
         self._closing = False
-        self.service.frames_url = self.fanout.frames_url
-        share_store(self.fanout, self.service, self.collector)
+        connect_service(self.fanout, self.service, self.collector)
         self.control_url = self.service.urls["control"]
         self._thread = threading.Thread(target=self.service.run, name="collector", daemon=True)
         self.worker_args = list(worker_args)

@@ -68,14 +68,17 @@ def series_from(message: Message) -> SeriesInfo:
         raise WireError(f"series message incomplete: {exc}") from exc
 
 
-def encode_frame(frame: EncodedFrame, seq: int, stored_at: int | None = None) -> list[Any]:
+def encode_frame(frame: EncodedFrame, seq: int, stored_at: int | None = None, run: str = "") -> list[Any]:
     """EncodedFrame -> parts: timing and layout in the header, compressed bytes as one part.
 
     `seq` is the dispatch sequence number within the series (0, 1, 2, ... without gaps),
     which the collector uses to restore frame order. With `stored_at`, the bytes stay in the
     shared frame store (`streamer.frame_store`) at that offset and only the header is sent.
+    `run`: the token of the run that sent it, so that a worker left over from an earlier run
+    (ZeroMQ reconnects it silently to a new run on the same ports) notices and joins anew.
     """
     body = {
+        "run": run,
         "series_id": frame.series_id,
         "seq": int(seq),
         "image_number": int(frame.image_number),
@@ -102,6 +105,7 @@ class WorkFrame:
     frame: EncodedFrame
     seq: int
     stored: tuple[int, int] | None = None  # (offset, size) in the shared frame store; data is then empty
+    run: str = ""  # the sending run's token ("" from a sender that has none)
 
 
 def frame_from(message: Message) -> WorkFrame:
@@ -128,7 +132,7 @@ def frame_from(message: Message) -> WorkFrame:
         raise WireError(f"frame message incomplete: {exc!r}") from exc
     if len(shape) != 2:
         raise WireError(f"frame shape {shape} is not 2D")
-    return WorkFrame(frame, seq, stored)
+    return WorkFrame(frame, seq, stored, str(b.get("run") or ""))
 
 
 @dataclass(frozen=True)

@@ -96,6 +96,7 @@ class Worker:
         self.n_frames = 0
         self.n_bad_messages = 0
         self.store: StoreReader | None = None  # the receiver's frame store, when on this host
+        self.endpoints: dict[str, str] = {}  # of the run joined (its token: "run")
 
     # ------------------------------------------------------------------ sockets
     def _connect(self) -> None:
@@ -103,13 +104,7 @@ class Worker:
         self.control.setsockopt(zmq.LINGER, 0)
         self.control.connect(self.control_url)
         endpoints = self._hello()
-        if "store_path" in endpoints:
-            try:
-                self.store = StoreReader.attach(endpoints["store_path"], endpoints.get("store_token", ""),
-                                                int(endpoints.get("store_bytes", "0")))
-            except ValueError:
-                self.store = None
-            log.info("worker %s %s the frame store", self.name, "maps" if self.store else "cannot map")
+        self._attach_store(endpoints)
         self._ask("joining", {"worker": self.name, "store": self.store is not None}, "welcome")
         self.frames = self.ctx.socket(zmq.PULL)
         self.frames.setsockopt(zmq.LINGER, 0)
@@ -130,7 +125,38 @@ class Worker:
             log.info("worker %s: kernels ready in %.1f s", self.name, time.perf_counter() - t0)
         # Counted as joined only now, when its frame socket is connected.
         self.control.send_multipart(wire.encode("hello", {"worker": self.name, "ready": True}))
+        self.endpoints = endpoints
         log.info("worker %s connected to %s", self.name, self.control_url)
+
+    def _attach_store(self, endpoints: dict[str, str]) -> None:
+        """Map the run's shared frame store, when it has one this host can map."""
+        self.store = None
+        if "store_path" in endpoints:
+            try:
+                self.store = StoreReader.attach(endpoints["store_path"], endpoints.get("store_token", ""),
+                                                int(endpoints.get("store_bytes", "0")))
+            except ValueError:
+                self.store = None
+            log.info("worker %s %s the frame store", self.name, "maps" if self.store else "cannot map")
+
+    def _rejoin(self, run: str) -> None:
+        """A frame of another run came: this worker outlived the run it joined, and ZeroMQ
+        reconnected it to a new one on the same ports. Join the new run properly (its frame
+        store, no headers or set-ups of the old one, counted by its collector) before any
+        frame of it is analysed; a run on other endpoints cannot be joined this way."""
+        log.warning("worker %s: frames of another run (%s) at %s: joining it anew", self.name, run, self.control_url)
+        endpoints = self._hello()
+        same_sockets = all(endpoints.get(k) == self.endpoints.get(k) for k in ("frames", "results", "model"))
+        if endpoints.get("run") != run or not same_sockets:
+            raise RuntimeError(f"the run at {self.control_url} changed its endpoints: start this worker again")
+        if self.store is not None:
+            self.store.close()
+        self._attach_store(endpoints)
+        for cache in (self.series, self.analysers, self.setup_errors, self.models):
+            cache.clear()
+        self._ask("joining", {"worker": self.name, "store": self.store is not None}, "welcome")
+        self.control.send_multipart(wire.encode("hello", {"worker": self.name, "ready": True}))
+        self.endpoints = endpoints
 
     def _connect_and_wait(self, sock: zmq.Socket, url: str, timeout_s: float = 10.0) -> None:
         monitor = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
@@ -218,6 +244,9 @@ class Worker:
             self.n_bad_messages += 1
             log.warning("unreadable frame message (%s): %s", exc.reason, exc)
             return
+        joined = self.endpoints.get("run")
+        if work.run and joined and work.run != joined:
+            self._rejoin(work.run)
         frame = work.frame
         self.n_frames += 1
         result = pipeline_messages.FrameResult(frame.series_id, work.seq, frame.image_number, self.name)

@@ -17,7 +17,7 @@ from streamer.collector_service import CollectorService
 from streamer.config import Config
 from streamer.metrics import Metrics
 from streamer.frame_store import FrameStore, StoreReader
-from streamer.pipeline import Endpoints, Fanout, share_store
+from streamer.pipeline import Endpoints, Fanout, connect_service
 from streamer.series import SeriesEnd
 from streamer.worker import Worker
 
@@ -49,8 +49,7 @@ class Rig:
         self.service = CollectorService(self.ctx, self.collector, self.ep.control, self.ep.results, self.ep.model,
                                         self.ep.feed)
         self.fanout = Fanout(self.ctx, self.ep, hwm=16, overload_wait_s=None, store=store)
-        self.service.frames_url = self.fanout.frames_url
-        share_store(self.fanout, self.service, self.collector)
+        connect_service(self.fanout, self.service, self.collector)
         self.thread = threading.Thread(target=self.service.run, daemon=True)
         self.thread.start()
         self.workers: list[tuple[Worker, threading.Thread]] = []
@@ -154,6 +153,30 @@ def test_a_bug_in_analysis_drops_frames_with_a_reason_and_the_worker_goes_on(rig
     assert tallies["broken"] == {"received": 3, "processed": 0, "dropped": {"worker_error": 3}}
     assert t.is_alive()
     assert any("analysis set-up failed" in r.getMessage() and r.exc_info for r in caplog.records)
+
+
+def test_a_worker_left_from_an_earlier_run_joins_the_new_one_before_analysing(rig, caplog):
+    """ZeroMQ reconnects a worker that outlived its run to a new run on the same ports: the
+    first frame with the new run's token makes it join again (the new store, none of the old
+    run's headers or set-ups), so its results are the new run's, and its collector counts it."""
+    w = rig.add_worker("w1")
+    old = make_series("1", n_images=2)
+    rig.fanout.handle(old)
+    for i in range(2):
+        rig.fanout.handle(make_frame(old, i, 1))
+    rig.fanout.handle(SeriesEnd("1"))
+    assert rig.collector.wait_closed(1, 20)
+    assert "1" in w.series
+    rig.fanout.run = rig.service.run_token = "the-next-run"  # what a new run on these ports looks like
+    new = make_series("2", n_images=3)
+    rig.fanout.handle(new)
+    for i in range(3):
+        rig.fanout.handle(make_frame(new, i, 4))
+    rig.fanout.handle(SeriesEnd("2"))
+    assert rig.collector.wait_closed(2, 20)
+    assert [r.stats["n_spots"] for r in rig.collector.series["2"].results] == [4, 4, 4]
+    assert w.endpoints["run"] == "the-next-run" and "1" not in w.series
+    assert any("frames of another run" in r.getMessage() for r in caplog.records)
 
 
 def test_late_worker_gets_the_header_of_a_running_series_and_models(rig):
