@@ -205,3 +205,38 @@ def test_dials_import_reads_the_recording(tmp_path):
     assert result.returncode == 0, result.stderr
     # dxtbx hands uint32 pixels on as int32 (a saturated 2**32-1 reads as -1)
     np.testing.assert_array_equal(np.load(tmp_path / "dials_pixels.npy"), np.stack(images).view(np.int32))
+
+
+@pytest.mark.slow
+def test_record_stopped_by_sigterm_mid_series_leaves_a_readable_file(tmp_path):
+    """`record` ended by SIGTERM before the series' end (a beamline script stopping it): the
+    recording so far is closed as a readable master + data file and the exit status is 0.
+    Before, the process died at the signal: no master, an unreadable data file, status 143."""
+    import signal
+    import sys
+    import time
+
+    from streamer.sender import DetectorSender
+
+    info, images = synthetic_series(n=6)
+    url = ipc_url(tmp_path, "det-term")
+    log_path = tmp_path / "record.log"
+    with open(log_path, "w") as log_file, DetectorSender(zmq.Context.instance(), url, "v1") as sender:
+        proc = subprocess.Popen([sys.executable, "-m", "streamer.cli", "record", "--connect", url, "--out",
+                                 str(tmp_path / "rec.h5")], stdout=subprocess.PIPE, stderr=log_file, text=True)
+        sender.send_start(info, header_detail="all")
+        for i in range(3):
+            sender.send_frame(EncodedFrame(info.series_id, i, info.image_shape, info.dtype, "bslz4",
+                                           codecs.encode(images[i], "bslz4")))
+        deadline = time.monotonic() + 60
+        while "recording series" not in log_path.read_text():
+            assert time.monotonic() < deadline and proc.poll() is None, log_path.read_text()
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, log_path.read_text()
+    assert f"wrote {tmp_path / 'rec.h5'}" in out
+    with EigerH5Source(tmp_path / "rec.h5") as rec:
+        frames = list(rec.frames())
+    for frame in frames:
+        np.testing.assert_array_equal(codecs.decode(frame), images[frame.image_number])

@@ -7,6 +7,7 @@ to FILE_2.h5, FILE_3.h5, ... bslz4 frames are written as received (never recompr
 from __future__ import annotations
 
 import logging
+import signal
 from collections import Counter
 from pathlib import Path
 
@@ -56,6 +57,8 @@ def record_stream(connect: str, out: Path, once: bool = True, timeout_s: float |
                     recorder = None
                     if once:
                         break
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM (`main`): what came so far is a readable file
+            log.warning("interrupted: closing the recording with the frames received so far")
         finally:
             if recorder is not None:
                 written.append(recorder.close())
@@ -79,7 +82,15 @@ def main(argv: list[str] | None = None) -> int:
     config = load_config(args.config)
     receiver_config = config.receiver if args.format is None else config.receiver.model_copy(update={"format": args.format})
     counters: Counter = Counter()
-    written = record_stream(args.connect, args.out, args.once, args.timeout, receiver_config, counters=counters)
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt  # SIGTERM ends the recording as Ctrl-C does: the files are closed
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        written = record_stream(args.connect, args.out, args.once, args.timeout, receiver_config, counters=counters)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     for path in written:
         print(f"wrote {path}")
     if counters:
