@@ -21,6 +21,9 @@ from streamer.collector import Collector
 log = logging.getLogger(__name__)
 
 POLL_MS = 50  # the longest the loop sleeps without a message
+# the largest message part each worker-facing socket takes: a result's largest part is a table of
+# strong pixels (a 16M frame at the 25 % bound: 4.5 M pixels, 36 MB); control messages are small
+MAX_PART_BYTES = {"results": 256 * 1024 * 1024, "control": 1024 * 1024}
 TICK_S = 0.02  # result timeouts, queue gauges, models and header requests are checked this often
 RESULTS_PER_TURN = 1000  # results read before the feed is looked at again
 
@@ -51,6 +54,8 @@ class CollectorService:
             sock.setsockopt(zmq.LINGER, 0)
             if kind == zmq.PULL:
                 sock.setsockopt(zmq.RCVHWM, 0 if name == "feed" else 10000)
+            if name in MAX_PART_BYTES:  # reachable from other hosts (--listen): a bound on any one part;
+                sock.setsockopt(zmq.MAXMSGSIZE, MAX_PART_BYTES[name])  # past it ZeroMQ drops the sender
             sock.bind(url)
             self.sockets[name] = sock
         self.urls = {name: s.getsockopt_string(zmq.LAST_ENDPOINT) for name, s in self.sockets.items()}

@@ -304,3 +304,19 @@ def test_a_frame_outside_the_store_is_dropped_with_a_reason(shared_rig, monkeypa
                         else real_add(frame, pin))
     assert _send_series(rig, s) == {0: 1, 1: 2, 3: 4}
     assert rig.collector.total.as_dict()["dropped"] == {"frame_store": 1} and w.store is not None
+
+
+def test_the_worker_facing_sockets_refuse_oversized_parts(rig, caplog):
+    """A peer sending a part over the bound (`--listen` exposes these sockets) is cut off by
+    ZeroMQ before the bytes are held; the service goes on answering others."""
+    junk = rig.ctx.socket(zmq.DEALER)
+    junk.connect(rig.ep.control)
+    junk.send(b"x" * (2 * 1024 * 1024))  # over the control socket's 1 MiB
+    w = rig.add_worker("w1")  # a well-formed hello is still answered
+    s = make_series(n_images=1)
+    rig.fanout.handle(s)
+    rig.fanout.handle(make_frame(s, 0, 2))
+    rig.fanout.handle(SeriesEnd(s.series_id))
+    assert rig.collector.wait_closed(1, 20) and w.n_frames == 1
+    assert not any("unreadable control message" in r.getMessage() for r in caplog.records)  # never read
+    junk.close(linger=0)
