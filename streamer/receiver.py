@@ -88,6 +88,7 @@ class Receiver:
         self.counters: MutableMapping[str, int] = counters if counters is not None else Counter()
         self.messages_received = 0
         self.frames_received = 0  # frames passed on as EncodedFrame
+        self.n_disconnected = 0  # connections to the detector that dropped (closed, or cut by ZeroMQ)
         self._series: _OpenSeries | None = None
         self._log = _RateLimitedLog()
         self._ctx = ctx
@@ -100,9 +101,13 @@ class Receiver:
         self._stop_socket = ctx.socket(zmq.PULL)
         self._stop_socket.setsockopt(zmq.LINGER, 0)
         self._stop_socket.bind(self._stop_url)
+        # ZeroMQ drops a connection without a word when a part exceeds MAXMSGSIZE: watched, so
+        # that it is said (with the frames it cost) rather than silent
+        self._monitor = self.socket.get_monitor_socket(zmq.EVENT_DISCONNECTED)
         self._poller = zmq.Poller()
         self._poller.register(self.socket, zmq.POLLIN)
         self._poller.register(self._stop_socket, zmq.POLLIN)
+        self._poller.register(self._monitor, zmq.POLLIN)
         self.stopped = False
         self._closed = False
 
@@ -126,6 +131,8 @@ class Receiver:
 
     def close(self) -> None:
         self._closed = True
+        self.socket.disable_monitor()
+        self._monitor.close(linger=0)
         self.socket.close(linger=0)
         self._stop_socket.close(linger=0)
 
@@ -172,11 +179,27 @@ class Receiver:
             if self.socket in ready:
                 parts = self.socket.recv_multipart(copy=False)
                 events = self.handle([p.buffer for p in parts], time.monotonic())
+                if self._monitor in ready:  # after the message: a start read now is known then
+                    self._on_disconnect()
                 if events:
                     return events
                 continue  # e.g. an EIGER 1 header, announced with its first image
+            if self._monitor in ready:
+                self._on_disconnect()
             if deadline is not None and time.monotonic() >= deadline:
                 return self._idle_events(time.monotonic())
+
+    def _on_disconnect(self) -> None:
+        from zmq.utils.monitor import recv_monitor_message
+
+        recv_monitor_message(self._monitor)
+        self.n_disconnected += 1
+        if self._series is None:
+            log.info("the detector at %s closed the connection (ZeroMQ reconnects)", self.endpoint)
+            return
+        log.warning("connection to the detector at %s dropped during series %s (a message part over "
+                    "receiver.max_message_bytes = %d, or the detector restarted): messages in flight are lost; "
+                    "ZeroMQ reconnects", self.endpoint, self._series.info.series_id, self.config.max_message_bytes)
 
     def _idle_events(self, now: float) -> list[Event]:
         s = self._series

@@ -71,6 +71,11 @@ def sweep_warnings(summary: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]
     for reason, count in sorted((frames.get("dropped") or {}).items(), key=lambda kv: -kv[1]):
         found.append(SweepWarning("frames_dropped", None, f"{count} of {received} frames dropped: {reason}",
                                   DROP_ADVICE.get(reason, DEFAULT_DROP_ADVICE)))
+    announced = int(series.n_images or 0) if series is not None else 0
+    if final and announced and len(rows) < announced:
+        found.append(SweepWarning("frames_missing", None,
+                                  f"{announced - len(rows)} of {announced} announced images never arrived",
+                                  "the detector stopped early or restarted, or its connection dropped: see the log"))
     for problem in geometry_problems(series) if series is not None else []:
         found.append(SweepWarning("geometry", None, f"no resolutions from the header's geometry: {problem}",
                                   "set the configuration key named: it replaces the header's value"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections import Counter
 
 import numpy as np
@@ -362,3 +363,34 @@ def test_capture_replay_is_paced_by_the_rate_limiter(shared_data, ctx, url):
     assert frames[-1].received_at - frames[0].received_at >= 0.04  # 9 intervals at 200 Hz = 0.045 s
     sender.close()
     receiver.close()
+
+
+def test_a_part_over_the_bound_costs_the_connection_and_is_said(ctx, url, caplog):
+    """ZeroMQ cuts a connection whose message part exceeds receiver.max_message_bytes, with no
+    word: the receiver watches for it, counts it and logs it with the bound to raise."""
+    series = _series(n=3, dtype="<u4", shape=(300, 300))
+    big = EncodedFrame(series.series_id, 1, series.image_shape, series.dtype, "raw",
+                       np.ones(series.image_shape, "<u4").tobytes())  # 360 kB: over the bound
+
+    def send():
+        with DetectorSender(ctx, url, fmt="v1", header_detail="all") as sender:
+            sender.send_start(series)
+            sender.send_frame(big)
+            done.wait(TIMEOUT_S)
+
+    done = threading.Event()
+    receiver = Receiver(ctx, url, ReceiverConfig(max_message_bytes=100_000, idle_timeout_s=60.0))
+    thread, errors = _in_thread(send)
+    try:
+        with caplog.at_level("WARNING", logger="streamer.receiver"):
+            assert isinstance(receiver.poll(TIMEOUT_S)[0], SeriesInfo)
+            deadline = time.monotonic() + TIMEOUT_S
+            while not any("dropped during series 7" in r.getMessage() for r in caplog.records):
+                assert receiver.poll(0.05) == [] and time.monotonic() < deadline  # the big frame never comes
+    finally:
+        done.set()
+        thread.join(TIMEOUT_S)
+        receiver.close()
+    assert not errors
+    assert any("dropped during series 7" in r.getMessage() and "max_message_bytes = 100000" in r.getMessage()
+               for r in caplog.records)

@@ -33,7 +33,7 @@ def kinds(warnings):
 
 
 def test_a_clean_sweep_has_no_warnings():
-    assert sweep_warnings(summary(), rows(), make_series()) == []
+    assert sweep_warnings(summary(), rows(), make_series(n_images=40)) == []
 
 
 def test_dropped_frames_name_their_reason_and_what_to_do():
@@ -42,6 +42,13 @@ def test_dropped_frames_name_their_reason_and_what_to_do():
     assert found[0]["message"] == "2 of 40 frames dropped: worker_lost" and found[0]["image"] is None
     assert "add workers" in found[1]["suggestion"]
     assert set(found[0]) == {"kind", "image", "message", "suggestion"}
+
+
+def test_images_announced_and_never_received_are_missing_once_the_series_ended():
+    series = make_series(n_images=60)
+    found = sweep_warnings(summary(), rows(n=40), series)
+    assert kinds(found) == ["frames_missing"] and found[0]["message"] == "20 of 60 announced images never arrived"
+    assert sweep_warnings(summary(), rows(n=40), series, final=False) == []  # still coming
 
 
 def test_ice_and_overloads_need_more_than_a_stray_image():
@@ -54,10 +61,10 @@ def test_ice_and_overloads_need_more_than_a_stray_image():
 
 def test_not_indexed_few_spots_and_unusable_geometry():
     not_indexed = {"indexed": False, "status": "not indexed yet: no lattice found"}
-    no_distance = dataclasses.replace(make_series(), distance_mm=0.0)
+    no_distance = dataclasses.replace(make_series(n_images=40), distance_mm=0.0)
     found = sweep_warnings(summary(indexing=not_indexed), rows(spots=4), no_distance)
     assert kinds(found) == ["geometry", "not_indexed", "few_spots"]
     assert "geometry.distance_mm" in found[0]["message"]
     assert found[1]["message"] == "not indexed yet: no lattice found"
     assert found[2]["image"] == 0 and found[2]["message"] == "median 4 spots per image away from ice rings"
-    assert sweep_warnings(summary(indexing=not_indexed), [], make_series()) == []  # no image: nothing to say
+    assert sweep_warnings(summary(indexing=not_indexed), [], make_series(n_images=0)) == []  # nothing to say
