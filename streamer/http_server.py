@@ -16,6 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from streamer.errors import BadInput
 from streamer.metrics import CONTENT_TYPE, Metrics
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,10 @@ class FeedbackServer:
             def log_message(self, fmt: str, *args: Any) -> None:
                 log.debug("http %s " + fmt, self.address_string(), *args)
 
-        self.httpd = ThreadingHTTPServer(address, Handler)
+        try:
+            self.httpd = ThreadingHTTPServer(address, Handler)
+        except OSError as exc:  # in use, or not an address of this host
+            raise BadInput(f"cannot serve HTTP on {address[0]}:{address[1]}: {exc}", reason="bad_argument") from exc
         self.httpd.daemon_threads = True
         self.thread = threading.Thread(target=self.httpd.serve_forever, name="http", daemon=True)
 

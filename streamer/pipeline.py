@@ -288,9 +288,9 @@ class Pipeline:
         self.metrics = metrics or Metrics()
         self.n_workers = default_workers(config.fanout.workers if n_workers is None else n_workers)
         self.live = live
+        self.publisher = ResultPublisher(self.ctx, result_stream)  # first: a user's address may be refused
         self._dir = tempfile.TemporaryDirectory(prefix="xtalstream-")
         self.endpoints = Endpoints.make(config, self._dir.name)
-        self.publisher = ResultPublisher(self.ctx, result_stream)
         self.collector = Collector(
             self.metrics, self.publisher, stage_factories,
             reorder_bound=config.fanout.reorder_bound,

@@ -96,7 +96,11 @@ class Receiver:
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.setsockopt(zmq.RCVHWM, self.config.rcvhwm)
         self.socket.setsockopt(zmq.MAXMSGSIZE, self.config.max_message_bytes)
-        self.socket.connect(endpoint)
+        try:
+            self.socket.connect(endpoint)
+        except zmq.ZMQError as exc:
+            self.socket.close(linger=0)
+            raise BadInput(f"cannot connect to the detector at {endpoint!r}: {exc}", reason="bad_argument") from exc
         self._stop_url = f"inproc://xtalstream-receiver-stop-{uuid.uuid4().hex}"
         self._stop_socket = ctx.socket(zmq.PULL)
         self._stop_socket.setsockopt(zmq.LINGER, 0)

@@ -32,6 +32,7 @@ from typing import Any
 import msgpack
 import zmq
 
+from streamer.errors import BadInput
 from streamer.series import SeriesInfo
 
 log = logging.getLogger(__name__)
@@ -65,7 +66,11 @@ class ResultPublisher:
             self.socket = ctx.socket(zmq.PUB)
             self.socket.setsockopt(zmq.LINGER, 0)
             self.socket.setsockopt(zmq.SNDHWM, sndhwm)
-            self.socket.bind(url)
+            try:
+                self.socket.bind(url)
+            except zmq.ZMQError as exc:
+                self.socket.close(linger=0)
+                raise BadInput(f"cannot publish the result stream on {url}: {exc}", reason="bad_argument") from exc
             self.url = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
             log.info("per-image result stream on %s", self.url)
 

@@ -79,3 +79,33 @@ def test_internal_error_exits_1(capsys):
         raise RuntimeError("a bug")
 
     assert broken([]) == 1
+
+
+def test_an_address_in_use_or_a_bad_url_is_the_users_input_exit_2(tmp_path, capsys):
+    """Ports in use (--http, --result-stream, --listen) and URLs that are no address exit 2 with
+    what was wrong with which input, not 1 with a traceback as an internal error."""
+    import zmq
+
+    ctx = zmq.Context.instance()
+    taken = ctx.socket(zmq.PUB)
+    port = taken.bind_to_random_port("tcp://127.0.0.1")
+    try:
+        out = str(tmp_path / "out")
+        assert main(["run", "--connect", "localhost:1", "--out", out, "--http", "off", "--result-stream", "off"]) == 2
+        assert "cannot connect to the detector at 'localhost:1'" in capsys.readouterr().err
+        assert main(["run", "--connect", "tcp://127.0.0.1:1", "--out", out, "--http", "off",
+                     "--result-stream", f"tcp://127.0.0.1:{port}"]) == 2
+        assert f"cannot publish the result stream on tcp://127.0.0.1:{port}" in capsys.readouterr().err
+
+        @cli_errors
+        def listen(argv=None):  # what a --listen port in use raises from deep inside
+            sock = ctx.socket(zmq.PULL)
+            try:
+                sock.bind(f"tcp://127.0.0.1:{port}")
+            finally:
+                sock.close(linger=0)
+            return 0
+
+        assert listen([]) == 2 and "Address already in use" in capsys.readouterr().err
+    finally:
+        taken.close(linger=0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import functools
 import logging
 import sys
@@ -17,6 +18,17 @@ def parser(prog: str, description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=f"xtalstream {prog}", description=description)
     p.add_argument("--config", metavar="FILE.yaml", help="configuration file or directory (YAML)")
     return p
+
+
+# what a wrong host, port or URL given by the user raises (not an internal error)
+ADDRESS_ERRORS = {errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES, errno.EINVAL, errno.EPROTONOSUPPORT,
+                  errno.ENODEV}
+
+
+def _address_error(exc: Exception) -> bool:
+    zmq = sys.modules.get("zmq")  # imported by the commands that open sockets
+    network = isinstance(exc, OSError) or (zmq is not None and isinstance(exc, zmq.ZMQError))
+    return network and getattr(exc, "errno", None) in ADDRESS_ERRORS
 
 
 def cli_errors(func: Callable[..., int]) -> Callable[..., int]:
@@ -34,7 +46,10 @@ def cli_errors(func: Callable[..., int]) -> Callable[..., int]:
         except KeyboardInterrupt:
             print("xtalstream: interrupted", file=sys.stderr)
             return 1
-        except Exception:
+        except Exception as exc:
+            if _address_error(exc):  # e.g. a --listen port in use: the user's input, not a bug
+                print(f"xtalstream: error: cannot use that network address: {exc}", file=sys.stderr)
+                return 2
             log.exception("internal error")
             return 1
 
