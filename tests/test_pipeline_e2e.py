@@ -215,6 +215,38 @@ def test_run_session_writes_summary_per_image_and_config(tmp_path):
 
 
 @pytest.mark.slow
+def test_a_run_of_series_after_series_keeps_each_series_outputs(tmp_path):
+    """`run` without --once (series after series at a beamline): each series' outputs go to its
+    own folder with its own accounting, the top holds the latest; before, each series' files
+    replaced the last one's, so per_image.csv kept 8 rows next to a run total of 14 frames."""
+    from streamer.commands.run import run_session, series_folder
+
+    config = live_config()
+    a, b = make_series("1", n_images=6), make_series("scan/2", n_images=8)
+
+    def events():
+        for s, hot in ((a, 1), (b, 2)):
+            yield s
+            yield from (make_frame(s, i, hot) for i in range(s.n_images))
+            yield SeriesEnd(s.series_id)
+
+    run_session(config, events, tmp_path / "out", live=True, once=False, progress=False, worker_args=fake_args(),
+                worker_env=ENV)
+    out = tmp_path / "out"
+    assert series_folder("scan/2") == "series_scan_2"
+    for s, hot in ((a, 1), (b, 2)):
+        folder = out / series_folder(s.series_id)
+        summary = json.loads((folder / "summary.json").read_text())
+        assert summary["frames"] == {"received": s.n_images, "processed": s.n_images, "dropped": {}}
+        rows = (folder / "per_image.csv").read_text().splitlines()[1:]
+        assert [int(r.split(",")[2]) for r in rows] == [hot] * s.n_images
+        assert (folder / "report.html").exists()
+    top = json.loads((out / "summary.json").read_text())
+    assert top["frames"] == {"received": 14, "processed": 14, "dropped": {}}  # the run's
+    assert len((out / "per_image.csv").read_text().splitlines()) == 9  # the latest series'
+
+
+@pytest.mark.slow
 def test_run_once_returns_at_the_end_of_a_series_joined_too_late(tmp_path):
     """`run --once` started after the detector sent its series start (a restart mid-collection):
     the frames are dropped as no_series, and its end of series ends the run as any end does."""

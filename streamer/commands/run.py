@@ -8,6 +8,7 @@ the outputs and print the summary table.
 from __future__ import annotations
 
 import logging
+import re
 import signal
 import sys
 import threading
@@ -165,7 +166,8 @@ def run_session(
         if on_ready is not None:
             on_ready(pipe)
         done = threading.Event()
-        writer = threading.Thread(target=_write_on_close, args=(pipe.collector, config, out, done),
+        per_series: set[str] | None = None if once else set()  # series after series: a folder each
+        writer = threading.Thread(target=_write_on_close, args=(pipe.collector, config, out, done, per_series),
                                   name="outputs", daemon=True)
         if not once:
             writer.start()
@@ -181,7 +183,7 @@ def run_session(
             done.set()
             if writer.is_alive():
                 writer.join()
-            summary = _write(pipe.collector, config, out)
+            summary = _write(pipe.collector, config, out, per_series)
             if progress:
                 print_table(summary, out)
             if serve and server is not None:
@@ -200,30 +202,49 @@ def run_session(
     return summary
 
 
-def _write(collector, config, out: Path) -> dict[str, Any]:
+def _write(collector, config, out: Path, per_series: set[str] | None = None) -> dict[str, Any]:
     """summary.json (the run's frame accounting; the stages' keys of the last closed series),
-    per_image.csv, spots.csv of that series, config.yaml."""
+    per_image.csv, spots.csv and report.html of that series, config.yaml. With `per_series`
+    (the ids written so far; a run that takes series after series), once a second series has
+    closed each closed series also gets its own outputs, with its own frame accounting, in
+    `series_<id>/` below `out`."""
+    closed = [collector.series[sid] for sid in collector.order if collector.series[sid].closed]
+    for state in closed if per_series is not None and len(closed) > 1 else []:  # one series: the top only
+        if state.series.series_id not in per_series:
+            _write_series(state, state.tally.as_dict(), config, out / series_folder(state.series.series_id))
+            per_series.add(state.series.series_id)
+    if not closed:
+        return _write_series(None, collector.total.as_dict(), config, out)
+    return _write_series(closed[-1], collector.total.as_dict(), config, out)
+
+
+def series_folder(series_id: str) -> str:
+    """`series_<id>`, the id with anything but letters, digits and ._~- replaced (a safe file name)."""
+    return "series_" + re.sub(r"[^A-Za-z0-9._~-]", "_", series_id)
+
+
+def _write_series(state, frames: dict[str, Any], config, out: Path) -> dict[str, Any]:
     from streamer.summary import build_summary, per_image_rows, write_outputs
     from streamer.sweep_warnings import sweep_warnings
 
-    closed = [collector.series[sid] for sid in collector.order if collector.series[sid].closed]
-    outputs: dict[str, Any] = dict(closed[-1].outputs) if closed else {}
-    rows = per_image_rows(closed[-1].series, closed[-1].results, closed[-1].dropped_images) if closed else []
+    outputs: dict[str, Any] = dict(state.outputs) if state is not None else {}
+    rows = per_image_rows(state.series, state.results, state.dropped_images) if state is not None else []
     spots = outputs.pop("_spots", None)
-    summary = build_summary(collector.total.as_dict(), outputs)
-    summary["warnings"] = sweep_warnings(summary, rows, closed[-1].series if closed else None)
-    title = f"xtalstream: series {closed[-1].series.series_id}" if closed else "xtalstream"
+    summary = build_summary(frames, outputs)
+    summary["warnings"] = sweep_warnings(summary, rows, state.series if state is not None else None)
+    title = f"xtalstream: series {state.series.series_id}" if state is not None else "xtalstream"
     write_outputs(out, config, summary, rows, spots, title)
     return summary
 
 
-def _write_on_close(collector, config, out: Path, done: threading.Event) -> None:
-    """Live runs: rewrite the outputs each time a series is closed (not only at exit)."""
+def _write_on_close(collector, config, out: Path, done: threading.Event, per_series: set[str] | None) -> None:
+    """Live runs that take series after series: the outputs of each series as it closes, in
+    its own folder, and the latest at the top (rewritten each time, not only at exit)."""
     n = 0
     while not done.is_set():
         if collector.wait_closed(n + 1, 0.5):
             n += 1
-            _write(collector, config, out)
+            _write(collector, config, out, per_series)
 
 
 class _Nothing:
