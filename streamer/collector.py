@@ -191,7 +191,8 @@ class Collector:
                     state.dropped_images.append(int(image_number))
         self.metrics.frames_received.inc()
         self.metrics.dropped(reason)
-        payload = {"series_id": series_id or "", "image": image_number, "phi_deg": None, "dropped": reason}
+        payload = {"series_id": series_id or "", "image": image_number, "phi_deg": None, "dropped": reason,
+                   "worker": None}
         if self.publisher:
             self.publisher.publish("image", payload)
         self._recent_image(payload)
@@ -303,7 +304,7 @@ class Collector:
         log.warning("series %s image %d: no result from any worker, dropped", state.series.series_id, image_number)
         self._drop_image(state, "worker_lost", image_number)
         payload = {"series_id": state.series.series_id, "image": image_number,
-                   "phi_deg": state.series.phi_deg(image_number + 0.5), "dropped": "worker_lost"}
+                   "phi_deg": state.series.phi_deg(image_number + 0.5), "dropped": "worker_lost", "worker": None}
         if self.publisher:
             self.publisher.publish("image", payload)
         self._recent_image(payload)
@@ -373,6 +374,7 @@ class Collector:
     def _update_depths(self) -> None:
         self.metrics.queue["in_flight"].set(sum(len(s.dispatched) for s in self.open.values()))
         self.metrics.queue["reorder"].set(sum(len(s.buffer) for s in self.open.values()))
+        self.metrics.queue["sweep_stages"].set(self._stage_queue.qsize())  # also once idle: it drains
 
     # ------------------------------------------------------------------ sweep stages (own thread)
     def _run_stages(self) -> None:

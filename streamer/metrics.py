@@ -21,8 +21,8 @@ KNOWN_DROP_REASONS = (
     "blob_size", "unknown_encoding", "bad_header", "oversized_message", "no_series", "wrong_shape",
     "missing_channel",
     # fan-out and collector
-    "overload", "no_worker", "unknown_series", "worker_lost", "wire_malformed", "wire_too_large",
-    "wire_unknown_kind", "wire_version",
+    "overload", "no_worker", "duplicate_image", "unknown_series", "worker_lost", "wire_malformed",
+    "wire_too_large", "wire_unknown_kind", "wire_version",
     # workers: decoding and per-image analysis
     "corrupt_compression", "wrong_size", "bad_frame", "frame_store", "wrong_dtype", "wrong_mask_size",
     "all_zero", "all_saturated", "nan_pixels", "too_many_strong_pixels", "bad_config", "worker_error",
@@ -99,6 +99,7 @@ class Metrics:
         self.frames_processed.inc()
         self.stage["decode"].observe(decode_s)
         self.stage["analyse"].observe(analyse_s)
+        self.stage["worker"].observe(decode_s + analyse_s)
         n_spots = stats.get("n_spots")
         if isinstance(n_spots, (int, float)):
             self.spots_per_image.observe(n_spots)

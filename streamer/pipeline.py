@@ -93,6 +93,10 @@ def _is_frame(dropped: Dropped) -> bool:
     return not (dropped.reason == "no_series" and dropped.image_number is None and "end of series" in dropped.message)
 
 
+FANOUT_DROPS = {"overload": "no worker was free in time", "no_worker": "no worker is alive",
+                "duplicate_image": "its image number came before in this series"}
+
+
 class Fanout:
     """The receiver side: sends frames to the workers, tells the collector what it did.
 
@@ -125,6 +129,7 @@ class Fanout:
         self.check_workers: Callable[[], None] = lambda: None  # raises when no worker is left
         self.workers_alive: Callable[[], bool] = lambda: True  # False once every known worker has exited
         self.open: dict[str, int] = {}  # series id -> frames dispatched so far
+        self.images: dict[str, set[int]] = {}  # series id -> image numbers dispatched (duplicates are dropped)
         self.seen: set[str] = set()  # series ids announced so far, and the aliases given
         self.aliases: dict[str, str] = {}  # a repeated series id -> the id it has in this run
         self.n_series_ended = 0  # ends received, of series open here or never started
@@ -177,6 +182,11 @@ class Fanout:
             log.warning("frame %d of series %s that never started: dropped", frame.image_number, frame.series_id)
             self._drop("unknown_series", frame.series_id, frame.image_number)
             return
+        images = self.images.setdefault(frame.series_id, set())
+        if frame.image_number in images:  # sent twice: one row per image, one count per frame
+            self._drop("duplicate_image", frame.series_id, frame.image_number)
+            return
+        images.add(frame.image_number)
         received_at = frame.received_at or time.monotonic()
         if frame.received_at == 0.0:
             frame = dataclasses.replace(frame, received_at=received_at)
@@ -223,16 +233,17 @@ class Fanout:
         self.by_reference = False
 
     def _drop(self, reason: str, series_id: str | None, image_number: int | None, is_frame: bool = True) -> None:
-        if reason in ("overload", "no_worker"):  # the fan-out's own reasons (the receiver logs its own)
+        if reason in FANOUT_DROPS:  # the fan-out's own reasons (the receiver logs its own)
             n = self.n_dropped[reason] = self.n_dropped.get(reason, 0) + 1
             if n & (n - 1) == 0:  # the 1st, 2nd, 4th, 8th, ...: visible, never a flood
                 log.warning("series %s image %s dropped: %s (%d so far)", series_id, image_number,
-                            "no worker is alive" if reason == "no_worker" else "no worker was free in time", n)
+                            FANOUT_DROPS[reason], n)
         self.feed.send_multipart(wire.encode("received_drop", {
             "reason": reason, "series_id": series_id, "image_number": image_number, "frame": is_frame}))
 
     def _end(self, series_id: str, how: str) -> None:
         n = self.open.pop(series_id)
+        self.images.pop(series_id, None)
         self.feed.send_multipart(wire.encode("series_end", {"series_id": series_id, "n_dispatched": n, "how": how}))
         self.n_series_ended += 1
 

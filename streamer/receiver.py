@@ -100,7 +100,7 @@ class Receiver:
             self.socket.connect(endpoint)
         except zmq.ZMQError as exc:
             self.socket.close(linger=0)
-            raise BadInput(f"cannot connect to the detector at {endpoint!r}: {exc}", reason="bad_argument") from exc
+            raise BadInput(f"cannot connect to the detector at {endpoint!r}: {exc}") from exc
         self._stop_url = f"inproc://xtalstream-receiver-stop-{uuid.uuid4().hex}"
         self._stop_socket = ctx.socket(zmq.PULL)
         self._stop_socket.setsockopt(zmq.LINGER, 0)

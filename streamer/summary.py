@@ -60,7 +60,9 @@ def build_summary(frames: Mapping[str, Any], stage_outputs: Mapping[str, Any]) -
 def per_image_rows(series: Any, results: Sequence[Any], dropped: Sequence[int] = ()) -> list[dict[str, Any]]:
     """Rows of per_image.csv, one per image: the collector's processed results (columns the
     stages filled) and, by image number among them, the images it dropped (image and phi only)."""
-    rows = [{"image": n, "phi": series.phi_deg(n + 0.5)} for n in dropped]
+    processed = {r.image_number for r in results}
+    rows = [{"image": n, "phi": series.phi_deg(n + 0.5)}  # one row per image: a duplicate adds none
+            for n in sorted(set(dropped) - processed)]
     for r in results:
         row: dict[str, Any] = {"image": r.image_number,
                                "phi": r.stats.get("phi_deg", series.phi_deg(r.image_number + 0.5))}

@@ -20,6 +20,7 @@ DROP_ADVICE = {
     "worker_lost": "a worker died or stopped answering: see the workers' logs; frames in its queue are lost",
     "overload": "the workers could not keep up: add workers (xtalstream worker --connect) or lower the frame rate",
     "no_worker": "every worker had exited: see the workers' logs, and start workers (xtalstream worker --connect)",
+    "duplicate_image": "the detector sent an image number twice: check its trigger and image-number settings",
     "no_series": "frames of a series whose start was never received: start the processor before arming the "
                  "detector",
     "corrupt_compression": "compressed data did not decode: check the network and the detector's stream settings",

@@ -434,6 +434,22 @@ def test_repeated_series_id_and_a_start_before_the_end(tmp_path):
 
 
 @pytest.mark.slow
+def test_an_image_number_sent_twice_is_dropped_once_and_counted(tmp_path):
+    """A frame whose image number came before in its series: counted as duplicate_image, the
+    first one analysed; per_image.csv keeps one row per image (it had two)."""
+    with Pipeline(Config(), n_workers=1, live=False, worker_args=fake_args(), worker_env=ENV) as pipe:
+        s = make_series("d", n_images=4)
+        pipe.feed([s] + [make_frame(s, i, 2) for i in (0, 1, 1, 2, 3, 3)] + [SeriesEnd("d")])
+        assert pipe.wait(60)
+        state = pipe.collector.series["d"]
+        frames = state.tally.as_dict()
+    assert frames == {"received": 6, "processed": 4, "dropped": {"duplicate_image": 2}}
+    rows = per_image_rows(s, state.results, state.dropped_images)
+    assert [row["image"] for row in rows] == [0, 1, 2, 3]
+    assert [row["n_spots"] for row in rows if row.get("n_spots") is not None] == [2, 2, 2, 2]
+
+
+@pytest.mark.slow
 def test_recorded_data_does_not_hang_when_every_worker_died(tmp_path):
     with Pipeline(Config(), n_workers=1, live=False, worker_args=fake_args(), worker_env=ENV) as pipe:
         pipe.processes[0].send_signal(signal.SIGKILL)
