@@ -142,12 +142,7 @@ def test_a_bug_in_analysis_drops_frames_with_a_reason_and_the_worker_goes_on(rig
     rig.workers.append((w, t))
     assert rig.service.wait_workers(1, 10)
     for name in ("s1", "broken", "s3"):
-        s = make_series(name, n_images=3)
-        rig.fanout.handle(s)
-        for i in range(3):
-            rig.fanout.handle(make_frame(s, i, 2))
-        rig.fanout.handle(SeriesEnd(name))
-    assert rig.collector.wait_closed(3, 20)
+        _send_series(rig, make_series(name, n_images=3), lambda i: 2)
     tallies = {name: rig.collector.series[name].tally.as_dict() for name in ("s1", "broken", "s3")}
     assert tallies["s1"] == tallies["s3"] == {"received": 3, "processed": 2, "dropped": {"worker_error": 1}}
     assert tallies["broken"] == {"received": 3, "processed": 0, "dropped": {"worker_error": 3}}
@@ -160,21 +155,10 @@ def test_a_worker_left_from_an_earlier_run_joins_the_new_one_before_analysing(ri
     first frame with the new run's token makes it join again (the new store, none of the old
     run's headers or set-ups), so its results are the new run's, and its collector counts it."""
     w = rig.add_worker("w1")
-    old = make_series("1", n_images=2)
-    rig.fanout.handle(old)
-    for i in range(2):
-        rig.fanout.handle(make_frame(old, i, 1))
-    rig.fanout.handle(SeriesEnd("1"))
-    assert rig.collector.wait_closed(1, 20)
+    _send_series(rig, make_series("1", n_images=2), lambda i: 1)
     assert "1" in w.series
     rig.fanout.run = rig.service.run_token = "the-next-run"  # what a new run on these ports looks like
-    new = make_series("2", n_images=3)
-    rig.fanout.handle(new)
-    for i in range(3):
-        rig.fanout.handle(make_frame(new, i, 4))
-    rig.fanout.handle(SeriesEnd("2"))
-    assert rig.collector.wait_closed(2, 20)
-    assert [r.stats["n_spots"] for r in rig.collector.series["2"].results] == [4, 4, 4]
+    assert _send_series(rig, make_series("2", n_images=3), lambda i: 4) == {0: 4, 1: 4, 2: 4}
     assert w.endpoints["run"] == "the-next-run" and "1" not in w.series
     assert any("frames of another run" in r.getMessage() for r in caplog.records)
 
@@ -313,10 +297,6 @@ def test_the_worker_facing_sockets_refuse_oversized_parts(rig, caplog):
     junk.connect(rig.ep.control)
     junk.send(b"x" * (2 * 1024 * 1024))  # over the control socket's 1 MiB
     w = rig.add_worker("w1")  # a well-formed hello is still answered
-    s = make_series(n_images=1)
-    rig.fanout.handle(s)
-    rig.fanout.handle(make_frame(s, 0, 2))
-    rig.fanout.handle(SeriesEnd(s.series_id))
-    assert rig.collector.wait_closed(1, 20) and w.n_frames == 1
+    assert _send_series(rig, make_series(n_images=1), lambda i: 2) == {0: 2} and w.n_frames == 1
     assert not any("unreadable control message" in r.getMessage() for r in caplog.records)  # never read
     junk.close(linger=0)
