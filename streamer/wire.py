@@ -120,7 +120,7 @@ def encode(kind: str, body: Mapping[str, Any] | None = None, arrays: Mapping[str
     `arrays` values are numpy arrays (made C-contiguous) or raw buffers (bytes, memoryview),
     which travel as "|u1". No array is copied unless it was not contiguous.
     """
-    if kind not in KINDS:
+    if not isinstance(kind, str) or kind not in KINDS:  # a list or map is unhashable: no set lookup
         raise ValueError(f"unknown message kind {kind!r}")
     specs: list[list[Any]] = []
     parts: list[Any] = [b""]
@@ -164,7 +164,7 @@ def decode(parts: Sequence[Any]) -> Message:
     if version != WIRE_VERSION:
         raise WireError(f"unknown wire version {version!r} (this build reads {WIRE_VERSION})", reason="wire_version")
     kind, body, specs = header.get("kind"), header.get("body"), header.get("arrays")
-    if kind not in KINDS:
+    if not isinstance(kind, str) or kind not in KINDS:  # a list or map is unhashable: no set lookup
         raise WireError(f"unknown message kind {kind!r}", reason="wire_unknown_kind")
     if not isinstance(body, dict) or not isinstance(specs, list):
         raise WireError("header lacks a body map or an arrays list")

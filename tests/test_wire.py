@@ -7,7 +7,7 @@ import msgpack
 import numpy as np
 import pytest
 import zmq
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from streamer import pipeline_messages, wire
@@ -131,6 +131,7 @@ def test_fuzzed_parts_never_crash(parts):
                        st.one_of(st.integers(-2**63, 2**63 - 1), st.text(max_size=8), st.none(),
                                  st.lists(st.lists(st.one_of(st.text(max_size=4), st.integers(-2**40, 2**40)), max_size=3),
                                           max_size=2)), max_size=5))
+@example(h={"kind": [], "v": 1})  # an unhashable kind raised TypeError, a crash of whoever read it
 def test_fuzzed_headers_never_crash(h):
     try:
         wire.decode([msgpack.packb(h), b"\x00" * 8])
