@@ -168,7 +168,8 @@ class Fanout:
                 self._end(series_id, "end" if event.reason == "end" else MISSING_END)
         elif isinstance(event, Dropped):
             is_frame = _is_frame(event)
-            self._drop(event.reason, event.series_id, event.image_number, is_frame=is_frame)
+            series_id = self.aliases.get(event.series_id, event.series_id) if event.series_id else event.series_id
+            self._drop(event.reason, series_id, event.image_number, is_frame=is_frame)
             if not is_frame and event.reason == "no_series" and not self.open:
                 # the end of a series joined too late to see its start (its frames dropped): it has
                 # ended for `--once` too; while a series is open, a stray end is only counted

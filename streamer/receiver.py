@@ -229,6 +229,8 @@ class Receiver:
                 msg = stream_v1.parse_message(parts)
         except BadInput as exc:
             series, image = self._who(parts)
+            if series is None and self._series is not None:  # unreadable, during a series: counted with it
+                series = self._series.info.series_id
             return [self._drop(exc.reason, str(exc), series, image)]
         if isinstance(msg, (stream_v1.V1Header, stream_v2.V2Start)):
             return self._start(msg, fmt, now)
