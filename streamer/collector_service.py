@@ -104,6 +104,9 @@ class CollectorService:
                     next_tick = now + TICK_S
                 if stop_at is not None and (not self.collector.open or now > stop_at):
                     self.collector.finish()
+                    # the sweep stages' last models (made once their series ended) go out too
+                    self.collector.wait_stages(self.drain_timeout_s)
+                    self._publish_models()
                     break
         finally:
             self.stopped.set()

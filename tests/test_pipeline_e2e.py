@@ -41,9 +41,10 @@ def compressed(frame: EncodedFrame) -> EncodedFrame:
 
 
 class Subscriber:
-    """Collects the result stream in a thread until series_end."""
+    """Collects the result stream in a thread until a message of topic `until`."""
 
-    def __init__(self, ctx, url):
+    def __init__(self, ctx, url, until="series_end"):
+        self.until = until
         self.sock = ctx.socket(zmq.SUB)
         self.sock.setsockopt(zmq.SUBSCRIBE, b"")
         self.sock.setsockopt(zmq.LINGER, 0)
@@ -65,7 +66,7 @@ class Subscriber:
             if self.sock.poll(100):
                 topic, payload = read_message(self.sock.recv_multipart())
                 self.messages.append((topic, payload))
-                if topic == "series_end":
+                if topic == self.until:
                     self.done.set()
         self.sock.close()
 
@@ -431,6 +432,42 @@ def test_repeated_series_id_and_a_start_before_the_end(tmp_path):
             ("7", "missing_end_of_series"), ("8", "end"), ("7~1", "end"), ("7~2", "end")]
         assert [r.stats["n_spots"] for r in c.series["7~1"].results] == [3] * 5
         assert [r.stats["n_spots"] for r in c.series["7~2"].results] == [4] * 5
+
+
+class _ModelAtTheEnd:
+    """A sweep stage whose only model comes when its series ends (a short sweep's one attempt)."""
+
+    def __init__(self, series):
+        self.pending = None
+
+    def add(self, series, result):
+        pass
+
+    def take_model(self):
+        model, self.pending = self.pending, None
+        return model
+
+    def finish(self):
+        self.pending = {"indexed": True, "lattice": "tP"}
+        return {"indexing": self.pending}
+
+
+@pytest.mark.slow
+def test_a_model_made_as_the_series_ends_is_published(tmp_path):
+    """The last model of a series is made after its end (the final refinement, or a short
+    sweep's only attempt): it is published on the result stream before the run stops."""
+    url = f"ipc://{tmp_path / 'results.ipc'}"
+    with Pipeline(Config(), n_workers=1, live=False, worker_args=fake_args(), worker_env=ENV, result_stream=url,
+                  stage_factories=[_ModelAtTheEnd]) as pipe:
+        sub = Subscriber(pipe.ctx, url, until="indexing")
+        assert sub.connected.is_set()
+        s = make_series("m", n_images=3)
+        pipe.feed([s] + [make_frame(s, i, 1) for i in range(3)] + [SeriesEnd("m")])
+        assert pipe.wait(60)
+        assert sub.done.wait(10)
+    topics = [t for t, _ in sub.messages]
+    assert topics[-2:] == ["series_end", "indexing"]
+    assert sub.messages[-1][1]["indexing"] == {"indexed": True, "lattice": "tP"}
 
 
 @pytest.mark.slow
