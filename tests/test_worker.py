@@ -232,11 +232,12 @@ def shared_rig(tmp_path):
 
 
 def _send_series(rig, s, n_hot=lambda i: i % 5 + 1):
+    closed = rig.collector.n_closed  # before: the series may close before the wait below starts
     rig.fanout.handle(s)
     for i in range(s.n_images):
         rig.fanout.handle(make_frame(s, i, n_hot(i)))
     rig.fanout.handle(SeriesEnd(s.series_id))
-    assert rig.collector.wait_closed(rig.collector.n_closed + 1, 20)
+    assert rig.collector.wait_closed(closed + 1, 20)
     return {r.image_number: r.stats["n_spots"] for r in rig.collector.series[s.series_id].results}
 
 
