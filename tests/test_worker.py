@@ -17,7 +17,8 @@ from streamer.collector_service import CollectorService
 from streamer.config import Config
 from streamer.metrics import Metrics
 from streamer.frame_store import FrameStore, StoreReader
-from streamer.pipeline import Endpoints, Fanout, connect_service
+from streamer.fanout import Fanout
+from streamer.pipeline import Endpoints, connect_service
 from streamer.series import SeriesEnd
 from streamer.worker import Worker
 
