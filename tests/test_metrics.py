@@ -56,7 +56,8 @@ def test_registries_are_independent_and_counts_add_up():
 
 # the modules a frame passes through, receiver to collector: every drop reason they can raise
 FRAME_PATH = ("errors", "receiver", "stream_v1", "stream_v2", "codecs", "band_decode", "lz4_framing",
-              "cbor_splice", "fanout", "pipeline", "wire", "pipeline_messages", "worker", "perimage", "masks", "collector")
+              "cbor_splice", "fanout", "pipeline", "wire", "pipeline_messages", "worker", "perimage", "masks",
+              "collector")
 
 
 def _reason_literals(path: Path) -> set[str]:
