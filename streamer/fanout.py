@@ -118,7 +118,7 @@ class Fanout:
                 self._end(series_id, "end" if event.reason == "end" else MISSING_END)
         elif isinstance(event, Dropped):
             is_frame = _is_frame(event)
-            series_id = self.aliases.get(event.series_id, event.series_id) if event.series_id else event.series_id
+            series_id = self.aliases.get(event.series_id, event.series_id)  # None stays None
             self._drop(event.reason, series_id, event.image_number, is_frame=is_frame)
             if not is_frame and event.reason == "no_series" and not self.open:
                 # the end of a series joined too late to see its start (its frames dropped): it has

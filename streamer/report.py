@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import html
 import math
-import numbers
 from collections.abc import Mapping, Sequence
 from typing import Any
+
+from streamer.summary import column_values
 
 WIDTH, HEIGHT = 760, 200  # plot size (SVG user units)
 LEFT, RIGHT, TOP, BOTTOM = 64, 150, 14, 34  # margins: axis labels left and below, legend right
@@ -41,18 +42,6 @@ def _ticks(lo: float, hi: float, n: int = 5) -> list[float]:
     step *= next(m for m in (1, 2, 5, 10) if m * step >= raw)
     first = math.ceil(lo / step) * step
     return [first + k * step for k in range(int((hi - first) / step + 1e-9) + 1)]
-
-
-def _series(rows: Sequence[Mapping[str, Any]], column: str, skip_negative: bool) -> list[tuple[float, float]]:
-    points = []
-    for row in rows:
-        value = row.get(column)
-        if not isinstance(value, numbers.Real) or not math.isfinite(value):
-            continue
-        if skip_negative and value < 0:  # estimated_d_min -1: no estimate
-            continue
-        points.append((float(row["image"]), float(value)))
-    return points
 
 
 def _runs(points: list[tuple[float, float]]) -> list[list[tuple[float, float]]]:
@@ -152,7 +141,9 @@ def render_report(summary: Mapping[str, Any], rows: Sequence[Mapping[str, Any]],
         warning_html = "<p>none</p>"
     plots = []
     for plot_title, y_label, columns, kind in PLOTS:
-        lines = [(legend, _series(rows, column, column == "estimated_d_min")) for column, legend in columns]
+        lines = [(legend, [(float(image), value) for image, value in column_values(rows, column)
+                           if column != "estimated_d_min" or value >= 0])  # d_min -1: no estimate
+                 for column, legend in columns]
         plots.append(f"<h3>{_esc(plot_title)}</h3>{svg_plot(plot_title, y_label, lines, kind)}")
     phis = [float(r["phi"]) for r in rows if r.get("phi") is not None]
     sweep = (f"{len(rows)} images, phi {min(phis):.2f} to {max(phis):.2f} deg (image centres)" if phis

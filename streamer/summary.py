@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import numbers
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -71,6 +72,17 @@ def per_image_rows(series: Any, results: Sequence[Any], dropped: Sequence[int] =
             row[column] = len(value) if column == "ice_rings" and isinstance(value, (list, tuple)) else value
         rows.append(row)
     return sorted(rows, key=lambda row: row["image"])
+
+
+def column_values(rows: Sequence[Mapping[str, Any]], column: str) -> list[tuple[int, float]]:
+    """(image, value) of the per_image.csv rows where `column` holds a finite number (a dropped
+    image, or a stage that did not run, holds none)."""
+    out = []
+    for row in rows:
+        value = row.get(column)
+        if isinstance(value, numbers.Real) and math.isfinite(value):
+            out.append((int(row["image"]), float(value)))
+    return out
 
 
 def write_per_image(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:

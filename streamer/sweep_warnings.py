@@ -8,12 +8,14 @@ never from a guess; thresholds are arguments, so a beamline can tune how loud th
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from streamer.header_corrections import geometry_problems
 from streamer.series import SeriesInfo
+from streamer.summary import column_values
 
 # what to do about frames dropped for each reason (the receiver's, the workers' and the collector's)
 DROP_ADVICE = {
@@ -36,22 +38,6 @@ class SweepWarning:
     image: int | None
     message: str
     suggestion: str
-
-
-def _numbers(rows: Sequence[Mapping[str, Any]], key: str) -> list[tuple[int, float]]:
-    """(image, value) of the rows where `key` has a value (dropped images have none)."""
-    out = []
-    for row in rows:
-        value = row.get(key)
-        if value is not None and value == value:  # NaN: no value
-            out.append((int(row["image"]), float(value)))
-    return out
-
-
-def _median(values: list[float]) -> float:
-    ordered = sorted(values)
-    mid = len(ordered) // 2
-    return ordered[mid] if len(ordered) % 2 else 0.5 * (ordered[mid - 1] + ordered[mid])
 
 
 def sweep_warnings(summary: Mapping[str, Any], rows: Sequence[Mapping[str, Any]], series: SeriesInfo | None = None,
@@ -80,25 +66,25 @@ def sweep_warnings(summary: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]
     for problem in geometry_problems(series) if series is not None else []:
         found.append(SweepWarning("geometry", None, f"no resolutions from the header's geometry: {problem}",
                                   "set the configuration key named: it replaces the header's value"))
-    spots = _numbers(rows, "n_spots_no_ice")
+    spots = column_values(rows, "n_spots_no_ice")
     indexing = summary.get("indexing") or {}
     if final and spots and not indexing.get("indexed", False):
         found.append(SweepWarning("not_indexed", None, str(indexing.get("status") or "not indexed"),
                                   "check the beam centre, distance and wavelength of the header (config geometry "
                                   "overrides them); more degrees of rotation give the indexer more to work with"))
-    median_spots = _median([v for _, v in spots]) if spots else None
+    median_spots = statistics.median([v for _, v in spots]) if spots else None
     if median_spots is not None and median_spots < few_spots:
         found.append(SweepWarning("few_spots", next(image for image, v in spots if v < few_spots),
                                   f"median {median_spots:g} spots per image away from ice rings",
                                   "check that the crystal is centred in the beam; a longer exposure or more "
                                   "transmission gives more spots"))
-    rings = _numbers(rows, "ice_rings")
+    rings = column_values(rows, "ice_rings")
     ice = [image for image, v in rings if v > 0]
     if ice and len(ice) >= max(ice_min_images, ice_fraction * len(rings)):
         found.append(SweepWarning("ice_rings", ice[0], f"ice rings on {len(ice)} of {len(rings)} images",
                                   "spots on ice rings are left out of n_spots_no_ice; better cryo-protection or "
                                   "annealing the crystal removes ice"))
-    counted = _numbers(rows, "n_overloads")
+    counted = column_values(rows, "n_overloads")
     overloads = [(image, v) for image, v in counted if v > 0]
     if overloads and len(overloads) >= overload_fraction * len(counted):
         found.append(SweepWarning("overloads", overloads[0][0],

@@ -213,9 +213,7 @@ def _write(collector, config, out: Path, per_series: set[str] | None = None) -> 
         if state.series.series_id not in per_series:
             _write_series(state, state.tally.as_dict(), config, out / series_folder(state.series.series_id))
             per_series.add(state.series.series_id)
-    if not closed:
-        return _write_series(None, collector.total.as_dict(), config, out)
-    return _write_series(closed[-1], collector.total.as_dict(), config, out)
+    return _write_series(closed[-1] if closed else None, collector.total.as_dict(), config, out)
 
 
 def series_folder(series_id: str) -> str:
