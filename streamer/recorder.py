@@ -202,6 +202,10 @@ class SeriesRecorder:
         self.bytes_written += chunk.nbytes
 
     @property
+    def n_written(self) -> int:
+        return len(self._written)
+
+    @property
     def n_images(self) -> int:
         return max(self._written) + 1 if self._written else 0
 
@@ -220,7 +224,7 @@ class SeriesRecorder:
         write_master(self.path, self.info, self.n_images, files)
         if self.missing:
             log.warning("%s: %d images never arrived (first %s)", self.path, len(self.missing), self.missing[:5])
-        log.info("recorded %d images of %s to %s", len(self._written), self.info.series_id, self.path)
+        log.info("recorded %d images of %s to %s", self.n_written, self.info.series_id, self.path)
         return self.path
 
     def __enter__(self) -> SeriesRecorder:

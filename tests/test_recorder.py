@@ -229,7 +229,7 @@ def test_record_stopped_by_sigterm_mid_series_leaves_a_readable_file(tmp_path):
             sender.send_frame(EncodedFrame(info.series_id, i, info.image_shape, info.dtype, "bslz4",
                                            codecs.encode(images[i], "bslz4")))
         deadline = time.monotonic() + 60
-        while "recording series" not in log_path.read_text():
+        while "first image of series" not in log_path.read_text():  # SIGTERM once a frame is written
             assert time.monotonic() < deadline and proc.poll() is None, log_path.read_text()
             time.sleep(0.05)
         proc.send_signal(signal.SIGTERM)
@@ -238,5 +238,6 @@ def test_record_stopped_by_sigterm_mid_series_leaves_a_readable_file(tmp_path):
     assert f"wrote {tmp_path / 'rec.h5'}" in out
     with EigerH5Source(tmp_path / "rec.h5") as rec:
         frames = list(rec.frames())
+    assert frames
     for frame in frames:
         np.testing.assert_array_equal(codecs.decode(frame), images[frame.image_number])

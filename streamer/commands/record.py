@@ -49,6 +49,9 @@ def record_stream(connect: str, out: Path, once: bool = True, timeout_s: float |
                 elif isinstance(event, EncodedFrame) and recorder is not None:
                     try:
                         recorder.write(event)
+                        if recorder.n_written == 1:  # tells the operator that images, not just a header, arrive
+                            log.info("first image of series %s recorded (image %d)", event.series_id,
+                                     event.image_number)
                     except ValueError as exc:
                         counters["not_recorded"] += 1
                         log.warning("frame not recorded: %s", exc)
