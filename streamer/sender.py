@@ -50,8 +50,9 @@ class DetectorSender:
         self.socket = ctx.socket(zmq.PUSH)
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.setsockopt(zmq.SNDHWM, sndhwm)
-        if send_timeout_s is not None:
-            self.socket.setsockopt(zmq.SNDTIMEO, int(send_timeout_s * 1000))
+        self.send_timeout_s: float | None = None
+        self.stalled = False  # a message timed out: no consumer to give queued messages to
+        self.give_up_after(send_timeout_s)
         self.socket.bind(bind_url)
         self.endpoint = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
         self._series: SeriesInfo | None = None
@@ -63,12 +64,31 @@ class DetectorSender:
         self._n_sent = 0
         self.frames_sent = 0
 
+    def wait_for_receiver(self, timeout_s: float | None = None) -> None:
+        """Block until a consumer is connected (TimeoutError after `timeout_s`).
+
+        A PUSH socket is writable only once it has a peer (a bound socket gets its pipe after the
+        ZMTP handshake), so polling for POLLOUT waits for exactly that, with no window in which a
+        consumer that connected earlier could be missed (as a socket monitor started late would).
+        """
+        log.info("waiting for a consumer on %s", self.endpoint)
+        if not self.socket.poll(None if timeout_s is None else int(timeout_s * 1000), zmq.POLLOUT):
+            raise TimeoutError(f"no consumer connected to {self.endpoint} within {timeout_s:g} s")
+
+    def give_up_after(self, send_timeout_s: float | None) -> None:
+        """From now on, raise TimeoutError when a message cannot be queued for `send_timeout_s`
+        (None: wait). Senders set it once a series has started: a consumer that goes away
+        mid-series would otherwise leave them blocked for ever once the queue is full."""
+        self.send_timeout_s = send_timeout_s
+        self.socket.setsockopt(zmq.SNDTIMEO, -1 if send_timeout_s is None else max(1, int(send_timeout_s * 1000)))
+
     def close(self, linger_s: float = 0.0) -> None:
         """Close the socket; `linger_s` > 0 gives queued messages that long to leave. They leave
         only while the context lives: a process that sent zero-copy parts must `term()` its
         context before it exits (at exit the interpreter frees the buffers while ZeroMQ's I/O
-        thread may still be writing them, and libzmq aborts on the bad address)."""
-        self.socket.close(linger=int(linger_s * 1000))
+        thread may still be writing them, and libzmq aborts on the bad address). After a send timed
+        out, nothing lingers: the consumer is gone."""
+        self.socket.close(linger=0 if self.stalled else int(linger_s * 1000))
 
     def __enter__(self) -> DetectorSender:
         return self
@@ -80,7 +100,9 @@ class DetectorSender:
         try:
             self.socket.send_multipart(parts, copy=False)
         except zmq.Again as exc:
-            raise TimeoutError(f"no receiver took a message on {self.endpoint}") from exc
+            self.stalled = True
+            raise TimeoutError(f"no receiver took a message on {self.endpoint} for {self.send_timeout_s:g} s "
+                               f"({self.frames_sent} images sent)") from exc
 
     def send_raw_parts(self, parts: Sequence[Any]) -> None:
         """Send one recorded message part for part (capture replay), paced like frames if it is an image."""

@@ -22,7 +22,7 @@ from streamer.captures import read_capture
 from streamer.receiver import Receiver, receive_series
 from streamer.series import EncodedFrame, SeriesEnd, SeriesInfo
 from tools.replay import main as replay_main
-from tools.replay import replay_capture, replay_series, wait_for_peer
+from tools.replay import replay_capture, replay_series
 
 CAPTURES = ["eiger2-1m-v1", "eiger4m-v1-dls", "eiger2-r500k-v2/r500k_bm_bslz4_16bit", "eiger2-r500k-v2/r500k_bm_lz4_32bit"]
 
@@ -163,23 +163,20 @@ def test_recorded_rate_paces_the_frames(shared_data, tmp_path):
 
 
 def test_wait_for_consumer(tmp_path):
+    from streamer.sender import DetectorSender
+
     ctx = zmq.Context.instance()
-    push = ctx.socket(zmq.PUSH)
-    push.setsockopt(zmq.LINGER, 0)
     url = ipc_url(tmp_path, "w")
-    push.bind(url)
-    try:
-        with pytest.raises(TimeoutError):
-            wait_for_peer(push, timeout_s=0.2)
+    with DetectorSender(ctx, url) as sender:
+        with pytest.raises(TimeoutError, match="no consumer connected"):
+            sender.wait_for_receiver(timeout_s=0.2)
         pull = ctx.socket(zmq.PULL)
         pull.setsockopt(zmq.LINGER, 0)
         pull.connect(url)
-        wait_for_peer(push, timeout_s=10.0)
-        push.send(b"hello")
+        sender.wait_for_receiver(timeout_s=10.0)
+        sender.socket.send(b"hello")
         assert pull.poll(5000) and pull.recv() == b"hello"
         pull.close()
-    finally:
-        push.close()
 
 
 def test_replay_command_line(shared_data, tmp_path, capsys):
@@ -244,3 +241,34 @@ def test_capture_replay_process_exits_cleanly_after_large_parts(shared_data, tmp
         pull.close()
     assert proc.returncode == 0, out
     assert "sent 3 frames" in out
+
+
+def test_replay_gives_up_when_its_consumer_goes_away(tmp_path):
+    """A consumer leaving mid-series left replay blocked for ever; with send_timeout_s it raises
+    TimeoutError (the command: an error, status 2) and nothing lingers."""
+    from tools import simulate
+
+    master = tmp_path / "sim.h5"
+    assert simulate.main(["--preset", "orthorhombic", "--detector", "test512", "--images", "3", "--out",
+                          str(master)]) == 0
+    url = ipc_url(tmp_path, "gone")
+    ctx = zmq.Context.instance()
+    errors = []
+
+    def replay():
+        try:
+            replay_series(ctx, [master], url, "v2", rate_hz=None, repeat=200, send_timeout_s=0.5, linger_s=30)
+        except TimeoutError as exc:
+            errors.append(exc)
+
+    thread = run_replay(replay)
+    pull = pull_from(ctx, url)
+    pull.setsockopt(zmq.RCVHWM, 2)
+    for _ in range(3):
+        assert pull.poll(20_000)
+        pull.recv_multipart()
+    pull.close()
+    started = time.monotonic()
+    thread.join(30)
+    assert not thread.is_alive() and len(errors) == 1 and "no receiver took a message" in str(errors[0])
+    assert time.monotonic() - started < 20

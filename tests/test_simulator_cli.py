@@ -133,3 +133,38 @@ def test_findspots_writes_a_blank_per_image_row_for_a_skipped_image(tmp_path):
     assert [int(r["image"]) for r in rows] == [0, 1, 2, 3]
     assert [r["n_spots"] == "" for r in rows] == [False, False, True, False]
     assert rows[2]["phi"] != ""
+
+
+@pytest.mark.slow
+def test_simulate_gives_up_when_its_consumer_goes_away(tmp_path):
+    """A consumer that leaves mid-series (a processor stopped) left `simulate --bind` blocked for
+    ever once its queue was full. It now gives up after --send-timeout with a clear error, status 2."""
+    import subprocess
+    import sys
+
+    url = f"ipc://{tmp_path}/det.sock"
+    proc = subprocess.Popen([sys.executable, "-m", "streamer.cli", "simulate", "--preset", "orthorhombic",
+                             "--detector", "test512", "--images", "400", "--bind", url, "--wait-for-consumer", "--send-timeout", "1"],
+                            stderr=subprocess.PIPE, text=True)
+    ctx = zmq.Context.instance()
+    pull = ctx.socket(zmq.PULL)
+    pull.setsockopt(zmq.LINGER, 0)
+    pull.setsockopt(zmq.RCVHWM, 2)
+    pull.connect(url)
+    try:
+        for _ in range(3):  # the header and two images
+            assert pull.poll(60_000), "nothing received"
+            pull.recv_multipart()
+    finally:
+        pull.close()
+    started = time.monotonic()
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2, err
+    assert "no receiver took a message" in err and "internal error" not in err
+    assert time.monotonic() - started < 30
+
+
+def test_simulate_wait_timeout_is_an_error_not_a_crash(tmp_path, capsys):
+    url = f"ipc://{tmp_path}/det.sock"
+    assert simulate.main([*ARGS, "--bind", url, "--wait-for-consumer", "--wait-timeout", "0.2"]) == 2
+    assert "no consumer connected" in capsys.readouterr().err

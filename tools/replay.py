@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -33,18 +34,6 @@ DEFAULT_BIND = "tcp://127.0.0.1:9999"  # the DECTRIS stream port, on loopback
 DEFAULT_LINGER_S = 30.0
 
 
-def wait_for_peer(socket: zmq.Socket, timeout_s: float | None = None) -> None:
-    """Block until a consumer is connected to the PUSH `socket` (TimeoutError after `timeout_s`).
-
-    A PUSH socket is writable only once it has a peer (a bound socket gets its pipe after the
-    ZMTP handshake), so polling for POLLOUT waits for exactly that, with no window in which a
-    consumer that connected earlier could be missed (as a socket monitor started late would).
-    """
-    if not socket.poll(None if timeout_s is None else int(timeout_s * 1000), zmq.POLLOUT):
-        raise TimeoutError(f"no consumer connected to {socket.getsockopt_string(zmq.LAST_ENDPOINT)} "
-                           f"within {timeout_s} s")
-
-
 def _is_capture(paths: Sequence[Path]) -> bool:
     from streamer.sources.open_any import source_kind
 
@@ -53,8 +42,10 @@ def _is_capture(paths: Sequence[Path]) -> bool:
 
 def replay_capture(ctx: zmq.Context, folder: Path, bind: str, rate_hz: float | None, repeat: int = 1,
                    wait_for_consumer: bool = False, wait_timeout_s: float | None = None,
-                   linger_s: float = DEFAULT_LINGER_S, on_bound: Callable[[str], None] | None = None) -> int:
-    """Send the messages of a capture folder as captured; images paced at `rate_hz`. Returns images sent."""
+                   linger_s: float = DEFAULT_LINGER_S, on_bound: Callable[[str], None] | None = None,
+                   send_timeout_s: float | None = None) -> int:
+    """Send the messages of a capture folder as captured; images paced at `rate_hz`. Returns images sent.
+    `send_timeout_s`: once the first message has gone, TimeoutError when one waits longer."""
     from streamer.captures import read_capture
     from streamer.sender import DetectorSender
 
@@ -64,7 +55,7 @@ def replay_capture(ctx: zmq.Context, folder: Path, bind: str, rate_hz: float | N
         if on_bound:
             on_bound(sender.endpoint)
         if wait_for_consumer:
-            wait_for_peer(sender.socket, wait_timeout_s)
+            sender.wait_for_receiver(wait_timeout_s)
         t0 = time.monotonic()
         n_images = 0
         for _ in range(repeat):
@@ -75,6 +66,7 @@ def replay_capture(ctx: zmq.Context, folder: Path, bind: str, rate_hz: float | N
                     if delay > 0:
                         time.sleep(delay)  # the detector's frame clock, not a wait on a condition
                 sender.send_raw_parts(parts)
+                sender.give_up_after(send_timeout_s)  # a consumer came: if it goes away, do not block for ever
                 n_images += sender.frames_sent - before
         return n_images
     finally:
@@ -91,12 +83,13 @@ def replay_series(ctx: zmq.Context, paths: Sequence[Path], bind: str, fmt: str =
                   wait_for_consumer: bool = False, wait_timeout_s: float | None = None, pedestal: int = 0,
                   compression: str = "bslz4", linger_s: float = DEFAULT_LINGER_S,
                   on_bound: Callable[[str], None] | None = None,
-                  on_series: Callable[[SeriesInfo], None] | None = None) -> int:
+                  on_series: Callable[[SeriesInfo], None] | None = None, send_timeout_s: float | None = None) -> int:
     """Stream an EIGER HDF5 file or CBF/SMV series as a detector; returns frames sent.
 
     `rate_hz`: frames per second; None = as fast as possible; negative = the recorded rate
     (1 / frame_time, as fast as possible if unknown). `compression`: how CBF/SMV frames are
-    compressed ("bslz4" or "lz4-h5"); HDF5 chunks are sent as stored.
+    compressed ("bslz4" or "lz4-h5"); HDF5 chunks are sent as stored. `send_timeout_s`: once a
+    series has started, TimeoutError when a message waits longer for the consumer.
     """
     from streamer.sender import DetectorSender
     from streamer.sources.open_any import open_source
@@ -112,7 +105,7 @@ def replay_series(ctx: zmq.Context, paths: Sequence[Path], bind: str, fmt: str =
         if on_bound:
             on_bound(sender.endpoint)
         if wait_for_consumer:
-            wait_for_peer(sender.socket, wait_timeout_s)
+            sender.wait_for_receiver(wait_timeout_s)
         for k in range(repeat):
             if k > 0:  # a fresh pass over the files, announced as a new series
                 info, frames = open_source(paths, series_id, compression, pedestal)
@@ -121,6 +114,7 @@ def replay_series(ctx: zmq.Context, paths: Sequence[Path], bind: str, fmt: str =
                      info.n_images or 0, "x".join(map(str, info.image_shape)), sender.endpoint, fmt,
                      f"{rate_hz:g} Hz" if rate_hz else "full speed")
             sender.send_start(info)
+            sender.give_up_after(send_timeout_s)
             for frame in frames:
                 if frame.series_id != info.series_id:
                     frame = dataclasses.replace(frame, series_id=info.series_id)
@@ -153,6 +147,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--wait-for-consumer", action="store_true",
                    help="do not start the series before a PULL consumer has connected")
     p.add_argument("--wait-timeout", type=float, default=None, metavar="S", help="give up waiting after S seconds")
+    p.add_argument("--send-timeout", type=float, default=60.0, metavar="S",
+                   help="give up when the consumer takes no message for S seconds once the series has started "
+                        "(default 60; 0 = wait for ever)")
     p.add_argument("--repeat", type=int, default=1, help="send the series this many times (default 1)")
     p.add_argument("--pedestal", type=int, default=0, help="subtract this ADC offset from SMV pixels (nanoBragg: 40)")
     p.add_argument("--compression", choices=["bslz4", "lz4-h5"], default="bslz4",
@@ -164,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--rate must be >= 0")
     if args.repeat < 1:
         p.error("--repeat must be >= 1")
+    if not (args.send_timeout >= 0 and math.isfinite(args.send_timeout)):
+        p.error("--send-timeout must be a number of seconds >= 0")
     paths = list(args.paths)
     ctx = zmq.Context()
     rate = None if args.rate == 0 else args.rate
@@ -173,12 +172,15 @@ def main(argv: list[str] | None = None) -> int:
             if len(paths) != 1:
                 raise BadInput("give one capture folder", reason="bad_arguments")
             n = replay_capture(ctx, paths[0], args.bind, rate, args.repeat, args.wait_for_consumer,
-                               args.wait_timeout, args.linger)
+                               args.wait_timeout, args.linger, send_timeout_s=args.send_timeout or None)
         else:
             n = replay_series(ctx, paths, args.bind, args.format, -1.0 if args.rate is None else rate,
                               args.header_detail, args.series_id, args.repeat, args.wait_for_consumer,
                               args.wait_timeout, args.pedestal, args.compression, args.linger,
-                              on_series=lambda info: print(describe(info), flush=True))
+                              on_series=lambda info: print(describe(info), flush=True),
+                              send_timeout_s=args.send_timeout or None)
+    except TimeoutError as exc:  # nobody to send to: the user's setup, not a bug
+        raise BadInput(str(exc), reason="no_consumer") from exc
     finally:
         ctx.term()  # waits (each socket's linger) for queued messages: see `DetectorSender.close`
     elapsed = time.monotonic() - start

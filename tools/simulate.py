@@ -67,6 +67,9 @@ def build_parser():
                    help="seconds between the series header (arm) and the first image (trigger), as at a "
                         "beamline; processors set up per series in that time")
     p.add_argument("--wait-timeout", type=float, default=None, metavar="S", help="give up waiting after S seconds")
+    p.add_argument("--send-timeout", type=float, default=60.0, metavar="S",
+                   help="with --bind: give up when the consumer takes no message for S seconds once the series "
+                        "has started (default 60; 0 = wait for ever)")
     return p
 
 
@@ -111,19 +114,8 @@ def spec_from_args(args):
     )
 
 
-def wait_for_consumer(socket, timeout_s: float | None) -> None:
-    """Block until a peer has connected to the bound PUSH socket (it becomes writable)."""
-    import zmq
-
-    deadline = None if timeout_s is None else time.monotonic() + timeout_s
-    log.info("waiting for a consumer on %s", socket.getsockopt_string(zmq.LAST_ENDPOINT))
-    while not socket.poll(200, zmq.POLLOUT):
-        if deadline is not None and time.monotonic() > deadline:
-            raise TimeoutError("no consumer connected")
-
-
 def stream(sim, url: str, fmt: str, rate: float | None, wait: bool, wait_timeout: float | None,
-           header_detail: str = "all", trigger_delay_s: float = 0.0) -> int:
+           header_detail: str = "all", trigger_delay_s: float = 0.0, send_timeout_s: float | None = None) -> int:
     import zmq
 
     from streamer.sender import DetectorSender
@@ -132,8 +124,9 @@ def stream(sim, url: str, fmt: str, rate: float | None, wait: bool, wait_timeout
     sender = DetectorSender(ctx, url, fmt=fmt, rate_hz=rate, header_detail=header_detail)
     try:
         if wait:
-            wait_for_consumer(sender.socket, wait_timeout)
+            sender.wait_for_receiver(wait_timeout)
         sender.send_start(sim.series_info())
+        sender.give_up_after(send_timeout_s)  # a consumer came; if it goes away, do not block for ever
         if trigger_delay_s > 0:
             time.sleep(trigger_delay_s)
         t0 = time.monotonic()
@@ -163,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.rate is not None and not (args.rate > 0 and math.isfinite(args.rate)):
         raise BadInput("--rate must be a positive number", reason="bad_argument")
+    if not (args.send_timeout >= 0 and math.isfinite(args.send_timeout)):
+        raise BadInput("--send-timeout must be a number of seconds >= 0", reason="bad_argument")
     if not (args.trigger_delay >= 0 and math.isfinite(args.trigger_delay)):
         raise BadInput("--trigger-delay must be a number of seconds >= 0", reason="bad_argument")
     spec = spec_from_args(args)
@@ -178,8 +173,11 @@ def main(argv: list[str] | None = None) -> int:
         log.info("truth written to %s", truth)
     t0 = time.monotonic()
     if args.bind:
-        stream(sim, args.bind, args.format, args.rate, args.wait_for_consumer, args.wait_timeout, args.header_detail,
-               args.trigger_delay)
+        try:
+            stream(sim, args.bind, args.format, args.rate, args.wait_for_consumer, args.wait_timeout,
+                   args.header_detail, args.trigger_delay, args.send_timeout or None)
+        except TimeoutError as exc:  # nobody to send to: the user's setup, not a bug
+            raise BadInput(str(exc), reason="no_consumer") from exc
     else:
         write_hdf5(sim, args.out)
     cell = " ".join(f"{v:g}" for v in spec.cell)
