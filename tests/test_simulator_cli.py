@@ -144,7 +144,8 @@ def test_simulate_gives_up_when_its_consumer_goes_away(tmp_path):
 
     url = f"ipc://{tmp_path}/det.sock"
     proc = subprocess.Popen([sys.executable, "-m", "streamer.cli", "simulate", "--preset", "orthorhombic",
-                             "--detector", "test512", "--images", "400", "--bind", url, "--wait-for-consumer", "--send-timeout", "1"],
+                             "--detector", "test512", "--images", "400", "--bind", url, "--wait-for-consumer",
+                             "--send-timeout", "1"],
                             stderr=subprocess.PIPE, text=True)
     ctx = zmq.Context.instance()
     pull = ctx.socket(zmq.PULL)
