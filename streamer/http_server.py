@@ -3,7 +3,8 @@
 Standard-library `ThreadingHTTPServer` in a daemon thread, bound to loopback unless told
 otherwise. The page is self-contained (no external scripts) and polls the JSON once a second:
 spots per image, estimated resolution, ice rings, and the frame accounting.
-`/api/images?since=N` returns the recent per-image records with image number > N.
+`/api/images?series=ID&since=N` returns the recent per-image records of series ID (default: of
+every series, oldest first) with image number > N; image numbers start again with each series.
 """
 
 from __future__ import annotations
@@ -84,7 +85,9 @@ class FeedbackServer:
             except ValueError:
                 self._send(req, 400, "text/plain; charset=utf-8", b"since and limit must be integers\n")
                 return
-            images = [im for im in self.images(limit) if im.get("image") is None or im["image"] > since]
+            series = query.get("series", [None])[0]
+            images = [im for im in self.images(limit) if (series is None or im.get("series_id") == series)
+                      and (im.get("image") is None or im["image"] > since)]
             self._send_json(req, {"images": images})
         elif parts.path in ("/", "/index.html"):
             self._send(req, 200, "text/html; charset=utf-8", DASHBOARD.encode())
@@ -156,7 +159,8 @@ async function poll() {
       (x.warnings || []).map(w => `<div class="bad">${esc(w.kind)}: ${esc(w.message)}<br><i>${esc(w.suggestion)}</i></div>`)
         .join("")).join("<br>");
     const im = await (await fetch("api/images?limit=2000")).json();
-    images = im.images.filter(p => p.image !== null);
+    const last = im.images.length ? im.images[im.images.length - 1].series_id : null;  // plot the latest series
+    images = im.images.filter(p => p.image !== null && p.series_id === last);
     plot("spots", "n_spots", false); plot("res", "estimated_d_min", true); plot("ice", "ice_rings", false);
   } catch (e) { document.getElementById("series").textContent = "processor not reachable"; }
 }

@@ -68,6 +68,28 @@ def test_summary_and_images(served):
     assert [im.get("n_spots") for im in all_images] == [12, None, 7]
 
 
+def test_images_of_one_series():
+    """Image numbers start again with each series: `series` picks one, `since` counts within it."""
+    collector = Collector(Metrics())
+    for sid, n in (("a", 3), ("b", 2)):
+        s = make_series(sid, n_images=n)
+        collector.series_start(s)
+        for seq in range(n):
+            collector.dispatched(sid, seq, seq, time.monotonic())
+            collector.result(FrameResult(sid, seq, seq, "w", stats={"n_spots": seq}))
+    server = FeedbackServer(("127.0.0.1", 0), Metrics(), collector.summary, collector.recent_images).start()
+    try:
+        def images(path):
+            return [(im["series_id"], im["image"]) for im in json.loads(get(server, path)[2])["images"]]
+
+        assert images("/api/images?series=b&since=0") == [("b", 1)]
+        assert images("/api/images?series=a") == [("a", 0), ("a", 1), ("a", 2)]
+        assert images("/api/images?since=0") == [("a", 1), ("a", 2), ("b", 1)]
+        assert images("/api/images?series=nope") == []
+    finally:
+        server.close()
+
+
 def test_dashboard_and_errors(served):
     status, ctype, body = get(served, "/")
     assert status == 200 and ctype.startswith("text/html") and body.decode() == DASHBOARD
