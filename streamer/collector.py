@@ -18,27 +18,27 @@ frame is dropped as "worker_lost":
   lack of progress (all workers died, or a message was lost) is loss there.
 A late result of a dropped frame is ignored (never counted twice).
 
-Sweep-wide stages (spot joining, incremental indexing) run in their own thread, fed the
-results in order through a queue, so they never hold up the per-image path.
+Sweep-wide stages (spot joining, incremental indexing) run in their own thread
+(`streamer.sweep_stages`), fed the results in order, so they never hold up the per-image path.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import queue
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from streamer.metrics import Metrics
 from streamer.pipeline_messages import FrameResult
 from streamer.result_stream import ResultPublisher, series_start_payload
 from streamer.series import SeriesInfo
-from streamer.summary import jsonable, per_image_rows
+from streamer.summary import per_image_rows
+from streamer.sweep_stages import StageFactory, SweepStage, SweepStageThread
 from streamer.sweep_warnings import sweep_warnings
 
 log = logging.getLogger(__name__)
@@ -47,19 +47,6 @@ IMAGE_KEYS = (
     "n_spots", "n_spots_no_ice", "n_spots_4A", "total_intensity", "estimated_d_min",
     "background", "n_overloads", "ice_rings", "strong_pixels",
 )
-
-
-class SweepStage(Protocol):
-    """A sweep-wide stage fed every processed frame in order (spot joiner, indexer)."""
-
-    def add(self, series: SeriesInfo, result: FrameResult) -> None: ...
-
-    def finish(self) -> Mapping[str, Any]:
-        """Close the series; returns the summary.json keys this stage owns (e.g. `indexing`)."""
-        ...
-
-
-StageFactory = Callable[[SeriesInfo], SweepStage]
 
 
 @dataclass
@@ -125,8 +112,6 @@ class Collector:
         self.stage_factories = list(stage_factories)
         self.reorder_bound = reorder_bound
         self.result_timeout_s = result_timeout_s
-        self.stage_queue_bound = stage_queue_bound
-        self.n_stage_skipped = 0
         self.clock = clock
         self.total = Tally()
         self.series: dict[str, SeriesState] = {}
@@ -139,10 +124,8 @@ class Collector:
         self.workers: dict[str, float] = {}  # worker -> clock at its latest result
         self.joined: set[str] = set()  # workers that said they are ready, and have not exited
         self.gone: set[str] = set()  # workers known to have exited
-        self._stage_queue: queue.Queue[tuple[str, Any, Any]] = queue.Queue()
-        self._stage_thread = threading.Thread(target=self._run_stages, name="sweep-stages", daemon=True)
-        self._stage_thread.start()
-        self.models: queue.Queue[tuple[str, dict[str, Any]]] = queue.Queue()
+        self.stages = SweepStageThread(metrics, self._lock, self._stages_finished, stage_queue_bound)
+        self.models = self.stages.models  # (series_id, model) for the model channel and the result stream
         # told (series_id, seq) once no worker reads that frame any more: result or given up
         self.settled: Callable[[tuple[str, int]], None] = lambda key: None
 
@@ -254,9 +237,11 @@ class Collector:
 
     def wait_stages(self, timeout: float | None = None) -> bool:
         """Wait until the sweep stages have handled everything queued so far."""
-        done = threading.Event()
-        self._stage_queue.put(("sync", done, None))
-        return done.wait(timeout)
+        return self.stages.wait(timeout)
+
+    @property
+    def n_stage_skipped(self) -> int:
+        return self.stages.n_skipped
 
     # ------------------------------------------------------------------ ordering
     def _advance(self, state: SeriesState, force: bool = False) -> None:
@@ -336,7 +321,7 @@ class Collector:
             state.results.append(dataclasses.replace(result, spots={}, profiles={}))
             m.image_processed(result.image_number, result.stats, result.decode_s, result.analyse_s)
             if state.stages:
-                self._feed_stages(state, result)
+                self.stages.feed(state, result)
         if received_at is not None:
             latency = self.clock() - received_at
             payload["latency_s"] = latency
@@ -356,58 +341,18 @@ class Collector:
         if self.publisher:
             self.publisher.publish("series_end", {"series_id": state.series.series_id, "how": how,
                                                   "frames": state.tally.as_dict()})
-        self._stage_queue.put(("close", state, None))
+        self.stages.close(state)
 
-    def _feed_stages(self, state: SeriesState, result: FrameResult) -> None:
-        """Queue a result for the sweep stages; past the bound the image is skipped (counted), so
-        that a stage slower than the frame rate costs completeness, not unbounded memory."""
-        depth = self._stage_queue.qsize()
-        self.metrics.queue["sweep_stages"].set(depth)
-        if depth >= self.stage_queue_bound:
-            self.metrics.stage_images_skipped.inc()
-            self.n_stage_skipped += 1
-            if self.n_stage_skipped == 1:  # log once; the metric counts on
-                log.warning("sweep stages %d images behind: skipping images until they catch up", depth)
-            return
-        self._stage_queue.put(("add", state, result))
+    def _stages_finished(self, state: SeriesState) -> None:
+        """(sweep-stage thread) A closed series' stages are done: `wait_closed` may return."""
+        with self.series_closed:
+            self.n_closed += 1
+            self.series_closed.notify_all()
 
     def _update_depths(self) -> None:
         self.metrics.queue["in_flight"].set(sum(len(s.dispatched) for s in self.open.values()))
         self.metrics.queue["reorder"].set(sum(len(s.buffer) for s in self.open.values()))
-        self.metrics.queue["sweep_stages"].set(self._stage_queue.qsize())  # also once idle: it drains
-
-    # ------------------------------------------------------------------ sweep stages (own thread)
-    def _run_stages(self) -> None:
-        while True:
-            op, state, result = self._stage_queue.get()
-            if op == "sync":
-                state.set()
-                continue
-            for stage in state.stages:
-                try:
-                    if op == "add":
-                        stage.add(state.series, result)
-                        self._pass_model_on(state, stage)
-                    else:
-                        outputs = stage.finish()
-                        self._pass_model_on(state, stage)  # the last refinement's (or a short sweep's first)
-                        with self._lock:
-                            state.outputs.update(outputs)
-                except Exception:  # keep per-image feedback alive whatever a stage does
-                    log.exception("sweep stage %s failed on series %s", type(stage).__name__, state.series.series_id)
-            if op == "close":
-                with self.series_closed:
-                    self.n_closed += 1
-                    self.series_closed.notify_all()
-
-    def _pass_model_on(self, state: SeriesState, stage: SweepStage) -> None:
-        """A stage's new crystal model, if any, to the model channel and the result stream."""
-        model = getattr(stage, "take_model", lambda: None)()
-        if model is not None:
-            model = jsonable(model)  # plain types for msgpack and JSON
-            self.models.put((state.series.series_id, model))
-            with self._lock:  # the live summary shows the latest model
-                state.outputs["indexing"] = model
+        self.metrics.queue["sweep_stages"].set(self.stages.depth)  # also once idle: it drains
 
     # ------------------------------------------------------------------ views (any thread)
     def _recent_image(self, payload: dict[str, Any]) -> None:

@@ -34,7 +34,7 @@ import zmq
 
 from streamer import wire
 from streamer.allocator import keep_freed_memory
-from streamer.collector import Collector, StageFactory
+from streamer.collector import Collector
 from streamer.collector_service import CollectorService
 from streamer.config import Config
 from streamer.fanout import Fanout
@@ -42,6 +42,7 @@ from streamer.frame_store import FrameStore
 from streamer.metrics import Metrics
 from streamer.result_stream import ResultPublisher
 from streamer.series import SeriesInfo
+from streamer.sweep_stages import StageFactory
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,115 @@
+"""The sweep-stage thread: spot joining and incremental indexing, off the per-image path.
+
+The collector hands each processed result over in frame order (`feed`) and each closed series
+(`close`); one thread runs every series' stages on them, so a slow stage never holds up the
+per-image feedback. Past `queue_bound` waiting items, images are skipped (counted, logged once):
+a stage slower than the frame rate costs completeness, not unbounded memory. New crystal models
+go to `models` (the model channel and the result stream) and to the series' live outputs.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, Protocol
+
+from streamer.metrics import Metrics
+from streamer.pipeline_messages import FrameResult
+from streamer.series import SeriesInfo
+from streamer.summary import jsonable
+
+if TYPE_CHECKING:
+    from streamer.collector import SeriesState
+
+log = logging.getLogger(__name__)
+
+
+class SweepStage(Protocol):
+    """A sweep-wide stage fed every processed frame in order (spot joiner, indexer)."""
+
+    def add(self, series: SeriesInfo, result: FrameResult) -> None: ...
+
+    def finish(self) -> Mapping[str, Any]:
+        """Close the series; returns the summary.json keys this stage owns (e.g. `indexing`)."""
+        ...
+
+
+StageFactory = Callable[[SeriesInfo], SweepStage]
+
+
+class SweepStageThread:
+    """Runs the series' stages in one daemon thread, fed through a bounded queue.
+
+    `lock` guards the series' `outputs` (read by the live summary); `on_closed(state)` is called
+    in this thread once a closed series' stages have finished.
+    """
+
+    def __init__(self, metrics: Metrics, lock: threading.Lock, on_closed: Callable[[SeriesState], None],
+                 queue_bound: int = 2000):
+        self.metrics = metrics
+        self.queue_bound = queue_bound
+        self.n_skipped = 0
+        self.models: queue.Queue[tuple[str, dict[str, Any]]] = queue.Queue()
+        self._lock = lock
+        self._on_closed = on_closed
+        self._queue: queue.Queue[tuple[str, Any, Any]] = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name="sweep-stages", daemon=True)
+        self._thread.start()
+
+    def feed(self, state: SeriesState, result: FrameResult) -> None:
+        """Queue a processed result for the series' stages, unless the queue is full (skipped)."""
+        depth = self._queue.qsize()
+        self.metrics.queue["sweep_stages"].set(depth)
+        if depth >= self.queue_bound:
+            self.metrics.stage_images_skipped.inc()
+            self.n_skipped += 1
+            if self.n_skipped == 1:  # log once; the metric counts on
+                log.warning("sweep stages %d images behind: skipping images until they catch up", depth)
+            return
+        self._queue.put(("add", state, result))
+
+    def close(self, state: SeriesState) -> None:
+        """The series is closed: its stages finish once they have handled what came before."""
+        self._queue.put(("close", state, None))
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait until the stages have handled everything queued so far."""
+        done = threading.Event()
+        self._queue.put(("sync", done, None))
+        return done.wait(timeout)
+
+    @property
+    def depth(self) -> int:
+        return self._queue.qsize()
+
+    def _run(self) -> None:
+        while True:
+            op, state, result = self._queue.get()
+            if op == "sync":
+                state.set()
+                continue
+            for stage in state.stages:
+                try:
+                    if op == "add":
+                        stage.add(state.series, result)
+                        self._pass_model_on(state, stage)
+                    else:
+                        outputs = stage.finish()
+                        self._pass_model_on(state, stage)  # the last refinement's (or a short sweep's first)
+                        with self._lock:
+                            state.outputs.update(outputs)
+                except Exception:  # keep per-image feedback alive whatever a stage does
+                    log.exception("sweep stage %s failed on series %s", type(stage).__name__, state.series.series_id)
+            if op == "close":
+                self._on_closed(state)
+
+    def _pass_model_on(self, state: SeriesState, stage: SweepStage) -> None:
+        """A stage's new crystal model, if any, to the model channel and the result stream."""
+        model = getattr(stage, "take_model", lambda: None)()
+        if model is not None:
+            model = jsonable(model)  # plain types for msgpack and JSON
+            self.models.put((state.series.series_id, model))
+            with self._lock:  # the live summary shows the latest model
+                state.outputs["indexing"] = model
