@@ -85,6 +85,7 @@ class SeriesState:
     latencies_s: list[float] = field(default_factory=list)  # received -> published, per frame
     last_result: float = 0.0  # collector clock at the series' latest worker result (progress)
     worker_seq: dict[str, int] = field(default_factory=dict)  # worker -> the latest seq it returned
+    final_warnings: list[dict[str, Any]] | None = None  # once closed and its stages have finished
 
 
 class Collector:
@@ -344,8 +345,17 @@ class Collector:
         self.stages.close(state)
 
     def _stages_finished(self, state: SeriesState) -> None:
-        """(sweep-stage thread) A closed series' stages are done: `wait_closed` may return."""
+        """(sweep-stage thread) A closed series' stages are done: its warnings are final (kept,
+        not worked out again on every poll of the live summary) and `wait_closed` may return."""
+        try:
+            with self._lock:
+                entry, rows = self._entry(state), (list(state.results), list(state.dropped_images))
+            warnings = sweep_warnings(entry, per_image_rows(state.series, *rows), state.series, final=True)
+        except Exception:  # the live summary then works them out on each poll
+            log.exception("warnings of series %s", state.series.series_id)
+            warnings = None
         with self.series_closed:
+            state.final_warnings = warnings
             self.n_closed += 1
             self.series_closed.notify_all()
 
@@ -364,22 +374,28 @@ class Collector:
             items = list(self._recent)
         return items[-limit:]
 
+    def _entry(self, state: SeriesState) -> dict[str, Any]:
+        """A series in the live summary, without its warnings (call with the lock held)."""
+        s = state
+        return {"series_id": s.series.series_id, "source": s.series.source, "n_images": s.series.n_images,
+                "closed": s.closed, "how_ended": s.how_ended, "frames": s.tally.as_dict(),
+                **{k: v for k, v in s.outputs.items() if not k.startswith("_")}}
+
     def summary(self) -> dict[str, Any]:
         """The live summary: the frames accounting and the state of each series, with its
-        warnings so far (`streamer.sweep_warnings`)."""
+        warnings so far (`streamer.sweep_warnings`; final once its stages have finished)."""
         with self._lock:
             states = [self.series[sid] for sid in self.order]
-            series = [
-                {"series_id": s.series.series_id, "source": s.series.source, "n_images": s.series.n_images,
-                 "closed": s.closed, "how_ended": s.how_ended, "frames": s.tally.as_dict(),
-                 **{k: v for k, v in s.outputs.items() if not k.startswith("_")}}
-                for s in states
-            ]
-            rows = [(list(s.results), list(s.dropped_images)) for s in states]
+            series = [self._entry(s) for s in states]
+            rows = [None if s.final_warnings is not None else (list(s.results), list(s.dropped_images))
+                    for s in states]
             total = self.total.as_dict()
-        for entry, state, (results, dropped) in zip(series, states, rows):
-            entry["warnings"] = sweep_warnings(entry, per_image_rows(state.series, results, dropped), state.series,
-                                               final=state.closed)
+        for entry, state, row in zip(series, states, rows):
+            if row is None:
+                entry["warnings"] = state.final_warnings
+            else:
+                entry["warnings"] = sweep_warnings(entry, per_image_rows(state.series, *row), state.series,
+                                                   final=state.closed)
         return {"frames": total, "series": series}
 
     def wait_closed(self, n: int, timeout: float | None = None) -> bool:

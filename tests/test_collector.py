@@ -378,3 +378,34 @@ def test_tick_updates_the_queue_gauges_and_forgets_closed_series():
     c.tick()
     assert list(c.open) == ["b"] and c.series["a"].closed
     assert depths() == (3, 0)
+
+
+def test_a_finished_series_warnings_are_worked_out_once(monkeypatch):
+    """The live summary (polled each second) worked out every series' warnings again from all
+    its images; a series whose stages have finished keeps its final warnings."""
+    import streamer.collector as collector_module
+
+    calls = []
+    real = collector_module.sweep_warnings
+    def counted(entry, rows, series, final):
+        if series.series_id == "warned":  # not the stage threads of other tests' collectors
+            calls.append(final)
+        return real(entry, rows, series, final=final)
+
+    monkeypatch.setattr(collector_module, "sweep_warnings", counted)
+    c, _ = make()
+    s = make_series("warned", n_images=4)
+    c.series_start(s)
+    for seq in range(4):
+        c.dispatched(s.series_id, seq, seq, c.clock())
+    c.result(FrameResult(s.series_id, 0, 0, "w", stats={"n_spots": 3}))
+    assert c.summary()["series"][0]["warnings"] == [] and calls == [False]
+    for seq in range(1, 4):
+        c.result(FrameResult(s.series_id, seq, seq, "w", drop_reason="empty_frame"))
+    c.series_end(s.series_id, 4)
+    assert c.wait_closed(1, 10)
+    first = c.summary()["series"][0]["warnings"]
+    assert [w["kind"] for w in first] == ["frames_dropped"]
+    n = len(calls)
+    assert c.summary()["series"][0]["warnings"] == first and len(calls) == n  # kept, not worked out again
+    assert calls[-1] is True
