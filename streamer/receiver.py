@@ -290,8 +290,10 @@ class Receiver:
         self._series = _OpenSeries(key, fmt, info, announced=not pending, last_seen=now)
         if not pending:
             events.append(info)
-        log.info("series %s started (%s, %s %s, %s images)", info.series_id, fmt, info.image_shape,
-                 "pixel type from the first image" if pending else info.dtype, info.n_images)
+        log.info("series %s started (%s, %s %s, %s images, %s)", info.series_id, fmt, info.image_shape,
+                 "pixel type from the first image" if pending else info.dtype, info.n_images,
+                 "stills" if info.is_still else
+                 f"{info.raw.get('scan_axis', 'omega')} {info.omega_start_deg:g} deg + {info.omega_increment_deg:g}")
         return events
 
     def _image(self, msg: Any, fmt: str, now: float) -> list[Event]:

@@ -9,6 +9,7 @@ dxtbx: x fast (column), y slow (row), 0-based, pixel centre at +0.5. Lab frame: 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +24,30 @@ PIXEL_MASK_BITS = {
     4: "noisy",
     31: "user_masked",
 }
+
+
+# The goniometer axes a DECTRIS header gives a start and an increment for, in the order in which
+# one with a non-zero increment is taken for the scan (`rotation_scan`).
+SCAN_AXES = ("omega", "phi", "kappa", "chi")
+
+
+def rotation_scan(angles: dict[str, tuple[Any, Any]]) -> tuple[str, float, float]:
+    """(axis, start, increment) of the rotation a header describes: omega's, or else the first
+    axis of SCAN_AXES that moves (a phi scan on a kappa goniometer: omega's increment is 0 and
+    phi's is not, which is not a still). Without any moving axis, omega's start and 0 (stills).
+
+    `angles` maps axis names to (start, increment) in degrees as the header gives them; what is
+    not a finite number counts as 0 (parsers check omega's themselves), missing axes are still.
+    """
+    def number(value: Any) -> float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        return float(value) if ok else 0.0
+
+    for axis in SCAN_AXES:
+        start, increment = (number(v) for v in angles.get(axis, (0.0, 0.0)))
+        if increment != 0.0:
+            return axis, start, increment
+    return "omega", number(angles.get("omega", (0.0, 0.0))[0]), 0.0
 
 
 @dataclass(frozen=True)

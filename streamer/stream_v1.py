@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from streamer.errors import BadHeader, BadMessage
-from streamer.series import EncodedFrame, SeriesInfo
+from streamer.series import SCAN_AXES, EncodedFrame, SeriesInfo, rotation_scan
 
 MAX_JSON_BYTES = 1 << 20  # the biggest real config part is ~1.5 kB
 HEADER, IMAGE, END = "dheader-1.0", "dimage-1.0", "dseries_end-1.0"
@@ -261,7 +261,11 @@ def series_info(header: V1Header, dtype: str | None = None) -> SeriesInfo:
         wavelength = HC_KEV_A * 1000.0 / _float(c, "photon_energy")
     cutoff = c.get("countrate_correction_count_cutoff", c.get("saturation_value"))
     nimages = int(_float(c, "nimages", 0)) * max(1, int(_float(c, "ntrigger", 1)))
-    raw = {"config": dict(c), "header_detail": header.header_detail, "time_tick_s": time_tick_s(c)}
+    angles = {"omega": (_float(c, "omega_start"), _float(c, "omega_increment"))}  # the usual scan: strict
+    angles.update({a: (c.get(f"{a}_start"), c.get(f"{a}_increment")) for a in SCAN_AXES[1:]})
+    axis, scan_start, increment = rotation_scan(angles)
+    raw = {"config": dict(c), "header_detail": header.header_detail, "time_tick_s": time_tick_s(c),
+           "scan_axis": axis}
     if header.countrate_table is not None:
         raw["countrate_table"] = header.countrate_table
     if header.appendix is not None:
@@ -280,8 +284,8 @@ def series_info(header: V1Header, dtype: str | None = None) -> SeriesInfo:
         beam_centre_px=(_float(c, "beam_center_x"), _float(c, "beam_center_y")),
         distance_mm=_float(c, "detector_distance") * 1000.0,
         wavelength_A=wavelength,
-        omega_start_deg=_float(c, "omega_start"),
-        omega_increment_deg=_float(c, "omega_increment"),
+        omega_start_deg=scan_start,
+        omega_increment_deg=increment,
         count_time_s=_float(c, "count_time"),
         frame_time_s=_float(c, "frame_time"),
         saturation_value=int(cutoff) if isinstance(cutoff, (int, float)) and not isinstance(cutoff, bool) else None,

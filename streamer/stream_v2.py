@@ -24,7 +24,7 @@ import numpy as np
 
 from streamer import cbor_splice, codecs
 from streamer.errors import BadFrame, BadHeader, BadMessage
-from streamer.series import EncodedFrame, SeriesInfo
+from streamer.series import SCAN_AXES, EncodedFrame, SeriesInfo, rotation_scan
 
 SELF_DESCRIBE = b"\xd9\xd9\xf7"
 TIME_BASE = 50_000_000  # ticks per second in DECTRIS time rationals
@@ -263,9 +263,14 @@ def series_info(start: V2Start, channel: str | None = None, dtype: str | None = 
     if distance_m == 0.0 and isinstance(translation, Sequence) and len(translation) == 3:
         distance_m = _num({"z": translation[2]}, "z")
     gonio = m.get("goniometer") if isinstance(m.get("goniometer"), Mapping) else {}
-    omega = gonio.get("omega") if isinstance(gonio.get("omega"), Mapping) else {}
+    axes = {a: gonio[a] for a in SCAN_AXES if isinstance(gonio.get(a), Mapping)}
+    angles = {a: (v.get("start"), v.get("increment")) for a, v in axes.items()}
+    if "omega" in axes:  # the usual scan: strict
+        angles["omega"] = (_num(axes["omega"], "start"), _num(axes["omega"], "increment"))
+    axis, scan_start, increment = rotation_scan(angles)
     saturation = m.get("saturation_value")
     raw = {k: v for k, v in m.items() if k not in ("pixel_mask", "flatfield", "countrate_correction_lookup_table")}
+    raw["scan_axis"] = axis
     raw["time_tick_s"] = 1.0 / TIME_BASE
     table = m.get("countrate_correction_lookup_table")
     if isinstance(table, TypedArray) and not isinstance(table.data, Compressed):
@@ -284,8 +289,8 @@ def series_info(start: V2Start, channel: str | None = None, dtype: str | None = 
         beam_centre_px=(_num(m, "beam_center_x"), _num(m, "beam_center_y")),
         distance_mm=distance_m * 1000.0,
         wavelength_A=wavelength,
-        omega_start_deg=_num(omega, "start"),
-        omega_increment_deg=_num(omega, "increment"),
+        omega_start_deg=scan_start,
+        omega_increment_deg=increment,
         count_time_s=_num(m, "count_time"),
         frame_time_s=_num(m, "frame_time"),
         saturation_value=int(saturation) if isinstance(saturation, int) and not isinstance(saturation, bool) else None,

@@ -158,3 +158,24 @@ def test_non_finite_or_non_numeric_configuration_is_a_bad_header(value):
     with pytest.raises(BadInput) as err:
         stream_v1.series_info(header)
     assert err.value.reason == "bad_header"
+
+
+def test_a_phi_scan_is_a_rotation_not_stills():
+    """A kappa goniometer scanning phi: omega's increment is 0, phi's is not. The series was
+    taken for stills (no rotation indexing); the scan is now phi's. A value that is no number
+    on a seldom-scanned axis does not refuse the header."""
+    import json
+
+    series = SeriesInfo(series_id="4", source="simulator", image_shape=(4, 6), dtype="<u2", n_images=3,
+                        beam_centre_px=(2.5, 1.5), distance_mm=150.0, wavelength_A=0.98, omega_start_deg=12.0,
+                        omega_increment_deg=0.0, count_time_s=0.01, frame_time_s=0.01, bit_depth_image=16)
+    parts = stream_v1_encode.encode_header(series, 4, "basic")
+    config = json.loads(bytes(parts[1]))
+    assert "omega_increment" in config
+    config.update(phi_start=30.0, phi_increment=0.2, chi_start=None, kappa_increment="n/a")
+    info = stream_v1.series_info(stream_v1.parse_message([parts[0], json.dumps(config).encode(), *parts[2:]]))
+    assert (info.omega_start_deg, info.omega_increment_deg, info.raw["scan_axis"]) == (30.0, 0.2, "phi")
+    assert not info.is_still
+    config.update(phi_increment=0.0)
+    info = stream_v1.series_info(stream_v1.parse_message([parts[0], json.dumps(config).encode(), *parts[2:]]))
+    assert (info.omega_start_deg, info.omega_increment_deg, info.raw["scan_axis"]) == (12.0, 0.0, "omega")

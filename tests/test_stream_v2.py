@@ -162,3 +162,19 @@ def test_non_finite_start_fields_are_a_bad_header(value):
     with pytest.raises(BadInput) as err:
         stream_v2.series_info(start)
     assert err.value.reason == "bad_header"
+
+
+def test_a_phi_scan_is_a_rotation_not_stills():
+    """As for stream v1: omega still and phi moving is a phi scan, not stills."""
+    import dataclasses
+
+    series = dataclasses.replace(r500k_series(), omega_increment_deg=0.0)
+    msg = stream_v2_encode.encode_start(series, 3, stream_v2_encode.new_ulid(), "basic", series.channels)
+    fields = cbor2.loads(msg)
+    fields = dict(fields.value if isinstance(fields, cbor2.CBORTag) else fields)
+    fields["goniometer"] = dict(fields["goniometer"])
+    fields["goniometer"]["phi"] = {"start": -40.0, "increment": 0.1}
+    fields["goniometer"]["chi"] = {"start": "n/a", "increment": None}
+    info = stream_v2.series_info(stream_v2.parse_message(cbor2.dumps(cbor2.CBORTag(55799, fields))))
+    assert (info.omega_start_deg, info.omega_increment_deg, info.raw["scan_axis"]) == (-40.0, 0.1, "phi")
+    assert not info.is_still
