@@ -85,7 +85,9 @@ class SeriesState:
     latencies_s: list[float] = field(default_factory=list)  # received -> published, per frame
     last_result: float = 0.0  # collector clock at the series' latest worker result (progress)
     worker_seq: dict[str, int] = field(default_factory=dict)  # worker -> the latest seq it returned
-    final_warnings: list[dict[str, Any]] | None = None  # once closed and its stages have finished
+    done: bool = False  # closed, and its stages have finished: its outputs are final
+    final_warnings: list[dict[str, Any]] | None = None  # once done
+    released: bool = False  # its per-image results and spots are written out and forgotten (`Collector.release`)
 
 
 class Collector:
@@ -356,6 +358,7 @@ class Collector:
             warnings = None
         with self.series_closed:
             state.final_warnings = warnings
+            state.done = True
             self.n_closed += 1
             self.series_closed.notify_all()
 
@@ -374,6 +377,19 @@ class Collector:
             items = list(self._recent)
         return items[-limit:]
 
+    def release(self, series_id: str) -> None:
+        """Forget the per-image results and spot table of a closed series whose outputs have been
+        written (a run that takes series after series keeps only their accounting, indexing and
+        warnings): its memory does not grow with every sweep of a beamline shift."""
+        with self._lock:
+            state = self.series.get(series_id)
+            if state is None or not state.done:
+                return
+            state.results, state.dropped_images, state.latencies_s = [], [], []
+            state.outputs.pop("_spots", None)
+            state.series = dataclasses.replace(state.series, pixel_mask=None, flatfield=None)  # 18 MB for 4M
+            state.released = True
+
     def _entry(self, state: SeriesState) -> dict[str, Any]:
         """A series in the live summary, without its warnings (call with the lock held)."""
         s = state
@@ -387,12 +403,11 @@ class Collector:
         with self._lock:
             states = [self.series[sid] for sid in self.order]
             series = [self._entry(s) for s in states]
-            rows = [None if s.final_warnings is not None else (list(s.results), list(s.dropped_images))
-                    for s in states]
+            rows = [None if s.done else (list(s.results), list(s.dropped_images)) for s in states]
             total = self.total.as_dict()
         for entry, state, row in zip(series, states, rows):
             if row is None:
-                entry["warnings"] = state.final_warnings
+                entry["warnings"] = state.final_warnings or []
             else:
                 entry["warnings"] = sweep_warnings(entry, per_image_rows(state.series, *row), state.series,
                                                    final=state.closed)

@@ -26,6 +26,7 @@ POLL_MS = 50  # the longest the loop sleeps without a message
 MAX_PART_BYTES = {"results": 256 * 1024 * 1024, "control": 1024 * 1024}
 TICK_S = 0.02  # result timeouts, queue gauges, models and header requests are checked this often
 RESULTS_PER_TURN = 1000  # results read before the feed is looked at again
+KEEP_CLOSED_HEADERS = 2  # series headers kept after their series closed (for a worker that asks late)
 
 
 class CollectorService:
@@ -101,6 +102,7 @@ class CollectorService:
                     self.collector.tick()
                     self._publish_models()
                     self._expire_requests()
+                    self._forget_closed_headers()
                     next_tick = now + TICK_S
                 if stop_at is not None and (not self.collector.open or now > stop_at):
                     self.collector.finish()
@@ -195,6 +197,13 @@ class CollectorService:
     run_token: str = ""  # set by the pipeline: the token the fan-out puts in every frame
     store_info: dict[str, str] | None = None  # set by the pipeline: the shared frame store's place
     storeless_worker: Callable[[str], None] = staticmethod(lambda name: None)  # one that cannot map it
+
+    def _forget_closed_headers(self, keep: int = KEEP_CLOSED_HEADERS) -> None:
+        """Headers (each with its pixel mask: 18 MB for a 4M detector) of series the collector
+        has closed, but for the latest few: no frame of theirs is out with a worker any more."""
+        closed = [sid for sid in self.headers if sid not in self.collector.open]
+        for series_id in closed[:max(len(closed) - keep, 0)]:
+            del self.headers[series_id]
 
     def _expire_requests(self) -> None:
         now = time.monotonic()

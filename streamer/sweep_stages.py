@@ -103,6 +103,7 @@ class SweepStageThread:
                 except Exception:  # keep per-image feedback alive whatever a stage does
                     log.exception("sweep stage %s failed on series %s", type(stage).__name__, state.series.series_id)
             if op == "close":
+                state.stages = []  # their outputs are kept; what they held for the sweep (spots, models) goes
                 self._on_closed(state)
 
     def _pass_model_on(self, state: SeriesState, stage: SweepStage) -> None:

@@ -409,3 +409,19 @@ def test_a_finished_series_warnings_are_worked_out_once(monkeypatch):
     n = len(calls)
     assert c.summary()["series"][0]["warnings"] == first and len(calls) == n  # kept, not worked out again
     assert calls[-1] is True
+
+
+def test_headers_of_closed_series_are_forgotten_but_the_latest_few():
+    """The collector service kept every series' header (with its pixel mask: 18 MB for a 4M
+    detector) for the whole run; it now keeps those of open series and of the latest closed."""
+    from streamer.collector_service import CollectorService
+
+    service = CollectorService.__new__(CollectorService)  # the pruning alone, without sockets
+    service.collector, _ = make()
+    for sid in ("a", "b", "c", "d"):
+        service.collector.series_start(make_series(sid, n_images=1))
+    service.headers = {sid: [b"header"] for sid in ("a", "b", "c", "d")}
+    for sid in ("a", "b", "c"):
+        service.collector.series_end(sid, 0)
+    service._forget_closed_headers(keep=2)
+    assert list(service.headers) == ["b", "c", "d"]  # d is still open

@@ -156,10 +156,15 @@ def test_a_run_of_series_after_series_keeps_each_series_outputs(tmp_path):
             yield from (make_frame(s, i, hot) for i in range(s.n_images))
             yield SeriesEnd(s.series_id)
 
+    pipes = []
     run_session(config, events, tmp_path / "out", live=True, once=False, progress=False, worker_args=fake_args(),
-                worker_env=ENV)
+                worker_env=ENV, on_ready=pipes.append)
     out = tmp_path / "out"
     assert series_folder("scan/2") == "series_scan_2"
+    # written, the older series is forgotten but for its accounting (memory does not grow per sweep)
+    older, latest = (pipes[0].collector.series[s.series_id] for s in (a, b))
+    assert older.released and not older.results and older.series.pixel_mask is None and not older.stages
+    assert not latest.released and len(latest.results) == 8
     for s, hot in ((a, 1), (b, 2)):
         folder = out / series_folder(s.series_id)
         summary = json.loads((folder / "summary.json").read_text())

@@ -207,12 +207,16 @@ def _write(collector, config, out: Path, per_series: set[str] | None = None) -> 
     per_image.csv, spots.csv and report.html of that series, config.yaml. With `per_series`
     (the ids written so far; a run that takes series after series), once a second series has
     closed each closed series also gets its own outputs, with its own frame accounting, in
-    `series_<id>/` below `out`."""
+    `series_<id>/` below `out` once its sweep stages have finished; after that, unless it is the
+    latest, the collector forgets its per-image results and spots (`Collector.release`)."""
     closed = [collector.series[sid] for sid in collector.order if collector.series[sid].closed]
-    for state in closed if per_series is not None and len(closed) > 1 else []:  # one series: the top only
+    done = [state for state in closed if state.done]  # outputs final: the sweep stages have finished
+    for state in done if per_series is not None and len(closed) > 1 else []:  # one series: the top only
         if state.series.series_id not in per_series:
             _write_series(state, state.tally.as_dict(), config, out / series_folder(state.series.series_id))
             per_series.add(state.series.series_id)
+        if state is not closed[-1]:  # written, and no longer the latest at the top: forgotten
+            collector.release(state.series.series_id)
     return _write_series(closed[-1] if closed else None, collector.total.as_dict(), config, out)
 
 
