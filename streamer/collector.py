@@ -397,11 +397,19 @@ class Collector:
                 "closed": s.closed, "how_ended": s.how_ended, "frames": s.tally.as_dict(),
                 **{k: v for k, v in s.outputs.items() if not k.startswith("_")}}
 
-    def summary(self) -> dict[str, Any]:
-        """The live summary: the frames accounting and the state of each series, with its
-        warnings so far (`streamer.sweep_warnings`; final once its stages have finished)."""
+    def frames(self) -> dict[str, Any]:
+        """The run's frame accounting so far (summary.json `frames`)."""
         with self._lock:
-            states = [self.series[sid] for sid in self.order]
+            return self.total.as_dict()
+
+    def summary(self, latest: int | None = None) -> dict[str, Any]:
+        """The live summary: the frames accounting, the number of series, and the state of each
+        series (of the `latest` ones only if given) with its warnings so far
+        (`streamer.sweep_warnings`; final once its stages have finished)."""
+        with self._lock:
+            order = self.order if latest is None else self.order[max(len(self.order) - latest, 0):]
+            states = [self.series[sid] for sid in order]
+            n_series = len(self.order)
             series = [self._entry(s) for s in states]
             rows = [None if s.done else (list(s.results), list(s.dropped_images)) for s in states]
             total = self.total.as_dict()
@@ -411,7 +419,7 @@ class Collector:
             else:
                 entry["warnings"] = sweep_warnings(entry, per_image_rows(state.series, *row), state.series,
                                                    final=state.closed)
-        return {"frames": total, "series": series}
+        return {"frames": total, "n_series": n_series, "series": series}
 
     def wait_closed(self, n: int, timeout: float | None = None) -> bool:
         """Block until `n` series have closed and their sweep stages finished."""

@@ -3,7 +3,8 @@
 Standard-library `ThreadingHTTPServer` in a daemon thread, bound to loopback unless told
 otherwise. The page is self-contained (no external scripts) and polls the JSON once a second:
 spots per image, estimated resolution, ice rings, and the frame accounting.
-`/api/images?series=ID&since=N` returns the recent per-image records of series ID (default: of
+`/api/summary?latest=N` gives the frame accounting, the number of series and the latest N
+series (default 50; 0: all). `/api/images?series=ID&since=N` returns the recent per-image records of series ID (default: of
 every series, oldest first) with image number > N; image numbers start again with each series.
 """
 
@@ -22,6 +23,8 @@ from streamer.metrics import CONTENT_TYPE, Metrics
 
 log = logging.getLogger(__name__)
 
+SUMMARY_SERIES = 50  # series in /api/summary by default: a shift's run may take hundreds
+
 
 def parse_host_port(text: str) -> tuple[str, int]:
     """"HOST:PORT" (or ":PORT", or "PORT") -> (host, port); host defaults to loopback."""
@@ -39,7 +42,7 @@ class FeedbackServer:
     """Serves the collector's views; `summary()` and `images(limit)` are called per request."""
 
     def __init__(self, address: tuple[str, int], metrics: Metrics,
-                 summary: Callable[[], dict[str, Any]], images: Callable[[int], list[dict[str, Any]]]):
+                 summary: Callable[..., dict[str, Any]], images: Callable[[int], list[dict[str, Any]]]):
         self.metrics, self.summary, self.images = metrics, summary, images
         server = self
 
@@ -77,7 +80,12 @@ class FeedbackServer:
         if parts.path == "/metrics":
             self._send(req, 200, CONTENT_TYPE, self.metrics.exposition())
         elif parts.path == "/api/summary":
-            self._send_json(req, self.summary())
+            try:
+                latest = int(query.get("latest", [str(SUMMARY_SERIES)])[0])
+            except ValueError:
+                self._send(req, 400, "text/plain; charset=utf-8", b"latest must be an integer\n")
+                return
+            self._send_json(req, self.summary(latest) if latest > 0 else self.summary())
         elif parts.path == "/api/images":
             try:
                 since = int(query.get("since", ["-1"])[0])

@@ -68,8 +68,9 @@ def test_summary_and_images(served):
     assert [im.get("n_spots") for im in all_images] == [12, None, 7]
 
 
-def test_images_of_one_series():
-    """Image numbers start again with each series: `series` picks one, `since` counts within it."""
+def test_images_and_summary_of_some_series():
+    """Image numbers start again with each series: `series` picks one, `since` counts within it;
+    `latest` bounds the series in the summary."""
     collector = Collector(Metrics())
     for sid, n in (("a", 3), ("b", 2)):
         s = make_series(sid, n_images=n)
@@ -86,6 +87,11 @@ def test_images_of_one_series():
         assert images("/api/images?series=a") == [("a", 0), ("a", 1), ("a", 2)]
         assert images("/api/images?since=0") == [("a", 1), ("a", 2), ("b", 1)]
         assert images("/api/images?series=nope") == []
+        summary = json.loads(get(server, "/api/summary?latest=1")[2])  # a long run: the latest series only
+        assert summary["n_series"] == 2 and [x["series_id"] for x in summary["series"]] == ["b"]
+        assert summary["frames"]["processed"] == 5
+        everything = json.loads(get(server, "/api/summary?latest=0")[2])
+        assert [x["series_id"] for x in everything["series"]] == ["a", "b"]
     finally:
         server.close()
 
@@ -94,7 +100,7 @@ def test_dashboard_and_errors(served):
     status, ctype, body = get(served, "/")
     assert status == 200 and ctype.startswith("text/html") and body.decode() == DASHBOARD
     assert "api/summary" in DASHBOARD and "<script src" not in DASHBOARD  # self-contained
-    for path, code in (("/nope", 404), ("/api/images?since=x", 400)):
+    for path, code in (("/nope", 404), ("/api/images?since=x", 400), ("/api/summary?latest=x", 400)):
         with pytest.raises(urllib.error.HTTPError) as exc:
             get(served, path)
         assert exc.value.code == code

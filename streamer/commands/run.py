@@ -86,7 +86,7 @@ class Progress:
             self.show()
 
     def show(self) -> None:
-        frames = self.collector.summary()["frames"]
+        frames = self.collector.frames()
         done = frames["processed"] + sum(frames["dropped"].values())
         if done == self._shown:
             return
