@@ -4,8 +4,9 @@ Standard-library `ThreadingHTTPServer` in a daemon thread, bound to loopback unl
 otherwise. The page is self-contained (no external scripts) and polls the JSON once a second:
 spots per image, estimated resolution, ice rings, and the frame accounting.
 `/api/summary?latest=N` gives the frame accounting, the number of series and the latest N
-series (default 50; 0: all). `/api/images?series=ID&since=N` returns the recent per-image records of series ID (default: of
-every series, oldest first) with image number > N; image numbers start again with each series.
+series (default 50; 0: all). `/api/images?series=ID&since=N` returns the recent per-image
+records of series ID (default: of every series, oldest first) with image number > N; image
+numbers start again with each series.
 """
 
 from __future__ import annotations
