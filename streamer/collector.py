@@ -9,8 +9,8 @@ Order: the receiver numbers the frames it dispatches per series (seq 0, 1, 2, ..
 gaps). Results wait in a bounded reorder buffer until all earlier frames are published. A
 frame is dropped as "worker_lost":
 - at once, when a worker has exited (`worker_gone`) and every worker still alive has returned
-  a later frame of the series: each worker takes its frames in dispatch order, so the frame
-  was in the queue of the one that died;
+  a later frame of the series, or said it is idle since (`worker_idle`): each worker takes its
+  frames in dispatch order, so the frame was in the queue of the one that died;
 - when it blocks a full reorder buffer (its worker died unnoticed while others go on);
 - when `result_timeout_s` has passed since its dispatch (live: the fan-out bounds how long a
   frame waits for a worker) or, for recorded data (`timeout_from_progress`), also since the
@@ -43,6 +43,8 @@ from streamer.sweep_warnings import sweep_warnings
 
 log = logging.getLogger(__name__)
 
+IDLE_GRACE_S = 1.0  # an idle notice this long after a frame's dispatch: the frame is in no live worker's queue
+
 IMAGE_KEYS = (
     "n_spots", "n_spots_no_ice", "n_spots_4A", "total_intensity", "estimated_d_min",
     "background", "n_overloads", "ice_rings", "strong_pixels",
@@ -72,7 +74,8 @@ class Tally:
 class SeriesState:
     series: SeriesInfo
     tally: Tally = field(default_factory=Tally)
-    dispatched: dict[int, tuple[int, float]] = field(default_factory=dict)  # seq -> (image, received_at)
+    # seq -> (image, received_at, noticed_at: collector clock when its dispatch was reported)
+    dispatched: dict[int, tuple[int, float, float]] = field(default_factory=dict)
     buffer: dict[int, FrameResult] = field(default_factory=dict)
     next_seq: int = 0
     n_dispatched: int | None = None  # known once the receiver reports the series end
@@ -127,6 +130,7 @@ class Collector:
         self.workers: dict[str, float] = {}  # worker -> clock at its latest result
         self.joined: set[str] = set()  # workers that said they are ready, and have not exited
         self.gone: set[str] = set()  # workers known to have exited
+        self.idle: dict[str, float] = {}  # worker -> clock at its latest idle notice (none since a result)
         self.stages = SweepStageThread(metrics, self._lock, self._stages_finished, stage_queue_bound)
         self.models = self.stages.models  # (series_id, model) for the model channel and the result stream
         # told (series_id, seq) once no worker reads that frame any more: result or given up
@@ -162,7 +166,7 @@ class Collector:
             self.total.received += 1
         self.metrics.frames_received.inc()
         if seq >= state.next_seq:
-            state.dispatched[seq] = (image_number, received_at)
+            state.dispatched[seq] = (image_number, received_at, self.clock())
 
     def received_drop(self, reason: str, series_id: str | None = None, image_number: int | None = None) -> None:
         """The receiver got a frame (or message) it could not use: received and dropped at once."""
@@ -188,6 +192,7 @@ class Collector:
         self.settled((result.series_id, result.seq))
         state = self.series.get(result.series_id)
         self.workers[result.worker] = self.clock()
+        self.idle.pop(result.worker, None)
         if state is not None:
             state.last_result = self.workers[result.worker]
             state.worker_seq[result.worker] = max(result.seq, state.worker_seq.get(result.worker, -1))
@@ -210,6 +215,10 @@ class Collector:
         """A worker said it is ready (it takes frames from now on)."""
         self.joined.add(name)
         self.gone.discard(name)
+
+    def worker_idle(self, name: str) -> None:
+        """A worker has had no frame to work on for a while (it says so every IDLE_NOTICE_S)."""
+        self.idle[name] = self.clock()
 
     def worker_gone(self, name: str) -> None:
         """A worker exited: the frames in its queue are lost; those that every worker still
@@ -260,7 +269,7 @@ class Collector:
             sent = state.dispatched.get(seq)
             if sent is not None:
                 since = max(sent[1], state.last_result) if self.timeout_from_progress else sent[1]
-                lost = now - since > self.result_timeout_s or self._passed_by_the_living(state, seq)
+                lost = now - since > self.result_timeout_s or self._passed_by_the_living(state, seq, sent[2])
             else:
                 lost = state.n_dispatched is not None  # its dispatch notice never came
             if force or lost or len(state.buffer) > self.reorder_bound:
@@ -268,12 +277,15 @@ class Collector:
                 continue
             break
 
-    def _passed_by_the_living(self, state: SeriesState, seq: int) -> bool:
-        """A worker has exited and every worker alive has returned a frame after `seq`: no
-        live queue holds it (each worker takes its frames in dispatch order)."""
+    def _passed_by_the_living(self, state: SeriesState, seq: int, noticed_at: float) -> bool:
+        """A worker has exited and every worker alive has returned a frame after `seq` (each
+        takes its frames in dispatch order), or has said it is idle more than IDLE_GRACE_S after
+        `seq` was dispatched (a frame on its way would have reached it): no live queue holds it.
+        The idle notices settle the last frames of a series, which no later frame passes."""
         if not self.gone or not self.joined:
             return False
-        return all(state.worker_seq.get(name, -1) > seq for name in self.joined)
+        return all(state.worker_seq.get(name, -1) > seq or self.idle.get(name, -1.0) > noticed_at + IDLE_GRACE_S
+                   for name in self.joined)
 
     def _drop_image(self, state: SeriesState, reason: str, image_number: int) -> None:
         """Count a dispatched frame of `state` as dropped: tallies, its per_image.csv row, metrics."""
@@ -285,7 +297,7 @@ class Collector:
 
     def _lose(self, state: SeriesState, seq: int) -> None:
         self.settled((state.series.series_id, seq))
-        image_number, _ = state.dispatched.pop(seq, (None, 0.0))
+        image_number, _, _ = state.dispatched.pop(seq, (None, 0.0, 0.0))
         state.next_seq = seq + 1
         if image_number is None:  # the dispatch notice itself never came: nothing was received
             return
@@ -299,7 +311,7 @@ class Collector:
 
     def _emit(self, state: SeriesState, result: FrameResult) -> None:
         series = state.series
-        _, received_at = state.dispatched.pop(result.seq, (None, None))
+        _, received_at, _ = state.dispatched.pop(result.seq, (None, None, None))
         state.next_seq = result.seq + 1
         payload: dict[str, Any] = {
             "series_id": series.series_id,

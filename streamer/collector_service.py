@@ -154,7 +154,11 @@ class CollectorService:
 
     def _on_result(self, parts: list[Any]) -> None:
         try:
-            result = pipeline_messages.result_from(wire.decode(parts))
+            msg = wire.decode(parts)
+            if msg.kind == "idle":  # a worker with nothing to do (`Worker.IDLE_NOTICE_S`)
+                self.collector.worker_idle(str(msg.body.get("worker")))
+                return
+            result = pipeline_messages.result_from(msg)
         except wire.WireError as exc:  # the frame it was about will time out as worker_lost
             self.n_bad_messages += 1
             log.warning("unreadable result message (%s): %s", exc.reason, exc)

@@ -53,6 +53,7 @@ KINDS = frozenset(
         "series",
         "frame",
         "result",
+        "idle",
         "dropped",
         "hello",
         "endpoints",

@@ -43,6 +43,7 @@ DEFAULT_ANALYSER = "streamer.perimage:ImageAnalyser"
 DEFAULT_DECODER = "streamer.codecs:decode"
 SERIES_CACHE = 4  # series headers kept per worker (a few series in flight at most)
 ANALYSER_CACHE = 2  # analysers hold per-series tables and buffers (hundreds of MB for a 16M detector)
+IDLE_NOTICE_S = 0.5  # with no frame for this long, the worker says so (again each time it passes)
 
 
 def load_object(spec: str) -> Any:
@@ -205,16 +206,30 @@ class Worker:
             poller = zmq.Poller()
             poller.register(self.frames, zmq.POLLIN)
             poller.register(self.model, zmq.POLLIN)
+            busy_at = time.monotonic()  # the last frame, or the last idle notice
             while not self.stop.is_set():
-                events = dict(poller.poll(200))
+                events = dict(poller.poll(100))
                 if self.model in events:
                     self._on_model(self.model.recv_multipart(copy=False))
                 if self.frames in events:
                     self._on_frame(self.frames.recv_multipart(copy=False))
+                    busy_at = time.monotonic()
+                elif time.monotonic() - busy_at > IDLE_NOTICE_S:
+                    self._say_idle()
+                    busy_at = time.monotonic()
         finally:
             self._close()
         log.info("worker %s stopped after %d frames", self.name, self.n_frames)
         return 0
+
+    def _say_idle(self) -> None:
+        """Tell the collector this worker's queue is empty. On the results socket, after every
+        result sent before it: a frame of a dead worker's queue that no live worker has (and so
+        no later frame passes, at a series' end) is given up at once, not after the timeout."""
+        try:
+            self.results.send_multipart(wire.encode("idle", {"worker": self.name}), zmq.DONTWAIT)
+        except zmq.Again:  # the collector is not reading: nothing is waiting on this notice
+            pass
 
     def _on_model(self, parts: list[Any]) -> None:
         try:

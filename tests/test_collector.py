@@ -425,3 +425,36 @@ def test_headers_of_closed_series_are_forgotten_but_the_latest_few():
         service.collector.series_end(sid, 0)
     service._forget_closed_headers(keep=2)
     assert list(service.headers) == ["b", "c", "d"]  # d is still open
+
+
+def test_idle_notices_settle_the_last_frames_of_a_dead_workers_queue():
+    """After a worker exits, a frame no live worker has passed is given up once each live worker
+    has said it is idle more than IDLE_GRACE_S after the frame's dispatch; a notice sooner (the
+    frame may be on its way) or a result after the notice (it works again) does not count."""
+    from streamer.collector import IDLE_GRACE_S
+
+    clock = Clock()
+    c, _ = make(clock=clock, result_timeout_s=60.0)
+    s = make_series(n_images=3)
+    c.series_start(s)
+    for name in ("a", "b"):
+        c.worker_joined(name)
+    for seq in range(3):
+        c.dispatched(s.series_id, seq, seq, clock())
+    c.series_end(s.series_id, 3)
+    c.result(FrameResult(s.series_id, 0, 0, "a", stats={"n_spots": 1}))
+    c.worker_gone("b")  # it held frames 1 and 2
+    c.worker_idle("a")  # too soon: frame 1 could still be on its way to a
+    c.tick()
+    assert not c.series[s.series_id].closed
+    clock.t += IDLE_GRACE_S + 0.1
+    c.worker_idle("a")
+    c.result(FrameResult(s.series_id, 0, 0, "a"))  # a late duplicate: a works again, its idle notice is void
+    c.tick()
+    assert not c.series[s.series_id].closed
+    clock.t += 0.5
+    c.worker_idle("a")
+    c.tick()
+    state = c.series[s.series_id]
+    assert state.closed and state.dropped_images == [1, 2] and state.tally.dropped == {"worker_lost": 2}
+    check_balance(c)

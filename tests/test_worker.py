@@ -75,6 +75,15 @@ class Rig:
         self.ctx.term()
 
 
+def next_result(results: zmq.Socket) -> wire.Message:
+    """The next message on a worker's results socket that is not an idle notice (a worker
+    says it is idle every IDLE_NOTICE_S without frames)."""
+    while True:
+        msg = wire.decode(results.recv_multipart())
+        if msg.kind != "idle":
+            return msg
+
+
 @pytest.fixture
 def rig(tmp_path):
     r = Rig(tmp_path)
@@ -211,13 +220,13 @@ def test_worker_drops_a_frame_whose_series_the_collector_does_not_know(tmp_path)
         request = wire.decode(parts)
         assert request.kind == "series_request" and request.body["series_id"] == s.series_id
         router.send_multipart([ident, *wire.encode("unknown_series", {"series_id": s.series_id})])
-        result = pipeline_messages.result_from(wire.decode(results.recv_multipart()))
+        result = pipeline_messages.result_from(next_result(results))
         assert result.drop_reason == "unknown_series"
         frames.send_multipart([b"\x93garbage"])  # unreadable: counted by the worker, loop goes on
         frames.send_multipart(pipeline_messages.encode_frame(make_frame(s, 1, 1), 1), copy=False)
         ident, *parts = router.recv_multipart()
         router.send_multipart([ident, *pipeline_messages.encode_series(s)])
-        result = pipeline_messages.result_from(wire.decode(results.recv_multipart()))
+        result = pipeline_messages.result_from(next_result(results))
         assert result.stats["n_spots"] == 1 and w.n_bad_messages == 1
         w.stop.set()
         t.join(10)
