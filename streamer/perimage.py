@@ -37,6 +37,7 @@ from streamer import band_decode, codecs
 from streamer.config import Config
 from streamer.errors import BadFrame
 from streamer.geometry import Experiment
+from streamer.header_corrections import geometry_problems
 from streamer.ice_rings import IceRingShells, ice_ring_table
 from streamer.masks import SeriesMask
 from streamer.resolution_estimate import E_CUTOFF
@@ -124,10 +125,10 @@ def default_min_spot_size(series: SeriesInfo) -> int:
 
 
 def _experiment(series: SeriesInfo) -> Experiment:
-    """The series' geometry; without a usable wavelength (a header with no geometry) one that
-    gives no resolutions, as a distance of 0 does (`header_corrections.geometry_problems` says
-    so once per series): spots are still found."""
-    if not (math.isfinite(series.wavelength_A) and series.wavelength_A > 0):
+    """The series' geometry; when it rules out resolutions (`header_corrections.geometry_problems`
+    says why, once per series: a header with no geometry, a detector two-theta) one that gives
+    none, as a distance of 0 does: spots are still found."""
+    if geometry_problems(series):
         series = dataclasses.replace(series, wavelength_A=1.0, distance_mm=math.nan)
     return Experiment.from_series(series)
 

@@ -31,6 +31,12 @@ PIXEL_MASK_BITS = {
 SCAN_AXES = ("omega", "phi", "kappa", "chi")
 
 
+def finite_or_zero(value: Any) -> float:
+    """A header's number, or 0 for anything else (fields that are seldom set)."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return float(value) if ok else 0.0
+
+
 def rotation_scan(angles: dict[str, tuple[Any, Any]]) -> tuple[str, float, float]:
     """(axis, start, increment) of the rotation a header describes: omega's, or else the first
     axis of SCAN_AXES that moves (a phi scan on a kappa goniometer: omega's increment is 0 and
@@ -39,15 +45,11 @@ def rotation_scan(angles: dict[str, tuple[Any, Any]]) -> tuple[str, float, float
     `angles` maps axis names to (start, increment) in degrees as the header gives them; what is
     not a finite number counts as 0 (parsers check omega's themselves), missing axes are still.
     """
-    def number(value: Any) -> float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-        return float(value) if ok else 0.0
-
     for axis in SCAN_AXES:
-        start, increment = (number(v) for v in angles.get(axis, (0.0, 0.0)))
+        start, increment = (finite_or_zero(v) for v in angles.get(axis, (0.0, 0.0)))
         if increment != 0.0:
             return axis, start, increment
-    return "omega", number(angles.get("omega", (0.0, 0.0))[0]), 0.0
+    return "omega", finite_or_zero(angles.get("omega", (0.0, 0.0))[0]), 0.0
 
 
 @dataclass(frozen=True)

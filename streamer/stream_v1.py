@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from streamer.errors import BadHeader, BadMessage
-from streamer.series import SCAN_AXES, EncodedFrame, SeriesInfo, rotation_scan
+from streamer.series import SCAN_AXES, EncodedFrame, SeriesInfo, finite_or_zero, rotation_scan
 
 MAX_JSON_BYTES = 1 << 20  # the biggest real config part is ~1.5 kB
 HEADER, IMAGE, END = "dheader-1.0", "dimage-1.0", "dseries_end-1.0"
@@ -265,7 +265,7 @@ def series_info(header: V1Header, dtype: str | None = None) -> SeriesInfo:
     angles.update({a: (c.get(f"{a}_start"), c.get(f"{a}_increment")) for a in SCAN_AXES[1:]})
     axis, scan_start, increment = rotation_scan(angles)
     raw = {"config": dict(c), "header_detail": header.header_detail, "time_tick_s": time_tick_s(c),
-           "scan_axis": axis}
+           "scan_axis": axis, "two_theta_deg": finite_or_zero(c.get("two_theta_start"))}
     if header.countrate_table is not None:
         raw["countrate_table"] = header.countrate_table
     if header.appendix is not None:

@@ -24,7 +24,7 @@ import numpy as np
 
 from streamer import cbor_splice, codecs
 from streamer.errors import BadFrame, BadHeader, BadMessage
-from streamer.series import SCAN_AXES, EncodedFrame, SeriesInfo, rotation_scan
+from streamer.series import SCAN_AXES, EncodedFrame, SeriesInfo, finite_or_zero, rotation_scan
 
 SELF_DESCRIBE = b"\xd9\xd9\xf7"
 TIME_BASE = 50_000_000  # ticks per second in DECTRIS time rationals
@@ -271,6 +271,8 @@ def series_info(start: V2Start, channel: str | None = None, dtype: str | None = 
     saturation = m.get("saturation_value")
     raw = {k: v for k, v in m.items() if k not in ("pixel_mask", "flatfield", "countrate_correction_lookup_table")}
     raw["scan_axis"] = axis
+    two_theta = gonio.get("two_theta")
+    raw["two_theta_deg"] = finite_or_zero(two_theta.get("start")) if isinstance(two_theta, Mapping) else 0.0
     raw["time_tick_s"] = 1.0 / TIME_BASE
     table = m.get("countrate_correction_lookup_table")
     if isinstance(table, TypedArray) and not isinstance(table.data, Compressed):

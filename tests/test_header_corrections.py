@@ -56,13 +56,16 @@ def test_the_pipeline_processes_the_corrected_series():
     assert [r.stats["phi_deg"] for r in state.results] == [0.0, 0.5, 1.0, 1.5]  # the workers' series too
 
 
-@pytest.mark.parametrize("geometry", [{"wavelength_A": 0.0}, {"distance_mm": 0.0}, {"wavelength_A": float("nan")}])
+@pytest.mark.parametrize("geometry", [{"wavelength_A": 0.0}, {"distance_mm": 0.0}, {"wavelength_A": float("nan")},
+                                      {"raw": {"two_theta_deg": 25.0}}])
 def test_a_header_without_geometry_still_gives_spots(geometry):
     """A stream v1 header sent with no geometry (wavelength 0): the spots, no resolutions.
-    A wavelength of 0 made the analyser's set-up raise, which ended every worker."""
+    A wavelength of 0 made the analyser's set-up raise, which ended every worker. A detector
+    at two-theta 25 deg (not modelled) gave resolutions as if it faced the beam: none now."""
     from streamer.perimage import ImageAnalyser
 
     series = dataclasses.replace(make_series(shape=(200, 180)), **geometry)
+    assert geometry_problems(series)
     image = np.random.default_rng(0).poisson(2.0, (200, 180)).astype("<u2")
     image[50:53, 60:63] = 200
     result = ImageAnalyser(series, Config()).analyse(image, 0)

@@ -176,6 +176,8 @@ def test_a_phi_scan_is_a_rotation_not_stills():
     info = stream_v1.series_info(stream_v1.parse_message([parts[0], json.dumps(config).encode(), *parts[2:]]))
     assert (info.omega_start_deg, info.omega_increment_deg, info.raw["scan_axis"]) == (30.0, 0.2, "phi")
     assert not info.is_still
-    config.update(phi_increment=0.0)
+    assert info.raw["two_theta_deg"] == 0.0
+    config.update(phi_increment=0.0, two_theta_start=20.0)
     info = stream_v1.series_info(stream_v1.parse_message([parts[0], json.dumps(config).encode(), *parts[2:]]))
     assert (info.omega_start_deg, info.omega_increment_deg, info.raw["scan_axis"]) == (12.0, 0.0, "omega")
+    assert info.raw["two_theta_deg"] == 20.0  # a swung detector: `geometry_problems` says it is not modelled
