@@ -58,6 +58,11 @@ class SweepStageThread:
         self._thread = threading.Thread(target=self._run, name="sweep-stages", daemon=True)
         self._thread.start()
 
+    @property
+    def native_id(self) -> int | None:
+        """The thread's id for CPU accounting (`xtalstream bench e2e`)."""
+        return self._thread.native_id
+
     def feed(self, state: SeriesState, result: FrameResult) -> None:
         """Queue a processed result for the series' stages, unless the queue is full (skipped)."""
         depth = self._queue.qsize()

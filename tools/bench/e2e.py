@@ -202,7 +202,7 @@ def run(args) -> dict[str, Any]:
                 store.wait_mapped(120.0)
                 map_s = time.monotonic() - t0
             meter = CpuMeter({"receiver": threading.get_native_id(), "collector": pipe._thread.native_id,
-                              "stages": pipe.collector._stage_thread.native_id,
+                              "stages": pipe.collector.stages.native_id,
                               "store_map": store.mapper.native_id if store and store.mapper else None},
                              [p.pid for p in pipe.processes], proc.pid)
             try:
