@@ -17,7 +17,8 @@ padding after the data). Other CBF compressions and element types go through fab
   gaps between modules and -2 for excluded (bad) pixels; these become bits 0 ("gap") and 1
   ("dead") of the pixel mask (DECTRIS bit meanings, `streamer.series.PIXEL_MASK_BITS`). The
   int32 pixels are passed on as "<u4", as a PILATUS4/EIGER detector streams them: the bytes are
-  unchanged, so -1/-2 read as 2**32-1/2**32-2 and must be masked with the pixel mask.
+  unchanged, so -1/-2 read as 2**32-1/2**32-2 and must be masked with the pixel mask. Frames
+  encoded for streaming (`frame`) carry both as 2**32-1, a DECTRIS stream's inactive value.
 - SMV: PIXEL_SIZE, DISTANCE (mm), WAVELENGTH (A), OSC_START/OSC_RANGE (deg). The beam centre
   follows the first header convention present: DIALS_ORIGIN (mm, fast +x, slow -y: beam centre
   = -origin_x and +origin_y); MOSFLM_CENTER_X/Y as nanoBragg writes it (X along slow; pixel
@@ -355,7 +356,15 @@ class ImageSeriesSource:
         return data
 
     def frame(self, index: int) -> EncodedFrame:
+        """Image `index` encoded as a detector streams it. CBF pixels the PILATUS flagged (-1 gap,
+        -2 bad) become all ones, the value a DECTRIS stream gives every pixel its mask flags
+        (`masks.inactive_value`): without the mask (header detail "basic") a bad pixel then
+        reads as inactive, not as an overload."""
         pixels = self.pixels(index)
+        if self.kind == "cbf":
+            signed = np.array(pixels).view(np.int32)  # a copy: fabio's array is not ours to change
+            np.maximum(signed, -1, out=signed)
+            pixels = signed.view(pixels.dtype)
         if self.encoding == "raw":
             data = pixels.tobytes()
         else:
