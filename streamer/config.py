@@ -11,10 +11,10 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from streamer.errors import BadConfig
 
@@ -74,8 +74,9 @@ class SpotfindingConfig(Section):
         "dispersion_extended", description="threshold algorithm (DIALS 3.12 default: dispersion_extended)"
     )
     gain: float = Field(1.0, gt=0, description="detector gain (ADU per photon)")
-    kernel_size: tuple[int, int] = Field(
-        (3, 3), description="half-size of the local window (fast, slow): 3 -> 7x7 (DIALS phil kernel_size lists slow first)"
+    kernel_size: tuple[Annotated[int, Field(ge=1)], Annotated[int, Field(ge=1)]] = Field(
+        (3, 3), description="half-sizes of the local window as DIALS 3.12's phil kernel_size acts on them: "
+        "(slow, fast), rows first; 3 -> 7 pixels"
     )
     sigma_background: float = Field(6.0, gt=0, description="index-of-dispersion threshold for background")
     sigma_strong: float = Field(3.0, gt=0, description="pixel threshold above the local mean in sigmas")
@@ -95,13 +96,28 @@ class SpotfindingConfig(Section):
     radial_bin_width: float = Field(0.002, gt=0, description="bin width of the radial background profile in 1/d^2 (A^-2)")
     radial_row_step: int = Field(8, ge=1, description="radial profile and background sample every Nth row")
 
+    @model_validator(mode="after")
+    def _min_local_fits_the_window(self) -> SpotfindingConfig:
+        slow, fast = self.kernel_size
+        if self.min_local > (2 * slow + 1) * (2 * fast + 1):
+            raise ValueError(f"min_local {self.min_local} is more than the {2 * slow + 1}x{2 * fast + 1} window's "
+                             f"{(2 * slow + 1) * (2 * fast + 1)} pixels: no pixel could be strong")
+        return self
+
+    @property
+    def window_fast_slow(self) -> tuple[int, int]:
+        """`kernel_size` in the kernels' order (fast, slow)."""
+        slow, fast = self.kernel_size
+        return fast, slow
+
 
 class MaskConfig(Section):
     untrusted_rectangles: list[tuple[int, int, int, int]] = Field(
         default_factory=list, description="[x0, x1, y0, y1] pixel ranges to ignore (half-open)"
     )
     untrusted_circles: list[tuple[float, float, float]] = Field(
-        default_factory=list, description="[x, y, radius] in pixels to ignore (e.g. a backstop)"
+        default_factory=list, description="[x, y, radius] in pixels to ignore (e.g. a backstop); "
+        "as DIALS's untrusted.circle, pixel (i, j) is out when (i - x)^2 + (j - y)^2 < radius^2"
     )
     untrusted_polygons: list[list[tuple[float, float]]] = Field(
         default_factory=list, description="polygons of (x, y) pixel vertices to ignore (arms, shadows)"

@@ -67,8 +67,8 @@ def user_mask(image_shape: tuple[int, int], config: MaskConfig) -> np.ndarray:
     if config.untrusted_circles or config.untrusted_polygons:
         yc = np.arange(ny, dtype=np.float64)[:, None] + 0.5
         xc = np.arange(nx, dtype=np.float64)[None, :] + 0.5
-        for x, y, radius in config.untrusted_circles:
-            mask[(xc - x) ** 2 + (yc - y) ** 2 <= radius * radius] = 0
+        for x, y, radius in config.untrusted_circles:  # as DIALS's untrusted.circle: the pixel's index, not its centre
+            mask[(xc - 0.5 - x) ** 2 + (yc - 0.5 - y) ** 2 < radius * radius] = 0
         for polygon in config.untrusted_polygons:
             if len(polygon) >= 3:
                 mask[_polygon_inside(xc, yc, list(polygon))] = 0

@@ -206,7 +206,7 @@ class ImageAnalyser:
         see `prepare`; `radial`: the pass may take the radial sums too (`radial_in_pass`)."""
         sf = self.params
         try:
-            return strong_pixels(image, self.mask, sf.algorithm, tuple(sf.kernel_size), sf.sigma_background,
+            return strong_pixels(image, self.mask, sf.algorithm, sf.window_fast_slow, sf.sigma_background,
                                  sf.sigma_strong, sf.global_threshold, sf.min_local, sf.gain, self.trusted_range,
                                  self.workspace, source=source, flagged=self.series_mask.inactive,
                                  radial=self.radial_in_pass if radial else None)
@@ -339,7 +339,7 @@ class ImageAnalyser:
             for path in ("auto", "packed", "banded"):  # every pass a frame of this series may take
                 ws = DispersionWorkspace(small.shape)
                 try:
-                    idx = strong_pixels(small, mask, algorithm, tuple(sf.kernel_size), sf.sigma_background,
+                    idx = strong_pixels(small, mask, algorithm, sf.window_fast_slow, sf.sigma_background,
                                         sf.sigma_strong, sf.global_threshold, sf.min_local, sf.gain,
                                         self.trusted_range, ws, path=path, final=final).copy()
                 except ValueError:  # that pass does not apply to this series (float frames, large windows)
@@ -351,10 +351,13 @@ class ImageAnalyser:
             view = out.view()
             view.flags.writeable = False
             for path in ("auto", "packed"):  # decoded before the pass, then inside it
-                strong_pixels(view, mask, sf.algorithm, tuple(sf.kernel_size), sf.sigma_background, sf.sigma_strong,
-                              sf.global_threshold, sf.min_local, sf.gain, self.trusted_range,
-                              DispersionWorkspace(small.shape), path=path,
-                              source=band_decode.bslz4_band_source(frame, out))
+                try:
+                    strong_pixels(view, mask, sf.algorithm, sf.window_fast_slow, sf.sigma_background,
+                                  sf.sigma_strong, sf.global_threshold, sf.min_local, sf.gain, self.trusted_range,
+                                  DispersionWorkspace(small.shape), path=path,
+                                  source=band_decode.bslz4_band_source(frame, out))
+                except ValueError:  # the packed pass does not apply (windows of 64 pixels or more)
+                    continue
         labels, n = label_pixels(idx, small.shape)
         spot_moments(idx, small.reshape(-1)[idx], labels, n, small.shape)
         columns = image_spots(idx, small.reshape(-1)[idx], small.shape, 1, 1000, 2.0, 0, self._geometry)

@@ -37,3 +37,13 @@ def test_missing_file_is_a_clear_error(tmp_path):
 def test_config_is_frozen():
     with pytest.raises(Exception):
         Config().spotfinding.gain = 2.0
+
+
+def test_spotfinding_window_and_min_local_are_checked():
+    """As DIALS: half-sizes of at least 1, and min_local no more than the window's pixels."""
+    from streamer.config import SpotfindingConfig
+
+    assert SpotfindingConfig(kernel_size=(1, 3), min_local=21).window_fast_slow == (3, 1)
+    for bad in ({"kernel_size": (0, 3)}, {"kernel_size": (1, 3), "min_local": 22}):
+        with pytest.raises(ValueError):
+            SpotfindingConfig(**bad)

@@ -171,6 +171,11 @@ def test_mask_helpers():
                                           untrusted_polygons=[[(5.0, 5.0), (9.0, 5.0), (9.0, 9.0)]]))
     assert mask[0, 2] == 0 and mask[0, 4] == 1 and mask[1, 2] == 1
     assert mask[6, 8] == 0 and mask[6, 5] == 1  # (8.5, 6.5) inside the triangle, (5.5, 6.5) outside
+    # circles as DIALS's untrusted.circle=3,4,2: pixel (i, j) out when (i-3)^2 + (j-4)^2 < 4
+    circle = user_mask((10, 10), MaskConfig(untrusted_circles=[(3.0, 4.0, 2.0)]))
+    out = {(int(j), int(i)) for j, i in zip(*np.nonzero(circle == 0))}
+    assert out == {(j, i) for j in range(10) for i in range(10) if (i - 3) ** 2 + (j - 4) ** 2 < 4}
+    assert (4, 5) not in out and (4, 4) in out  # on the circle is kept
     gaps = pilatus_gap_mask((2527, 2463))
     assert gaps is not None and gaps[:, 487:494].sum() == 0 and gaps[195:212].sum() == 0 and gaps[0, 486] == 1
     assert pilatus_gap_mask((100, 100)) is None
@@ -362,3 +367,18 @@ def test_warm_up_compiles_what_frames_use():
         an.analyse(image, 0, source)
     grown = [k.__name__ for k in compiled if len(k.signatures) != before[k]]
     assert not grown, f"compiled on a frame: {grown}"
+
+
+@pytest.mark.parametrize("kernel_size", [(4, 4), (5, 5)])
+def test_large_kernel_windows_set_up_and_find_spots(kernel_size):
+    """Windows of 64 pixels or more have no packed pass: set-up (which warms every pass a frame
+    may take) skips it, and frames, decoded in the pass or before it, still give the spots."""
+    config = Config.model_validate({"spotfinding": {"kernel_size": list(kernel_size)}})
+    an = ImageAnalyser(series(), config)
+    frame = spots_frame(POSITIONS)
+    direct = an.analyse(frame, 0)
+    assert direct.n_spots == len(POSITIONS)
+    encoded = EncodedFrame("s", 0, SHAPE, "<u4", "bslz4", codecs.encode(frame, "bslz4"))
+    image, source = an.prepare(encoded, np.empty(SHAPE, dtype="<u4"))
+    in_pass = an.analyse(image, 0, source)
+    np.testing.assert_array_equal(in_pass.spots.pixel_index, direct.spots.pixel_index)

@@ -36,7 +36,8 @@ def build_parser():
     p.add_argument("--sigma-strong", type=float, help="pixel threshold in sigmas above the local mean")
     p.add_argument("--global-threshold", type=float, help="strong pixels must also exceed this value")
     p.add_argument("--min-local", type=int, help="minimum valid pixels in the local window")
-    p.add_argument("--kernel-size", type=int, nargs=2, metavar=("FAST", "SLOW"), help="local window half-size")
+    p.add_argument("--kernel-size", type=int, nargs=2, metavar=("SLOW", "FAST"),
+                   help="local window half-sizes, rows first: the order in which DIALS's kernel_size acts (7x7: 3 3)")
     p.add_argument("--gain", type=float, help="detector gain (ADU per photon)")
     p.add_argument("--min-spot-size", type=int, help="smallest spot in pixels (default: 3 for pixel detectors, 6 CCD)")
     p.add_argument("--max-spot-size", type=int, help="largest spot in pixels")
@@ -48,7 +49,10 @@ def build_parser():
 
 
 def effective_config(args):
+    from pydantic import ValidationError
+
     from streamer.config import load_config, log_modified
+    from streamer.errors import BadConfig
 
     config = load_config(args.config)
     updates = {name: getattr(args, name) for name in (
@@ -57,7 +61,10 @@ def effective_config(args):
     if args.kernel_size is not None:
         updates["kernel_size"] = tuple(args.kernel_size)
     if updates:
-        spotfinding = config.spotfinding.model_validate({**config.spotfinding.model_dump(), **updates})
+        try:
+            spotfinding = config.spotfinding.model_validate({**config.spotfinding.model_dump(), **updates})
+        except ValidationError as exc:
+            raise BadConfig(f"invalid spot-finding option: {exc}") from exc
         config = config.model_copy(update={"spotfinding": spotfinding})
     log_modified(config)
     return config
