@@ -53,7 +53,11 @@ class DetectorSender:
         self.send_timeout_s: float | None = None
         self.stalled = False  # a message timed out: no consumer to give queued messages to
         self.give_up_after(send_timeout_s)
-        self.socket.bind(bind_url)
+        try:
+            self.socket.bind(bind_url)
+        except zmq.ZMQError:  # an open socket would keep the context from terminating (replay hung)
+            self.socket.close(linger=0)
+            raise
         self.endpoint = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
         self._series: SeriesInfo | None = None
         self._series_number = 0

@@ -204,6 +204,18 @@ def test_replay_command_line(shared_data, tmp_path, capsys):
     assert "sent 8 frames" in out
     assert replay_main([str(tmp_path / "missing.h5"), "--bind", url]) == 2
     assert replay_main([str(master), "--rate", "-1"]) == 2
+    busy = zmq.Context.instance().socket(zmq.PULL)
+    port = busy.bind_to_random_port("tcp://127.0.0.1")
+    try:  # an address it cannot bind: exit 2 at once (the open socket kept the context from ending)
+        for bind in ("foo", f"tcp://127.0.0.1:{port}"):
+            done = {}
+            thread = threading.Thread(target=lambda: done.update(rc=replay_main([str(master), "--bind", bind])),
+                                      daemon=True)
+            thread.start()
+            thread.join(timeout=30)
+            assert done == {"rc": 2}, bind
+    finally:
+        busy.close(linger=0)
 
 
 def test_wait_for_consumer_holds_the_start(shared_data, tmp_path):

@@ -42,6 +42,11 @@ def test_simulate_bad_arguments_exit_2(tmp_path):
     assert simulate.main(["--images", "2", "--out", str(tmp_path / "x.h5"), "--space-group", "Q 99"]) == 2
     assert simulate.main(["--images", "2", "--out", str(tmp_path / "x.h5"), "--detector", "nope"]) == 2
     assert simulate.main(["--images", "2"]) == 2  # neither --bind nor --out
+    for bad in (["--wavelength", "0"], ["--distance", "-5"], ["--cell", "-1", "10", "10", "90", "90", "90"],
+                ["--cell", "10", "10", "10", "90", "90", "200"], ["--cell", "10", "10", "10", "120", "120", "120"]):
+        assert simulate.main(["--images", "2", "--out", str(tmp_path / "x.h5"), *bad]) == 2, bad
+    assert simulate.main(["--images", "2", "--out", "/proc/no/such/x.h5"]) == 2  # a folder that cannot be made
+    assert not (tmp_path / "x.h5").exists()
 
 
 @pytest.mark.slow
@@ -169,3 +174,18 @@ def test_simulate_wait_timeout_is_an_error_not_a_crash(tmp_path, capsys):
     url = f"ipc://{tmp_path}/det.sock"
     assert simulate.main([*ARGS, "--bind", url, "--wait-for-consumer", "--wait-timeout", "0.2"]) == 2
     assert "no consumer connected" in capsys.readouterr().err
+
+
+def test_findspots_bad_options_exit_2(tmp_path, capsys):
+    """An option value out of range, or an output folder that cannot be made: exit 2 with what
+    was wrong (they were 'internal error' tracebacks, status 1)."""
+    from streamer.commands.findspots import main
+
+    master = tmp_path / "sweep_master.h5"
+    assert simulate.main([*ARGS[:5], "1", *ARGS[6:], "--out", str(master)]) == 0
+    capsys.readouterr()
+    for bad in (["--sigma-strong", "-1"], ["--kernel-size", "0", "3"], ["--kernel-size", "1", "1", "--min-local", "10"]):
+        assert main([str(master), "--out", str(tmp_path / "spots.csv"), *bad]) == 2, bad
+        assert "invalid spot-finding option" in capsys.readouterr().err
+    assert main([str(master), "--out", "/proc/no/such/spots.csv"]) == 2
+    assert "/proc/no" in capsys.readouterr().err

@@ -91,9 +91,16 @@ def spec_from_args(args):
     try:
         space_group = gemmi.SpaceGroup(args.space_group).hm if args.space_group else (mtz_sg or preset.space_group)
         cell = tuple(args.cell) if args.cell else (mtz_cell or preset.cell)
-        gemmi.UnitCell(*cell)
+        volume = gemmi.UnitCell(*cell).volume
     except (ValueError, RuntimeError) as exc:
         raise BadInput(f"bad cell or space group: {exc}", reason="bad_argument") from exc
+    if not (min(cell[:3]) > 0 and all(0 < angle < 180 for angle in cell[3:])
+            and volume > 1e-6 * cell[0] * cell[1] * cell[2]):
+        raise BadInput(f"bad cell {' '.join(f'{v:g}' for v in cell)}: lengths must be positive and the angles make "
+                       "a cell of positive volume", reason="bad_argument")
+    for name, value in (("--wavelength", args.wavelength), ("--distance", args.distance)):
+        if value is not None and not value > 0:
+            raise BadInput(f"{name} must be positive, not {value:g}", reason="bad_argument")
     if args.images < 1:
         raise BadInput("--images must be at least 1", reason="bad_argument")
     if args.oscillation[1] == 0:

@@ -31,6 +31,15 @@ def _address_error(exc: Exception) -> bool:
     return network and getattr(exc, "errno", None) in ADDRESS_ERRORS
 
 
+PATH_ERRORS = {errno.ENOENT, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EISDIR, errno.ENOSPC,
+               errno.EEXIST}
+
+
+def _path_error(exc: BaseException) -> bool:
+    """A file or folder the user named that cannot be read or written (the error names it)."""
+    return isinstance(exc, OSError) and exc.errno in PATH_ERRORS and exc.filename is not None
+
+
 def cli_errors(func: Callable[..., int]) -> Callable[..., int]:
     """Exit 2 with a message on bad input or arguments, 1 on an internal error."""
 
@@ -49,6 +58,9 @@ def cli_errors(func: Callable[..., int]) -> Callable[..., int]:
         except Exception as exc:
             if _address_error(exc):  # e.g. a --listen port in use: the user's input, not a bug
                 print(f"xtalstream: error: cannot use that network address: {exc}", file=sys.stderr)
+                return 2
+            if _path_error(exc):  # e.g. --out in a folder that cannot be made
+                print(f"xtalstream: error: {exc}", file=sys.stderr)
                 return 2
             log.exception("internal error")
             return 1
