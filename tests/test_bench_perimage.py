@@ -97,3 +97,15 @@ def test_shared_data_is_found_from_the_working_directory(tmp_path, monkeypatch):
     assert dials_compare.shared_thaumatin() == tmp_path / "shared" / dials_compare.THAUMATIN
     monkeypatch.setenv("XTALSTREAM_SHARED", str(tmp_path / "elsewhere"))
     assert dials_compare.shared_thaumatin() == tmp_path / "elsewhere" / dials_compare.THAUMATIN
+
+
+def test_bench_help_lists_the_benchmarks_options_and_bad_counts_exit_2(capsys):
+    from tools import bench
+
+    assert bench.main(["perimage", "--help"]) == 0
+    assert "--frames" in capsys.readouterr().out
+    assert bench.main(["--help"]) == 0
+    assert "perimage" in capsys.readouterr().out
+    for bad in (["decode", "--frames", "0"], ["e2e", "--workers", "0"], []):
+        assert bench.main(bad) == 2, bad
+        capsys.readouterr()

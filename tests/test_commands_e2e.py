@@ -121,3 +121,26 @@ def test_demo_exits_when_the_simulator_fails(tmp_path, capsys):
     code = demo_main(["--images", "3", "--preset", "no-such-crystal", "--out", str(tmp_path / "d"),
                       "--http", "off", "--workers", "1"])
     assert code != 0
+
+
+def test_ctrl_c_while_finishing_stops_the_wait_not_the_run():
+    """`run` after a first Ctrl-C waits for the workers' last results; a second one ends that
+    wait (the outputs are then written) instead of a traceback from inside a lock, status 1."""
+    import os
+    import signal
+    import threading
+    import time
+
+    from streamer.commands.run import _wait_unless_hurried
+
+    class NeverDone:  # a pipeline whose workers never answer
+        def wait(self, timeout):
+            time.sleep(timeout)
+            return False
+
+    previous = signal.getsignal(signal.SIGINT)
+    threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT)).start()
+    started = time.monotonic()
+    _wait_unless_hurried(NeverDone(), 30.0)
+    assert time.monotonic() - started < 5
+    assert signal.getsignal(signal.SIGINT) is previous

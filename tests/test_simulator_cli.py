@@ -184,7 +184,8 @@ def test_findspots_bad_options_exit_2(tmp_path, capsys):
     master = tmp_path / "sweep_master.h5"
     assert simulate.main([*ARGS[:5], "1", *ARGS[6:], "--out", str(master)]) == 0
     capsys.readouterr()
-    for bad in (["--sigma-strong", "-1"], ["--kernel-size", "0", "3"], ["--kernel-size", "1", "1", "--min-local", "10"]):
+    for bad in (["--sigma-strong", "-1"], ["--kernel-size", "0", "3"],
+                ["--kernel-size", "1", "1", "--min-local", "10"]):
         assert main([str(master), "--out", str(tmp_path / "spots.csv"), *bad]) == 2, bad
         assert "invalid spot-finding option" in capsys.readouterr().err
     assert main([str(master), "--out", "/proc/no/such/spots.csv"]) == 2

@@ -15,10 +15,13 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from streamer.commands.common import cli_errors, parser
 from streamer.errors import BadInput
+
+if TYPE_CHECKING:
+    from streamer.pipeline import Pipeline
 
 log = logging.getLogger(__name__)
 
@@ -176,10 +179,10 @@ def run_session(
                 try:
                     pipe.feed(events(), once=once, stop=stop)
                 except KeyboardInterrupt:
-                    log.warning("interrupted: finishing with the frames received so far")
+                    log.warning("interrupted: finishing with the frames received so far (Ctrl-C again: at once)")
                     if on_stop is not None:
                         on_stop()
-                pipe.wait(config.fanout.result_timeout_s + 60)
+                _wait_unless_hurried(pipe, config.fanout.result_timeout_s + 60)
             done.set()
             if writer.is_alive():
                 writer.join()
@@ -200,6 +203,27 @@ def run_session(
     if previous is not None:
         signal.signal(signal.SIGTERM, previous)
     return summary
+
+
+def _wait_unless_hurried(pipe: Pipeline, timeout: float) -> None:
+    """Wait for the workers' last results and the sweep stages; a Ctrl-C meanwhile stops the
+    wait, not the run: the outputs are still written (with the frames still out counted lost)
+    instead of a traceback from inside a lock."""
+    hurry = threading.Event()
+
+    def hurried(*_: Any) -> None:
+        log.warning("interrupted again: writing the outputs without waiting for the workers")
+        hurry.set()
+
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, hurried) if main else None
+    try:
+        deadline = time.monotonic() + timeout
+        while not hurry.is_set() and time.monotonic() < deadline and not pipe.wait(0.2):
+            pass
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
 
 
 def _write(collector, config, out: Path, per_series: set[str] | None = None) -> dict[str, Any]:

@@ -30,18 +30,24 @@ log = logging.getLogger(__name__)
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    p = argparse.ArgumentParser(prog="xtalstream bench", description=__doc__.splitlines()[0])
+    # help once the benchmark has added its own options, so that `bench NAME --help` lists them
+    p = argparse.ArgumentParser(prog="xtalstream bench", description=__doc__.splitlines()[0], add_help=False)
     p.add_argument("name", choices=sorted(BENCHMARKS), help="; ".join(f"{k}: {v}" for k, v in BENCHMARKS.items()))
     p.add_argument("--detector", choices=["4M", "16M"], default="4M", help="frame size to benchmark")
     p.add_argument("--workers", type=int, default=None, help="worker processes (e2e)")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     p.add_argument("--config", metavar="FILE.yaml", help="configuration file or directory (YAML)")
-    known, _ = p.parse_known_args(argv)
-    module = importlib.import_module(f"tools.bench.{known.name}")
-    if hasattr(module, "add_arguments"):
-        module.add_arguments(p)
     try:
-        args = p.parse_args(argv)
+        names = [a for a in argv if a in BENCHMARKS]
+        if names:
+            module = importlib.import_module(f"tools.bench.{names[0]}")
+            if hasattr(module, "add_arguments"):
+                module.add_arguments(p)
+        p.add_argument("-h", "--help", action="help", help="show this help message and exit")
+        args = p.parse_args(argv)  # without a benchmark's name: help, or the error that names are required
+        for option in ("frames", "workers"):
+            if getattr(args, option, None) is not None and getattr(args, option) < 1:
+                p.error(f"--{option} must be at least 1")
     except SystemExit as exc:
         return int(exc.code or 0)
     figures = module.run(args)
