@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import threading
 import time
 from collections import deque
@@ -216,9 +217,13 @@ class Collector:
         self.joined.add(name)
         self.gone.discard(name)
 
-    def worker_idle(self, name: str) -> None:
-        """A worker has had no frame to work on for a while (it says so every IDLE_NOTICE_S)."""
-        self.idle[name] = self.clock()
+    def worker_idle(self, name: str, sent_at: Any = None) -> None:
+        """A worker has had no frame to work on for a while (it says so every IDLE_NOTICE_S).
+        `sent_at` (wall clock, seconds) dates the notice when it was sent: one read late, behind
+        a backlog of results, must not count as idleness after a frame dispatched meanwhile."""
+        now = self.clock()
+        late = time.time() - sent_at if isinstance(sent_at, (int, float)) and math.isfinite(sent_at) else 0.0
+        self.idle[name] = now - max(0.0, late)
 
     def worker_gone(self, name: str) -> None:
         """A worker exited: the frames in its queue are lost; those that every worker still

@@ -156,7 +156,7 @@ class CollectorService:
         try:
             msg = wire.decode(parts)
             if msg.kind == "idle":  # a worker with nothing to do (`Worker.IDLE_NOTICE_S`)
-                self.collector.worker_idle(str(msg.body.get("worker")))
+                self.collector.worker_idle(str(msg.body.get("worker")), msg.body.get("sent_at"))
                 return
             result = pipeline_messages.result_from(msg)
         except wire.WireError as exc:  # the frame it was about will time out as worker_lost

@@ -211,10 +211,11 @@ class Worker:
                 events = dict(poller.poll(100))
                 if self.model in events:
                     self._on_model(self.model.recv_multipart(copy=False))
+                    busy_at = time.monotonic()  # a series' set-up takes seconds: frames may have come meanwhile
                 if self.frames in events:
                     self._on_frame(self.frames.recv_multipart(copy=False))
                     busy_at = time.monotonic()
-                elif time.monotonic() - busy_at > IDLE_NOTICE_S:
+                elif time.monotonic() - busy_at > IDLE_NOTICE_S and not self.frames.poll(0):
                     self._say_idle()
                     busy_at = time.monotonic()
         finally:
@@ -225,9 +226,11 @@ class Worker:
     def _say_idle(self) -> None:
         """Tell the collector this worker's queue is empty. On the results socket, after every
         result sent before it: a frame of a dead worker's queue that no live worker has (and so
-        no later frame passes, at a series' end) is given up at once, not after the timeout."""
+        no later frame passes, at a series' end) is given up at once, not after the timeout. It
+        says when it was sent: the collector may read it late, behind a backlog of results."""
         try:
-            self.results.send_multipart(wire.encode("idle", {"worker": self.name}), zmq.DONTWAIT)
+            self.results.send_multipart(wire.encode("idle", {"worker": self.name, "sent_at": time.time()}),
+                                        zmq.DONTWAIT)
         except zmq.Again:  # the collector is not reading: nothing is waiting on this notice
             pass
 

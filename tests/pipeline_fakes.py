@@ -116,3 +116,22 @@ class DecodeOnlyAnalyser:
 
     def analyse(self, image: np.ndarray, image_number: int) -> dict:
         return {"image_number": image_number, "n_spots": 0}
+
+
+class SlowSetUpAnalyser(CountingAnalyser):
+    """Set-up takes 2.5 s for series 'slow' (a big detector, a dtype compiled on first use) and
+    each of its frames 0.2 s: frames arrive while the workers are still setting up."""
+
+    def __init__(self, series: SeriesInfo, config=None):
+        import time
+
+        if series.series_id == "slow":
+            time.sleep(2.5)
+        super().__init__(series, config)
+
+    def analyse(self, image: np.ndarray, image_number: int) -> CountingResult:
+        import time
+
+        if self.series.series_id == "slow":
+            time.sleep(0.2)
+        return super().analyse(image, image_number)

@@ -4,6 +4,7 @@ a reason, results come out in frame order, lost frames are given up on time, nev
 from __future__ import annotations
 
 import random
+import time
 
 import numpy as np
 import pytest
@@ -453,7 +454,10 @@ def test_idle_notices_settle_the_last_frames_of_a_dead_workers_queue():
     c.tick()
     assert not c.series[s.series_id].closed
     clock.t += 0.5
-    c.worker_idle("a")
+    c.worker_idle("a", time.time() - 1.0)  # sent a second ago, read late behind results: before the grace
+    c.tick()
+    assert not c.series[s.series_id].closed
+    c.worker_idle("a", time.time())
     c.tick()
     state = c.series[s.series_id]
     assert state.closed and state.dropped_images == [1, 2] and state.tally.dropped == {"worker_lost": 2}

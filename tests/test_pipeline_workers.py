@@ -130,3 +130,28 @@ def test_live_last_frames_of_a_killed_worker_go_once_the_survivor_is_idle(tmp_pa
     assert frames["received"] == 40 and balanced(frames)
     assert 39 in state.dropped_images and set(frames["dropped"]) == {"worker_lost"}, frames
     assert waited < 10.0
+
+
+@pytest.mark.slow
+def test_a_worker_setting_up_a_series_is_not_idle(tmp_path):
+    """After a worker died, the next series' frames reach the survivors while they set that
+    series up (seconds): they must not say they are idle then, or the collector gives up
+    frames still in their queues (all 6 were dropped as worker_lost, their results ignored)."""
+    with Pipeline(Config(), n_workers=3, live=True, worker_args=fake_args("SlowSetUpAnalyser"), worker_env=ENV,
+                  result_timeout_s=60.0) as pipe:
+        first = make_series("first", n_images=6)
+        pipe.feed([first] + [make_frame(first, i, 3) for i in range(6)] + [SeriesEnd("first")], last=False)
+        assert pipe.collector.wait_closed(1, 30)
+        victim = pipe.processes[0]
+        victim.send_signal(signal.SIGKILL)
+        victim.wait(10)
+        deadline = time.monotonic() + 10
+        while not pipe.collector.gone and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert pipe.collector.gone
+        slow = make_series("slow", n_images=6)
+        pipe.feed([slow], last=False)
+        time.sleep(0.3)  # armed, then triggered
+        pipe.feed([make_frame(slow, i, 3) for i in range(6)] + [SeriesEnd("slow")], last=False)
+        assert pipe.collector.wait_closed(2, 90)
+        assert pipe.collector.series["slow"].tally.as_dict() == {"received": 6, "processed": 6, "dropped": {}}
