@@ -51,7 +51,7 @@ def geometry_problems(series: SeriesInfo) -> list[str]:
         problems.append(f"wavelength {series.wavelength_A} A (set geometry.wavelength_A)")
     if not all(math.isfinite(v) and v > 0 for v in series.pixel_size_mm):
         problems.append(f"pixel size {series.pixel_size_mm} mm")
-    two_theta = series.raw.get("two_theta_deg", 0.0)
+    two_theta = series.two_theta_deg
     if two_theta:  # a detector on a swung arm: its plane is tilted by an angle and about an axis not modelled
         problems.append(f"detector two-theta {two_theta:g} deg (not modelled: collect at two-theta 0)")
     if not all(math.isfinite(v) for v in series.beam_centre_px):

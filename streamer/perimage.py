@@ -111,7 +111,7 @@ class ImageResult:
 # what the per-series set-up depends on besides the pixel mask (phi and timing do not enter it)
 SETUP_FIELDS = ("image_shape", "dtype", "source", "detector_description", "pixel_size_mm", "beam_centre_px",
                 "distance_mm", "wavelength_A", "fast_axis", "slow_axis", "rotation_axis", "saturation_value",
-                "bit_depth_image")
+                "bit_depth_image", "two_theta_deg")
 
 WARM_DTYPES = ("<u2", "<u4")  # EIGER 16/32-bit frames (others compile with their first series)
 

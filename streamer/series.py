@@ -42,14 +42,25 @@ def rotation_scan(angles: dict[str, tuple[Any, Any]]) -> tuple[str, float, float
     axis of SCAN_AXES that moves (a phi scan on a kappa goniometer: omega's increment is 0 and
     phi's is not, which is not a still). Without any moving axis, omega's start and 0 (stills).
 
+    Stream headers give angles, not axis vectors: a rotation is modelled about omega's axis
+    (the configured rotation axis), which phi's is only while kappa and chi are at 0. A kappa
+    or chi scan, or a phi scan with kappa or chi off 0, is analysed as stills (increment 0,
+    its axis named "<axis> (not modelled: stills)"), never as a rotation about the wrong axis.
+
     `angles` maps axis names to (start, increment) in degrees as the header gives them; what is
     not a finite number counts as 0 (parsers check omega's themselves), missing axes are still.
     """
+    def start_of(axis: str) -> float:
+        return finite_or_zero(angles.get(axis, (0.0, 0.0))[0])
+
     for axis in SCAN_AXES:
         start, increment = (finite_or_zero(v) for v in angles.get(axis, (0.0, 0.0)))
-        if increment != 0.0:
+        if increment == 0.0:
+            continue
+        if axis == "omega" or (axis == "phi" and start_of("kappa") == 0.0 and start_of("chi") == 0.0):
             return axis, start, increment
-    return "omega", finite_or_zero(angles.get("omega", (0.0, 0.0))[0]), 0.0
+        return f"{axis} (not modelled: stills)", start_of("omega"), 0.0
+    return "omega", start_of("omega"), 0.0
 
 
 @dataclass(frozen=True)
@@ -58,7 +69,7 @@ class SeriesInfo:
 
     `image_shape` is numpy order (rows = slow, cols = fast). `pixel_mask` is the detector's
     bit mask (nonzero = do not use), or None. `raw` keeps the header as received (config
-    dict, for `record`), never used for decisions.
+    dict, for `record`; `scan_axis` for the receiver's log), never used for decisions.
     """
 
     series_id: str
@@ -79,6 +90,7 @@ class SeriesInfo:
     rotation_axis: tuple[float, float, float] = (1.0, 0.0, 0.0)
     omega_start_deg: float = 0.0
     omega_increment_deg: float = 0.0
+    two_theta_deg: float = 0.0  # the detector arm's angle; not modelled (`header_corrections.geometry_problems`)
     count_time_s: float = 0.0
     frame_time_s: float = 0.0
     saturation_value: int | None = None

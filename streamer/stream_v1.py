@@ -265,7 +265,7 @@ def series_info(header: V1Header, dtype: str | None = None) -> SeriesInfo:
     angles.update({a: (c.get(f"{a}_start"), c.get(f"{a}_increment")) for a in SCAN_AXES[1:]})
     axis, scan_start, increment = rotation_scan(angles)
     raw = {"config": dict(c), "header_detail": header.header_detail, "time_tick_s": time_tick_s(c),
-           "scan_axis": axis, "two_theta_deg": finite_or_zero(c.get("two_theta_start"))}
+           "scan_axis": axis}
     if header.countrate_table is not None:
         raw["countrate_table"] = header.countrate_table
     if header.appendix is not None:
@@ -286,6 +286,7 @@ def series_info(header: V1Header, dtype: str | None = None) -> SeriesInfo:
         wavelength_A=wavelength,
         omega_start_deg=scan_start,
         omega_increment_deg=increment,
+        two_theta_deg=finite_or_zero(c.get("two_theta_start")),
         count_time_s=_float(c, "count_time"),
         frame_time_s=_float(c, "frame_time"),
         saturation_value=int(cutoff) if isinstance(cutoff, (int, float)) and not isinstance(cutoff, bool) else None,

@@ -272,7 +272,6 @@ def series_info(start: V2Start, channel: str | None = None, dtype: str | None = 
     raw = {k: v for k, v in m.items() if k not in ("pixel_mask", "flatfield", "countrate_correction_lookup_table")}
     raw["scan_axis"] = axis
     two_theta = gonio.get("two_theta")
-    raw["two_theta_deg"] = finite_or_zero(two_theta.get("start")) if isinstance(two_theta, Mapping) else 0.0
     raw["time_tick_s"] = 1.0 / TIME_BASE
     table = m.get("countrate_correction_lookup_table")
     if isinstance(table, TypedArray) and not isinstance(table.data, Compressed):
@@ -293,6 +292,7 @@ def series_info(start: V2Start, channel: str | None = None, dtype: str | None = 
         wavelength_A=wavelength,
         omega_start_deg=scan_start,
         omega_increment_deg=increment,
+        two_theta_deg=finite_or_zero(two_theta.get("start")) if isinstance(two_theta, Mapping) else 0.0,
         count_time_s=_num(m, "count_time"),
         frame_time_s=_num(m, "frame_time"),
         saturation_value=int(saturation) if isinstance(saturation, int) and not isinstance(saturation, bool) else None,

@@ -57,7 +57,7 @@ def test_the_pipeline_processes_the_corrected_series():
 
 
 @pytest.mark.parametrize("geometry", [{"wavelength_A": 0.0}, {"distance_mm": 0.0}, {"wavelength_A": float("nan")},
-                                      {"raw": {"two_theta_deg": 25.0}}])
+                                      {"two_theta_deg": 25.0}])
 def test_a_header_without_geometry_still_gives_spots(geometry):
     """A stream v1 header sent with no geometry (wavelength 0): the spots, no resolutions.
     A wavelength of 0 made the analyser's set-up raise, which ended every worker. A detector
@@ -70,3 +70,17 @@ def test_a_header_without_geometry_still_gives_spots(geometry):
     image[50:53, 60:63] = 200
     result = ImageAnalyser(series, Config()).analyse(image, 0)
     assert result.n_spots == 1 and result.n_spots_4A == 0 and result.estimated_d_min == -1.0
+
+
+def test_two_theta_reaches_the_workers_and_their_set_up():
+    """The two-theta angle travels with the series to the workers (it was kept in the header's
+    raw part, which stays with the receiver: workers gave resolutions), and an analyser set up
+    at two-theta 0 is not reused for a swung detector."""
+    from streamer import pipeline_messages, wire
+    from streamer.perimage import ImageAnalyser
+
+    series = dataclasses.replace(make_series(shape=(200, 180)), two_theta_deg=25.0)
+    sent = pipeline_messages.series_from(wire.decode(pipeline_messages.encode_series(series)))
+    assert sent.two_theta_deg == 25.0 and geometry_problems(sent)
+    flat = ImageAnalyser(dataclasses.replace(series, two_theta_deg=0.0), Config())
+    assert flat.reuse_for(series) is None

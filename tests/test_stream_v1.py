@@ -176,8 +176,23 @@ def test_a_phi_scan_is_a_rotation_not_stills():
     info = stream_v1.series_info(stream_v1.parse_message([parts[0], json.dumps(config).encode(), *parts[2:]]))
     assert (info.omega_start_deg, info.omega_increment_deg, info.raw["scan_axis"]) == (30.0, 0.2, "phi")
     assert not info.is_still
-    assert info.raw["two_theta_deg"] == 0.0
+    assert info.two_theta_deg == 0.0
     config.update(phi_increment=0.0, two_theta_start=20.0)
     info = stream_v1.series_info(stream_v1.parse_message([parts[0], json.dumps(config).encode(), *parts[2:]]))
     assert (info.omega_start_deg, info.omega_increment_deg, info.raw["scan_axis"]) == (12.0, 0.0, "omega")
-    assert info.raw["two_theta_deg"] == 20.0  # a swung detector: `geometry_problems` says it is not modelled
+    assert info.two_theta_deg == 20.0  # a swung detector: `geometry_problems` says it is not modelled
+
+
+def test_rotations_not_about_omegas_axis_are_stills():
+    """Headers give angles, not axis vectors: phi turns about omega's axis only with kappa and
+    chi at 0. A chi or kappa scan, or phi with kappa off 0, would have been modelled as a
+    rotation about omega's axis (wrong spots joined, a wrong lattice): stills, with the reason."""
+    from streamer.series import rotation_scan
+
+    assert rotation_scan({"omega": (5.0, 0.0), "phi": (30.0, 0.1)}) == ("phi", 30.0, 0.1)
+    assert rotation_scan({"omega": (5.0, 0.0), "phi": (30.0, 0.1), "kappa": (0.0, 0.0), "chi": (0.0, 0.0)})[2] == 0.1
+    for angles in ({"omega": (5.0, 0.0), "phi": (30.0, 0.1), "kappa": (45.0, 0.0)},
+                   {"omega": (5.0, 0.0), "chi": (10.0, 0.1)}, {"omega": (5.0, 0.0), "kappa": (0.0, 0.2)}):
+        axis, start, increment = rotation_scan(angles)
+        assert (start, increment) == (5.0, 0.0) and axis.endswith("(not modelled: stills)"), angles
+    assert rotation_scan({"omega": (5.0, 0.5), "chi": (10.0, 0.1)}) == ("omega", 5.0, 0.5)

@@ -178,5 +178,5 @@ def test_a_phi_scan_is_a_rotation_not_stills():
     fields["goniometer"]["two_theta"] = {"start": 15.0, "increment": 0.0}
     info = stream_v2.series_info(stream_v2.parse_message(cbor2.dumps(cbor2.CBORTag(55799, fields))))
     assert (info.omega_start_deg, info.omega_increment_deg, info.raw["scan_axis"]) == (-40.0, 0.1, "phi")
-    assert info.raw["two_theta_deg"] == 15.0
+    assert info.two_theta_deg == 15.0
     assert not info.is_still
