@@ -428,11 +428,12 @@ class Collector:
             states = [self.series[sid] for sid in order]
             n_series = len(self.order)
             series = [self._entry(s) for s in states]
-            rows = [None if s.done else (list(s.results), list(s.dropped_images)) for s in states]
+            rows = [None if s.done and s.final_warnings is not None else (list(s.results), list(s.dropped_images))
+                    for s in states]
             total = self.total.as_dict()
         for entry, state, row in zip(series, states, rows):
             if row is None:
-                entry["warnings"] = state.final_warnings or []
+                entry["warnings"] = state.final_warnings
             else:
                 entry["warnings"] = sweep_warnings(entry, per_image_rows(state.series, *row), state.series,
                                                    final=state.closed)

@@ -80,7 +80,7 @@ class SpotfindingConfig(Section):
     )
     sigma_background: float = Field(6.0, gt=0, description="index-of-dispersion threshold for background")
     sigma_strong: float = Field(3.0, gt=0, description="pixel threshold above the local mean in sigmas")
-    min_local: int = Field(2, ge=0, description="minimum valid pixels in the local window")
+    min_local: int = Field(2, ge=2, description="minimum valid pixels in the local window (DIALS: more than 1)")
     global_threshold: float = Field(0.0, ge=0, description="strong pixels must also exceed this value")
     min_spot_size: int | None = Field(
         None, ge=1, description="smallest spot in pixels; None: 3 for pixel-array detectors, 6 otherwise (DIALS)"

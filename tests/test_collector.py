@@ -462,3 +462,29 @@ def test_idle_notices_settle_the_last_frames_of_a_dead_workers_queue():
     state = c.series[s.series_id]
     assert state.closed and state.dropped_images == [1, 2] and state.tally.dropped == {"worker_lost": 2}
     check_balance(c)
+
+
+def test_final_warnings_that_failed_are_worked_out_on_each_poll(monkeypatch):
+    """If the final warnings raise in the stage thread, the live summary works them out itself
+    (as the stage's fallback says) instead of showing none."""
+    import streamer.collector as collector_module
+
+    real = collector_module.sweep_warnings
+
+    def failing_once_final(entry, rows, series, final):
+        if series.series_id == "flaky" and final and not getattr(failing_once_final, "failed", False):
+            failing_once_final.failed = True
+            raise RuntimeError("a bug in a warning rule")
+        return real(entry, rows, series, final=final)
+
+    monkeypatch.setattr(collector_module, "sweep_warnings", failing_once_final)
+    c, _ = make()
+    s = make_series("flaky", n_images=2)
+    c.series_start(s)
+    for seq in range(2):
+        c.dispatched(s.series_id, seq, seq, c.clock())
+        c.result(FrameResult(s.series_id, seq, seq, "w", drop_reason="empty_frame"))
+    c.series_end(s.series_id, 2)
+    assert c.wait_closed(1, 10)
+    assert c.series["flaky"].done and c.series["flaky"].final_warnings is None
+    assert [w["kind"] for w in c.summary()["series"][0]["warnings"]] == ["frames_dropped"]

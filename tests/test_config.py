@@ -40,10 +40,11 @@ def test_config_is_frozen():
 
 
 def test_spotfinding_window_and_min_local_are_checked():
-    """As DIALS: half-sizes of at least 1, and min_local no more than the window's pixels."""
+    """As DIALS: half-sizes of at least 1, and min_local more than 1 and no more than the
+    window's pixels (min_local 1 made the analyser's set-up fail: every frame a worker_error)."""
     from streamer.config import SpotfindingConfig
 
     assert SpotfindingConfig(kernel_size=(1, 3), min_local=21).window_fast_slow == (3, 1)
-    for bad in ({"kernel_size": (0, 3)}, {"kernel_size": (1, 3), "min_local": 22}):
+    for bad in ({"kernel_size": (0, 3)}, {"kernel_size": (1, 3), "min_local": 22}, {"min_local": 1}):
         with pytest.raises(ValueError):
             SpotfindingConfig(**bad)
