@@ -67,6 +67,7 @@ class CollectorService:
         self.exited_workers: Callable[[], list[str]] = lambda: []
         self.hello_event = threading.Condition()
         self.stopped = threading.Event()
+        self.hurried = threading.Event()  # `hurry`: stop waiting for the workers' last results
         self.n_bad_messages = 0
 
     def wait_workers(self, n: int, timeout: float) -> bool:
@@ -104,14 +105,20 @@ class CollectorService:
                     self._expire_requests()
                     self._forget_closed_headers()
                     next_tick = now + TICK_S
-                if stop_at is not None and (not self.collector.open or now > stop_at):
+                hurried = self.hurried.is_set()
+                if stop_at is not None and (not self.collector.open or now > stop_at or hurried):
                     self.collector.finish()
                     # the sweep stages' last models (made once their series ended) go out too
-                    self.collector.wait_stages(self.drain_timeout_s)
+                    self.collector.wait_stages(1.0 if hurried else self.drain_timeout_s)
                     self._publish_models()
                     break
         finally:
             self.stopped.set()
+
+    def hurry(self) -> None:
+        """Once the feed has ended, stop waiting for results: open series close now, their
+        frames still out counted as worker_lost (an operator's second Ctrl-C)."""
+        self.hurried.set()
 
     def _drain(self, sock, limit: int = 0) -> Iterator[list[Any]]:
         """The messages waiting on `sock` (at most `limit` if given), without blocking."""

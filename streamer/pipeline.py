@@ -222,6 +222,10 @@ class Pipeline:
             if last:
                 self.fanout.finish()
 
+    def hurry(self) -> None:
+        """Stop waiting for the workers: see `CollectorService.hurry`."""
+        self.service.hurry()
+
     def wait(self, timeout: float | None = None) -> bool:
         """Wait for the collector to account for every frame and the sweep stages to finish."""
         if not self.service.stopped.wait(timeout):

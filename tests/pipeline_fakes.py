@@ -135,3 +135,14 @@ class SlowSetUpAnalyser(CountingAnalyser):
         if self.series.series_id == "slow":
             time.sleep(0.2)
         return super().analyse(image, image_number)
+
+
+class StuckAnalyser(CountingAnalyser):
+    """Never returns image 2 in time (a worker stuck on a frame)."""
+
+    def analyse(self, image: np.ndarray, image_number: int) -> CountingResult:
+        import time
+
+        if image_number == 2:
+            time.sleep(60)
+        return super().analyse(image, image_number)

@@ -207,8 +207,8 @@ def run_session(
 
 def _wait_unless_hurried(pipe: Pipeline, timeout: float) -> None:
     """Wait for the workers' last results and the sweep stages; a Ctrl-C meanwhile stops the
-    wait, not the run: the outputs are still written (with the frames still out counted lost)
-    instead of a traceback from inside a lock."""
+    wait, not the run: open series close at once (frames still out counted as worker_lost) and
+    the outputs are written, instead of a traceback from inside a lock."""
     hurry = threading.Event()
 
     def hurried(*_: Any) -> None:
@@ -221,6 +221,9 @@ def _wait_unless_hurried(pipe: Pipeline, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while not hurry.is_set() and time.monotonic() < deadline and not pipe.wait(0.2):
             pass
+        if hurry.is_set():
+            pipe.hurry()
+            pipe.wait(5.0)
     finally:
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
