@@ -168,8 +168,9 @@ async function poll() {
       (x.warnings || []).map(w => `<div class="bad">${esc(w.kind)}: ${esc(w.message)}<br><i>${esc(w.suggestion)}</i></div>`)
         .join("")).join("<br>");
     const im = await (await fetch("api/images?limit=2000")).json();
-    const last = im.images.length ? im.images[im.images.length - 1].series_id : null;  // plot the latest series
-    images = im.images.filter(p => p.image !== null && p.series_id === last);
+    const frames = im.images.filter(p => p.image !== null && p.series_id);  // not a drop outside any series
+    const last = frames.length ? frames[frames.length - 1].series_id : null;  // plot the latest series
+    images = frames.filter(p => p.series_id === last);
     plot("spots", "n_spots", false); plot("res", "estimated_d_min", true); plot("ice", "ice_rings", false);
   } catch (e) { document.getElementById("series").textContent = "processor not reachable"; }
 }
