@@ -183,13 +183,11 @@ class Receiver:
             if self.socket in ready:
                 parts = self.socket.recv_multipart(copy=False)
                 events = self.handle([p.buffer for p in parts], time.monotonic())
-                if self._monitor in ready:  # after the message: a start read now is known then
-                    self._on_disconnect()
                 if events:
                     return events
                 continue  # e.g. an EIGER 1 header, announced with its first image
-            if self._monitor in ready:
-                self._on_disconnect()
+            if self._monitor in ready:  # once every message received before it is read: a detector
+                self._on_disconnect()   # that closes right after a series' end has ended that series
             if deadline is not None and time.monotonic() >= deadline:
                 return self._idle_events(time.monotonic())
 

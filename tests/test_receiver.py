@@ -396,3 +396,29 @@ def test_a_part_over_the_bound_costs_the_connection_and_is_said(ctx, url, caplog
     assert not errors
     assert any("dropped during series 7" in r.getMessage() and "max_message_bytes = 100000" in r.getMessage()
                for r in caplog.records)
+
+
+def test_a_detector_closing_after_the_end_is_no_dropped_connection(ctx, url, caplog):
+    """A detector (or the simulator) that closes its socket right after a series' end: the
+    disconnect is seen while that series' last messages are still queued here. It was logged
+    as a connection dropped during the series (a false alarm at the end of every demo); the
+    queued messages are read first, the series ends, and the close is not a warning."""
+    series = _series(n=20, dtype="<u2", shape=(64, 64))
+    frames = [EncodedFrame(series.series_id, i, series.image_shape, series.dtype, "raw",
+                           np.full(series.image_shape, i, "<u2").tobytes()) for i in range(20)]
+    with DetectorSender(ctx, url, fmt="v1", header_detail="basic") as sender:
+        receiver = Receiver(ctx, url, ReceiverConfig(idle_timeout_s=60.0))
+        sender.wait_for_receiver(TIMEOUT_S)
+        sender.send_start(series)
+        for frame in frames:
+            sender.send_frame(frame)
+        sender.send_end()
+        time.sleep(0.3)  # all queued at the receiver
+    time.sleep(0.3)  # closed: the disconnect is reported
+    try:
+        with caplog.at_level("INFO", logger="streamer.receiver"):
+            events = collect(receiver, 1)
+    finally:
+        receiver.close()
+    assert sum(isinstance(e, EncodedFrame) for e in events) == 20 and isinstance(events[-1], SeriesEnd)
+    assert not any("dropped during series" in r.getMessage() for r in caplog.records)
