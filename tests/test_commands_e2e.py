@@ -97,7 +97,8 @@ def test_demo_command_streams_a_simulated_sweep_end_to_end(tmp_path, capsys):
     from streamer.spots_io import read_spots_csv
 
     out = tmp_path / "demo"
-    assert demo_main(["--images", "6", "--out", str(out), "--http", "127.0.0.1:0", "--workers", "1"]) == 0
+    assert demo_main(["--images", "6", "--out", str(out), "--http", "127.0.0.1:0", "--workers", "1",
+                      "--result-stream", "tcp://127.0.0.1:*"]) == 0  # not the fixed default port
     printed = capsys.readouterr().out
     assert "dashboard: http://127.0.0.1:" in printed and "frames processed" in printed
     summary = json.loads((out / "summary.json").read_text())

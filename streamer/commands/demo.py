@@ -34,11 +34,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="xtalstream-demo", metavar="DIR", help="output directory (default ./xtalstream-demo)")
     p.add_argument("--workers", type=int, default=None, metavar="N", help="local worker processes (default cores - 1)")
     p.add_argument("--http", default=None, metavar="HOST:PORT", help="dashboard address (default 127.0.0.1:8470)")
+    p.add_argument("--result-stream", default=None, metavar="URL",
+                   help="PUB endpoint of the per-image result stream (default tcp://127.0.0.1:8471; 'off' disables)")
     p.add_argument("--serve", action="store_true", help="keep the dashboard up after the sweep (until Ctrl-C)")
     args = p.parse_args(argv)
     if args.images < 1:
         p.error("--images must be at least 1")
-    args.listen, args.result_stream = None, None
+    args.listen = None
     from streamer.commands.run import configure, run_session
 
     config = configure(args)
