@@ -112,6 +112,7 @@ class SpotfindingConfig(Section):
 
 
 class MaskConfig(Section):
+    border: int = Field(0, ge=0, description="pixels to ignore along every edge of the image (DIALS filter.border)")
     untrusted_rectangles: list[tuple[int, int, int, int]] = Field(
         default_factory=list, description="[x0, x1, y0, y1] pixel ranges to ignore (half-open)"
     )

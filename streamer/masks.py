@@ -59,9 +59,12 @@ def _polygon_inside(xc: np.ndarray, yc: np.ndarray, vertices: list[tuple[float, 
 
 
 def user_mask(image_shape: tuple[int, int], config: MaskConfig) -> np.ndarray:
-    """uint8 mask (0 = excluded by the user's rectangles, circles and polygons)."""
+    """uint8 mask (0 = excluded by the user's border, rectangles, circles and polygons)."""
     ny, nx = image_shape
     mask = np.ones(image_shape, dtype=np.uint8)
+    if config.border:
+        b = config.border
+        mask[:b], mask[ny - b:], mask[:, :b], mask[:, nx - b:] = 0, 0, 0, 0
     for x0, x1, y0, y1 in config.untrusted_rectangles:
         mask[max(y0, 0):max(min(y1, ny), 0), max(x0, 0):max(min(x1, nx), 0)] = 0
     if config.untrusted_circles or config.untrusted_polygons:

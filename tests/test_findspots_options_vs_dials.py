@@ -1,6 +1,6 @@
 """Non-default spot-finding parameters give DIALS 3.12's spots, each parameter read as DIALS
 reads it: `dials.find_spots` with asymmetric kernel_size, gain, min_local, sigma_strong,
-global_threshold, untrusted circle and rectangle, resolution limits and spot filters, against
+global_threshold, untrusted circle and rectangle, border, resolution limits and spot filters, against
 the analyser with the same values, on one real PILATUS 6M image (thaumatin, a still).
 
 Our resolution map has no parallax correction (the depth at which X-rays are absorbed in the
@@ -30,12 +30,13 @@ DIALS_PHIL = [
     "spotfinder.threshold.dispersion.global_threshold=5", "spotfinder.filter.untrusted.circle=1261,1307,300",
     "spotfinder.filter.untrusted.rectangle=0,600,0,800", "spotfinder.filter.d_min=3", "spotfinder.filter.d_max=30",
     "spotfinder.filter.disable_parallax_correction=True", "spotfinder.filter.min_spot_size=4",
-    "spotfinder.filter.max_separation=1.5", "spotfinder.mp.nproc=1",
+    "spotfinder.filter.max_separation=1.5", "spotfinder.filter.border=700", "spotfinder.mp.nproc=1",
 ]
 OURS = {
     "spotfinding": {"kernel_size": [1, 3], "gain": 1.5, "min_local": 15, "sigma_strong": 3.5, "global_threshold": 5,
                     "d_min": 3.0, "d_max": 30.0, "min_spot_size": 4, "max_separation": 1.5},
-    "mask": {"untrusted_circles": [[1261, 1307, 300]], "untrusted_rectangles": [[0, 600, 0, 800]]},
+    "mask": {"untrusted_circles": [[1261, 1307, 300]], "untrusted_rectangles": [[0, 600, 0, 800]],
+             "border": 700},  # reaches into the d_min disk: 699 and 701 give other spots
 }
 
 

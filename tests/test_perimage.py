@@ -176,6 +176,8 @@ def test_mask_helpers():
     out = {(int(j), int(i)) for j, i in zip(*np.nonzero(circle == 0))}
     assert out == {(j, i) for j in range(10) for i in range(10) if (i - 3) ** 2 + (j - 4) ** 2 < 4}
     assert (4, 5) not in out and (4, 4) in out  # on the circle is kept
+    border = user_mask((6, 8), MaskConfig(border=2))
+    assert border.sum() == 2 * 4 and border[2:4, 2:6].all()  # the inner 2 x 4 pixels are left
     gaps = pilatus_gap_mask((2527, 2463))
     assert gaps is not None and gaps[:, 487:494].sum() == 0 and gaps[195:212].sum() == 0 and gaps[0, 486] == 1
     assert pilatus_gap_mask((100, 100)) is None

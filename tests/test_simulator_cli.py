@@ -188,5 +188,7 @@ def test_findspots_bad_options_exit_2(tmp_path, capsys):
                 ["--kernel-size", "1", "1", "--min-local", "10"]):
         assert main([str(master), "--out", str(tmp_path / "spots.csv"), *bad]) == 2, bad
         assert "invalid spot-finding option" in capsys.readouterr().err
+    assert main([str(master), "--out", str(tmp_path / "spots.csv"), "--border", "-1"]) == 2
+    assert "invalid mask option" in capsys.readouterr().err
     assert main([str(master), "--out", "/proc/no/such/spots.csv"]) == 2
     assert "/proc/no" in capsys.readouterr().err

@@ -44,6 +44,7 @@ def build_parser():
     p.add_argument("--max-separation", type=float, help="largest peak-to-centroid distance (px)")
     p.add_argument("--d-min", type=float, help="ignore pixels beyond this resolution (A)")
     p.add_argument("--d-max", type=float, help="ignore pixels below this resolution (A)")
+    p.add_argument("--border", type=int, help="pixels to ignore along every edge of the image (DIALS filter.border)")
     p.add_argument("--pedestal", type=int, default=0, help="ADC offset subtracted from SMV pixels (nanoBragg: 40)")
     return p
 
@@ -66,6 +67,12 @@ def effective_config(args):
         except ValidationError as exc:
             raise BadConfig(f"invalid spot-finding option: {exc}") from exc
         config = config.model_copy(update={"spotfinding": spotfinding})
+    if args.border is not None:
+        try:
+            mask = config.mask.model_validate({**config.mask.model_dump(), "border": args.border})
+        except ValidationError as exc:
+            raise BadConfig(f"invalid mask option: {exc}") from exc
+        config = config.model_copy(update={"mask": mask})
     log_modified(config)
     return config
 
