@@ -49,11 +49,20 @@ def build_parser():
     return p
 
 
-def effective_config(args):
+def _updated(section, updates: dict, what: str):
+    """A config section with the command line's `updates`, validated (BadConfig naming `what`)."""
     from pydantic import ValidationError
 
-    from streamer.config import load_config, log_modified
     from streamer.errors import BadConfig
+
+    try:
+        return section.model_validate({**section.model_dump(), **updates})
+    except ValidationError as exc:
+        raise BadConfig(f"invalid {what} option: {exc}") from exc
+
+
+def effective_config(args):
+    from streamer.config import load_config, log_modified
 
     config = load_config(args.config)
     updates = {name: getattr(args, name) for name in (
@@ -62,17 +71,9 @@ def effective_config(args):
     if args.kernel_size is not None:
         updates["kernel_size"] = tuple(args.kernel_size)
     if updates:
-        try:
-            spotfinding = config.spotfinding.model_validate({**config.spotfinding.model_dump(), **updates})
-        except ValidationError as exc:
-            raise BadConfig(f"invalid spot-finding option: {exc}") from exc
-        config = config.model_copy(update={"spotfinding": spotfinding})
+        config = config.model_copy(update={"spotfinding": _updated(config.spotfinding, updates, "spot-finding")})
     if args.border is not None:
-        try:
-            mask = config.mask.model_validate({**config.mask.model_dump(), "border": args.border})
-        except ValidationError as exc:
-            raise BadConfig(f"invalid mask option: {exc}") from exc
-        config = config.model_copy(update={"mask": mask})
+        config = config.model_copy(update={"mask": _updated(config.mask, {"border": args.border}, "mask")})
     log_modified(config)
     return config
 
