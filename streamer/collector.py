@@ -8,9 +8,10 @@ worker, ...). After a series closes, received = processed + sum(dropped).
 Order: the receiver numbers the frames it dispatches per series (seq 0, 1, 2, ... without
 gaps). Results wait in a bounded reorder buffer until all earlier frames are published. A
 frame is dropped as "worker_lost":
-- at once, when a worker has exited (`worker_gone`) and every worker still alive has returned
-  a later frame of the series, or said it is idle since (`worker_idle`): each worker takes its
-  frames in dispatch order, so the frame was in the queue of the one that died;
+- at once, when a worker has exited (`worker_gone`) or fallen silent (`check_silence`) and
+  every worker still alive has returned a later frame of the series, or said it is idle since
+  (`worker_idle`): each worker takes its frames in dispatch order, so the frame was in the
+  queue of the one that died (`streamer.worker_roster`);
 - when it blocks a full reorder buffer (its worker died unnoticed while others go on);
 - when `result_timeout_s` has passed since its dispatch (live: the fan-out bounds how long a
   frame waits for a worker) or, for recorded data (`timeout_from_progress`), also since the
@@ -26,7 +27,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import threading
 import time
 from collections import deque
@@ -41,10 +41,9 @@ from streamer.series import SeriesInfo
 from streamer.summary import per_image_rows
 from streamer.sweep_stages import StageFactory, SweepStage, SweepStageThread
 from streamer.sweep_warnings import sweep_warnings
+from streamer.worker_roster import SILENCE_S, WorkerRoster
 
 log = logging.getLogger(__name__)
-
-IDLE_GRACE_S = 1.0  # an idle notice this long after a frame's dispatch: the frame is in no live worker's queue
 
 IMAGE_KEYS = (
     "n_spots", "n_spots_no_ice", "n_spots_4A", "total_intensity", "estimated_d_min",
@@ -112,6 +111,7 @@ class Collector:
         clock: Callable[[], float] = time.monotonic,
         stage_queue_bound: int = 2000,
         timeout_from_progress: bool = False,
+        worker_silence_s: float = SILENCE_S,
     ):
         self.metrics = metrics
         self.timeout_from_progress = timeout_from_progress
@@ -128,10 +128,7 @@ class Collector:
         self._recent: deque[dict[str, Any]] = deque(maxlen=recent)
         self.series_closed = threading.Condition(self._lock)
         self.n_closed = 0
-        self.workers: dict[str, float] = {}  # worker -> clock at its latest result
-        self.joined: set[str] = set()  # workers that said they are ready, and have not exited
-        self.gone: set[str] = set()  # workers known to have exited
-        self.idle: dict[str, float] = {}  # worker -> clock at its latest idle notice (none since a result)
+        self.roster = WorkerRoster(worker_silence_s, clock)
         self.stages = SweepStageThread(metrics, self._lock, self._stages_finished, stage_queue_bound)
         self.models = self.stages.models  # (series_id, model) for the model channel and the result stream
         # told (series_id, seq) once no worker reads that frame any more: result or given up
@@ -192,10 +189,9 @@ class Collector:
         """A worker's result (processed or dropped) for one dispatched frame."""
         self.settled((result.series_id, result.seq))
         state = self.series.get(result.series_id)
-        self.workers[result.worker] = self.clock()
-        self.idle.pop(result.worker, None)
+        now = self.roster.result_from(result.worker)
         if state is not None:
-            state.last_result = self.workers[result.worker]
+            state.last_result = now
             state.worker_seq[result.worker] = max(result.seq, state.worker_seq.get(result.worker, -1))
         if state is None or state.closed or result.seq < state.next_seq or result.seq in state.buffer:
             log.warning("late or unknown result for series %s frame %d ignored", result.series_id, result.image_number)
@@ -214,32 +210,39 @@ class Collector:
 
     def worker_joined(self, name: str) -> None:
         """A worker said it is ready (it takes frames from now on)."""
-        self.joined.add(name)
-        self.gone.discard(name)
+        self.roster.joined_now(name)
 
     def worker_idle(self, name: str, sent_at: Any = None) -> None:
-        """A worker has had no frame to work on for a while (it says so every IDLE_NOTICE_S).
-        `sent_at` (wall clock, seconds) dates the notice when it was sent: one read late, behind
-        a backlog of results, must not count as idleness after a frame dispatched meanwhile."""
-        now = self.clock()
-        late = time.time() - sent_at if isinstance(sent_at, (int, float)) and math.isfinite(sent_at) else 0.0
-        self.idle[name] = now - max(0.0, late)
+        """A worker has had no frame to work on for a while (it says so every IDLE_NOTICE_S)."""
+        self.roster.idle_notice(name, sent_at)
+
+    def worker_alive(self, name: str) -> None:
+        """A worker's heartbeat (`worker_roster.HEARTBEAT_S`)."""
+        self.roster.alive_notice(name)
 
     def worker_gone(self, name: str) -> None:
         """A worker exited: the frames in its queue are lost; those that every worker still
         alive has passed are given up now, not after the timeout."""
-        self.joined.discard(name)
-        self.gone.add(name)
+        self.roster.exited(name)
+        self.metrics.workers_lost.labels(how="exited").inc()
+        self._advance_open()
+
+    def check_silence(self) -> None:
+        """Give up the workers not heard from for the roster's `silence_s`, as if they had exited.
+        The service calls it only when it has read every result message waiting."""
+        silent = self.roster.fall_silent()
+        if silent:
+            self.metrics.workers_lost.labels(how="silent").inc(len(silent))
+            self._advance_open()
+
+    def _advance_open(self) -> None:
         for state in list(self.open.values()):
             self._advance(state)
 
     def tick(self) -> None:
         """Drop frames whose results are overdue, update the gauges; called regularly by the service loop."""
-        for state in list(self.open.values()):
-            self._advance(state)
-        now = self.clock()
-        recent = {name for name, t in self.workers.items() if now - t < 60.0} - self.gone
-        self.metrics.workers_seen.set(len(recent | self.joined))
+        self._advance_open()
+        self.metrics.workers_seen.set(self.roster.n_seen())
         self._update_depths()
 
     def finish(self) -> None:
@@ -274,23 +277,14 @@ class Collector:
             sent = state.dispatched.get(seq)
             if sent is not None:
                 since = max(sent[1], state.last_result) if self.timeout_from_progress else sent[1]
-                lost = now - since > self.result_timeout_s or self._passed_by_the_living(state, seq, sent[2])
+                lost = now - since > self.result_timeout_s or \
+                    self.roster.passed_by_the_living(state.worker_seq, seq, sent[2])
             else:
                 lost = state.n_dispatched is not None  # its dispatch notice never came
             if force or lost or len(state.buffer) > self.reorder_bound:
                 self._lose(state, seq)
                 continue
             break
-
-    def _passed_by_the_living(self, state: SeriesState, seq: int, noticed_at: float) -> bool:
-        """A worker has exited and every worker alive has returned a frame after `seq` (each
-        takes its frames in dispatch order), or has said it is idle more than IDLE_GRACE_S after
-        `seq` was dispatched (a frame on its way would have reached it): no live queue holds it.
-        The idle notices settle the last frames of a series, which no later frame passes."""
-        if not self.gone or not self.joined:
-            return False
-        return all(state.worker_seq.get(name, -1) > seq or self.idle.get(name, -1.0) > noticed_at + IDLE_GRACE_S
-                   for name in self.joined)
 
     def _drop_image(self, state: SeriesState, reason: str, image_number: int) -> None:
         """Count a dispatched frame of `state` as dropped: tallies, its per_image.csv row, metrics."""

@@ -100,6 +100,8 @@ class CollectorService:
                 if now >= next_tick:  # timeouts, gauges, models: not per message
                     for name in self.exited_workers():
                         self.collector.worker_gone(name)
+                    if not results.poll(0):  # every heartbeat that came has been read: silence is real
+                        self.collector.check_silence()
                     self.collector.tick()
                     self._publish_models()
                     self._expire_requests()
@@ -164,6 +166,9 @@ class CollectorService:
             msg = wire.decode(parts)
             if msg.kind == "idle":  # a worker with nothing to do (`Worker.IDLE_NOTICE_S`)
                 self.collector.worker_idle(str(msg.body.get("worker")), msg.body.get("sent_at"))
+                return
+            if msg.kind == "alive":  # a worker's heartbeat (`worker_roster.HEARTBEAT_S`)
+                self.collector.worker_alive(str(msg.body.get("worker")))
                 return
             result = pipeline_messages.result_from(msg)
         except wire.WireError as exc:  # the frame it was about will time out as worker_lost

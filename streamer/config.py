@@ -67,6 +67,10 @@ class FanoutConfig(Section):
     overload_wait_s: float = Field(
         1.0, ge=0, description="live: how long a frame may wait for a free worker before it is dropped as 'overload'"
     )
+    worker_silence_s: float = Field(
+        5.0, ge=2, description="a worker not heard from this long (each says it is alive every second) is given up, "
+        "as if it had exited: the frames in its queue are dropped as 'worker_lost'; heard again, it takes frames again"
+    )
 
 
 class SpotfindingConfig(Section):

@@ -56,6 +56,12 @@ class Metrics:
         self.queue_depth = Gauge("xtal_queue_depth", "items waiting, by queue", ["queue"], registry=r)
         self.workers_seen = Gauge("xtal_workers_seen", "workers joined or with results in the last minute, not exited",
                                   registry=r)
+        self.workers_lost = Counter(
+            "xtal_workers_lost_total", "workers given up, by how: exited (a local process ended) or silent (no word "
+            "for fanout.worker_silence_s; a silent worker heard from again takes frames again)", ["how"], registry=r,
+        )
+        for how in ("exited", "silent"):
+            self.workers_lost.labels(how=how)
         self.stage_latency = Histogram(
             "xtal_stage_latency_seconds", "time per frame in each stage (decode: before the analysis, which decodes "
             "bslz4 frames band by band itself; end_to_end: received to published)",

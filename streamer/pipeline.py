@@ -127,6 +127,7 @@ class Pipeline:
             reorder_bound=config.fanout.reorder_bound,
             result_timeout_s=config.fanout.result_timeout_s if result_timeout_s is None else result_timeout_s,
             timeout_from_progress=not live,  # recorded data queue for as long as the workers take
+            worker_silence_s=config.fanout.worker_silence_s,
         )
         self.service = CollectorService(self.ctx, self.collector, self.endpoints.control, self.endpoints.results,
                                         self.endpoints.model, self.endpoints.feed)
@@ -136,7 +137,7 @@ class Pipeline:
                              config.fanout.overload_wait_s if live else None, store, self.metrics, config.geometry)
         self.fanout.check_workers = self._check_workers
         self.service.exited_workers = self._exited_workers
-        self.fanout.workers_alive = lambda: bool(self.collector.joined)
+        self.fanout.workers_alive = lambda: bool(self.collector.roster.joined)
         self._reported_exits: set[int] = set()
         self._next_exit_check = 0.0
         self._closing = False
@@ -191,7 +192,7 @@ class Pipeline:
             names.append(f"{socket.gethostname()}:{proc.pid}")  # the worker's own default name
             log.warning("worker process %d exited with status %s: the frames in its queue are dropped as "
                         "worker_lost", proc.pid, proc.returncode)
-        if names and self.live and not self.collector.joined - set(names):
+        if names and self.live and not self.collector.roster.joined - set(names):
             log.error("no worker left: frames are dropped (no_worker) until a worker joins "
                       "(xtalstream worker --connect %s)", self.control_url)
         return names

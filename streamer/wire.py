@@ -54,6 +54,7 @@ KINDS = frozenset(
         "frame",
         "result",
         "idle",
+        "alive",
         "dropped",
         "hello",
         "endpoints",

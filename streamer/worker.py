@@ -36,6 +36,7 @@ from streamer.allocator import keep_freed_memory
 from streamer.errors import BadInput
 from streamer.frame_store import StoreReader
 from streamer.series import SeriesInfo
+from streamer.worker_roster import HEARTBEAT_S
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +99,7 @@ class Worker:
         self.n_bad_messages = 0
         self.store: StoreReader | None = None  # the receiver's frame store, when on this host
         self.endpoints: dict[str, str] = {}  # of the run joined (its token: "run")
+        self.heartbeat: threading.Thread | None = None
 
     # ------------------------------------------------------------------ sockets
     def _connect(self) -> None:
@@ -125,6 +127,9 @@ class Worker:
             warm_up(self.config)
             log.info("worker %s: kernels ready in %.1f s", self.name, time.perf_counter() - t0)
         # Counted as joined only now, when its frame socket is connected.
+        self.heartbeat = threading.Thread(target=self._beat, args=(_reachable(endpoints["results"], self.control_url),),
+                                          name="heartbeat", daemon=True)
+        self.heartbeat.start()
         self.control.send_multipart(wire.encode("hello", {"worker": self.name, "ready": True}))
         self.endpoints = endpoints
         log.info("worker %s connected to %s", self.name, self.control_url)
@@ -190,11 +195,31 @@ class Worker:
             log.info("no answer from collector at %s yet, retrying", self.control_url)
         raise TimeoutError(f"no collector answered at {self.control_url}")
 
+    def _beat(self, results_url: str) -> None:
+        """Say 'alive' every HEARTBEAT_S from this thread's own socket, whatever the main loop
+        is doing (a series' set-up takes seconds): the collector gives up a worker it has not
+        heard from for a while (one on another host can vanish without closing its connection)."""
+        sock = self.ctx.socket(zmq.PUSH)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SNDHWM, 2)  # beats that cannot leave are stale: never queue many
+        sock.connect(results_url)
+        try:
+            while not self.stop.wait(HEARTBEAT_S):
+                try:
+                    sock.send_multipart(wire.encode("alive", {"worker": self.name}), zmq.DONTWAIT)
+                except zmq.Again:
+                    pass
+        finally:
+            sock.close()
+
     def _close(self) -> None:
         for name in ("frames", "model", "control", "results"):
             sock = getattr(self, name, None)
             if sock is not None:
                 sock.close()
+        if self.heartbeat is not None:
+            self.stop.set()
+            self.heartbeat.join(2 * HEARTBEAT_S)
         if self.store is not None:
             self.store.close()
 

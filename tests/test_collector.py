@@ -432,7 +432,7 @@ def test_idle_notices_settle_the_last_frames_of_a_dead_workers_queue():
     """After a worker exits, a frame no live worker has passed is given up once each live worker
     has said it is idle more than IDLE_GRACE_S after the frame's dispatch; a notice sooner (the
     frame may be on its way) or a result after the notice (it works again) does not count."""
-    from streamer.collector import IDLE_GRACE_S
+    from streamer.worker_roster import IDLE_GRACE_S
 
     clock = Clock()
     c, _ = make(clock=clock, result_timeout_s=60.0)

@@ -5,6 +5,7 @@ data never wait for ever. Every frame is accounted for."""
 from __future__ import annotations
 
 import signal
+import socket
 import threading
 import time
 
@@ -12,7 +13,7 @@ import pytest
 from pipeline_fakes import make_frame, make_series
 from test_pipeline_e2e import ENV, balanced, fake_args
 
-from streamer.config import Config
+from streamer.config import Config, FanoutConfig
 from streamer.pipeline import Pipeline
 from streamer.series import SeriesEnd
 
@@ -69,6 +70,53 @@ def test_live_frames_of_a_killed_worker_go_once_the_survivor_passes_them(tmp_pat
 
 
 @pytest.mark.slow
+def test_live_frames_of_a_silent_worker_go_once_it_is_given_up(tmp_path, caplog):
+    """A worker on another host can vanish without its connection closing (power, network) and
+    no parent sees it exit. Here a local worker is stopped (SIGSTOP), which the pipeline's
+    process watch does not see either. Not heard from for fanout.worker_silence_s (2 s here),
+    it is given up: the frames in its queue go as worker_lost long before the result timeout
+    (60 s), the survivor takes the rest. Resumed, it is heard again and takes frames again."""
+    config = Config(fanout=FanoutConfig(worker_silence_s=2.0))
+    with Pipeline(config, n_workers=2, live=True, worker_args=fake_args("SlowCountingAnalyser"), worker_env=ENV,
+                  result_timeout_s=60.0) as pipe:
+        victim = pipe.processes[0]
+        name = f"{socket.gethostname()}:{victim.pid}"
+        s = make_series(n_images=40)
+        pipe.feed([s] + [make_frame(s, i, 3) for i in range(20)], last=False)
+        deadline = time.monotonic() + 30
+        while pipe.collector.total.processed < 4:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        victim.send_signal(signal.SIGSTOP)
+        try:
+            stopped = time.monotonic()
+            pipe.feed([make_frame(s, i, 3) for i in range(20, 40)] + [SeriesEnd(s.series_id)], last=False)
+            assert pipe.collector.wait_closed(1, 30)
+            waited = time.monotonic() - stopped
+            frames = pipe.collector.total.as_dict()
+            assert pipe.collector.roster.silent == {name}
+        finally:
+            victim.send_signal(signal.SIGCONT)
+        deadline = time.monotonic() + 10
+        while name not in pipe.collector.roster.joined:
+            assert time.monotonic() < deadline, "the resumed worker was not taken back"
+            time.sleep(0.05)
+        again = make_series("again", n_images=10)
+        pipe.feed([again] + [make_frame(again, i, 3) for i in range(10)] + [SeriesEnd("again")], last=False)
+        assert pipe.collector.wait_closed(2, 30)
+        second = pipe.collector.series["again"]
+        lost = pipe.metrics.workers_lost.labels(how="silent")._value.get()
+    assert frames["received"] == 40 and balanced(frames)
+    assert frames["dropped"].get("worker_lost", 0) >= 1 and set(frames["dropped"]) == {"worker_lost"}, frames
+    assert waited < 20.0
+    assert second.tally.as_dict() == {"received": 10, "processed": 10, "dropped": {}}
+    assert len(second.worker_seq) == 2  # both workers took frames of it
+    assert lost == 1
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("no word from worker" in m for m in messages) and any("heard from again" in m for m in messages)
+
+
+@pytest.mark.slow
 def test_live_frames_with_no_worker_alive_are_dropped_at_once(tmp_path, caplog):
     """Live, the only worker killed: its exit is logged as an error, and each later frame is
     dropped as no_worker at once, not after waiting overload_wait_s (1 s) for a free worker,
@@ -77,7 +125,7 @@ def test_live_frames_with_no_worker_alive_are_dropped_at_once(tmp_path, caplog):
         pipe.processes[0].send_signal(signal.SIGKILL)
         pipe.processes[0].wait(10)
         deadline = time.monotonic() + 10
-        while pipe.collector.joined:
+        while pipe.collector.roster.joined:
             assert time.monotonic() < deadline, "the exit was not noticed"
             time.sleep(0.05)
         s = make_series(n_images=100)
@@ -146,9 +194,9 @@ def test_a_worker_setting_up_a_series_is_not_idle(tmp_path):
         victim.send_signal(signal.SIGKILL)
         victim.wait(10)
         deadline = time.monotonic() + 10
-        while not pipe.collector.gone and time.monotonic() < deadline:
+        while not pipe.collector.roster.gone and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert pipe.collector.gone
+        assert pipe.collector.roster.gone
         slow = make_series("slow", n_images=6)
         pipe.feed([slow], last=False)
         time.sleep(0.3)  # armed, then triggered

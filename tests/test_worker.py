@@ -80,7 +80,7 @@ def next_result(results: zmq.Socket) -> wire.Message:
     says it is idle every IDLE_NOTICE_S without frames)."""
     while True:
         msg = wire.decode(results.recv_multipart())
-        if msg.kind != "idle":
+        if msg.kind not in ("idle", "alive"):
             return msg
 
 

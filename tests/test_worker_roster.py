@@ -1,0 +1,103 @@
+"""Workers that fall silent (a remote host that vanished, a stopped process) are given up as if
+they had exited, and taken back when heard from again; a heartbeat keeps a busy worker in."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import zmq
+from pipeline_fakes import make_series
+from test_collector import Clock, check_balance, make
+
+from streamer import wire
+from streamer.pipeline_messages import FrameResult
+from streamer.worker_roster import HEARTBEAT_S, WorkerRoster
+
+
+def test_a_worker_not_heard_from_for_the_silence_is_given_up_once():
+    clock = Clock()
+    roster = WorkerRoster(silence_s=5.0, clock=clock)
+    roster.joined_now("a")
+    roster.joined_now("b")
+    clock.t += 4.0
+    roster.alive_notice("a")
+    assert roster.fall_silent() == []
+    clock.t += 1.5  # b: 5.5 s of silence, a: 1.5 s
+    assert roster.fall_silent() == ["b"]
+    assert roster.joined == {"a"} and roster.gone == {"b"} and roster.silent == {"b"}
+    clock.t += 10.0
+    roster.result_from("a")
+    assert roster.fall_silent() == []  # b is not given up twice
+
+
+def test_a_silent_worker_heard_again_takes_frames_again_but_an_exited_one_does_not():
+    clock = Clock()
+    roster = WorkerRoster(silence_s=5.0, clock=clock)
+    for name in ("a", "b"):
+        roster.joined_now(name)
+    clock.t += 6.0
+    assert roster.fall_silent() == ["a", "b"]
+    roster.exited("b")  # its process ended after all: gone for good
+    roster.alive_notice("a")
+    roster.alive_notice("b")  # a late beat, sent before it exited
+    assert roster.joined == {"a"} and roster.gone == {"b"} and not roster.silent
+
+
+def test_frames_of_a_silent_worker_go_once_the_living_pass_them():
+    """The collector side: b falls silent holding frames 1 and 3; a returns 2 and 4, so 1 and 3
+    are given up at once (not after the 60 s result timeout), counted as worker_lost and in
+    xtal_workers_lost_total{how="silent"}; b's late result of 1 is ignored."""
+    clock = Clock()
+    c, _ = make(clock=clock, result_timeout_s=60.0, worker_silence_s=5.0)
+    s = make_series(n_images=5)
+    c.series_start(s)
+    for name in ("a", "b"):
+        c.worker_joined(name)
+    for seq in range(5):
+        c.dispatched(s.series_id, seq, seq, clock())
+    c.series_end(s.series_id, 5)
+    for seq in (0, 2, 4):
+        c.result(FrameResult(s.series_id, seq, seq, "a", stats={"n_spots": 1}))
+    c.tick()
+    clock.t += 3.0
+    c.worker_alive("a")
+    c.check_silence()
+    assert not c.series[s.series_id].closed  # 3 s of silence is not enough
+    clock.t += 3.0
+    c.worker_alive("a")
+    c.check_silence()
+    state = c.series[s.series_id]
+    assert state.closed and state.dropped_images == [1, 3] and state.tally.dropped == {"worker_lost": 2}
+    assert c.metrics.workers_lost.labels(how="silent")._value.get() == 1
+    c.result(FrameResult(s.series_id, 1, 1, "b", stats={"n_spots": 1}))  # it comes back: too late for 1
+    assert state.tally.processed == 3 and "b" in c.roster.joined
+    check_balance(c)
+
+
+def test_a_worker_beats_while_its_main_loop_is_busy(tmp_path):
+    """The heartbeat comes from its own thread: a worker busy for longer than the silence (a
+    series' set-up, a long frame) is still heard."""
+    from streamer.worker import Worker
+
+    ctx = zmq.Context()
+    results = ctx.socket(zmq.PULL)
+    results.bind(f"ipc://{tmp_path}/results")
+    worker = Worker.__new__(Worker)  # the heartbeat alone, without joining a collector
+    worker.ctx, worker.name, worker.stop = ctx, "w", threading.Event()
+    beat = threading.Thread(target=worker._beat, args=(f"ipc://{tmp_path}/results",))
+    beat.start()
+    try:
+        started = time.monotonic()
+        busy_until = started + 2.5 * HEARTBEAT_S
+        while time.monotonic() < busy_until:  # the GIL is taken, released and taken again
+            sum(range(10000))
+        beats = []
+        while results.poll(int(1000 * HEARTBEAT_S)) and len(beats) < 3:
+            beats.append(wire.decode(results.recv_multipart()))
+    finally:
+        worker.stop.set()
+        beat.join(5)
+        results.close()
+        ctx.term()
+    assert len(beats) >= 2 and {(m.kind, m.body["worker"]) for m in beats} == {("alive", "w")}
