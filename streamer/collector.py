@@ -31,15 +31,15 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 from streamer.metrics import Metrics
 from streamer.pipeline_messages import FrameResult
 from streamer.result_stream import ResultPublisher, series_start_payload
 from streamer.series import SeriesInfo
+from streamer.series_state import SeriesState, Tally
 from streamer.summary import per_image_rows
-from streamer.sweep_stages import StageFactory, SweepStage, SweepStageThread
+from streamer.sweep_stages import StageFactory, SweepStageThread
 from streamer.sweep_warnings import sweep_warnings
 from streamer.worker_roster import SILENCE_S, WorkerRoster
 
@@ -49,48 +49,6 @@ IMAGE_KEYS = (
     "n_spots", "n_spots_no_ice", "n_spots_4A", "total_intensity", "estimated_d_min",
     "background", "n_overloads", "ice_rings", "strong_pixels",
 )
-
-
-@dataclass
-class Tally:
-    """Frame counts: received, processed, dropped by reason."""
-
-    received: int = 0
-    processed: int = 0
-    dropped: dict[str, int] = field(default_factory=dict)
-
-    def drop(self, reason: str) -> None:
-        self.dropped[reason] = self.dropped.get(reason, 0) + 1
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"received": self.received, "processed": self.processed, "dropped": dict(sorted(self.dropped.items()))}
-
-    @property
-    def in_flight(self) -> int:
-        return self.received - self.processed - sum(self.dropped.values())
-
-
-@dataclass
-class SeriesState:
-    series: SeriesInfo
-    tally: Tally = field(default_factory=Tally)
-    # seq -> (image, received_at, noticed_at: collector clock when its dispatch was reported)
-    dispatched: dict[int, tuple[int, float, float]] = field(default_factory=dict)
-    buffer: dict[int, FrameResult] = field(default_factory=dict)
-    next_seq: int = 0
-    n_dispatched: int | None = None  # known once the receiver reports the series end
-    how_ended: str | None = None
-    closed: bool = False
-    stages: list[SweepStage] = field(default_factory=list)
-    outputs: dict[str, Any] = field(default_factory=dict)
-    results: list[FrameResult] = field(default_factory=list)  # processed, in frame order
-    dropped_images: list[int] = field(default_factory=list)  # image numbers of frames dropped (per_image.csv rows)
-    latencies_s: list[float] = field(default_factory=list)  # received -> published, per frame
-    last_result: float = 0.0  # collector clock at the series' latest worker result (progress)
-    worker_seq: dict[str, int] = field(default_factory=dict)  # worker -> the latest seq it returned
-    done: bool = False  # closed, and its stages have finished: its outputs are final
-    final_warnings: list[dict[str, Any]] | None = None  # once done
-    released: bool = False  # its per-image results and spots are written out and forgotten (`Collector.release`)
 
 
 class Collector:

@@ -21,7 +21,7 @@ from streamer.series import SeriesInfo
 from streamer.summary import jsonable
 
 if TYPE_CHECKING:
-    from streamer.collector import SeriesState
+    from streamer.series_state import SeriesState
 
 log = logging.getLogger(__name__)
 
