@@ -18,6 +18,14 @@ from streamer.pipeline import Pipeline
 from streamer.series import SeriesEnd
 
 
+def wait_processed(pipe: Pipeline, n: int, timeout_s: float = 30.0) -> None:
+    """Until `n` frames have been processed: the workers are busy with the series."""
+    deadline = time.monotonic() + timeout_s
+    while pipe.collector.total.processed < n:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+
+
 @pytest.mark.slow
 def test_killed_worker_and_missing_end_of_series(tmp_path):
     config = Config()
@@ -27,10 +35,7 @@ def test_killed_worker_and_missing_end_of_series(tmp_path):
         events = [s] + [make_frame(s, i, 3) for i in range(40)]  # and no SeriesEnd: the source just stops
         feeder = threading.Thread(target=pipe.feed, args=(events,))
         feeder.start()
-        deadline = time.monotonic() + 30
-        while pipe.collector.total.processed < 4:
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
+        wait_processed(pipe, 4)
         pipe.processes[0].send_signal(signal.SIGKILL)
         feeder.join(60)
         assert pipe.wait(60)
@@ -51,10 +56,7 @@ def test_live_frames_of_a_killed_worker_go_once_the_survivor_passes_them(tmp_pat
                   result_timeout_s=60.0) as pipe:
         s = make_series(n_images=40)
         pipe.feed([s] + [make_frame(s, i, 3) for i in range(20)], last=False)
-        deadline = time.monotonic() + 30
-        while pipe.collector.total.processed < 4:
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
+        wait_processed(pipe, 4)
         pipe.processes[0].send_signal(signal.SIGKILL)
         pipe.processes[0].wait(10)
         killed = time.monotonic()
@@ -83,10 +85,7 @@ def test_live_frames_of_a_silent_worker_go_once_it_is_given_up(tmp_path, caplog)
         name = f"{socket.gethostname()}:{victim.pid}"
         s = make_series(n_images=40)
         pipe.feed([s] + [make_frame(s, i, 3) for i in range(20)], last=False)
-        deadline = time.monotonic() + 30
-        while pipe.collector.total.processed < 4:
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
+        wait_processed(pipe, 4)
         victim.send_signal(signal.SIGSTOP)
         try:
             stopped = time.monotonic()
