@@ -189,7 +189,7 @@ class ImageAnalyser:
     def reuse_for(self, series: SeriesInfo) -> ImageAnalyser | None:
         """This analyser's set-up (mask, resolution map, radial bins, buffers, compiled kernels)
         for another series of the same detector, geometry and mask, or None. A beamline's many
-        short series (grid scans, screening) then skip the set-up (0.3 s for a 6M detector);
+        short series (grid scans, screening) then skip the set-up (0.6 s for a 6M detector);
         the copy shares the tables and buffers, so use one analyser at a time (a worker does)."""
         old = self.series
         if any(getattr(old, name) != getattr(series, name) for name in SETUP_FIELDS):
