@@ -21,7 +21,7 @@ from kernels.labelling import _label
 
 @njit
 def _image_spots(index, values, ny, nx, min_size, max_size, max_separation, use_separation, image_number, origin,
-                 fast, slow, pixel_size, wavelength, s0):
+                 fast, slow, pixel_size, wavelength, s0, mu, t0):
     n = index.shape[0]
     labels = np.empty(n, dtype=np.int32)
     n_labels = _label(index, ny, nx, labels, np.empty(n, dtype=np.int64))
@@ -68,7 +68,7 @@ def _image_spots(index, values, ny, nx, min_size, max_size, max_separation, use_
         for c in range(3):
             var[j, c] = variance[s, c]
     d = np.empty(k)
-    _d_spacing(x, y, origin, fast, slow, pixel_size, wavelength, s0, d)
+    _d_spacing(x, y, origin, fast, slow, pixel_size, wavelength, s0, mu, t0, d)
     return n_labels, x, y, z, intensity, size, box, var, d
 
 
@@ -82,8 +82,8 @@ def image_spots(index: np.ndarray, values: np.ndarray, shape: tuple[int, int], m
     `index`: strictly ascending flat indices (int32 or int64) of the image's strong pixels,
     `values` their raw values; spots are 4-connected components with min_spot_size <=
     n_pixels <= max_spot_size and (unless None) |peak - centroid| <= max_separation (px).
-    `geometry`: (origin_mm, fast_axis, slow_axis, pixel_size_mm, wavelength_A, s0) as
-    `kernels.d_spacing.d_spacing` takes them.
+    `geometry`: (origin_mm, fast_axis, slow_axis, pixel_size_mm, wavelength_A, s0[, sensor_mu_per_mm,
+    sensor_thickness_mm]) as `kernels.d_spacing.d_spacing` takes them (no sensor values: no parallax).
     """
     ny, nx = shape
     index = np.asarray(index)
@@ -93,14 +93,15 @@ def image_spots(index: np.ndarray, values: np.ndarray, shape: tuple[int, int], m
         raise ValueError("index and values must be 1D of one length")
     if index.size and (index[0] < 0 or index[-1] >= ny * nx):
         raise ValueError("index must be strictly ascending flat indices inside the shape")
-    origin, fast, slow, pixel_size, wavelength, s0 = geometry
+    origin, fast, slow, pixel_size, wavelength, s0, mu, t0 = (*geometry, 0.0, 0.0)[:8]
     vectors = [np.ascontiguousarray(v, dtype=np.float64) for v in (origin, fast, slow, pixel_size, s0)]
     if any(v.shape != (3,) for v in vectors[:3] + vectors[4:]) or vectors[3].shape != (2,):
         raise ValueError("geometry: 3-vectors origin, fast, slow, s0 and (fast, slow) pixel size")
     use_separation = max_separation is not None
     n_labels, *columns = _image_spots(index, values, int(ny), int(nx), int(min_spot_size), int(max_spot_size),
                                       float(max_separation) if use_separation else 0.0, use_separation,
-                                      int(image_number), *vectors[:3], vectors[3], float(wavelength), vectors[4])
+                                      int(image_number), *vectors[:3], vectors[3], float(wavelength), vectors[4],
+                                      float(mu), float(t0))
     if index.size and n_labels == 0:
         raise ValueError("index must be strictly ascending flat indices inside the shape")
     return tuple(columns)

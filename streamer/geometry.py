@@ -21,12 +21,13 @@ Conventions (those of DIALS/dxtbx and imgCIF, stated once here):
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
 from streamer.crystal import Crystal, frozen_matrix
+from streamer.sensor import attenuation_coefficient_per_mm, pixel_from_plane_mm, plane_from_pixel_mm
 
 _IDENTITY = ((1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0))
 
@@ -92,13 +93,20 @@ class Beam:
 
 @dataclass(frozen=True)
 class Detector:
-    """A flat single-panel detector: where pixel (0, 0) is, its axes, pixel size, size in pixels."""
+    """A flat single-panel detector: where pixel (0, 0) is, its axes, pixel size, size in pixels.
+
+    With a sensor attenuation coefficient and thickness (both > 0), pixel <-> lab positions
+    include the parallax of absorption inside the sensor as DIALS models it (`streamer.sensor`):
+    the lab position of a pixel is where its ray crossed the detector plane (the front surface).
+    """
 
     origin_mm: tuple[float, float, float]
     fast_axis: tuple[float, float, float] = (1.0, 0.0, 0.0)
     slow_axis: tuple[float, float, float] = (0.0, -1.0, 0.0)
     pixel_size_mm: tuple[float, float] = (0.075, 0.075)  # (fast, slow)
     image_size: tuple[int, int] = (1000, 1000)  # (nx fast, ny slow)
+    sensor_mu_per_mm: float = 0.0  # linear attenuation coefficient at the beam's wavelength; 0: no parallax
+    sensor_thickness_mm: float = 0.0  # 0: no parallax
 
     def __post_init__(self) -> None:
         f, s = _unit(self.fast_axis), _unit(self.slow_axis)
@@ -109,6 +117,8 @@ class Detector:
         object.__setattr__(self, "origin_mm", _tuple3(self.origin_mm))
         object.__setattr__(self, "pixel_size_mm", (float(self.pixel_size_mm[0]), float(self.pixel_size_mm[1])))
         object.__setattr__(self, "image_size", (int(self.image_size[0]), int(self.image_size[1])))
+        object.__setattr__(self, "sensor_mu_per_mm", float(self.sensor_mu_per_mm))
+        object.__setattr__(self, "sensor_thickness_mm", float(self.sensor_thickness_mm))
 
     @classmethod
     def from_beam_centre(
@@ -120,9 +130,14 @@ class Detector:
         fast_axis=(1.0, 0.0, 0.0),
         slow_axis=(0.0, -1.0, 0.0),
         beam_direction=(0.0, 0.0, -1.0),
+        sensor_mu_per_mm: float = 0.0,
+        sensor_thickness_mm: float = 0.0,
     ) -> Detector:
         """The detector whose plane lies `distance_mm` from the sample along its normal and that
-        the beam hits at `beam_centre_px` (fast, slow), the way headers describe it."""
+        the beam hits at `beam_centre_px` (fast, slow), the way headers describe it.
+
+        As dials.import reads a header, the beam centre is taken in the plane (pixels x pixel
+        size, no parallax); it is where the beam is counted when the beam is along the normal."""
         f, s = _unit(fast_axis), _unit(slow_axis)
         n = np.cross(f, s)
         b = _unit(beam_direction)
@@ -132,7 +147,16 @@ class Detector:
             raise ValueError("the beam does not hit the detector plane")
         hit = b * (distance_mm / (n @ b))
         origin = hit - f * beam_centre_px[0] * pixel_size_mm[0] - s * beam_centre_px[1] * pixel_size_mm[1]
-        return cls(_tuple3(origin), _tuple3(f), _tuple3(s), pixel_size_mm, image_size)
+        return cls(_tuple3(origin), _tuple3(f), _tuple3(s), pixel_size_mm, image_size, sensor_mu_per_mm,
+                   sensor_thickness_mm)
+
+    @property
+    def has_parallax(self) -> bool:
+        return self.sensor_mu_per_mm > 0 and self.sensor_thickness_mm > 0
+
+    def _plane_from_pixel_mm(self, x_mm, y_mm):
+        return plane_from_pixel_mm(self.origin_mm, self.fast_axis, self.slow_axis, self.sensor_mu_per_mm,
+                                   self.sensor_thickness_mm, x_mm, y_mm)
 
     @property
     def normal(self) -> np.ndarray:
@@ -151,9 +175,12 @@ class Detector:
         return np.column_stack([self.fast_axis, self.slow_axis, self.origin_mm])
 
     def pixel_to_lab(self, x_px, y_px) -> np.ndarray:
-        """Lab vectors (mm, shape (N, 3)) of continuous pixel coordinates."""
+        """Lab vectors (mm, shape (N, 3)) of continuous pixel coordinates: where the rays counted
+        there crossed the detector plane."""
         x = np.atleast_1d(np.asarray(x_px, dtype=np.float64)) * self.pixel_size_mm[0]
         y = np.atleast_1d(np.asarray(y_px, dtype=np.float64)) * self.pixel_size_mm[1]
+        if self.has_parallax:
+            x, y = self._plane_from_pixel_mm(x, y)
         return np.asarray(self.origin_mm) + np.outer(x, self.fast_axis) + np.outer(y, self.slow_axis)
 
     def lab_to_pixel(self, rays) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -164,8 +191,14 @@ class Detector:
         """
         v = np.atleast_2d(np.asarray(rays, dtype=np.float64)) @ np.linalg.inv(self.d_matrix).T
         with np.errstate(divide="ignore", invalid="ignore"):
-            x = v[:, 0] / v[:, 2] / self.pixel_size_mm[0]
-            y = v[:, 1] / v[:, 2] / self.pixel_size_mm[1]
+            x_mm, y_mm = v[:, 0] / v[:, 2], v[:, 1] / v[:, 2]
+        if self.has_parallax:
+            hits = v[:, 2] > 0
+            x_mm[hits], y_mm[hits] = pixel_from_plane_mm(self.origin_mm, self.fast_axis, self.slow_axis,
+                                                         self.sensor_mu_per_mm, self.sensor_thickness_mm,
+                                                         x_mm[hits], y_mm[hits])
+        x = x_mm / self.pixel_size_mm[0]
+        y = y_mm / self.pixel_size_mm[1]
         nx, ny = self.image_size
         valid = (v[:, 2] > 0) & (x >= 0) & (x < nx) & (y >= 0) & (y < ny)
         return x, y, valid
@@ -181,6 +214,10 @@ class Detector:
         x = np.arange(nx, dtype=np.float64) + 0.5
         o, f, s = (np.asarray(a) for a in (self.origin_mm, self.fast_axis, self.slow_axis))
         px, py = self.pixel_size_mm
+        if self.has_parallax:
+            x_mm, y_mm = np.broadcast_arrays(x[None, :] * px, y[:, None] * py)
+            x_mm, y_mm = self._plane_from_pixel_mm(x_mm, y_mm)
+            return o + x_mm[:, :, None] * f + y_mm[:, :, None] * s
         return o + (x[None, :, None] * px) * f + (y[:, None, None] * py) * s
 
     def two_theta_map(self, beam: Beam, rows_per_block: int = 256) -> np.ndarray:
@@ -202,11 +239,18 @@ class Detector:
             return (beam.wavelength_A / (2.0 * np.sin(theta))).astype(np.float32)
 
     def with_beam_centre(self, beam: Beam, beam_centre_px: tuple[float, float]) -> Detector:
-        """The same detector moved in its plane so that the beam hits `beam_centre_px`."""
-        return Detector.from_beam_centre(
+        """The same detector moved in its plane so that `beam_centre_px` returns `beam_centre_px`."""
+        moved = Detector.from_beam_centre(
             beam_centre_px, self.distance_mm, self.pixel_size_mm, self.image_size,
-            self.fast_axis, self.slow_axis, beam.direction,
+            self.fast_axis, self.slow_axis, beam.direction, self.sensor_mu_per_mm, self.sensor_thickness_mm,
         )
+        if not self.has_parallax:
+            return moved
+        # an oblique beam is counted off its plane point; parallax is the same wherever the
+        # detector is moved in its plane, so one move by the difference puts it in place
+        error = np.subtract(moved.beam_centre_px(beam), beam_centre_px) * self.pixel_size_mm
+        origin = moved.d_matrix @ np.array([error[0], error[1], 1.0])
+        return replace(moved, origin_mm=_tuple3(origin))
 
 
 @dataclass(frozen=True)
@@ -281,16 +325,16 @@ class Experiment:
         """The geometry a `streamer.series.SeriesInfo` header describes."""
         beam = Beam(series.wavelength_A, polarization_fraction=polarization_fraction)
         ny, nx = series.image_shape
+        thickness = series.sensor_thickness_mm
+        mu = attenuation_coefficient_per_mm(series.sensor_material, beam.wavelength_A) if thickness > 0 else 0.0
         detector = Detector.from_beam_centre(
             series.beam_centre_px, series.distance_mm, series.pixel_size_mm, (nx, ny),
-            series.fast_axis, series.slow_axis, beam.direction,
+            series.fast_axis, series.slow_axis, beam.direction, mu, thickness,
         )
         scan = Scan(series.n_images or 1, series.omega_start_deg, series.omega_increment_deg)
         return cls(beam, detector, Goniometer(series.rotation_axis), scan)
 
     def replace(self, **changes: Any) -> Experiment:
-        from dataclasses import replace
-
         return replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:

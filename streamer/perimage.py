@@ -111,7 +111,7 @@ class ImageResult:
 # what the per-series set-up depends on besides the pixel mask (phi and timing do not enter it)
 SETUP_FIELDS = ("image_shape", "dtype", "source", "detector_description", "pixel_size_mm", "beam_centre_px",
                 "distance_mm", "wavelength_A", "fast_axis", "slow_axis", "rotation_axis", "saturation_value",
-                "bit_depth_image", "two_theta_deg")
+                "bit_depth_image", "two_theta_deg", "sensor_material", "sensor_thickness_mm")
 
 WARM_DTYPES = ("<u2", "<u4")  # EIGER 16/32-bit frames (others compile with their first series)
 
@@ -164,7 +164,8 @@ class ImageAnalyser:
         self.ice_table = ice_ring_table()
         det, beam = self.experiment.detector, self.experiment.beam
         self._geometry = (np.asarray(det.origin_mm), np.asarray(det.fast_axis), np.asarray(det.slow_axis),
-                          np.asarray(det.pixel_size_mm), beam.wavelength_A, np.asarray(beam.s0))
+                          np.asarray(det.pixel_size_mm), beam.wavelength_A, np.asarray(beam.s0),
+                          det.sensor_mu_per_mm, det.sensor_thickness_mm)
         self.min_spot_size = sf.min_spot_size or default_min_spot_size(series)
         if sf.max_spot_size <= self.min_spot_size:
             raise BadFrame(f"max_spot_size {sf.max_spot_size} must exceed min_spot_size {self.min_spot_size}",
@@ -182,12 +183,13 @@ class ImageAnalyser:
         must not wait behind a compiler while the detector streams."""
         for dtype in dtypes:
             cls(SeriesInfo("warm-up", "simulator", (64, 64), dtype, pixel_size_mm=(0.075, 0.075),
-                           beam_centre_px=(32.0, 32.0), distance_mm=100.0, wavelength_A=1.0), config)
+                           beam_centre_px=(32.0, 32.0), distance_mm=100.0, wavelength_A=1.0, sensor_material="Si",
+                           sensor_thickness_mm=0.45), config)  # a sensor: its attenuation tables load now
 
     def reuse_for(self, series: SeriesInfo) -> ImageAnalyser | None:
         """This analyser's set-up (mask, resolution map, radial bins, buffers, compiled kernels)
         for another series of the same detector, geometry and mask, or None. A beamline's many
-        short series (grid scans, screening) then skip the set-up (0.3 s for a 6M detector);
+        short series (grid scans, screening) then skip the set-up (0.6 s for a 6M detector);
         the copy shares the tables and buffers, so use one analyser at a time (a worker does)."""
         old = self.series
         if any(getattr(old, name) != getattr(series, name) for name in SETUP_FIELDS):

@@ -3,9 +3,8 @@ reads it: `dials.find_spots` with asymmetric kernel_size, gain, min_local, sigma
 global_threshold, untrusted circle and rectangle, border, resolution limits and spot filters, against
 the analyser with the same values, on one real PILATUS 6M image (thaumatin, a still).
 
-Our resolution map has no parallax correction (the depth at which X-rays are absorbed in the
-sensor); DIALS's resolution mask does, so the DIALS run turns it off for d_min to compare the
-same limit (it moves the d_min = 3 A boundary by ~0.03 %, about a thousand pixels)."""
+Both resolution masks include the sensor's parallax (the depth at which X-rays are absorbed in
+the sensor; it moves the d_min = 3 A boundary by ~0.03 %, about a thousand pixels)."""
 
 from __future__ import annotations
 
@@ -29,7 +28,7 @@ DIALS_PHIL = [
     "spotfinder.threshold.dispersion.min_local=15", "spotfinder.threshold.dispersion.sigma_strong=3.5",
     "spotfinder.threshold.dispersion.global_threshold=5", "spotfinder.filter.untrusted.circle=1261,1307,300",
     "spotfinder.filter.untrusted.rectangle=0,600,0,800", "spotfinder.filter.d_min=3", "spotfinder.filter.d_max=30",
-    "spotfinder.filter.disable_parallax_correction=True", "spotfinder.filter.min_spot_size=4",
+    "spotfinder.filter.min_spot_size=4",
     "spotfinder.filter.max_separation=1.5", "spotfinder.filter.border=700", "spotfinder.mp.nproc=1",
 ]
 OURS = {

@@ -11,7 +11,7 @@ from kernels.image_spots import image_spots
 from kernels.labelling import label_pixels
 
 GEOMETRY = (np.array([-30.0, 25.0, -150.0]), np.array([1.0, 0.0, 0.0]), np.array([0.0, -1.0, 0.0]),
-            np.array([0.075, 0.075]), 0.9, np.array([0.0, 0.0, -1.0 / 0.9]))
+            np.array([0.075, 0.075]), 0.9, np.array([0.0, 0.0, -1.0 / 0.9]), 4.2, 0.45)  # Si sensor: parallax
 
 
 def separate_steps(index, values, shape, min_size, max_size, max_separation, image_number):
@@ -48,3 +48,12 @@ def test_bad_input():
         image_spots(np.array([2, 16]), np.ones(2), (4, 4), 1, 10, None, 0, GEOMETRY)
     with pytest.raises(ValueError):
         image_spots(np.array([2, 3]), np.ones(3), (4, 4), 1, 10, None, 0, GEOMETRY)
+
+
+def test_geometry_without_a_sensor_has_no_parallax():
+    index, values = np.array([0, 1, 2, 9000, 9001, 9200]), np.array([5.0, 9.0, 4.0, 7.0, 8.0, 6.0])
+    without = image_spots(index, values, (100, 200), 1, 10, None, 0, GEOMETRY[:6])
+    zeros = image_spots(index, values, (100, 200), 1, 10, None, 0, (*GEOMETRY[:6], 0.0, 0.0))
+    with_parallax = image_spots(index, values, (100, 200), 1, 10, None, 0, GEOMETRY)
+    assert without[-1].tobytes() == zeros[-1].tobytes()
+    assert np.all(with_parallax[-1] != without[-1])

@@ -327,7 +327,7 @@ def test_a_cluster_of_bragg_spots_on_a_ring_is_not_ice():
 
 def test_set_up_is_reused_for_a_series_of_the_same_detector(analyser):
     """A new series of the same detector and geometry reuses the set-up (its own phi); a
-    changed beam centre or pixel mask does not."""
+    changed beam centre, sensor or pixel mask does not."""
     frame = spots_frame(POSITIONS)
     again = analyser.reuse_for(series(series_id="next", omega_start_deg=50.0))
     assert again is not None and again.series.series_id == "next"
@@ -337,6 +337,7 @@ def test_set_up_is_reused_for_a_series_of_the_same_detector(analyser):
     fresh = ImageAnalyser(series(series_id="next", omega_start_deg=50.0), Config()).analyse(frame, 2)
     np.testing.assert_array_equal(fresh.spots.pixel_index, second.spots.pixel_index)
     assert analyser.reuse_for(series(beam_centre_px=(100.0, 90.0))) is None
+    assert analyser.reuse_for(series(sensor_material="CdTe", sensor_thickness_mm=1.0)) is None  # parallax
     mask = np.zeros(SHAPE, dtype=np.uint32)
     mask[5, 5] = 1
     assert analyser.reuse_for(series(pixel_mask=mask)) is None

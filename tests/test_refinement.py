@@ -3,6 +3,8 @@ the lattice constraints kept; the rotation axis is refinable; prediction and mat
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from indexing_helpers import misorientation_deg, simulated_spots, sweep_experiment
@@ -121,3 +123,18 @@ def test_scan_varying_orientation_follows_a_drifting_crystal():
     # the block orientations follow the drift: 0.1 deg (1.745 mrad) per block about y
     steps = np.diff(varying.rotations_mrad[:, 1])
     np.testing.assert_allclose(steps, np.radians(0.1) * 1e3, atol=0.3)
+
+
+def test_refinement_keeps_the_sensor_parallax():
+    """A 1 mm Si sensor at 1 A (about 0.2 mm deep): refinement rebuilds the detector with it,
+    so noise-free spots fit exactly; a model without the parallax cannot fit them as well."""
+    truth = sweep_experiment(CELL, "P 43 21 2", n_images=20, width=0.5)
+    truth = truth.replace(detector=replace(truth.detector, sensor_mu_per_mm=4.2, sensor_thickness_mm=1.0))
+    obs = _observations(truth, simulated_spots(truth, noise_px=0.0, noise_images=0.0))
+    blind = _perturbed(truth)
+    start = blind.replace(detector=replace(blind.detector, sensor_mu_per_mm=4.2, sensor_thickness_mm=1.0))
+    result = refine(start, obs, "tetragonal")
+    det = result.experiment.detector
+    assert (det.sensor_mu_per_mm, det.sensor_thickness_mm) == (4.2, 1.0)
+    assert result.rmsd_px < 1e-3
+    assert refine(blind, obs, "tetragonal").rmsd_px > 10 * result.rmsd_px

@@ -11,6 +11,7 @@ from scipy.spatial import cKDTree
 
 from streamer.detector_presets import DetectorPreset, available, load_preset
 from streamer.errors import BadConfig
+from streamer.geometry import Experiment
 from streamer.prediction import miller_indices, predict_rotation
 from tools.simulator.background import BackgroundModel
 from tools.simulator.presets import PRESETS
@@ -152,6 +153,17 @@ def test_spot_centroids_agree_with_the_geometry_model(wide_sim):
     mine = r.pred.select(inside)
     for h, phi, x, y in zip(mine.hkl.tolist(), mine.phi_deg, mine.x_px, mine.y_px):
         assert min(abs(phi - p) + abs(x - a) + abs(y - b) for p, a, b in found[tuple(h)]) < 1e-9
+
+
+def test_the_header_gives_the_analysis_the_simulated_geometry_with_parallax(wide_sim):
+    """The analysis rebuilds the detector from the series header (a 0.45 mm Si sensor): the
+    truth's spot positions must carry the same parallax."""
+    truth = wide_sim.experiment.detector
+    det = Experiment.from_series(wide_sim.series_info()).detector
+    assert truth.has_parallax and det.sensor_thickness_mm == truth.sensor_thickness_mm == 0.45
+    assert det.sensor_mu_per_mm == truth.sensor_mu_per_mm
+    x, y = np.random.default_rng(0).uniform(0, 512, (2, 200))
+    np.testing.assert_allclose(det.pixel_to_lab(x, y), truth.pixel_to_lab(x, y), rtol=0, atol=1e-9)
 
 
 def test_integrated_counts_agree_with_truth_within_poisson_error(wide_sim):

@@ -14,7 +14,7 @@ import logging
 
 import numpy as np
 
-from streamer.geometry import Detector, Experiment
+from streamer.geometry import Experiment
 from streamer.indexing.assign import index_and_fit
 from streamer.indexing.rlp import Spots, rlps_from_spots
 
@@ -36,9 +36,7 @@ def beam_centre_from_shift(exp: Experiment, shift: np.ndarray, spots: Spots, min
     if np.hypot(dx, dy) < min_px or not np.isfinite(dx + dy):
         return None
     bx, by = det.beam_centre_px(exp.beam)
-    moved = Detector.from_beam_centre((bx + dx, by + dy), det.distance_mm, det.pixel_size_mm, det.image_size,
-                                      det.fast_axis, det.slow_axis, exp.beam.direction)
-    return exp.replace(detector=moved)
+    return exp.replace(detector=det.with_beam_centre(exp.beam, (bx + dx, by + dy)))
 
 
 def best_origin(exp: Experiment, a_red: np.ndarray, shift: np.ndarray, spots: Spots,

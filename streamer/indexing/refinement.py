@@ -15,7 +15,7 @@ Residuals: x and y in pixels and phi in images (degrees / oscillation width).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from scipy.optimize import least_squares
@@ -150,7 +150,7 @@ class ModelParameters:
             px, py = det.pixel_size_mm
             origin = origin + v["shift_fast_px"] * px * f + v["shift_slow_px"] * py * s
             origin = origin + v.get("distance_mm", 0.0) * self.n0
-            det = Detector(tuple(origin), tuple(f), tuple(s), det.pixel_size_mm, det.image_size)
+            det = replace(det, origin_mm=tuple(origin), fast_axis=tuple(f), slow_axis=tuple(s))  # keeps the sensor
         gonio = self.exp.goniometer
         if "axis_1_mrad" in v:
             axis = (rotation_matrix(self.axis_p1, np.degrees(v["axis_1_mrad"] * 1e-3))

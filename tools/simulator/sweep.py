@@ -40,6 +40,7 @@ from streamer.crystal import Crystal
 from streamer.detector_presets import DetectorPreset, load_preset
 from streamer.geometry import Beam, Detector, Experiment, Goniometer, Scan, polarization_factor
 from streamer.prediction import Predictions, miller_indices, predict_rotation
+from streamer.sensor import attenuation_coefficient_per_mm
 from streamer.series import EncodedFrame, SeriesInfo
 from tools.simulator.background import BackgroundModel, expected_background
 from tools.simulator.noise import SparseBackground, seed_numba
@@ -164,7 +165,11 @@ class Simulation:
         centre = spec.beam_centre_px or (nx / 2 + 3.3, ny / 2 - 4.7)
         distance = spec.distance_mm or preset.distance_mm
         pixel = (preset.pixel_size_mm, preset.pixel_size_mm)
-        detector = Detector.from_beam_centre(centre, distance, pixel, (nx, ny))
+        # spots land where the analysis will look for them: with the sensor's parallax, which the
+        # series header implies (its material and thickness)
+        mu = attenuation_coefficient_per_mm(preset.sensor_material, spec.wavelength_A)
+        detector = Detector.from_beam_centre(centre, distance, pixel, (nx, ny), sensor_mu_per_mm=mu,
+                                             sensor_thickness_mm=preset.sensor_thickness_mm)
         U = random_u(spec.seed) if spec.U is None else np.asarray(spec.U, dtype=np.float64)
         crystal = Crystal.from_cell(spec.cell, U, spec.space_group, spec.mosaicity_deg)
         scan = Scan(spec.n_images, spec.osc_start_deg, spec.osc_width_deg)
