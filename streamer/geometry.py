@@ -154,7 +154,8 @@ class Detector:
     def has_parallax(self) -> bool:
         return self.sensor_mu_per_mm > 0 and self.sensor_thickness_mm > 0
 
-    def _plane_from_pixel_mm(self, x_mm, y_mm):
+    def plane_from_pixel_mm(self, x_mm, y_mm):
+        """Where the rays counted at pixel positions (mm: pixel x pixel size) crossed the plane (mm)."""
         return plane_from_pixel_mm(self.origin_mm, self.fast_axis, self.slow_axis, self.sensor_mu_per_mm,
                                    self.sensor_thickness_mm, x_mm, y_mm)
 
@@ -180,7 +181,7 @@ class Detector:
         x = np.atleast_1d(np.asarray(x_px, dtype=np.float64)) * self.pixel_size_mm[0]
         y = np.atleast_1d(np.asarray(y_px, dtype=np.float64)) * self.pixel_size_mm[1]
         if self.has_parallax:
-            x, y = self._plane_from_pixel_mm(x, y)
+            x, y = self.plane_from_pixel_mm(x, y)
         return np.asarray(self.origin_mm) + np.outer(x, self.fast_axis) + np.outer(y, self.slow_axis)
 
     def lab_to_pixel(self, rays) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -207,36 +208,6 @@ class Detector:
         """Pixel coordinates (fast, slow) where the direct beam meets the detector plane."""
         x, y, _ = self.lab_to_pixel(np.asarray(beam.direction)[None, :])
         return float(x[0]), float(y[0])
-
-    def _pixel_centre_rays(self, rows: slice) -> np.ndarray:
-        nx = self.image_size[0]
-        y = np.arange(rows.start, rows.stop, dtype=np.float64) + 0.5
-        x = np.arange(nx, dtype=np.float64) + 0.5
-        o, f, s = (np.asarray(a) for a in (self.origin_mm, self.fast_axis, self.slow_axis))
-        px, py = self.pixel_size_mm
-        if self.has_parallax:
-            x_mm, y_mm = np.broadcast_arrays(x[None, :] * px, y[:, None] * py)
-            x_mm, y_mm = self._plane_from_pixel_mm(x_mm, y_mm)
-            return o + x_mm[:, :, None] * f + y_mm[:, :, None] * s
-        return o + (x[None, :, None] * px) * f + (y[:, None, None] * py) * s
-
-    def two_theta_map(self, beam: Beam, rows_per_block: int = 256) -> np.ndarray:
-        """Scattering angle 2theta (degrees, float32, shape (ny, nx)) at every pixel centre."""
-        nx, ny = self.image_size
-        out = np.empty((ny, nx), dtype=np.float32)
-        b = np.asarray(beam.direction)
-        for start in range(0, ny, rows_per_block):
-            rows = slice(start, min(ny, start + rows_per_block))
-            v = self._pixel_centre_rays(rows)
-            cos2t = (v @ b) / np.linalg.norm(v, axis=2)
-            out[rows] = np.degrees(np.arccos(np.clip(cos2t, -1.0, 1.0)))
-        return out
-
-    def resolution_map(self, beam: Beam, rows_per_block: int = 256) -> np.ndarray:
-        """d-spacing (A, float32, shape (ny, nx)) at every pixel centre; inf at 2theta = 0."""
-        theta = np.radians(self.two_theta_map(beam, rows_per_block).astype(np.float64)) / 2.0
-        with np.errstate(divide="ignore"):
-            return (beam.wavelength_A / (2.0 * np.sin(theta))).astype(np.float32)
 
     def with_beam_centre(self, beam: Beam, beam_centre_px: tuple[float, float]) -> Detector:
         """The same detector moved in its plane so that `beam_centre_px` returns `beam_centre_px`."""

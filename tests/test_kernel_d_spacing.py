@@ -6,8 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from kernels.d_spacing import d_spacing
+from kernels.d_spacing import d_spacing, pixel_centre_d_spacing
 from streamer.geometry import Beam, Detector, Experiment, s1_vectors
+from streamer.pixel_maps import resolution_map
 
 
 def geometry_args(detector, beam):
@@ -66,3 +67,27 @@ def test_empty_and_bad_input():
         d_spacing(np.zeros(2), np.zeros(3), *args)
     with pytest.raises(ValueError):
         d_spacing(np.zeros(2), np.zeros(2), np.zeros(2), *args[1:])
+
+
+@pytest.mark.parametrize("tilted", [False, True])
+@pytest.mark.parametrize("sensor", [(0.0, 0.0), (3.83, 0.45), (41.6, 1.0)])
+def test_pixel_centre_map_matches_the_numpy_resolution_map(sensor, tilted):
+    """The analyser's resolution map (compiled) against `pixel_maps.resolution_map` (numpy): both
+    work d out in float64 and round it once to float32, so they differ by a float32 rounding at
+    most; the beam's pixel is inf in both."""
+    rng = np.random.default_rng(7)
+    fast, slow = ((1.0, 0.0, 0.0), (0.0, -1.0, 0.0))
+    if tilted:
+        fast = tuple(np.array([1.0, 0.0, 0.3]) / np.hypot(1.0, 0.3))
+        slow = tuple(np.cross(fast, (0.0, 0.0, 1.0)) / np.linalg.norm(np.cross(fast, (0.0, 0.0, 1.0))))
+    detector = Detector.from_beam_centre((80.5, 60.5), 120.0, (0.075, 0.075), (173, 131), fast, slow,
+                                         sensor_mu_per_mm=sensor[0], sensor_thickness_mm=sensor[1])
+    beam = Beam(wavelength_A=float(rng.uniform(0.7, 1.5)))
+    expected = resolution_map(detector, beam, rows_per_block=50)
+    got = pixel_centre_d_spacing((131, 173), *geometry_args(detector, beam))
+    assert got.dtype == np.float32 and got.shape == (131, 173)
+    along_beam = expected > 1e4  # at the pixel centre the beam hits: inf, or huge after rounding
+    assert np.array_equal(got > 1e4, along_beam) and along_beam.sum() <= 1  # (tilted, a sensor moves it)
+    np.testing.assert_allclose(got[~along_beam], expected[~along_beam], rtol=1.2e-7, atol=0)
+    if not tilted:
+        assert np.isinf(got[60, 80]) and np.isinf(expected[60, 80])  # the beam hits that pixel's centre

@@ -21,6 +21,7 @@ from conftest import needs_dials
 from streamer.config import Config
 from streamer.geometry import Beam, Detector, Experiment, s1_vectors
 from streamer.perimage import ImageAnalyser
+from streamer.pixel_maps import resolution_map
 from streamer.sources.open_any import open_source
 
 pytestmark = [pytest.mark.slow, pytest.mark.dials, needs_dials()]
@@ -105,7 +106,7 @@ def test_our_series_geometry_and_resolutions_agree_with_dials(dials_spots):
     assert error_plain > 1e-4
     x, y = ref["map_xy"].T
     error = np.abs(analyser.resolution_map[y, x] / ref["d_map"] - 1).max()
-    error_plain = np.abs(plain.detector.resolution_map(beam)[y, x] / ref["d_map"] - 1).max()
+    error_plain = np.abs(resolution_map(plain.detector, beam)[y, x] / ref["d_map"] - 1).max()
     print(f"resolution map (float32): ours differs by {error:.1e} with parallax, {error_plain:.1e} without")
     assert error < 3e-7
     assert error_plain > 1e-4

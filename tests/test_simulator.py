@@ -12,6 +12,7 @@ from scipy.spatial import cKDTree
 from streamer.detector_presets import DetectorPreset, available, load_preset
 from streamer.errors import BadConfig
 from streamer.geometry import Experiment
+from streamer.pixel_maps import resolution_map
 from streamer.prediction import miller_indices, predict_rotation
 from tools.simulator.background import BackgroundModel
 from tools.simulator.presets import PRESETS
@@ -262,7 +263,7 @@ def test_options_damage_second_lattice_ice_overloads():
     assert len(twin.crystals) == 2
     np.testing.assert_allclose(twin.crystals[1].unit_cell, twin.crystals[0].unit_cell, atol=1e-9)
     ice = Simulation(SimulationSpec(n_images=1, background=BackgroundModel(ice=1.0), **SMALL))
-    dmap = ice.experiment.detector.resolution_map(ice.experiment.beam)
+    dmap = resolution_map(ice.experiment.detector, ice.experiment.beam)
     on_ring = np.abs(1 / dmap - 1 / 3.669) < 0.001
     off_ring = np.abs(1 / dmap - 1 / 3.0) < 0.001
     live = on_ring & (ice.mask == 0)

@@ -19,6 +19,7 @@ import numpy as np
 
 from streamer.geometry import Experiment, polarization_factor
 from streamer.ice_rings import STRONG_ICE_RINGS_A
+from streamer.pixel_maps import pixel_centre_rays
 
 SOLVENT_D_A = 3.5
 SOLVENT_WIDTH_INV_A = 0.06
@@ -42,7 +43,7 @@ def expected_background(experiment: Experiment, model: BackgroundModel, mask: np
     normal = det.normal
     for start in range(0, ny, rows_per_block):
         rows = slice(start, min(ny, start + rows_per_block))
-        rays = det._pixel_centre_rays(rows).reshape(-1, 3)
+        rays = pixel_centre_rays(det, rows).reshape(-1, 3)
         length = np.linalg.norm(rays, axis=1)
         unit = rays / length[:, None]
         cos2t = np.clip(unit @ np.asarray(beam.direction), -1.0, 1.0)
