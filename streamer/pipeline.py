@@ -165,9 +165,11 @@ class Pipeline:
         env = {**WORKER_THREADS, **os.environ, **(self.worker_env or {})}
         for _ in range(self.n_workers):
             self.processes.append(subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL))
+        from streamer.sensor import attenuation_coefficient_per_mm
         from streamer.spot_joiner import warm_up_kernels
 
         warm_up_kernels()  # while the workers warm up theirs: no compiling once frames come
+        attenuation_coefficient_per_mm("Si", 1.0)  # the sensor tables (0.5 s to load) for the sweep stages' geometry
         deadline = time.monotonic() + worker_timeout_s
         while not self.service.wait_workers(self.n_workers, 0.5):
             dead = [p for p in self.processes if p.poll() is not None]

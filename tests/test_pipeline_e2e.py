@@ -416,3 +416,14 @@ def test_an_image_number_sent_twice_is_dropped_once_and_counted(tmp_path):
     assert [row["n_spots"] for row in rows if row.get("n_spots") is not None] == [2, 2, 2, 2]
 
 
+
+
+def test_the_sensor_tables_load_before_the_first_series(monkeypatch):
+    """The main process's sweep stages build each series' geometry with the sensor's attenuation
+    (xraydb, 0.5 s to load): loaded while the workers start, not while the first frames arrive."""
+    import streamer.sensor
+
+    calls = []
+    monkeypatch.setattr(streamer.sensor, "attenuation_coefficient_per_mm", lambda *args: calls.append(args) or 0.0)
+    with Pipeline(Config(), n_workers=1, live=False, worker_args=fake_args(), worker_env=ENV):
+        assert calls == [("Si", 1.0)]
