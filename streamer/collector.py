@@ -181,8 +181,9 @@ class Collector:
     def worker_gone(self, name: str) -> None:
         """A worker exited: the frames in its queue are lost; those that every worker still
         alive has passed are given up now, not after the timeout."""
+        if name not in self.roster.gone:  # not counted twice: given up as silent, then its process ended
+            self.metrics.workers_lost.labels(how="exited").inc()
         self.roster.exited(name)
-        self.metrics.workers_lost.labels(how="exited").inc()
         self._advance_open()
 
     def check_silence(self) -> None:
@@ -199,6 +200,7 @@ class Collector:
 
     def tick(self) -> None:
         """Drop frames whose results are overdue, update the gauges; called regularly by the service loop."""
+        self.roster.present()
         self._advance_open()
         self.metrics.workers_seen.set(self.roster.n_seen())
         self._update_depths()

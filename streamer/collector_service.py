@@ -98,11 +98,11 @@ class CollectorService:
                         self._on_control(parts)
                 now = time.monotonic()
                 if now >= next_tick:  # timeouts, gauges, models: not per message
+                    self.collector.tick()  # first: a pause of this loop is nobody's silence
                     for name in self.exited_workers():
                         self.collector.worker_gone(name)
                     if not results.poll(0):  # every heartbeat that came has been read: silence is real
                         self.collector.check_silence()
-                    self.collector.tick()
                     self._publish_models()
                     self._expire_requests()
                     self._forget_closed_headers()

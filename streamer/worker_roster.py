@@ -37,6 +37,7 @@ class WorkerRoster:
         self.heard: dict[str, float] = {}  # worker -> clock at its latest message of any kind
         self.last_result: dict[str, float] = {}  # worker -> clock at its latest result
         self.idle: dict[str, float] = {}  # worker -> clock at its latest idle notice (none since a result)
+        self.present_at: float | None = None  # clock at the collector loop's latest `present`
 
     def joined_now(self, name: str) -> None:
         """A worker said it is ready: it takes frames from now on."""
@@ -69,6 +70,18 @@ class WorkerRoster:
         self.joined.discard(name)
         self.silent.discard(name)
         self.gone.add(name)
+
+    def present(self) -> None:
+        """The collector's loop is running (it says so every tick). A gap longer than a heartbeat
+        means the collector itself was away (its process stopped, paused or swapped out), and
+        the beats sent meanwhile may not even have reached its socket yet: that time is no
+        worker's silence, so it is credited to every worker."""
+        now = self.clock()
+        gap = 0.0 if self.present_at is None else now - self.present_at
+        self.present_at = now
+        if gap > HEARTBEAT_S:
+            for name in self.joined:
+                self.heard[name] = min(now, self.heard.get(name, now) + gap)
 
     def fall_silent(self) -> list[str]:
         """Joined workers not heard from for `silence_s`, now given up (each once). Call it only

@@ -44,6 +44,25 @@ def test_a_silent_worker_heard_again_takes_frames_again_but_an_exited_one_does_n
     assert roster.joined == {"a"} and roster.gone == {"b"} and not roster.silent
 
 
+def test_time_the_collector_itself_was_away_is_nobodys_silence():
+    """The collector's process stopped for 7 s (a pause, swapping): when it resumes, the beats
+    sent meanwhile may not have reached its socket yet. It must not give every worker up; a
+    worker that stays silent while the collector runs is still given up."""
+    clock = Clock()
+    roster = WorkerRoster(silence_s=5.0, clock=clock)
+    for name in ("a", "b"):
+        roster.joined_now(name)
+    roster.present()
+    clock.t += 7.0
+    roster.present()
+    assert roster.fall_silent() == [] and roster.joined == {"a", "b"}
+    for _ in range(11):  # 5.5 s of the collector's ticks (every 0.5 s here), with beats from a only
+        clock.t += 0.5
+        roster.present()
+        roster.alive_notice("a")
+    assert roster.fall_silent() == ["b"]
+
+
 def test_frames_of_a_silent_worker_go_once_the_living_pass_them():
     """The collector side: b falls silent holding frames 1 and 3; a returns 2 and 4, so 1 and 3
     are given up at once (not after the 60 s result timeout), counted as worker_lost and in
@@ -73,6 +92,12 @@ def test_frames_of_a_silent_worker_go_once_the_living_pass_them():
     c.result(FrameResult(s.series_id, 1, 1, "b", stats={"n_spots": 1}))  # it comes back: too late for 1
     assert state.tally.processed == 3 and "b" in c.roster.joined
     check_balance(c)
+    clock.t += 6.0
+    c.worker_alive("a")
+    c.check_silence()  # silent again, and then its process is seen to exit: one worker lost, counted once
+    c.worker_gone("b")
+    lost = {how: c.metrics.workers_lost.labels(how=how)._value.get() for how in ("silent", "exited")}
+    assert lost == {"silent": 2, "exited": 0}
 
 
 def test_a_worker_beats_while_its_main_loop_is_busy(tmp_path):
