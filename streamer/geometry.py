@@ -297,6 +297,8 @@ class Experiment:
         beam = Beam(series.wavelength_A, polarization_fraction=polarization_fraction)
         ny, nx = series.image_shape
         thickness = series.sensor_thickness_mm
+        if not (math.isfinite(thickness) and thickness > 0):  # unknown or nonsense: no parallax
+            thickness = 0.0
         mu = attenuation_coefficient_per_mm(series.sensor_material, beam.wavelength_A) if thickness > 0 else 0.0
         detector = Detector.from_beam_centre(
             series.beam_centre_px, series.distance_mm, series.pixel_size_mm, (nx, ny),

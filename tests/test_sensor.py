@@ -143,3 +143,15 @@ def test_series_sensor_enters_the_detector_and_survives_to_dict():
     assert not Experiment.from_dict(old).detector.has_parallax
     thin = Experiment.from_series(SeriesInfo("s", "cbf", (100, 120), "<u4", sensor_material="Si"))
     assert not thin.detector.has_parallax
+
+
+@pytest.mark.parametrize("thickness", [math.inf, math.nan, -0.45])
+def test_a_nonsense_thickness_means_no_parallax(thickness):
+    """An infinite thickness made every d NaN (inf * 0 in the attenuation length), so the
+    resolution map was NaN and the d_min/d_max masks silently did nothing."""
+    info = SeriesInfo("s", "cbf", (100, 120), "<u4", sensor_material="Si", sensor_thickness_mm=thickness,
+                      beam_centre_px=(60.0, 50.0), wavelength_A=0.96859, distance_mm=100.0)
+    exp = Experiment.from_series(info)
+    assert not exp.detector.has_parallax
+    dmap = resolution_map(exp.detector, exp.beam)
+    assert np.isfinite(dmap).all()
