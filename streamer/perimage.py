@@ -32,7 +32,15 @@ from kernels.dispersion import DispersionWorkspace, strong_pixels
 from kernels.image_spots import image_spots
 from kernels.image_statistics import image_statistics
 from kernels.labelling import label_pixels
-from kernels.radial import BandedRadial, bin_map, integer_sums_apply, radial_profile, radial_segments, radial_sums
+from kernels.radial import (
+    BandedRadial,
+    bin_map_of_d,
+    integer_sums_apply,
+    largest_d_star_sq,
+    radial_profile,
+    radial_segments,
+    radial_sums,
+)
 from streamer import band_decode, codecs
 from streamer.config import Config
 from streamer.errors import BadFrame
@@ -154,12 +162,10 @@ class ImageAnalyser:
         self.series_mask = SeriesMask.build(series, self.config.mask, sf.d_min, sf.d_max, self.resolution_map)
         self.mask = self.series_mask.mask
         self.trusted_range = self.series_mask.trusted_range
-        with np.errstate(divide="ignore"):
-            d_star_sq = 1.0 / self.resolution_map.astype(np.float64) ** 2
-        top = float(np.nanmax(np.where(np.isfinite(d_star_sq), d_star_sq, 0.0)))
+        top = largest_d_star_sq(self.resolution_map)
         n_bins = max(1, int(math.ceil(top / sf.radial_bin_width)))
         self.radial_bin_edges = np.arange(n_bins + 1, dtype=np.float64) * sf.radial_bin_width
-        self.radial_bins = bin_map(d_star_sq, self.radial_bin_edges)
+        self.radial_bins = bin_map_of_d(self.resolution_map, self.radial_bin_edges)
         self.radial_segments = radial_segments(self.mask, self.radial_bins, n_bins, sf.radial_row_step)
         # taken inside the threshold pass where it can (integer pixels, `analyse`)
         self.radial_in_pass = BandedRadial(self.radial_segments, self.dtype, self.trusted_range) \

@@ -130,3 +130,28 @@ def test_property_counts_are_the_selected_pixels_and_sums_conserved(seed, ny, nx
     filled = counts > 0
     assert np.isclose((mean[filled].astype(np.float64) * counts[filled]).sum(), image[use].astype(np.float64).sum(),
                       rtol=1e-6)
+
+
+def test_bins_of_a_resolution_map_equal_the_numpy_binning():
+    """`bin_map_of_d` (the analyser's set-up, compiled) against `bin_map(1 / d**2, edges)` in
+    numpy: the same bin for every pixel, also for d whose d* squared sits on an edge, for d = inf
+    (the beam: bin 0), 0, NaN and beyond the last edge (-1)."""
+    from kernels.radial import bin_map_of_d, largest_d_star_sq
+    from streamer.geometry import Beam, Detector
+    from streamer.pixel_maps import resolution_map
+
+    width = 0.002
+    detector = Detector.from_beam_centre((150.5, 100.5), 80.0, (0.172, 0.172), (301, 211), sensor_mu_per_mm=3.8,
+                                         sensor_thickness_mm=0.45)
+    d_map = resolution_map(detector, Beam(0.98))
+    rng = np.random.default_rng(3)
+    on_edges = (1.0 / np.sqrt(width * rng.integers(1, 60, 2000))).astype(np.float32)  # d* squared near an edge
+    extra = np.array([np.inf, 0.0, np.nan, 0.5, 40.0, 2.0], dtype=np.float32)
+    for d in (d_map, np.concatenate([on_edges, np.nextafter(on_edges, 0), np.nextafter(on_edges, 9), extra])[None]):
+        with np.errstate(divide="ignore"):
+            d_star_sq = 1.0 / d.astype(np.float64) ** 2
+        top = float(np.nanmax(np.where(np.isfinite(d_star_sq), d_star_sq, 0.0)))
+        assert largest_d_star_sq(d) == top
+        edges = np.arange(int(np.ceil(min(top, 0.25) / width)) + 1, dtype=np.float64) * width
+        np.testing.assert_array_equal(bin_map_of_d(d, edges), bin_map(d_star_sq, edges))
+    assert largest_d_star_sq(np.full((2, 2), np.nan, np.float32)) == 0.0
