@@ -4,7 +4,6 @@ a reason, results come out in frame order, lost frames are given up on time, nev
 from __future__ import annotations
 
 import random
-import time
 
 import numpy as np
 import pytest
@@ -169,37 +168,6 @@ def test_live_frames_time_out_from_their_dispatch_whatever_else_returns():
     assert c.series[s.series_id].tally.dropped == {"worker_lost": 1}
 
 
-def test_frames_of_an_exited_worker_are_given_up_once_the_living_have_passed_them():
-    """Each worker takes its frames in dispatch order: once a worker has exited, a frame that
-    every live worker has passed was in the dead one's queue, and goes at once."""
-    c, pub = make(result_timeout_s=1000.0)
-    s = make_series(n_images=12)
-    c.series_start(s)
-    for name in ("a", "b", "c"):
-        c.worker_joined(name)
-    for seq in range(12):
-        c.dispatched(s.series_id, seq, seq, 100.0)
-
-    def result(seq, worker):
-        c.result(FrameResult(s.series_id, seq, seq, worker, stats={"n_spots": 1}))
-
-    result(0, "a")
-    result(1, "b")  # "c" held frame 2, then died
-    result(3, "a")
-    c.worker_gone("c")
-    assert [p["image"] for p in pub.images()] == [0, 1]  # "b" has not passed 2 yet: it may hold it
-    result(4, "b")
-    assert [(p["image"], p["dropped"]) for p in pub.images()][2:] == [(2, "worker_lost"), (3, None), (4, None)]
-    result(6, "a")
-    assert [p["image"] for p in pub.images()][-1] == 4  # 5 waits: "b" may still hold it
-    result(5, "b")
-    assert [p["image"] for p in pub.images()][-2:] == [5, 6]
-    c.worker_joined("c2")  # a new worker: nothing is given up until it has returned frames too
-    result(9, "a")
-    result(10, "b")
-    assert [p["image"] for p in pub.images()][-1] == 6
-
-
 def test_full_reorder_buffer_gives_up_the_missing_frame():
     c, pub = make(reorder_bound=8)
     s = make_series(n_images=30)
@@ -237,27 +205,6 @@ def test_result_for_unknown_series_is_ignored():
     assert c.total.received == 0 and pub.images() == []
 
 
-def test_stage_failures_do_not_stop_per_image_results():
-    class Broken:
-        def __init__(self, series):
-            pass
-
-        def add(self, series, result):
-            raise RuntimeError("bug in a stage")
-
-        def finish(self):
-            raise RuntimeError("bug in a stage")
-
-    c, pub = make(stage_factories=[Broken])
-    s = make_series()
-    c.series_start(s)
-    c.dispatched(s.series_id, 0, 0, 100.0)
-    c.result(ok(s.series_id, 0, 0))
-    c.series_end(s.series_id, 1)
-    assert c.wait_closed(1, 5)
-    assert len(pub.images()) == 1 and c.total.processed == 1
-
-
 @pytest.mark.parametrize("seed", range(5))
 def test_random_interleavings_keep_the_books_balanced(seed):
     rng = random.Random(seed)
@@ -290,73 +237,6 @@ def test_random_interleavings_keep_the_books_balanced(seed):
     check_balance(c)
     images = [p["image"] for p in pub.images() if p["image"] < 1000]
     assert images == list(range(60))  # each dispatched frame published exactly once, in order
-
-
-def test_a_stage_model_is_passed_on_once_in_plain_types():
-    class Indexer:
-        def __init__(self, series):
-            self.n = 0
-            self.pending = None
-
-        def add(self, series, result):
-            self.n += 1
-            if self.n == 3:
-                self.pending = {"indexed": True, "unit_cell": np.array([79.0, 79.0, 37.0, 90.0, 90.0, 90.0]),
-                                "rmsd_px": np.float64(0.3)}
-
-        def take_model(self):
-            model, self.pending = self.pending, None
-            return model
-
-        def finish(self):  # the last refinement, with every spot: a model too
-            self.pending = {"indexed": True, "rmsd_px": 0.2}
-            return {"indexing": {"indexed": True, "images": self.n}}
-
-    c, pub = make(stage_factories=[Indexer])
-    s = make_series()
-    c.series_start(s)
-    for seq in range(5):
-        c.dispatched(s.series_id, seq, seq, 100.0)
-        c.result(ok(s.series_id, seq, seq))
-    c.series_end(s.series_id, 5)
-    assert c.wait_closed(1, 5)
-    series_id, model = c.models.get_nowait()
-    assert series_id == s.series_id and model == {"indexed": True, "unit_cell": [79.0, 79.0, 37.0, 90.0, 90.0, 90.0],
-                                                  "rmsd_px": 0.3}
-    assert type(model["rmsd_px"]) is float
-    assert c.models.get_nowait() == (s.series_id, {"indexed": True, "rmsd_px": 0.2}) and c.models.empty()
-    assert c.summary()["series"][0]["indexing"] == {"indexed": True, "images": 5}
-
-
-def test_a_slow_sweep_stage_is_bounded_and_never_blocks_per_image_results():
-    import threading
-
-    gate = threading.Event()
-
-    class Stuck:
-        def __init__(self, series):
-            self.n = 0
-
-        def add(self, series, result):
-            gate.wait(10)
-            self.n += 1
-
-        def finish(self):
-            return {"stage_images": self.n}
-
-    c, pub = make(stage_factories=[Stuck], stage_queue_bound=5)
-    s = make_series(n_images=30)
-    c.series_start(s)
-    for seq in range(30):
-        c.dispatched(s.series_id, seq, seq, 100.0)
-        c.result(ok(s.series_id, seq, seq))
-    assert len(pub.images()) == 30  # published while the stage is stuck
-    assert 20 <= c.n_stage_skipped <= 25
-    gate.set()
-    c.series_end(s.series_id, 30)
-    assert c.wait_closed(1, 10)
-    assert c.series[s.series_id].outputs["stage_images"] == 30 - c.n_stage_skipped
-    assert "xtal_stage_images_skipped_total" in c.metrics.exposition().decode()
 
 
 def test_tick_updates_the_queue_gauges_and_forgets_closed_series():
@@ -426,42 +306,6 @@ def test_headers_of_closed_series_are_forgotten_but_the_latest_few():
         service.collector.series_end(sid, 0)
     service._forget_closed_headers(keep=2)
     assert list(service.headers) == ["b", "c", "d"]  # d is still open
-
-
-def test_idle_notices_settle_the_last_frames_of_a_dead_workers_queue():
-    """After a worker exits, a frame no live worker has passed is given up once each live worker
-    has said it is idle more than IDLE_GRACE_S after the frame's dispatch; a notice sooner (the
-    frame may be on its way) or a result after the notice (it works again) does not count."""
-    from streamer.worker_roster import IDLE_GRACE_S
-
-    clock = Clock()
-    c, _ = make(clock=clock, result_timeout_s=60.0)
-    s = make_series(n_images=3)
-    c.series_start(s)
-    for name in ("a", "b"):
-        c.worker_joined(name)
-    for seq in range(3):
-        c.dispatched(s.series_id, seq, seq, clock())
-    c.series_end(s.series_id, 3)
-    c.result(FrameResult(s.series_id, 0, 0, "a", stats={"n_spots": 1}))
-    c.worker_gone("b")  # it held frames 1 and 2
-    c.worker_idle("a")  # too soon: frame 1 could still be on its way to a
-    c.tick()
-    assert not c.series[s.series_id].closed
-    clock.t += IDLE_GRACE_S + 0.1
-    c.worker_idle("a")
-    c.result(FrameResult(s.series_id, 0, 0, "a"))  # a late duplicate: a works again, its idle notice is void
-    c.tick()
-    assert not c.series[s.series_id].closed
-    clock.t += 0.5
-    c.worker_idle("a", time.time() - 1.0)  # sent a second ago, read late behind results: before the grace
-    c.tick()
-    assert not c.series[s.series_id].closed
-    c.worker_idle("a", time.time())
-    c.tick()
-    state = c.series[s.series_id]
-    assert state.closed and state.dropped_images == [1, 2] and state.tally.dropped == {"worker_lost": 2}
-    check_balance(c)
 
 
 def test_final_warnings_that_failed_are_worked_out_on_each_poll(monkeypatch):

@@ -1,5 +1,7 @@
-"""Workers that fall silent (a remote host that vanished, a stopped process) are given up as if
-they had exited, and taken back when heard from again; a heartbeat keeps a busy worker in."""
+"""Workers the collector can no longer count on: the frames in the queue of one that exited are
+given up once the living have passed them or said they are idle; one that falls silent (a
+remote host that vanished, a stopped process) is given up as if it had exited, and taken back
+when heard from again; a heartbeat keeps a busy worker in."""
 
 from __future__ import annotations
 
@@ -126,3 +128,70 @@ def test_a_worker_beats_while_its_main_loop_is_busy(tmp_path):
         results.close()
         ctx.term()
     assert len(beats) >= 2 and {(m.kind, m.body["worker"]) for m in beats} == {("alive", "w")}
+
+
+def test_frames_of_an_exited_worker_are_given_up_once_the_living_have_passed_them():
+    """Each worker takes its frames in dispatch order: once a worker has exited, a frame that
+    every live worker has passed was in the dead one's queue, and goes at once."""
+    c, pub = make(result_timeout_s=1000.0)
+    s = make_series(n_images=12)
+    c.series_start(s)
+    for name in ("a", "b", "c"):
+        c.worker_joined(name)
+    for seq in range(12):
+        c.dispatched(s.series_id, seq, seq, 100.0)
+
+    def result(seq, worker):
+        c.result(FrameResult(s.series_id, seq, seq, worker, stats={"n_spots": 1}))
+
+    result(0, "a")
+    result(1, "b")  # "c" held frame 2, then died
+    result(3, "a")
+    c.worker_gone("c")
+    assert [p["image"] for p in pub.images()] == [0, 1]  # "b" has not passed 2 yet: it may hold it
+    result(4, "b")
+    assert [(p["image"], p["dropped"]) for p in pub.images()][2:] == [(2, "worker_lost"), (3, None), (4, None)]
+    result(6, "a")
+    assert [p["image"] for p in pub.images()][-1] == 4  # 5 waits: "b" may still hold it
+    result(5, "b")
+    assert [p["image"] for p in pub.images()][-2:] == [5, 6]
+    c.worker_joined("c2")  # a new worker: nothing is given up until it has returned frames too
+    result(9, "a")
+    result(10, "b")
+    assert [p["image"] for p in pub.images()][-1] == 6
+
+
+def test_idle_notices_settle_the_last_frames_of_a_dead_workers_queue():
+    """After a worker exits, a frame no live worker has passed is given up once each live worker
+    has said it is idle more than IDLE_GRACE_S after the frame's dispatch; a notice sooner (the
+    frame may be on its way) or a result after the notice (it works again) does not count."""
+    from streamer.worker_roster import IDLE_GRACE_S
+
+    clock = Clock()
+    c, _ = make(clock=clock, result_timeout_s=60.0)
+    s = make_series(n_images=3)
+    c.series_start(s)
+    for name in ("a", "b"):
+        c.worker_joined(name)
+    for seq in range(3):
+        c.dispatched(s.series_id, seq, seq, clock())
+    c.series_end(s.series_id, 3)
+    c.result(FrameResult(s.series_id, 0, 0, "a", stats={"n_spots": 1}))
+    c.worker_gone("b")  # it held frames 1 and 2
+    c.worker_idle("a")  # too soon: frame 1 could still be on its way to a
+    c.tick()
+    assert not c.series[s.series_id].closed
+    clock.t += IDLE_GRACE_S + 0.1
+    c.worker_idle("a")
+    c.result(FrameResult(s.series_id, 0, 0, "a"))  # a late duplicate: a works again, its idle notice is void
+    c.tick()
+    assert not c.series[s.series_id].closed
+    clock.t += 0.5
+    c.worker_idle("a", time.time() - 1.0)  # sent a second ago, read late behind results: before the grace
+    c.tick()
+    assert not c.series[s.series_id].closed
+    c.worker_idle("a", time.time())
+    c.tick()
+    state = c.series[s.series_id]
+    assert state.closed and state.dropped_images == [1, 2] and state.tally.dropped == {"worker_lost": 2}
+    check_balance(c)

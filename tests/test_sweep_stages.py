@@ -1,0 +1,97 @@
+"""The collector's sweep stages (spot joining, indexing) run in their own thread: a failing or
+slow stage never stops or holds up the per-image results, and each new crystal model is passed
+on once, in plain types."""
+
+from __future__ import annotations
+
+import numpy as np
+from pipeline_fakes import make_series
+from test_collector import make, ok
+
+
+def test_stage_failures_do_not_stop_per_image_results():
+    class Broken:
+        def __init__(self, series):
+            pass
+
+        def add(self, series, result):
+            raise RuntimeError("bug in a stage")
+
+        def finish(self):
+            raise RuntimeError("bug in a stage")
+
+    c, pub = make(stage_factories=[Broken])
+    s = make_series()
+    c.series_start(s)
+    c.dispatched(s.series_id, 0, 0, 100.0)
+    c.result(ok(s.series_id, 0, 0))
+    c.series_end(s.series_id, 1)
+    assert c.wait_closed(1, 5)
+    assert len(pub.images()) == 1 and c.total.processed == 1
+
+
+def test_a_stage_model_is_passed_on_once_in_plain_types():
+    class Indexer:
+        def __init__(self, series):
+            self.n = 0
+            self.pending = None
+
+        def add(self, series, result):
+            self.n += 1
+            if self.n == 3:
+                self.pending = {"indexed": True, "unit_cell": np.array([79.0, 79.0, 37.0, 90.0, 90.0, 90.0]),
+                                "rmsd_px": np.float64(0.3)}
+
+        def take_model(self):
+            model, self.pending = self.pending, None
+            return model
+
+        def finish(self):  # the last refinement, with every spot: a model too
+            self.pending = {"indexed": True, "rmsd_px": 0.2}
+            return {"indexing": {"indexed": True, "images": self.n}}
+
+    c, pub = make(stage_factories=[Indexer])
+    s = make_series()
+    c.series_start(s)
+    for seq in range(5):
+        c.dispatched(s.series_id, seq, seq, 100.0)
+        c.result(ok(s.series_id, seq, seq))
+    c.series_end(s.series_id, 5)
+    assert c.wait_closed(1, 5)
+    series_id, model = c.models.get_nowait()
+    assert series_id == s.series_id and model == {"indexed": True, "unit_cell": [79.0, 79.0, 37.0, 90.0, 90.0, 90.0],
+                                                  "rmsd_px": 0.3}
+    assert type(model["rmsd_px"]) is float
+    assert c.models.get_nowait() == (s.series_id, {"indexed": True, "rmsd_px": 0.2}) and c.models.empty()
+    assert c.summary()["series"][0]["indexing"] == {"indexed": True, "images": 5}
+
+
+def test_a_slow_sweep_stage_is_bounded_and_never_blocks_per_image_results():
+    import threading
+
+    gate = threading.Event()
+
+    class Stuck:
+        def __init__(self, series):
+            self.n = 0
+
+        def add(self, series, result):
+            gate.wait(10)
+            self.n += 1
+
+        def finish(self):
+            return {"stage_images": self.n}
+
+    c, pub = make(stage_factories=[Stuck], stage_queue_bound=5)
+    s = make_series(n_images=30)
+    c.series_start(s)
+    for seq in range(30):
+        c.dispatched(s.series_id, seq, seq, 100.0)
+        c.result(ok(s.series_id, seq, seq))
+    assert len(pub.images()) == 30  # published while the stage is stuck
+    assert 20 <= c.n_stage_skipped <= 25
+    gate.set()
+    c.series_end(s.series_id, 30)
+    assert c.wait_closed(1, 10)
+    assert c.series[s.series_id].outputs["stage_images"] == 30 - c.n_stage_skipped
+    assert "xtal_stage_images_skipped_total" in c.metrics.exposition().decode()
