@@ -195,7 +195,7 @@ class ImageAnalyser:
     def reuse_for(self, series: SeriesInfo) -> ImageAnalyser | None:
         """This analyser's set-up (mask, resolution map, radial bins, buffers, compiled kernels)
         for another series of the same detector, geometry and mask, or None. A beamline's many
-        short series (grid scans, screening) then skip the set-up (0.2 s for a 6M detector, 0.6 s for a 16M);
+        short series (grid scans, screening) then skip the set-up (0.2 s for a 6M detector, 0.5 s for a 16M);
         the copy shares the tables and buffers, so use one analyser at a time (a worker does)."""
         old = self.series
         if any(getattr(old, name) != getattr(series, name) for name in SETUP_FIELDS):

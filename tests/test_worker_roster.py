@@ -17,6 +17,21 @@ from streamer.pipeline_messages import FrameResult
 from streamer.worker_roster import HEARTBEAT_S, WorkerRoster
 
 
+def series_out_with(workers, n_images, clock=None, end=True, **collector_options):
+    """A collector with `workers` joined and a series of `n_images` frames all dispatched (and,
+    with `end`, its end reported): (collector, publisher, series)."""
+    c, pub = make(clock=clock, **collector_options)
+    s = make_series(n_images=n_images)
+    c.series_start(s)
+    for name in workers:
+        c.worker_joined(name)
+    for seq in range(n_images):
+        c.dispatched(s.series_id, seq, seq, c.clock())
+    if end:
+        c.series_end(s.series_id, n_images)
+    return c, pub, s
+
+
 def test_a_worker_not_heard_from_for_the_silence_is_given_up_once():
     clock = Clock()
     roster = WorkerRoster(silence_s=5.0, clock=clock)
@@ -70,14 +85,7 @@ def test_frames_of_a_silent_worker_go_once_the_living_pass_them():
     are given up at once (not after the 60 s result timeout), counted as worker_lost and in
     xtal_workers_lost_total{how="silent"}; b's late result of 1 is ignored."""
     clock = Clock()
-    c, _ = make(clock=clock, result_timeout_s=60.0, worker_silence_s=5.0)
-    s = make_series(n_images=5)
-    c.series_start(s)
-    for name in ("a", "b"):
-        c.worker_joined(name)
-    for seq in range(5):
-        c.dispatched(s.series_id, seq, seq, clock())
-    c.series_end(s.series_id, 5)
+    c, _, s = series_out_with(("a", "b"), 5, clock, result_timeout_s=60.0, worker_silence_s=5.0)
     for seq in (0, 2, 4):
         c.result(FrameResult(s.series_id, seq, seq, "a", stats={"n_spots": 1}))
     c.tick()
@@ -133,13 +141,7 @@ def test_a_worker_beats_while_its_main_loop_is_busy(tmp_path):
 def test_frames_of_an_exited_worker_are_given_up_once_the_living_have_passed_them():
     """Each worker takes its frames in dispatch order: once a worker has exited, a frame that
     every live worker has passed was in the dead one's queue, and goes at once."""
-    c, pub = make(result_timeout_s=1000.0)
-    s = make_series(n_images=12)
-    c.series_start(s)
-    for name in ("a", "b", "c"):
-        c.worker_joined(name)
-    for seq in range(12):
-        c.dispatched(s.series_id, seq, seq, 100.0)
+    c, pub, s = series_out_with(("a", "b", "c"), 12, end=False, result_timeout_s=1000.0)
 
     def result(seq, worker):
         c.result(FrameResult(s.series_id, seq, seq, worker, stats={"n_spots": 1}))
@@ -168,14 +170,7 @@ def test_idle_notices_settle_the_last_frames_of_a_dead_workers_queue():
     from streamer.worker_roster import IDLE_GRACE_S
 
     clock = Clock()
-    c, _ = make(clock=clock, result_timeout_s=60.0)
-    s = make_series(n_images=3)
-    c.series_start(s)
-    for name in ("a", "b"):
-        c.worker_joined(name)
-    for seq in range(3):
-        c.dispatched(s.series_id, seq, seq, clock())
-    c.series_end(s.series_id, 3)
+    c, _, s = series_out_with(("a", "b"), 3, clock, result_timeout_s=60.0)
     c.result(FrameResult(s.series_id, 0, 0, "a", stats={"n_spots": 1}))
     c.worker_gone("b")  # it held frames 1 and 2
     c.worker_idle("a")  # too soon: frame 1 could still be on its way to a
