@@ -75,10 +75,10 @@ def test_live_frames_of_a_killed_worker_go_once_the_survivor_passes_them(tmp_pat
 def test_live_frames_of_a_silent_worker_go_once_it_is_given_up(tmp_path, caplog):
     """A worker on another host can vanish without its connection closing (power, network) and
     no parent sees it exit. Here a local worker is stopped (SIGSTOP), which the pipeline's
-    process watch does not see either. Not heard from for fanout.worker_silence_s (2 s here),
+    process watch does not see either. Not heard from for fanout.worker_silence_s (3 s here),
     it is given up: the frames in its queue go as worker_lost long before the result timeout
     (60 s), the survivor takes the rest. Resumed, it is heard again and takes frames again."""
-    config = Config(fanout=FanoutConfig(worker_silence_s=2.0))
+    config = Config(fanout=FanoutConfig(worker_silence_s=3.0))
     with Pipeline(config, n_workers=2, live=True, worker_args=fake_args("SlowCountingAnalyser"), worker_env=ENV,
                   result_timeout_s=60.0) as pipe:
         victim = pipe.processes[0]

@@ -128,7 +128,7 @@ def test_a_worker_beats_while_its_main_loop_is_busy(tmp_path):
         while time.monotonic() < busy_until:  # the GIL is taken, released and taken again
             sum(range(10000))
         beats = []
-        while results.poll(int(1000 * HEARTBEAT_S)) and len(beats) < 3:
+        while results.poll(int(2000 * HEARTBEAT_S)) and len(beats) < 3:
             beats.append(wire.decode(results.recv_multipart()))
     finally:
         worker.stop.set()
