@@ -168,11 +168,12 @@ class CollectorService:
                 self.collector.worker_idle(str(msg.body.get("worker")), msg.body.get("sent_at"))
                 return
             if msg.kind == "alive":  # a worker's heartbeat (`worker_roster.HEARTBEAT_S`)
-                self.collector.worker_alive(str(msg.body.get("worker")))
+                self.collector.worker_alive(str(msg.body.get("worker")), msg.body.get("unreadable"))
                 return
             result = pipeline_messages.result_from(msg)
         except wire.WireError as exc:  # the frame it was about will time out as worker_lost
             self.n_bad_messages += 1
+            self.collector.unreadable(exc.reason)
             log.warning("unreadable result message (%s): %s", exc.reason, exc)
             return
         self.collector.result(result)
@@ -181,12 +182,17 @@ class CollectorService:
         if len(parts) < 2:
             return
         identity = parts[0].bytes
+        sock = self.sockets["control"]
         try:
             msg = wire.decode(parts[1:])
         except wire.WireError as exc:
+            # Answered, so that the worker waits no longer and says why (one of another wire
+            # version cannot read the answer either, and names both versions).
+            self.n_bad_messages += 1
+            self.collector.unreadable(exc.reason)
             log.warning("unreadable control message (%s): %s", exc.reason, exc)
+            sock.send_multipart([identity, *wire.encode("refused", {"reason": exc.reason, "message": str(exc)[:500]})])
             return
-        sock = self.sockets["control"]
         if msg.kind == "hello" and msg.body.get("ready"):
             with self.hello_event:
                 self.hellos.add(str(msg.body.get("worker")))

@@ -62,6 +62,11 @@ class Metrics:
         )
         for how in ("exited", "silent"):
             self.workers_lost.labels(how=how)
+        self.internal_unreadable = Counter(
+            "xtal_internal_messages_unreadable_total", "messages between the processor's own parts that could not be "
+            "read, by reader (collector; worker: as its heartbeats report) and reason (wire_version: a worker or "
+            "collector of another build)", ["reader", "reason"], registry=r,
+        )
         self.stage_latency = Histogram(
             "xtal_stage_latency_seconds", "time per frame in each stage (decode: before the analysis, which decodes "
             "bslz4 frames band by band itself; end_to_end: received to published)",

@@ -4,25 +4,33 @@ A message is a ZeroMQ multipart: part 0 is a msgpack map (the header), parts 1..
 array buffers sent without copying (`send_multipart(copy=False)`) and read back with
 `np.frombuffer` (no copy either). Pixels never go inside the msgpack map.
 
-Header map (wire version 1)::
+Header map (wire version 2)::
 
-    {"v": 1, "kind": KIND, "body": {...}, "arrays": [[name, dtype, [dims...]], ...]}
+    {"v": 2, "kind": KIND, "body": {...}, "arrays": [[name, dtype, [dims...]], ...]}
 
 `dtype` always carries an explicit byte order ("<u4", "|u1"); `arrays[i]` describes part i+1.
 Sizes are bounded (header, number of parts, bytes per array) and every violation, an unknown
 version or an unknown kind raises `WireError` (a `BadMessage`, so it is counted, never a crash).
-Never pickle. The series, frame and result messages as Python objects: `streamer.pipeline_messages`.
+Never pickle. The version changes whenever a build's messages would mislead an older one: version
+2 added the workers' heartbeat (`alive`), without which a worker of version 1 would be given up as
+silent; builds of different versions refuse each other's messages with reason wire_version.
+The series, frame and result messages as Python objects: `streamer.pipeline_messages`.
 
 Kinds:
     series       SeriesInfo (pixel_mask/flatfield as arrays), collector -> worker on request
     frame        EncodedFrame + dispatch sequence number, receiver -> workers (one data part,
                  or none and its store_offset/store_size in the shared frame store)
     result       per-image result of one frame (scalars in body, spot columns as arrays)
+    idle         worker -> collector: no frame for a while (and when this was sent)
+    alive        worker -> collector, every second from its own thread: the heartbeat, with
+                 the worker's count of messages it could not read, by reason
     dropped      a frame a worker could not use, with its reason
     hello        worker -> collector: "which endpoints?"; reply `endpoints`
     endpoints    collector -> worker: frames / results / model URLs, the shared frame store
     joining      worker -> collector: about to connect for frames, and whether it mapped the
                  store (if not, frames are sent as bytes from then on); reply `welcome`
+    refused      collector -> worker: a control message it could not read, and why (a worker
+                 of another wire version cannot read this either, and logs both versions)
     series_request  worker -> collector: "send me the header of series X"
     unknown_series  collector -> worker: no such series
     model        collector -> workers: the current crystal model (indexing), by series
@@ -41,7 +49,7 @@ import numpy as np
 
 from streamer.errors import BadMessage
 
-WIRE_VERSION = 1
+WIRE_VERSION = 2
 MAX_HEADER_BYTES = 4 * 1024 * 1024
 MAX_PARTS = 256
 MAX_ARRAY_BYTES = 1 << 30  # a 16M uint32 frame is 72 MB; 1 GiB bounds any one buffer
@@ -60,6 +68,7 @@ KINDS = frozenset(
         "endpoints",
         "joining",
         "welcome",
+        "refused",
         "series_request",
         "unknown_series",
         "model",

@@ -96,7 +96,8 @@ class Worker:
         self.buffers: dict[tuple[tuple[int, ...], str], np.ndarray] = {}
         self.models: dict[str, dict[str, Any]] = {}
         self.n_frames = 0
-        self.n_bad_messages = 0
+        self.n_bad_messages = 0  # frame messages it could not read
+        self.unreadable: dict[str, int] = {}  # every message it could not read, by reason: told in its heartbeats
         self.store: StoreReader | None = None  # the receiver's frame store, when on this host
         self.endpoints: dict[str, str] = {}  # of the run joined (its token: "run")
         self.heartbeat: threading.Thread | None = None
@@ -188,12 +189,20 @@ class Worker:
                     try:
                         msg = wire.decode(self.control.recv_multipart(copy=False))
                     except wire.WireError as exc:
-                        log.warning("bad answer from %s: %s", self.control_url, exc)
+                        self._unreadable(exc, f"answer from {self.control_url}")
                         continue
                     if msg.kind == answer:
                         return dict(msg.body)
+                    if msg.kind == "refused":
+                        log.error("the collector at %s could not read our %s (%s): %s", self.control_url, kind,
+                                  msg.body.get("reason"), msg.body.get("message"))
             log.info("no answer from collector at %s yet, retrying", self.control_url)
         raise TimeoutError(f"no collector answered at {self.control_url}")
+
+    def _unreadable(self, exc: wire.WireError, what: str) -> None:
+        """A message this worker could not read: logged, and counted for the collector's metrics."""
+        self.unreadable[exc.reason] = self.unreadable.get(exc.reason, 0) + 1
+        log.warning("worker %s: unreadable %s (%s): %s", self.name, what, exc.reason, exc)
 
     def _beat(self, results_url: str) -> None:
         """Say 'alive' every HEARTBEAT_S from this thread's own socket, whatever the main loop
@@ -205,8 +214,9 @@ class Worker:
         sock.connect(results_url)
         try:
             while not self.stop.wait(HEARTBEAT_S):
-                try:
-                    sock.send_multipart(wire.encode("alive", {"worker": self.name}), zmq.DONTWAIT)
+                try:  # dict(): one step under the GIL, so never a dict changing size as it is read
+                    body = {"worker": self.name, "unreadable": dict(self.unreadable)}
+                    sock.send_multipart(wire.encode("alive", body), zmq.DONTWAIT)
                 except zmq.Again:
                     pass
         finally:
@@ -263,7 +273,7 @@ class Worker:
         try:
             msg = wire.decode(parts)
         except wire.WireError as exc:
-            log.warning("bad model message: %s", exc)
+            self._unreadable(exc, "model message")
             return
         if msg.kind == "model":
             self.models[str(msg.body.get("series_id"))] = dict(msg.body.get("model") or {})
@@ -271,7 +281,7 @@ class Worker:
             try:
                 series = pipeline_messages.series_from(msg)
             except wire.WireError as exc:
-                log.warning("bad series announcement: %s", exc)
+                self._unreadable(exc, "series announcement")
                 return
             self._remember(series)
             try:
@@ -285,7 +295,7 @@ class Worker:
         except wire.WireError as exc:
             # Without a readable header the frame cannot be named; the collector times it out.
             self.n_bad_messages += 1
-            log.warning("unreadable frame message (%s): %s", exc.reason, exc)
+            self._unreadable(exc, "frame message")
             return
         joined = self.endpoints.get("run")
         if work.run and joined and work.run != joined:
@@ -388,7 +398,7 @@ class Worker:
             try:
                 msg = wire.decode(self.control.recv_multipart(copy=False))
             except wire.WireError as exc:
-                log.warning("bad control message: %s", exc)
+                self._unreadable(exc, "control message")
                 continue
             if msg.kind == "series":
                 series = pipeline_messages.series_from(msg)

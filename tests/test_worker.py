@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 import time
 
+import msgpack
 import numpy as np
 import pytest
 import zmq
@@ -228,6 +229,10 @@ def test_worker_drops_a_frame_whose_series_the_collector_does_not_know(tmp_path)
         router.send_multipart([ident, *pipeline_messages.encode_series(s)])
         result = pipeline_messages.result_from(next_result(results))
         assert result.stats["n_spots"] == 1 and w.n_bad_messages == 1
+        deadline = time.monotonic() + 10  # its heartbeats tell the collector, which has the metrics
+        while (beat := wire.decode(results.recv_multipart())).kind != "alive" or not beat.body["unreadable"]:
+            assert time.monotonic() < deadline
+        assert beat.body["unreadable"] == {"wire_malformed": 1}
         w.stop.set()
         t.join(10)
     finally:
@@ -311,3 +316,54 @@ def test_the_worker_facing_sockets_refuse_oversized_parts(rig, caplog):
     assert _send_series(rig, make_series(n_images=1), lambda i: 2) == {0: 2} and w.n_frames == 1
     assert not any("unreadable control message" in r.getMessage() for r in caplog.records)  # never read
     junk.close(linger=0)
+
+
+def test_a_peer_of_another_wire_version_is_refused_and_counted(rig, caplog):
+    """A worker of the build before the heartbeat (wire version 1) would be given up as silent
+    once it had joined. Its hello is answered with `refused` (reason wire_version) instead of
+    silence, which it cannot read either and so logs with both versions; the collector logs
+    and counts it, as it counts any result message it cannot read, and goes on."""
+    old = rig.ctx.socket(zmq.DEALER)
+    old.connect(rig.ep.control)
+    old.send(msgpack.packb({"v": 1, "kind": "hello", "body": {"worker": "old"}, "arrays": []}))
+    assert old.poll(10_000)
+    answer = old.recv_multipart()
+    assert msgpack.unpackb(answer[0])["v"] == wire.WIRE_VERSION != 1
+    refused = wire.decode(answer)
+    assert refused.kind == "refused" and refused.body["reason"] == "wire_version"
+    assert "unknown wire version 1" in refused.body["message"]
+    junk = rig.ctx.socket(zmq.PUSH)
+    junk.connect(rig.service.urls["results"])
+    junk.send(b"\x93garbage")
+
+    def counted(reason):
+        return rig.collector.metrics.registry.get_sample_value(
+            "xtal_internal_messages_unreadable_total", {"reader": "collector", "reason": reason})
+
+    wait_for(lambda: counted("wire_malformed") == 1)
+    assert counted("wire_version") == 1
+    w = rig.add_worker("w1")  # a worker of this build still joins and works
+    assert _send_series(rig, make_series(n_images=2), lambda i: 3) == {0: 3, 1: 3} and w.n_frames == 2
+    old.close(linger=0)
+    junk.close(linger=0)
+
+
+def test_a_worker_says_why_the_collector_refused_it(tmp_path, caplog):
+    """A worker whose hello the collector could not read logs the collector's reason (and
+    keeps asking), instead of only 'no answer yet'."""
+    ctx = zmq.Context()
+    try:
+        router = ctx.socket(zmq.ROUTER)
+        router.bind(f"ipc://{tmp_path}/c")
+        w = Worker(ctx, f"ipc://{tmp_path}/c", analyser=ANALYSER, name="w", header_timeout_s=5)
+        stopped = []
+        t = threading.Thread(target=lambda: stopped.append(pytest.raises(TimeoutError, w.run)), daemon=True)
+        t.start()
+        ident, *_ = router.recv_multipart()
+        router.send_multipart([ident, *wire.encode("refused", {"reason": "wire_version", "message": "v9"})])
+        wait_for(lambda: any("could not read our hello (wire_version): v9" in r.getMessage() for r in caplog.records))
+        w.stop.set()
+        t.join(10)
+        assert stopped  # stopped before it joined: no collector answered (what `xtalstream worker` reports)
+    finally:
+        ctx.destroy(linger=0)

@@ -119,7 +119,7 @@ def test_a_worker_beats_while_its_main_loop_is_busy(tmp_path):
     results = ctx.socket(zmq.PULL)
     results.bind(f"ipc://{tmp_path}/results")
     worker = Worker.__new__(Worker)  # the heartbeat alone, without joining a collector
-    worker.ctx, worker.name, worker.stop = ctx, "w", threading.Event()
+    worker.ctx, worker.name, worker.stop, worker.unreadable = ctx, "w", threading.Event(), {}
     beat = threading.Thread(target=worker._beat, args=(f"ipc://{tmp_path}/results",))
     beat.start()
     try:
@@ -190,3 +190,26 @@ def test_idle_notices_settle_the_last_frames_of_a_dead_workers_queue():
     state = c.series[s.series_id]
     assert state.closed and state.dropped_images == [1, 2] and state.tally.dropped == {"worker_lost": 2}
     check_balance(c)
+
+
+def test_a_workers_unreadable_messages_reach_the_metrics_through_its_heartbeats():
+    """A worker counts the messages it cannot read (it has no /metrics of its own) and says the
+    running counts in every heartbeat; the collector adds what is new, once, and takes a
+    restarted worker's counts (from zero again) without counting backwards."""
+    c, _ = make()
+
+    def told(reason):
+        return c.metrics.registry.get_sample_value("xtal_internal_messages_unreadable_total",
+                                                   {"reader": "worker", "reason": reason}) or 0
+
+    c.worker_alive("a", {})
+    c.worker_alive("a", {"wire_malformed": 2})
+    c.worker_alive("a", {"wire_malformed": 2})  # the next beat says the same: nothing new
+    c.worker_alive("b", {"wire_malformed": 1, "wire_version": 1})
+    assert (told("wire_malformed"), told("wire_version")) == (3, 1)
+    c.worker_alive("a", {"wire_malformed": 1})  # a restarted "a"
+    c.worker_alive("a", {"wire_malformed": 2})
+    assert told("wire_malformed") == 4
+    c.worker_alive("a", {"x" * 100: 5, "ok": "5", "": -1})  # what a peer says is bounded and checked
+    c.worker_alive("a", ["not", "a", "map"])
+    assert told("ok") == 0 and told("x" * 100) == 0 and told("wire_malformed") == 4
