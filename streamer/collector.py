@@ -45,8 +45,6 @@ from streamer.worker_roster import SILENCE_S, WorkerRoster
 
 log = logging.getLogger(__name__)
 
-MAX_UNREADABLE_REASONS = 32  # read from a worker's heartbeat: its own counts, bounded as everything a peer sends
-
 IMAGE_KEYS = (
     "n_spots", "n_spots_no_ice", "n_spots_4A", "total_intensity", "estimated_d_min",
     "background", "n_overloads", "ice_rings", "strong_pixels",
@@ -89,7 +87,6 @@ class Collector:
         self.series_closed = threading.Condition(self._lock)
         self.n_closed = 0
         self.roster = WorkerRoster(worker_silence_s, clock)
-        self._unreadable_told: dict[str, dict[str, int]] = {}  # by worker: its counts in its last heartbeat
         self.stages = SweepStageThread(metrics, self._lock, self._stages_finished, stage_queue_bound)
         self.models = self.stages.models  # (series_id, model) for the model channel and the result stream
         # told (series_id, seq) once no worker reads that frame any more: result or given up
@@ -177,23 +174,11 @@ class Collector:
         """A worker has had no frame to work on for a while (it says so every IDLE_NOTICE_S)."""
         self.roster.idle_notice(name, sent_at)
 
-    def worker_alive(self, name: str, unreadable: Any = None) -> None:
+    def worker_alive(self, name: str, refusals: Any = None) -> None:
         """A worker's heartbeat (`worker_roster.HEARTBEAT_S`), with its running count of the
-        messages it could not read, by reason (what it adds since the last goes to the metrics)."""
+        messages it could not read, by reason (`Metrics.worker_refusals`)."""
         self.roster.alive_notice(name)
-        if not isinstance(unreadable, dict):
-            return
-        told = self._unreadable_told.setdefault(name, {})
-        for reason, count in list(unreadable.items())[:MAX_UNREADABLE_REASONS]:
-            if not isinstance(reason, str) or not isinstance(count, int) or len(reason) > 64:
-                continue
-            if count > told.get(reason, 0):
-                self.metrics.internal_unreadable.labels(reader="worker", reason=reason).inc(count - told.get(reason, 0))
-            told[reason] = count
-
-    def unreadable(self, reason: str) -> None:
-        """A message from a worker that the collector could not read."""
-        self.metrics.internal_unreadable.labels(reader="collector", reason=reason).inc()
+        self.metrics.worker_refusals(name, refusals)
 
     def worker_gone(self, name: str) -> None:
         """A worker exited: the frames in its queue are lost; those that every worker still

@@ -173,7 +173,7 @@ class CollectorService:
             result = pipeline_messages.result_from(msg)
         except wire.WireError as exc:  # the frame it was about will time out as worker_lost
             self.n_bad_messages += 1
-            self.collector.unreadable(exc.reason)
+            self.collector.metrics.internal_refused.labels(reader="collector", reason=exc.reason).inc()
             log.warning("unreadable result message (%s): %s", exc.reason, exc)
             return
         self.collector.result(result)
@@ -189,7 +189,7 @@ class CollectorService:
             # Answered, so that the worker waits no longer and says why (one of another wire
             # version cannot read the answer either, and names both versions).
             self.n_bad_messages += 1
-            self.collector.unreadable(exc.reason)
+            self.collector.metrics.internal_refused.labels(reader="collector", reason=exc.reason).inc()
             log.warning("unreadable control message (%s): %s", exc.reason, exc)
             sock.send_multipart([identity, *wire.encode("refused", {"reason": exc.reason, "message": str(exc)[:500]})])
             return

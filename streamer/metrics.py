@@ -34,6 +34,7 @@ STAGES = ("decode", "analyse", "worker", "end_to_end")
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 SPOT_BUCKETS = (0, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
 CONTENT_TYPE = CONTENT_TYPE_LATEST
+MAX_REFUSAL_REASONS = 32  # read from a worker's heartbeat: bounded, as everything a peer sends
 
 
 class Metrics:
@@ -62,11 +63,12 @@ class Metrics:
         )
         for how in ("exited", "silent"):
             self.workers_lost.labels(how=how)
-        self.internal_unreadable = Counter(
-            "xtal_internal_messages_unreadable_total", "messages between the processor's own parts that could not be "
+        self.internal_refused = Counter(
+            "xtal_internal_messages_refused_total", "messages between the processor's own parts that could not be "
             "read, by reader (collector; worker: as its heartbeats report) and reason (wire_version: a worker or "
             "collector of another build)", ["reader", "reason"], registry=r,
         )
+        self._refusals_told: dict[str, dict[str, int]] = {}  # by worker: its counts in its last heartbeat
         self.stage_latency = Histogram(
             "xtal_stage_latency_seconds", "time per frame in each stage (decode: before the analysis, which decodes "
             "bslz4 frames band by band itself; end_to_end: received to published)",
@@ -103,6 +105,20 @@ class Metrics:
 
     def dropped(self, reason: str, n: int = 1) -> None:
         self.frames_dropped.labels(reason=reason).inc(n)
+
+    def worker_refusals(self, worker: str, counts: Any) -> None:
+        """A worker's running counts of the messages it could not read, by reason, as its
+        heartbeat says them (it has no /metrics): what is new since its last heartbeat is
+        counted; a restarted worker's counts (from zero again) are taken without counting back."""
+        if not isinstance(counts, dict):
+            return
+        told = self._refusals_told.setdefault(worker, {})
+        for reason, count in list(counts.items())[:MAX_REFUSAL_REASONS]:
+            if not isinstance(reason, str) or not isinstance(count, int) or len(reason) > 64:
+                continue
+            if count > told.get(reason, 0):
+                self.internal_refused.labels(reader="worker", reason=reason).inc(count - told.get(reason, 0))
+            told[reason] = count
 
     def image_processed(self, image_number: int, stats: Mapping[str, Any], decode_s: float, analyse_s: float) -> None:
         """One per-image result, in frame order: its counts, stage times and the latest-image

@@ -36,7 +36,7 @@ from streamer.allocator import keep_freed_memory
 from streamer.errors import BadInput
 from streamer.frame_store import StoreReader
 from streamer.series import SeriesInfo
-from streamer.worker_roster import HEARTBEAT_S
+from streamer.worker_roster import HEARTBEAT_S, send_heartbeats
 
 log = logging.getLogger(__name__)
 
@@ -128,8 +128,9 @@ class Worker:
             warm_up(self.config)
             log.info("worker %s: kernels ready in %.1f s", self.name, time.perf_counter() - t0)
         # Counted as joined only now, when its frame socket is connected.
-        self.heartbeat = threading.Thread(target=self._beat, args=(_reachable(endpoints["results"], self.control_url),),
-                                          name="heartbeat", daemon=True)
+        beat_to = _reachable(endpoints["results"], self.control_url)
+        self.heartbeat = threading.Thread(target=send_heartbeats, name="heartbeat", daemon=True,
+                                          args=(self.ctx, beat_to, self.name, self.stop, self.unreadable))
         self.heartbeat.start()
         self.control.send_multipart(wire.encode("hello", {"worker": self.name, "ready": True}))
         self.endpoints = endpoints
@@ -203,24 +204,6 @@ class Worker:
         """A message this worker could not read: logged, and counted for the collector's metrics."""
         self.unreadable[exc.reason] = self.unreadable.get(exc.reason, 0) + 1
         log.warning("worker %s: unreadable %s (%s): %s", self.name, what, exc.reason, exc)
-
-    def _beat(self, results_url: str) -> None:
-        """Say 'alive' every HEARTBEAT_S from this thread's own socket, whatever the main loop
-        is doing (a series' set-up takes seconds): the collector gives up a worker it has not
-        heard from for a while (one on another host can vanish without closing its connection)."""
-        sock = self.ctx.socket(zmq.PUSH)
-        sock.setsockopt(zmq.LINGER, 0)
-        sock.setsockopt(zmq.SNDHWM, 2)  # beats that cannot leave are stale: never queue many
-        sock.connect(results_url)
-        try:
-            while not self.stop.wait(HEARTBEAT_S):
-                try:  # dict(): one step under the GIL, so never a dict changing size as it is read
-                    body = {"worker": self.name, "unreadable": dict(self.unreadable)}
-                    sock.send_multipart(wire.encode("alive", body), zmq.DONTWAIT)
-                except zmq.Again:
-                    pass
-        finally:
-            sock.close()
 
     def _close(self) -> None:
         for name in ("frames", "model", "control", "results"):

@@ -5,17 +5,22 @@ frame; it knows which workers are alive and how far each has got. A local worker
 seen by its parent (`Pipeline`). A worker on another host that dies without closing its
 connection (power, network, a hung or stopped host) says nothing at all: so every worker
 says it is alive every `HEARTBEAT_S` from a thread of its own, even while it sets a series
-up, and one not heard from for `silence_s` is given up as if it had exited. One heard from
-again takes frames again.
+up (`send_heartbeats`), and one not heard from for `silence_s` is given up as if it had
+exited. One heard from again takes frames again.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
+
+import zmq
+
+from streamer import wire
 
 log = logging.getLogger(__name__)
 
@@ -124,3 +129,24 @@ class WorkerRoster:
             self.gone.discard(name)
             self.joined.add(name)
         return now
+
+
+def send_heartbeats(ctx: zmq.Context, results_url: str, name: str, stop: threading.Event,
+                    unreadable: Mapping[str, int]) -> None:
+    """A worker's heartbeat thread: say 'alive' every HEARTBEAT_S from its own socket until
+    `stop`, whatever the worker's main loop is doing (a series' set-up takes seconds), with the
+    worker's running counts of the messages it could not read (`unreadable`, by reason: a
+    worker has no /metrics of its own)."""
+    sock = ctx.socket(zmq.PUSH)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.SNDHWM, 2)  # beats that cannot leave are stale: never queue many
+    sock.connect(results_url)
+    try:
+        while not stop.wait(HEARTBEAT_S):
+            try:  # dict(): one step under the GIL, so never a dict changing size as it is read
+                sock.send_multipart(wire.encode("alive", {"worker": name, "unreadable": dict(unreadable)}),
+                                    zmq.DONTWAIT)
+            except zmq.Again:
+                pass
+    finally:
+        sock.close()

@@ -338,7 +338,7 @@ def test_a_peer_of_another_wire_version_is_refused_and_counted(rig, caplog):
 
     def counted(reason):
         return rig.collector.metrics.registry.get_sample_value(
-            "xtal_internal_messages_unreadable_total", {"reader": "collector", "reason": reason})
+            "xtal_internal_messages_refused_total", {"reader": "collector", "reason": reason})
 
     wait_for(lambda: counted("wire_malformed") == 1)
     assert counted("wire_version") == 1

@@ -14,7 +14,7 @@ from test_collector import Clock, check_balance, make
 
 from streamer import wire
 from streamer.pipeline_messages import FrameResult
-from streamer.worker_roster import HEARTBEAT_S, WorkerRoster
+from streamer.worker_roster import HEARTBEAT_S, WorkerRoster, send_heartbeats
 
 
 def series_out_with(workers, n_images, clock=None, end=True, **collector_options):
@@ -113,14 +113,11 @@ def test_frames_of_a_silent_worker_go_once_the_living_pass_them():
 def test_a_worker_beats_while_its_main_loop_is_busy(tmp_path):
     """The heartbeat comes from its own thread: a worker busy for longer than the silence (a
     series' set-up, a long frame) is still heard."""
-    from streamer.worker import Worker
-
     ctx = zmq.Context()
     results = ctx.socket(zmq.PULL)
     results.bind(f"ipc://{tmp_path}/results")
-    worker = Worker.__new__(Worker)  # the heartbeat alone, without joining a collector
-    worker.ctx, worker.name, worker.stop, worker.unreadable = ctx, "w", threading.Event(), {}
-    beat = threading.Thread(target=worker._beat, args=(f"ipc://{tmp_path}/results",))
+    stop = threading.Event()
+    beat = threading.Thread(target=send_heartbeats, args=(ctx, f"ipc://{tmp_path}/results", "w", stop, {}))
     beat.start()
     try:
         started = time.monotonic()
@@ -131,7 +128,7 @@ def test_a_worker_beats_while_its_main_loop_is_busy(tmp_path):
         while results.poll(int(2000 * HEARTBEAT_S)) and len(beats) < 3:
             beats.append(wire.decode(results.recv_multipart()))
     finally:
-        worker.stop.set()
+        stop.set()
         beat.join(5)
         results.close()
         ctx.term()
@@ -199,7 +196,7 @@ def test_a_workers_unreadable_messages_reach_the_metrics_through_its_heartbeats(
     c, _ = make()
 
     def told(reason):
-        return c.metrics.registry.get_sample_value("xtal_internal_messages_unreadable_total",
+        return c.metrics.registry.get_sample_value("xtal_internal_messages_refused_total",
                                                    {"reader": "worker", "reason": reason}) or 0
 
     c.worker_alive("a", {})
