@@ -6,7 +6,8 @@ Layout (what DECTRIS file writers produce and DIALS/dxtbx, XDS (Durin/Neggia) an
   `FILE_data_NNNNNN.h5`; NXmx geometry: `/entry/instrument/beam/incident_wavelength`,
   `/entry/instrument/detector` (beam_center_x/y in pixels, detector_distance, x/y_pixel_size,
   count/frame time, sensor, saturation, `depends_on` chain translation -> module_offset ->
-  fast/slow_pixel_direction), `detectorSpecific` (pixel_mask, nimages, detector size),
+  fast/slow_pixel_direction), `pixel_mask` (NXmx's place; the same dataset as DECTRIS's
+  `detectorSpecific/pixel_mask`), `detectorSpecific` (nimages, detector size),
   `/entry/sample` (`depends_on` the omega rotation, plus the older `goniometer/omega` fields).
   NXmx vectors are in the McStas frame (z along the beam, y up): imgCIF (x, y, z) -> (-x, y, -z).
 - data files: `/entry/data/data` (n, ny, nx), one image per chunk, filter 32008 (bitshuffle +
@@ -130,6 +131,10 @@ def write_master(path: Path, info: SeriesInfo, n_images: int, data_files: list[t
         if info.pixel_mask is not None:
             spec.create_dataset("pixel_mask", data=np.asarray(info.pixel_mask, dtype=np.uint32),
                                 chunks=True, compression="gzip", compression_opts=2)
+            # NXmx's own place for it, where generic NeXus readers (dxtbx's FormatNXmx) look: the
+            # same dataset (a hard link, no second copy). Without it DIALS took the gaps' and bad
+            # pixels' flag values (dxtbx reads 2**32 - 1 as -1) for counts.
+            det["pixel_mask"] = spec["pixel_mask"]
         if info.flatfield is not None:
             spec.create_dataset("flatfield", data=np.asarray(info.flatfield, dtype=np.float32),
                                 chunks=True, compression="gzip", compression_opts=2)

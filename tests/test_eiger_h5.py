@@ -168,7 +168,40 @@ def test_a_pixel_mask_that_does_not_fit_is_reported(shared_data, tmp_path, caplo
     with caplog.at_level(logging.WARNING), EigerH5Source(master) as source:
         info = source.info
     assert info.pixel_mask is None
-    assert "pixel_mask of shape (100, 100) does not fit the images" in caplog.text
+    assert "detectorSpecific/pixel_mask (uint32, shape (100, 100)) does not fit the images" in caplog.text
+
+
+def test_the_nxmx_pixel_masks_are_read_and_combined(shared_data, tmp_path, caplog):
+    """NXmx puts the mask in the detector group (`pixel_mask`, more in `pixel_mask_N`); DIALS
+    and other NeXus writers put it there rather than in DECTRIS's detectorSpecific. Every mask
+    that fits is used (bitwise OR): a NeXus file whose mask was only in the NXmx place was
+    analysed with its bad pixels counted."""
+    _, files = sorted(dataset_pairs(shared_data).items())[0]
+    master = make_master(tmp_path, files)
+    with EigerH5Source(master) as source:
+        shape = source.info.image_shape
+    nxmx = np.zeros(shape, "<u4")
+    nxmx[5, 7] = 1 << 3  # over-responding
+    extra = np.zeros((1, *shape), np.uint8)  # one frame's worth, 8 bits: allowed
+    extra[0, 9, 2] = 1
+    dectris = np.zeros(shape, "<u4")
+    dectris[5, 7] = 1 << 4
+    dectris[0, 0] = 1
+    with h5py.File(master, "a") as f:
+        det = f["entry/instrument/detector"]
+        det.create_dataset("pixel_mask", data=nxmx)
+        det.create_dataset("pixel_mask_2", data=extra)
+        det.create_dataset("pixel_mask_10", data=np.zeros((3, 3), np.uint8))  # does not fit: said, left out
+    with caplog.at_level(logging.WARNING), EigerH5Source(master) as source:
+        only_nxmx = source.info.pixel_mask
+    assert {tuple(p) for p in np.argwhere(only_nxmx)} == {(5, 7), (9, 2)} and only_nxmx[5, 7] == 8
+    assert "pixel_mask_10 (uint8, shape (3, 3)) does not fit" in caplog.text
+    with h5py.File(master, "a") as f:
+        f.create_dataset("entry/instrument/detector/detectorSpecific/pixel_mask", data=dectris)
+    with EigerH5Source(master) as source:
+        both = source.info.pixel_mask
+    assert {tuple(p) for p in np.argwhere(both)} == {(5, 7), (9, 2), (0, 0)} and both[5, 7] == (1 << 3) | (1 << 4)
+    assert both.dtype == np.uint32 and both.flags.c_contiguous
 
 
 def test_a_master_announcing_more_images_than_its_data_hold_is_reported(shared_data, tmp_path, caplog):

@@ -79,6 +79,9 @@ def test_round_trip_geometry_and_pixels(tmp_path, axes):
         got = list(source.frames())
     assert_same_geometry(info, back)
     np.testing.assert_array_equal(back.pixel_mask, info.pixel_mask)
+    with h5py.File(master, "r") as f:  # in NXmx's place too (where DIALS reads it): the same dataset
+        det = f["/entry/instrument/detector"]
+        assert det["pixel_mask"] == det["detectorSpecific/pixel_mask"]
     assert back.countrate_correction_applied is True and back.flatfield_applied is False
     assert back.series_id == "syn" and back.n_images == 5
     assert [f.image_number for f in got] == list(range(5))
@@ -197,7 +200,8 @@ def test_dials_import_reads_the_recording(tmp_path):
     # dxtbx decodes the same pixels (run with DIALS's own interpreter)
     script = ("import sys, numpy; from dxtbx.model.experiment_list import ExperimentListFactory as F; "
               "s = F.from_json_file('imported.expt')[0].imageset; "
-              "numpy.save('dials_pixels.npy', numpy.stack([s.get_raw_data(i)[0].as_numpy_array() for i in range(3)]))")
+              "numpy.save('dials_pixels.npy', numpy.stack([s.get_raw_data(i)[0].as_numpy_array() for i in range(3)])); "
+              "numpy.save('dials_mask.npy', s.get_mask(0)[0].as_numpy_array())")
     # Debian's HDF5 finds no bitshuffle filter unless hdf5-filter-plugin is installed: lend it hdf5plugin's
     env = {**os.environ, "HDF5_PLUGIN_PATH": hdf5plugin.PLUGIN_PATH}
     result = subprocess.run([DIALS_PYTHON, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=120,
@@ -205,6 +209,8 @@ def test_dials_import_reads_the_recording(tmp_path):
     assert result.returncode == 0, result.stderr
     # dxtbx hands uint32 pixels on as int32 (a saturated 2**32-1 reads as -1)
     np.testing.assert_array_equal(np.load(tmp_path / "dials_pixels.npy"), np.stack(images).view(np.int32))
+    # and masks the pixels our mask flags (it read no mask when the file had it in detectorSpecific only)
+    np.testing.assert_array_equal(np.load(tmp_path / "dials_mask.npy"), info.pixel_mask == 0)
 
 
 @pytest.mark.slow

@@ -37,6 +37,7 @@ from streamer.sources.nxmx import (
     detector_from_chain,
     first_value,
     length_mm,
+    pixel_mask,
     scan_axis,
     time_s,
     to_imgcif,
@@ -201,13 +202,7 @@ class EigerH5Source:
             dtype_str = f"<u{max(depth // 8, 1)}"
         else:
             raise BadHeader(f"{self.path}: neither image data nor detector size", reason="bad_layout")
-        mask = None
-        mask_ds = f.get(f"{spec}/pixel_mask")
-        if isinstance(mask_ds, h5py.Dataset) and mask_ds.shape == shape:
-            mask = np.ascontiguousarray(mask_ds[()], dtype=np.uint32)
-        elif isinstance(mask_ds, h5py.Dataset):  # the detector's bad pixels are not masked: say so
-            log.warning("%s: pixel_mask of shape %s does not fit the images (%s): not used", self.path,
-                        mask_ds.shape, shape)
+        mask = pixel_mask(f, det_path, shape, self.path)
         flatfield = None
         ff_ds = f.get(f"{spec}/flatfield")
         if load_flatfield and isinstance(ff_ds, h5py.Dataset) and ff_ds.shape == shape:

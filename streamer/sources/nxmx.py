@@ -9,13 +9,17 @@ transformation moves a point by `offset` plus `vector * value` (translation) or 
 
 from __future__ import annotations
 
+import logging
 import math
+import re
 from typing import Any
 
 import h5py
 import numpy as np
 
 from streamer.errors import BadHeader
+
+log = logging.getLogger(__name__)
 
 HC_KEV_A = 12.398419843320026  # h*c in keV*Angstrom (CODATA 2018)
 MCSTAS_TO_IMGCIF = np.diag([-1.0, 1.0, -1.0])
@@ -188,3 +192,34 @@ def wavelength_A_of(f: h5py.File) -> float | None:
     if isinstance(energy, int | float) and energy > 0:
         return HC_KEV_A / (energy / 1000.0)
     return None
+
+
+def pixel_mask(f: h5py.File, det_path: str, shape: tuple[int, int], where: Any = "") -> np.ndarray | None:
+    """The detector's pixel mask (uint32 bit field, non-zero: not to be used), or None.
+
+    The bitwise OR of every mask the file holds that fits the images: NXmx's `pixel_mask` and
+    `pixel_mask_N` in the detector group (where DIALS and other NeXus writers put it) and
+    DECTRIS's `detectorSpecific/pixel_mask` (often the same dataset, linked). A mask with one
+    image's worth per frame is used only if it has a single frame, as in dxtbx; one that does
+    not fit is logged and left out (its pixels are not masked: say so).
+    """
+    det = f.get(det_path)
+    names = [f"{det_path}/detectorSpecific/pixel_mask", f"{det_path}/pixel_mask"]
+    if isinstance(det, h5py.Group):
+        names += sorted((f"{det_path}/{k}" for k in det if re.fullmatch(r"pixel_mask_\d+", k)),
+                        key=lambda name: int(name.rpartition("_")[2]))
+    mask: np.ndarray | None = None
+    read: list[h5py.Dataset] = []
+    for name in names:
+        ds = f.get(name)
+        if not isinstance(ds, h5py.Dataset) or any(ds == other for other in read):  # a link to one read
+            continue
+        read.append(ds)
+        dims = ds.shape[1:] if len(ds.shape) == 3 and ds.shape[0] == 1 else ds.shape
+        if dims != shape or not (np.issubdtype(ds.dtype, np.integer) or ds.dtype == np.bool_):
+            log.warning("%s: %s (%s, shape %s) does not fit the images (%s): not used", where, name, ds.dtype,
+                        ds.shape, shape)
+            continue
+        values = np.asarray(ds[()], dtype=np.uint32).reshape(shape)
+        mask = values if mask is None else mask | values
+    return mask if mask is None else np.ascontiguousarray(mask)
