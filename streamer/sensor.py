@@ -31,7 +31,8 @@ log = logging.getLogger(__name__)
 
 # g/cm^3; the sensor materials pixel detectors use (the header names them by formula)
 SENSOR_DENSITY = {"Si": 2.33, "CdTe": 5.85, "GaAs": 5.32, "Ge": 5.323}
-_NAMES = {"si": "Si", "silicon": "Si", "cdte": "CdTe", "gaas": "GaAs", "ge": "Ge", "germanium": "Ge"}
+_NAMES = {"si": "Si", "silicon": "Si", "cdte": "CdTe", "cadmium telluride": "CdTe", "gaas": "GaAs",
+          "gallium arsenide": "GaAs", "ge": "Ge", "germanium": "Ge"}  # formulas, and names headers spell out
 HC_EV_A = 12398.419843320026  # photon energy (eV) x wavelength (A)
 
 

@@ -118,6 +118,8 @@ def test_attenuation_coefficients():
     # cctbx's table (what dials.import stores) gives 3.8326 for Si at 0.96859 A
     assert attenuation_coefficient_per_mm("Si", 0.96859) == pytest.approx(MU_SI, rel=1e-3)
     assert attenuation_coefficient_per_mm("silicon", 0.96859) == attenuation_coefficient_per_mm("Si", 0.96859)
+    assert attenuation_coefficient_per_mm(" Cadmium Telluride", 0.5) == attenuation_coefficient_per_mm("CdTe", 0.5)
+    assert attenuation_coefficient_per_mm("Gallium arsenide", 0.5) == attenuation_coefficient_per_mm("GaAs", 0.5)
     assert attenuation_coefficient_per_mm("CdTe", 0.96859) == pytest.approx(41.6, rel=0.01)
     assert attenuation_coefficient_per_mm("GaAs", 1.5) < attenuation_coefficient_per_mm("GaAs", 1.0)  # K edges
     assert attenuation_coefficient_per_mm("", 1.0) == 0.0
