@@ -202,6 +202,11 @@ def test_the_nxmx_pixel_masks_are_read_and_combined(shared_data, tmp_path, caplo
         both = source.info.pixel_mask
     assert {tuple(p) for p in np.argwhere(both)} == {(5, 7), (9, 2), (0, 0)} and both[5, 7] == (1 << 3) | (1 << 4)
     assert both.dtype == np.uint32 and both.flags.c_contiguous
+    with h5py.File(master, "a") as f:  # the mask in a meta file that did not come along (DLS keeps it there)
+        f["entry/instrument/detector/pixel_mask_3"] = h5py.ExternalLink("missing_meta.h5", "/mask")
+    with caplog.at_level(logging.WARNING), EigerH5Source(master) as source:
+        np.testing.assert_array_equal(source.info.pixel_mask, both)
+    assert "pixel_mask_3 is <ExternalLink to \"/mask\" in file \"missing_meta.h5\", which cannot be read" in caplog.text
 
 
 def test_a_master_announcing_more_images_than_its_data_hold_is_reported(shared_data, tmp_path, caplog):
