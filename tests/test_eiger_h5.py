@@ -171,6 +171,18 @@ def test_a_pixel_mask_that_does_not_fit_is_reported(shared_data, tmp_path, caplo
     assert "detectorSpecific/pixel_mask (uint32, shape (100, 100)) does not fit the images" in caplog.text
 
 
+def test_the_nxmx_saturation_value_is_read(shared_data, tmp_path):
+    """NeXus writers other than DECTRIS's give the saturation only in the detector group (NXmx),
+    where DIALS reads it too; without it, counts up to the type's maximum were trusted."""
+    _, files = sorted(dataset_pairs(shared_data).items())[0]
+    master = make_master(tmp_path, files)
+    with h5py.File(master, "a") as f:
+        del f["entry/instrument/detector/detectorSpecific/saturation_value"]
+        f.create_dataset("entry/instrument/detector/saturation_value", data=np.int64(4095))
+    with EigerH5Source(master) as source:
+        assert source.info.saturation_value == 4095
+
+
 def test_the_nxmx_pixel_masks_are_read_and_combined(shared_data, tmp_path, caplog):
     """NXmx puts the mask in the detector group (`pixel_mask`, more in `pixel_mask_N`); DIALS
     and other NeXus writers put it there rather than in DECTRIS's detectorSpecific. Every mask

@@ -223,9 +223,12 @@ class EigerH5Source:
                 if isinstance(value, int | float):
                     increment = float(value)
                     break
-        saturation = dataset_value(f, f"{spec}/saturation_value")
-        if saturation is None:
-            saturation = dataset_value(f, f"{spec}/countrate_correction_count_cutoff")
+        saturation = None  # NXmx's place first (where DIALS reads it; other NeXus writers put it only there)
+        for name in (f"{det_path}/saturation_value", f"{spec}/saturation_value",
+                     f"{spec}/countrate_correction_count_cutoff"):
+            saturation = dataset_value(f, name)
+            if isinstance(saturation, int | float):
+                break
         n_images = sum(b.count for b in self.blocks) or None
         nimages, ntrigger = dataset_value(f, f"{spec}/nimages"), dataset_value(f, f"{spec}/ntrigger")
         if isinstance(nimages, int) and isinstance(ntrigger, int) and nimages * ntrigger > 0:
