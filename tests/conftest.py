@@ -1,4 +1,5 @@
-"""Shared fixtures: the read-only ../shared data folder (tests skip cleanly without it)."""
+"""Shared fixtures: the read-only ../shared data folder (tests skip cleanly without it), a ZeroMQ
+context and a detector address for the socket tests."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import zmq
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SHARED = PROJECT_ROOT.parent / "shared"
@@ -41,3 +43,17 @@ def unpacked(tmp_path_factory):
         return cache[path]
 
     return unpack
+
+
+@pytest.fixture
+def ctx():
+    """A ZeroMQ context, destroyed (linger 0) after the test."""
+    context = zmq.Context()
+    yield context
+    context.destroy(linger=0)
+
+
+@pytest.fixture
+def url(tmp_path):
+    """An ipc:// address in the test's own folder, where a detector (sender) binds."""
+    return f"ipc://{tmp_path / 'detector.ipc'}"
