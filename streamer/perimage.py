@@ -117,9 +117,9 @@ class ImageResult:
 
 
 # what the per-series set-up depends on besides the pixel mask (phi and timing do not enter it)
-SETUP_FIELDS = ("image_shape", "dtype", "source", "detector_description", "pixel_size_mm", "beam_centre_px",
-                "distance_mm", "wavelength_A", "fast_axis", "slow_axis", "rotation_axis", "saturation_value",
-                "bit_depth_image", "two_theta_deg", "sensor_material", "sensor_thickness_mm")
+SETUP_FIELDS = ("image_shape", "dtype", "source", "detector_description", "detector_type", "pixel_size_mm",
+                "beam_centre_px", "distance_mm", "wavelength_A", "fast_axis", "slow_axis", "rotation_axis",
+                "saturation_value", "bit_depth_image", "two_theta_deg", "sensor_material", "sensor_thickness_mm")
 
 WARM_DTYPES = ("<u2", "<u4")  # EIGER 16/32-bit frames (others compile with their first series)
 
@@ -127,7 +127,10 @@ CCD_NAMES = ("ADSC", "CCD", "RAYONIX", "MAR", "SATURN", "Q315", "Q210", "Q270", 
 
 
 def default_min_spot_size(series: SeriesInfo) -> int:
-    """DIALS's Auto: 3 pixels for pixel-array detectors, 6 for CCDs (known by their header's name)."""
+    """DIALS's Auto: 3 pixels for pixel-array detectors, 6 for CCDs (as the format says, else
+    known by the header's name)."""
+    if series.detector_type:
+        return 6 if series.detector_type == "CCD" else 3
     name = series.detector_description.upper()
     return 6 if any(ccd in name for ccd in CCD_NAMES) else 3
 

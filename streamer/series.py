@@ -78,6 +78,7 @@ class SeriesInfo:
     dtype: str  # numpy dtype string with explicit byte order, e.g. "<u4"
     n_images: int | None = None
     detector_description: str = ""
+    detector_type: str = ""  # "PAD" or "CCD" where the format decides it as dxtbx does; "": by the description
     detector_serial: str = ""
     sensor_material: str = ""
     sensor_thickness_mm: float = 0.0

@@ -9,10 +9,12 @@ spots found within 1 px, at most 2% extra, counts within 2%. The match table is 
 from __future__ import annotations
 
 import csv
+import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import needs_dials
 from scipy.spatial import cKDTree
 
 from streamer import codecs
@@ -155,3 +157,48 @@ def test_rotation_sweep_3d_spots_match_dials_counts(shared_data, unpacked, tmp_p
     assert len(spots["x_px"]) == n_dials
     assert np.all((spots["z_image"] >= 0) & (spots["z_image"] <= 30))
     assert np.any(spots["z_image"] % 1 != 0.5)  # spots spanning several images
+
+
+def _with_pixel_size(path: Path, out: Path, pixel_mm: str) -> Path:
+    """A copy of an SMV image whose header states another pixel size (same length: the header
+    keeps its size); nothing else changes."""
+    data = path.read_bytes()
+    old = b"PIXEL_SIZE=0.172;"
+    new = f"PIXEL_SIZE={pixel_mm};".encode().ljust(len(old), b" ")
+    assert data.count(old) == 1 and len(new) == len(old)
+    out.write_bytes(data.replace(old, new))
+    return out
+
+
+@needs_dials()
+@pytest.mark.dials
+@pytest.mark.parametrize("pixel_mm", ["0.172", "0.100"])
+def test_nanobragg_images_with_no_options_give_dials_spots(shared_data, unpacked, tmp_path, pixel_mm):
+    """`dials.find_spots` with no options and `xtalstream findspots` with none find the same
+    spots in nanoBragg images: both take off the ADC offset dxtbx assumes for a simulator's
+    images (1) and both judge the detector as dxtbx does, so the default smallest spot is the
+    same (3 pixels with PILATUS pixels; a CCD's 6 otherwise). Before, we took off nothing and
+    called every such image a pixel-array detector."""
+    from streamer.commands.findspots import main
+
+    sim = shared_data / "sim" / "lyso-nanobragg"
+    paths = [unpacked(sim / "images" / f"lyso_{i:03d}.img.bz2") for i in range(1, 4)]
+    if pixel_mm != "0.172":
+        paths = [_with_pixel_size(p, tmp_path / p.name, pixel_mm) for p in paths]
+    assert main([str(p) for p in paths] + ["--out", str(tmp_path / "spots.csv")]) == 0
+    cols = read_spots_csv(tmp_path / "spots.csv")
+    ours = np.column_stack([cols[k] for k in ("x_px", "y_px", "z_image", "intensity")])
+    script = ("import sys, numpy; from dials.array_family import flex; "
+              "r = flex.reflection_table.from_file('strong.refl'); x, y, z = r['xyzobs.px.value'].parts(); "
+              "numpy.save('dials.npy', numpy.column_stack([numpy.array(x), numpy.array(y), numpy.array(z), "
+              "numpy.array(r['intensity.sum.value'])]))")
+    for cmd in (["dials.import", *map(str, paths), "output.experiments=imported.expt"],
+                ["dials.find_spots", "imported.expt", "output.reflections=strong.refl", "nproc=1"],
+                ["/usr/bin/python3", "-c", script]):
+        result = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    dials = np.load(tmp_path / "dials.npy")
+    distance, nearest = cKDTree(ours[:, :3]).query(dials[:, :3])
+    print(f"\n{pixel_mm} mm pixels: DIALS {len(dials)} spots, ours {len(ours)}")
+    assert len(ours) == len(dials) > 100 and distance.max() < 1e-3
+    np.testing.assert_allclose(ours[nearest, 3], dials[:, 3], rtol=1e-6)

@@ -3,6 +3,7 @@ truth.json), read straight from their .bz2 files; content-based dispatch of `ope
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -15,10 +16,12 @@ import pytest
 from conftest import needs_dials
 
 from streamer import codecs
-from streamer.errors import BadInput
+from streamer.errors import BadHeader, BadInput
 from streamer.geometry import Beam, Detector
+from streamer.perimage import default_min_spot_size
 from streamer.sources import open_source
-from streamer.sources.image_files import DEAD_BIT, GAP_BIT, ImageSeriesSource, image_format, smv_beam_centre_px
+from streamer.sources.image_files import DEAD_BIT, GAP_BIT, ImageSeriesSource, image_format
+from streamer.sources.image_headers import smv_beam_centre_px, smv_detector_type, smv_pedestal
 
 THAUMATIN = "real-images/thaumatin_grid"
 LYSO = "sim/lyso-nanobragg"
@@ -91,7 +94,7 @@ def test_nanobragg_smv_geometry_matches_truth(shared_data):
     truth = json.loads((shared_data / LYSO / "truth.json").read_text())
     det = truth["detector"]
     files = smv_files(shared_data, 3)
-    info, frames = open_source(files)
+    info, frames = open_source(files, pedestal=0)
     assert info.source == "smv" and info.series_id == "lyso" and info.n_images == 3
     assert info.image_shape == (det["image_size_px"]["slow"], det["image_size_px"]["fast"])
     assert info.dtype == "<u2" and info.saturation_value == 65535
@@ -112,7 +115,7 @@ def test_nanobragg_smv_geometry_matches_truth(shared_data):
 
 def test_smv_pedestal_removes_the_adc_offset(shared_data):
     files = smv_files(shared_data, 1)
-    raw = ImageSeriesSource(files).pixels(0)
+    raw = ImageSeriesSource(files, pedestal=0).pixels(0)
     corrected = ImageSeriesSource(files, pedestal=40).pixels(0)
     assert corrected.dtype == raw.dtype
     saturated = raw == 65535
@@ -122,6 +125,27 @@ def test_smv_pedestal_removes_the_adc_offset(shared_data):
     # README: after removing the offset the (zero) background holds exactly 0
     values, counts = np.unique(corrected, return_counts=True)
     assert values[np.argmax(counts)] == 0 and raw.min() == 40
+
+
+def test_smv_offsets_and_detector_types_default_to_dxtbxs(shared_data):
+    """With no pedestal given, an SMV image loses the ADC offset DIALS assumes for its format,
+    and counts as the detector type dxtbx gives it (DIALS's default spot size follows): so that
+    DIALS and we find the same spots with no options (tests/test_findspots_vs_dials.py)."""
+    files = smv_files(shared_data, 1)
+    source = ImageSeriesSource(files)  # nanoBragg: BEAMLINE=fake, no ADC_OFFSET (its true offset, 40, unstated)
+    assert source.pedestal == 1 and source.info.detector_type == "PAD"  # PILATUS pixels (0.172 mm)
+    raw = ImageSeriesSource(files, pedestal=0).pixels(0).astype(np.int64)
+    np.testing.assert_array_equal(source.pixels(0), np.where(raw == 65535, raw, raw - 1))
+    assert default_min_spot_size(source.info) == 3
+    fake = {"BEAMLINE": "fake"}
+    assert (smv_pedestal(fake), smv_pedestal({**fake, "ADC_OFFSET": "40"}), smv_pedestal({"IMAGE_PEDESTAL": "20"}),
+            smv_pedestal({})) == (1, 40, 20, 0)
+    assert (smv_detector_type(fake, 0.172), smv_detector_type(fake, 0.1), smv_detector_type({}, 0.172)) == \
+        ("PAD", "CCD", "CCD")
+    adsc = dataclasses.replace(source.info, detector_description="", detector_type="CCD")
+    assert default_min_spot_size(adsc) == 6
+    with pytest.raises(BadHeader):
+        smv_pedestal({"IMAGE_PEDESTAL": "forty"})
 
 
 def test_smv_beam_centre_conventions():

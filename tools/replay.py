@@ -80,8 +80,8 @@ def _is_image(parts: Sequence[bytes]) -> bool:
 
 def replay_series(ctx: zmq.Context, paths: Sequence[Path], bind: str, fmt: str = "v2", rate_hz: float | None = -1.0,
                   header_detail: str = "basic", series_id: str | None = None, repeat: int = 1,
-                  wait_for_consumer: bool = False, wait_timeout_s: float | None = None, pedestal: int = 0,
-                  compression: str = "bslz4", linger_s: float = DEFAULT_LINGER_S,
+                  wait_for_consumer: bool = False, wait_timeout_s: float | None = None,
+                  pedestal: int | None = None, compression: str = "bslz4", linger_s: float = DEFAULT_LINGER_S,
                   on_bound: Callable[[str], None] | None = None,
                   on_series: Callable[[SeriesInfo], None] | None = None, send_timeout_s: float | None = None) -> int:
     """Stream an EIGER HDF5 file or CBF/SMV series as a detector; returns frames sent.
@@ -151,7 +151,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="give up when the consumer takes no message for S seconds once the series has started "
                         "(default 60; 0 = wait for ever)")
     p.add_argument("--repeat", type=int, default=1, help="send the series this many times (default 1)")
-    p.add_argument("--pedestal", type=int, default=0, help="subtract this ADC offset from SMV pixels (nanoBragg: 40)")
+    p.add_argument("--pedestal", type=int, default=None,
+                   help="subtract this ADC offset from SMV pixels (default: the header's, as DIALS; nanoBragg: 40)")
     p.add_argument("--compression", choices=["bslz4", "lz4-h5"], default="bslz4",
                    help="how CBF/SMV frames are compressed (HDF5 chunks and captures are sent as stored)")
     p.add_argument("--linger", type=float, default=DEFAULT_LINGER_S, metavar="S",

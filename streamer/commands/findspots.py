@@ -45,7 +45,9 @@ def build_parser():
     p.add_argument("--d-min", type=float, help="ignore pixels beyond this resolution (A)")
     p.add_argument("--d-max", type=float, help="ignore pixels below this resolution (A)")
     p.add_argument("--border", type=int, help="pixels to ignore along every edge of the image (DIALS filter.border)")
-    p.add_argument("--pedestal", type=int, default=0, help="ADC offset subtracted from SMV pixels (nanoBragg: 40)")
+    p.add_argument("--pedestal", type=int, default=None,
+                   help="ADC offset subtracted from SMV pixels (default: the header's, as DIALS; nanoBragg writes 40 "
+                        "without saying so)")
     return p
 
 

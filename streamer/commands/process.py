@@ -14,8 +14,9 @@ from streamer.commands.run import add_pipeline_arguments, configure, run_session
 def main(argv: list[str] | None = None) -> int:
     p = parser("process", "process recorded data (EIGER HDF5/NeXus master file, CBF/SMV image series)")
     p.add_argument("paths", nargs="+", metavar="PATH", help="master file, or image files (e.g. images/*.cbf)")
-    p.add_argument("--pedestal", type=int, default=0, metavar="ADU",
-                   help="offset subtracted from SMV pixels (nanoBragg writes 40); default 0")
+    p.add_argument("--pedestal", type=int, default=None, metavar="ADU",
+                   help="offset subtracted from SMV pixels (default: the header's, as DIALS; nanoBragg writes 40 "
+                        "without saying so)")
     add_pipeline_arguments(p)
     p.set_defaults(http="off")
     args = p.parse_args(argv)

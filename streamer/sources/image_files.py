@@ -12,20 +12,7 @@ damaged or truncated data raises BadFrame ("corrupt_compression"). Not caught wi
 damage that keeps that size (a changed 1-byte difference; a lost byte made up by the zero
 padding after the data). Other CBF compressions and element types go through fabio.
 
-- miniCBF (PILATUS 1.2 header convention): "# Beam_xy (x, y) pixels" is the beam centre in
-  pixel coordinates as dxtbx reads it (no half-pixel shift). PILATUS writes -1 for pixels in the
-  gaps between modules and -2 for excluded (bad) pixels; these become bits 0 ("gap") and 1
-  ("dead") of the pixel mask (DECTRIS bit meanings, `streamer.series.PIXEL_MASK_BITS`). The
-  int32 pixels are passed on as "<u4", as a PILATUS4/EIGER detector streams them: the bytes are
-  unchanged, so -1/-2 read as 2**32-1/2**32-2 and must be masked with the pixel mask. Frames
-  encoded for streaming (`frame`) carry both as 2**32-1, a DECTRIS stream's inactive value.
-- SMV: PIXEL_SIZE, DISTANCE (mm), WAVELENGTH (A), OSC_START/OSC_RANGE (deg). The beam centre
-  follows the first header convention present: DIALS_ORIGIN (mm, fast +x, slow -y: beam centre
-  = -origin_x and +origin_y); MOSFLM_CENTER_X/Y as nanoBragg writes it (X along slow; pixel
-  centres at +0.5, so fast = (Y + pixel/2)/pixel, slow = (X + pixel/2)/pixel, see nanoBragg.c);
-  else ADSC BEAM_CENTER_X/Y read as dxtbx's FormatSMVADSC does (fast = Y/pixel, slow = X/pixel).
-  nanoBragg adds an ADC offset (40 by default) that its header does not state: the `pedestal`
-  option subtracts it (clipping at 0; saturated pixels keep their value).
+Headers become a SeriesInfo as dxtbx reads them (`streamer.sources.image_headers`).
 """
 
 from __future__ import annotations
@@ -43,8 +30,9 @@ import fabio.adscimage
 import numpy as np
 
 from kernels.byte_offset import CorruptStream, decode_byte_offset
-from streamer.errors import BadFrame, BadHeader, BadInput
+from streamer.errors import BadFrame, BadInput
 from streamer.series import EncodedFrame, SeriesInfo
+from streamer.sources.image_headers import cbf_series_info, smv_pedestal, smv_series_info
 
 log = logging.getLogger(__name__)
 
@@ -151,128 +139,17 @@ def _read(path: Path, kind: str):
         raise BadInput(f"cannot read {path}: {exc}", reason="bad_image_file") from exc
 
 
-_NUMBER = r"([-+]?\d*\.?\d+(?:[eE][-+]?\d+)?)"
-
-
-def _cbf_field(text: str, pattern: str, groups: int = 1) -> tuple[float, ...] | None:
-    match = re.search(pattern, text, flags=re.MULTILINE)
-    return tuple(float(match.group(i + 1)) for i in range(groups)) if match else None
-
-
-def _m_to_mm(value_m: float) -> float:
-    """Metres to mm, rounded to 12 significant digits (172e-6 m -> 0.172, not 0.17200000000000001)."""
-    return float(f"{value_m * 1e3:.12g}")
-
-
-def cbf_series_info(header_text: str, shape: tuple[int, int], n_images: int, series_id: str,
-                    pixel_mask: np.ndarray | None) -> SeriesInfo:
-    """SeriesInfo from a PILATUS miniCBF header ("_array_data.header_contents")."""
-    text = header_text
-    beam = _cbf_field(text, rf"^#\s*Beam_xy\s*\(\s*{_NUMBER}\s*,\s*{_NUMBER}\s*\)", 2)
-    distance = _cbf_field(text, rf"^#\s*Detector_distance\s+{_NUMBER}\s*m")
-    wavelength = _cbf_field(text, rf"^#\s*Wavelength\s+{_NUMBER}")
-    pixel = _cbf_field(text, rf"^#\s*Pixel_size\s+{_NUMBER}\s*m\s*x\s*{_NUMBER}\s*m", 2)
-    if beam is None or distance is None or wavelength is None or pixel is None:
-        raise BadHeader("miniCBF header lacks Beam_xy, Detector_distance, Wavelength or Pixel_size",
-                        reason="bad_geometry")
-    start = _cbf_field(text, rf"^#\s*Start_angle\s+{_NUMBER}")
-    increment = _cbf_field(text, rf"^#\s*Angle_increment\s+{_NUMBER}")
-    exposure = _cbf_field(text, rf"^#\s*Exposure_time\s+{_NUMBER}")
-    period = _cbf_field(text, rf"^#\s*Exposure_period\s+{_NUMBER}")
-    cutoff = _cbf_field(text, rf"^#\s*Count_cutoff\s+{_NUMBER}")
-    thickness = _cbf_field(text, rf"^#\s*\w+ sensor, thickness\s+{_NUMBER}")
-    material = re.search(r"^#\s*(\w+) sensor", text, flags=re.MULTILINE)
-    detector = re.search(r"^#\s*Detector:\s*([^,\n]+?)\s*(?:,\s*S/N\s*([^\s,]+))?\s*$", text, flags=re.MULTILINE)
-    axis = re.search(r"^#\s*Oscillation_axis\s+(\S+)", text, flags=re.MULTILINE)
-    rotation_axis = (-1.0, 0.0, 0.0) if axis and axis.group(1).upper().startswith("X.CCW") else (1.0, 0.0, 0.0)
-    return SeriesInfo(
-        series_id=series_id,
-        source="cbf",
-        image_shape=shape,
-        dtype="<u4",
-        n_images=n_images,
-        detector_description=detector.group(1).strip() if detector else "",
-        detector_serial=(detector.group(2) or "") if detector else "",
-        sensor_material={"silicon": "Si", "cdte": "CdTe"}.get(material.group(1).lower(), material.group(1))
-        if material else "",
-        sensor_thickness_mm=_m_to_mm(thickness[0]) if thickness else 0.0,
-        pixel_size_mm=(_m_to_mm(pixel[0]), _m_to_mm(pixel[1])),
-        beam_centre_px=(beam[0], beam[1]),
-        distance_mm=_m_to_mm(distance[0]),
-        wavelength_A=wavelength[0],
-        rotation_axis=rotation_axis,
-        omega_start_deg=start[0] if start else 0.0,
-        omega_increment_deg=increment[0] if increment else 0.0,
-        count_time_s=exposure[0] if exposure else 0.0,
-        frame_time_s=period[0] if period else 0.0,
-        saturation_value=int(cutoff[0]) if cutoff else None,
-        bit_depth_image=32,
-        pixel_mask=pixel_mask,
-        raw={"header": text},
-    )
-
-
-def _round(px: float) -> float:
-    """Header arithmetic noise off (mm / mm): 513.0000000000001 -> 513.0."""
-    return round(px, 9)
-
-
-def smv_beam_centre_px(header: dict[str, str], pixel_mm: float) -> tuple[float, float]:
-    """Beam centre (fast, slow) in dxtbx pixel coordinates from an SMV header (see module doc)."""
-    if "DIALS_ORIGIN" in header:
-        ox, oy, _ = (float(v) for v in header["DIALS_ORIGIN"].split(","))
-        return _round(-ox / pixel_mm), _round(oy / pixel_mm)
-    if "MOSFLM_CENTER_X" in header and "MOSFLM_CENTER_Y" in header:
-        x, y = float(header["MOSFLM_CENTER_X"]), float(header["MOSFLM_CENTER_Y"])
-        return _round((y + 0.5 * pixel_mm) / pixel_mm), _round((x + 0.5 * pixel_mm) / pixel_mm)
-    try:
-        x, y = float(header["BEAM_CENTER_X"]), float(header["BEAM_CENTER_Y"])
-    except (KeyError, ValueError) as exc:
-        raise BadHeader("SMV header gives no beam centre", reason="bad_geometry") from exc
-    return _round(y / pixel_mm), _round(x / pixel_mm)
-
-
-def smv_series_info(header: dict[str, str], shape: tuple[int, int], dtype: str, n_images: int,
-                    series_id: str, pedestal: int) -> SeriesInfo:
-    """SeriesInfo from an SMV header (mm, Angstrom, degrees)."""
-    try:
-        pixel = float(header["PIXEL_SIZE"])
-        distance = float(header["DISTANCE"])
-        wavelength = float(header["WAVELENGTH"])
-    except (KeyError, ValueError) as exc:
-        raise BadHeader(f"SMV header lacks {exc}", reason="bad_geometry") from exc
-    saturation = int(float(header.get("SATURATED_VALUE", np.iinfo(np.dtype(dtype)).max)))
-    return SeriesInfo(
-        series_id=series_id,
-        source="smv",
-        image_shape=shape,
-        dtype=dtype,
-        n_images=n_images,
-        detector_description=header.get("DETECTOR_NAME", header.get("BEAMLINE", "")),
-        detector_serial=header.get("DETECTOR_SN", ""),
-        pixel_size_mm=(pixel, pixel),
-        beam_centre_px=smv_beam_centre_px(header, pixel),
-        distance_mm=distance,
-        wavelength_A=wavelength,
-        omega_start_deg=float(header.get("OSC_START", header.get("PHI", 0.0))),
-        omega_increment_deg=float(header.get("OSC_RANGE", 0.0)),
-        count_time_s=float(header.get("TIME", 0.0)),
-        saturation_value=saturation,
-        bit_depth_image=np.dtype(dtype).itemsize * 8,
-        raw={"header": dict(header), "pedestal": pedestal},
-    )
-
-
 class ImageSeriesSource:
     """A CBF or SMV image series: `info` and `frames()` ("raw" pixels, or `encoding` as a detector sends).
 
     `paths` are taken in the given order (image_number 0, 1, ...). `encoding` "bslz4" or
     "lz4-h5" compresses each frame with `streamer.codecs.encode` (for replay). `pedestal` is
-    subtracted from SMV pixels below saturation (nanoBragg: 40).
+    subtracted from SMV pixels below saturation; None: the header's, as DIALS takes it
+    (`smv_pedestal`; nanoBragg's real offset is 40, which its header does not state).
     """
 
     def __init__(self, paths: Sequence[str | Path], series_id: str | None = None, encoding: str = "raw",
-                 pedestal: int = 0):
+                 pedestal: int | None = None):
         self.paths = [Path(p) for p in paths]
         if not self.paths:
             raise BadInput("no image files given", reason="no_input")
@@ -281,12 +158,12 @@ class ImageSeriesSource:
             raise BadInput(f"not a CBF or SMV series (formats {sorted(map(str, kinds))})", reason="unknown_format")
         self.kind = kinds.pop()
         self.encoding = encoding
-        self.pedestal = int(pedestal)
         if pedestal and self.kind != "smv":
             raise BadInput("a pedestal applies to SMV images only", reason="bad_option")
         series_id = series_id or re.sub(r"[_-]?\d+$", "", self.paths[0].name.split(".")[0]) or "images"
         first = _read(self.paths[0], self.kind)
         shape = tuple(int(n) for n in first.data.shape)
+        self.pedestal = 0
         if self.kind == "cbf":
             data = np.asarray(first.data)
             mask = np.zeros(shape, dtype=np.uint32)
@@ -297,7 +174,12 @@ class ImageSeriesSource:
             decode_byte_offset(b"\x00", np.empty(1, dtype="<u4"))  # JIT now (0.5-1.6 s once), not on frame 1
         else:
             dtype = first.data.dtype.newbyteorder("<") if first.data.dtype.byteorder in "=|" else first.data.dtype
-            self.info = smv_series_info(dict(first.header), shape, dtype.str, len(self.paths), series_id, self.pedestal)
+            header = dict(first.header)
+            self.pedestal = smv_pedestal(header) if pedestal is None else int(pedestal)
+            if self.pedestal:
+                log.info("%s: %d (ADC offset) subtracted from every pixel%s", self.paths[0].name, self.pedestal,
+                         "" if pedestal is None else " (--pedestal)")
+            self.info = smv_series_info(header, shape, dtype.str, len(self.paths), series_id, self.pedestal)
 
     def pixels(self, index: int, out: np.ndarray | None = None) -> np.ndarray:
         """The pixels of image `index` as the series dtype (CBF int32 bytes viewed as uint32).
@@ -382,7 +264,7 @@ class ImageSeriesSource:
 
 
 def open_images(paths: Sequence[str | Path], series_id: str | None = None, encoding: str = "raw",
-                pedestal: int = 0) -> tuple[SeriesInfo, Iterator[EncodedFrame]]:
+                pedestal: int | None = None) -> tuple[SeriesInfo, Iterator[EncodedFrame]]:
     """SeriesInfo and frame iterator of a CBF/SMV series (see ImageSeriesSource)."""
     source = ImageSeriesSource(paths, series_id, encoding, pedestal)
     return source.info, source.frames()

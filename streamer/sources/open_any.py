@@ -94,14 +94,15 @@ def open_capture(folder: Path) -> tuple[SeriesInfo, Iterator[EncodedFrame]]:
 
 
 def open_source(paths: Sequence[str | Path], series_id: str | None = None, encoding: str = "raw",
-                pedestal: int = 0) -> tuple[SeriesInfo, Iterator[EncodedFrame]]:
+                pedestal: int | None = None) -> tuple[SeriesInfo, Iterator[EncodedFrame]]:
     """SeriesInfo and EncodedFrames (series order) of recorded data, reader chosen by content.
 
     `paths`: an EIGER master file (plus, optionally, its data files), EIGER data files alone, a
     CBF/SMV image series (in the order given; .bz2/.gz allowed), a folder of such images, or a
     stream capture folder. HDF5 and captures give the frames as stored/sent (compressed);
     CBF/SMV give `encoding` ("raw" by default, or "bslz4"/"lz4-h5"). `pedestal` is subtracted
-    from SMV pixels (nanoBragg's ADC offset 40). Raises BadInput for anything unreadable.
+    from SMV pixels (None: the header's, as DIALS takes it; nanoBragg's real ADC offset is 40).
+    Raises BadInput for anything unreadable.
     """
     paths = [Path(p) for p in paths]
     if not paths:
