@@ -262,6 +262,7 @@ def test_real_eiger9m_master_geometry_without_its_data(shared_data):
     assert info.saturation_value == 12440
     assert (info.sensor_material, info.sensor_thickness_mm) == ("Si", 0.45)
     assert (info.detector_description, info.detector_serial) == ("Dectris Eiger 9M", "E-18-0102")
+    assert info.detector_type == "PAD"  # as dxtbx's NeXus reader has it (DIALS's smallest spot: 3 pixels)
     assert info.countrate_correction_applied is True and info.flatfield_applied is True
     assert info.pixel_mask is not None and info.pixel_mask.shape == (3269, 3110)
     with pytest.raises(BadInput) as err:

@@ -41,6 +41,7 @@ def test_thaumatin_cbf_header_and_pixels(shared_data):
     source = ImageSeriesSource(files)
     info = source.info
     assert image_format(files[0]) == "cbf" and info.source == "cbf" and info.series_id == "thau_3_2"
+    assert info.detector_type == "PAD"  # every miniCBF, for dxtbx
     assert info.image_shape == (2527, 2463) and info.dtype == "<u4" and info.n_images == 2
     assert info.beam_centre_px == (1261.61, 1306.96)
     assert info.distance_mm == 351.0 and info.wavelength_A == 0.96859
@@ -144,6 +145,11 @@ def test_smv_offsets_and_detector_types_default_to_dxtbxs(shared_data):
         ("PAD", "CCD", "CCD")
     adsc = dataclasses.replace(source.info, detector_description="", detector_type="CCD")
     assert default_min_spot_size(adsc) == 6
+    # a miniCBF is a pixel-array detector's for dxtbx, whatever its detector line says; an
+    # unknown source is judged by that line
+    ccd_named = dataclasses.replace(source.info, detector_description="ADSC Q315 (converted)", detector_type="PAD")
+    assert default_min_spot_size(ccd_named) == 3
+    assert default_min_spot_size(dataclasses.replace(ccd_named, detector_type="")) == 6
     with pytest.raises(BadHeader):
         smv_pedestal({"IMAGE_PEDESTAL": "forty"})
 

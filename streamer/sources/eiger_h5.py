@@ -247,6 +247,7 @@ class EigerH5Source:
         return SeriesInfo(
             series_id=series_id or stem.removesuffix("_master"),
             source="hdf5",
+            detector_type="PAD",  # dxtbx's NeXus reader makes every panel a pixel-array detector's
             image_shape=shape,
             dtype=dtype_str,
             n_images=n_images,

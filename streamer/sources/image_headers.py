@@ -7,6 +7,7 @@
   int32 pixels are passed on as "<u4", as a PILATUS4/EIGER detector streams them: the bytes are
   unchanged, so -1/-2 read as 2**32-1/2**32-2 and must be masked with the pixel mask. Frames
   encoded for streaming (`frame`) carry both as 2**32-1, a DECTRIS stream's inactive value.
+  dxtbx reads every such miniCBF as a pixel-array detector's (DIALS's default spot size follows).
 - SMV: PIXEL_SIZE, DISTANCE (mm), WAVELENGTH (A), OSC_START/OSC_RANGE (deg). The beam centre
   follows the first header convention present: DIALS_ORIGIN (mm, fast +x, slow -y: beam centre
   = -origin_x and +origin_y); MOSFLM_CENTER_X/Y as nanoBragg writes it (X along slow; pixel
@@ -72,6 +73,7 @@ def cbf_series_info(header_text: str, shape: tuple[int, int], n_images: int, ser
         dtype="<u4",
         n_images=n_images,
         detector_description=detector.group(1).strip() if detector else "",
+        detector_type="PAD",  # dxtbx: every PILATUS-convention or EIGER miniCBF (whatever the detector line says)
         detector_serial=(detector.group(2) or "") if detector else "",
         sensor_material={"silicon": "Si", "cdte": "CdTe"}.get(material.group(1).lower(), material.group(1))
         if material else "",
