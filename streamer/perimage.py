@@ -117,9 +117,10 @@ class ImageResult:
 
 
 # what the per-series set-up depends on besides the pixel mask (phi and timing do not enter it)
-SETUP_FIELDS = ("image_shape", "dtype", "source", "detector_description", "detector_type", "pixel_size_mm",
-                "beam_centre_px", "distance_mm", "wavelength_A", "fast_axis", "slow_axis", "rotation_axis",
-                "saturation_value", "bit_depth_image", "two_theta_deg", "sensor_material", "sensor_thickness_mm")
+SETUP_FIELDS = ("image_shape", "dtype", "source", "detector_description", "detector_type", "detector_gain",
+                "pixel_size_mm", "beam_centre_px", "distance_mm", "wavelength_A", "fast_axis", "slow_axis",
+                "rotation_axis", "saturation_value", "bit_depth_image", "two_theta_deg", "sensor_material",
+                "sensor_thickness_mm")
 
 WARM_DTYPES = ("<u2", "<u4")  # EIGER 16/32-bit frames (others compile with their first series)
 
@@ -157,6 +158,13 @@ class ImageAnalyser:
         if len(self.shape) != 2 or min(self.shape) < 1:
             raise BadFrame(f"series image shape {self.shape} is not a 2D image", reason="wrong_shape")
         self.experiment = _experiment(series)
+        # A detector counting g ADU per photon (a CCD): DIALS finds spots on the pixels divided by g.
+        # The same tests on the raw pixels take gain g (and a global threshold g times higher);
+        # intensities and background are reported in photons, as DIALS's.
+        g = series.detector_gain if series.detector_gain > 0 and math.isfinite(series.detector_gain) else 1.0
+        self.gain = sf.gain * g
+        self.global_threshold = sf.global_threshold * g
+        self.adu_per_photon = g
         det, beam = self.experiment.detector, self.experiment.beam
         self._geometry = (np.asarray(det.origin_mm), np.asarray(det.fast_axis), np.asarray(det.slow_axis),
                           np.asarray(det.pixel_size_mm), beam.wavelength_A, np.asarray(beam.s0),
@@ -218,7 +226,7 @@ class ImageAnalyser:
         sf = self.params
         try:
             return strong_pixels(image, self.mask, sf.algorithm, sf.window_fast_slow, sf.sigma_background,
-                                 sf.sigma_strong, sf.global_threshold, sf.min_local, sf.gain, self.trusted_range,
+                                 sf.sigma_strong, self.global_threshold, sf.min_local, self.gain, self.trusted_range,
                                  self.workspace, source=source, flagged=self.series_mask.inactive,
                                  radial=self.radial_in_pass if radial else None)
         except DecodeError as exc:
@@ -267,6 +275,8 @@ class ImageAnalyser:
             profile, counts = self.radial_in_pass.result()
         else:  # the pixels of its spots (the dispersed ones) are flagged in ws.flag
             profile, counts = radial_sums(image, self.radial_segments, ws.flag, self.trusted_range)
+        if self.adu_per_photon != 1.0:
+            profile = (profile / np.float32(self.adu_per_photon)).astype(profile.dtype)
         total_counts = counts.sum()
         background = float(np.nansum(profile.astype(np.float64) * counts) / total_counts) if total_counts \
             else float("nan")
@@ -304,7 +314,11 @@ class ImageAnalyser:
             return SpotTable.empty()
         columns = image_spots(index, values, self.shape, self.min_spot_size, self.params.max_spot_size,
                               self.params.max_separation, image_number, self._geometry)
-        return SpotTable(*columns, pixel_index=index.copy(), pixel_value=values.astype(np.float32))
+        table = SpotTable(*columns, pixel_index=index.copy(), pixel_value=values.astype(np.float32))
+        if self.adu_per_photon != 1.0:  # in photons, as DIALS sums them
+            table = dataclasses.replace(table, intensity=table.intensity / self.adu_per_photon,
+                            pixel_value=(table.pixel_value / np.float32(self.adu_per_photon)).astype(np.float32))
+        return table
 
     def d_spacing(self, x_px: np.ndarray, y_px: np.ndarray) -> np.ndarray:
         """Resolution (A) at continuous pixel positions: 1/|s1 - s0|."""
@@ -351,7 +365,7 @@ class ImageAnalyser:
                 ws = DispersionWorkspace(small.shape)
                 try:
                     idx = strong_pixels(small, mask, algorithm, sf.window_fast_slow, sf.sigma_background,
-                                        sf.sigma_strong, sf.global_threshold, sf.min_local, sf.gain,
+                                        sf.sigma_strong, self.global_threshold, sf.min_local, self.gain,
                                         self.trusted_range, ws, path=path, final=final).copy()
                 except ValueError:  # that pass does not apply to this series (float frames, large windows)
                     continue
@@ -364,7 +378,7 @@ class ImageAnalyser:
             for path in ("auto", "packed"):  # decoded before the pass, then inside it
                 try:
                     strong_pixels(view, mask, sf.algorithm, sf.window_fast_slow, sf.sigma_background,
-                                  sf.sigma_strong, sf.global_threshold, sf.min_local, sf.gain, self.trusted_range,
+                                  sf.sigma_strong, self.global_threshold, sf.min_local, self.gain, self.trusted_range,
                                   DispersionWorkspace(small.shape), path=path,
                                   source=band_decode.bslz4_band_source(frame, out))
                 except ValueError:  # the packed pass does not apply (windows of 64 pixels or more)

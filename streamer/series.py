@@ -79,6 +79,7 @@ class SeriesInfo:
     n_images: int | None = None
     detector_description: str = ""
     detector_type: str = ""  # "PAD" or "CCD" where the format decides it as dxtbx does; "": by the description
+    detector_gain: float = 1.0  # ADU per photon, as the format states or dxtbx implies it (ADSC CCDs); counters 1
     detector_serial: str = ""
     sensor_material: str = ""
     sensor_thickness_mm: float = 0.0

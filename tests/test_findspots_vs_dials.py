@@ -159,32 +159,44 @@ def test_rotation_sweep_3d_spots_match_dials_counts(shared_data, unpacked, tmp_p
     assert np.any(spots["z_image"] % 1 != 0.5)  # spots spanning several images
 
 
-def _with_pixel_size(path: Path, out: Path, pixel_mm: str) -> Path:
-    """A copy of an SMV image whose header states another pixel size (same length: the header
-    keeps its size); nothing else changes."""
+def _with_header(path: Path, out: Path, changes: dict[bytes, bytes]) -> Path:
+    """A copy of an SMV image with header records replaced (its header keeps its size); the
+    pixels are the same."""
     data = path.read_bytes()
-    old = b"PIXEL_SIZE=0.172;"
-    new = f"PIXEL_SIZE={pixel_mm};".encode().ljust(len(old), b" ")
-    assert data.count(old) == 1 and len(new) == len(old)
-    out.write_bytes(data.replace(old, new))
+    size = int(data.split(b"HEADER_BYTES=")[1].split(b";")[0])
+    header = data[:size]
+    for old, new in changes.items():
+        assert header.count(old) == 1
+        header = header.replace(old, new)
+    header = header[:header.index(b"}") + 1]
+    assert len(header) <= size
+    out.write_bytes(header.ljust(size, b" ") + data[size:])
     return out
+
+
+# how DIALS reads the copies: a simulator's images with PILATUS pixels, or with nanoBragg's default
+# 0.1 mm pixels (a CCD for dxtbx), and the same images as an ADSC CCD's, stating its gain and pedestal
+HEADERS = {"pilatus": {},
+           "ccd_pixels": {b"PIXEL_SIZE=0.172;": b"PIXEL_SIZE=0.100;"},
+           "adsc": {b"BEAMLINE=fake;\n": b"GAIN=2.0;\nIMAGE_PEDESTAL=40;\n"}}
 
 
 @needs_dials()
 @pytest.mark.dials
-@pytest.mark.parametrize("pixel_mm", ["0.172", "0.100"])
-def test_nanobragg_images_with_no_options_give_dials_spots(shared_data, unpacked, tmp_path, pixel_mm):
+@pytest.mark.parametrize("kind", list(HEADERS))
+def test_smv_images_with_no_options_give_dials_spots(shared_data, unpacked, tmp_path, kind):
     """`dials.find_spots` with no options and `xtalstream findspots` with none find the same
-    spots in nanoBragg images: both take off the ADC offset dxtbx assumes for a simulator's
-    images (1) and both judge the detector as dxtbx does, so the default smallest spot is the
-    same (3 pixels with PILATUS pixels; a CCD's 6 otherwise). Before, we took off nothing and
-    called every such image a pixel-array detector."""
+    spots in SMV images: both take off the ADC offset dxtbx assumes for the format (a
+    simulator's: 1; an ADSC's: its IMAGE_PEDESTAL), both judge the detector as dxtbx does, so
+    the default smallest spot is the same (3 pixels with PILATUS pixels; a CCD's 6 otherwise),
+    and both find spots in photons, an ADSC's ADU divided by its gain. Before, we took off
+    nothing, called every such image a pixel-array detector, and took counts for photons."""
     from streamer.commands.findspots import main
 
     sim = shared_data / "sim" / "lyso-nanobragg"
     paths = [unpacked(sim / "images" / f"lyso_{i:03d}.img.bz2") for i in range(1, 4)]
-    if pixel_mm != "0.172":
-        paths = [_with_pixel_size(p, tmp_path / p.name, pixel_mm) for p in paths]
+    if HEADERS[kind]:
+        paths = [_with_header(p, tmp_path / p.name, HEADERS[kind]) for p in paths]
     assert main([str(p) for p in paths] + ["--out", str(tmp_path / "spots.csv")]) == 0
     cols = read_spots_csv(tmp_path / "spots.csv")
     ours = np.column_stack([cols[k] for k in ("x_px", "y_px", "z_image", "intensity")])
@@ -199,6 +211,6 @@ def test_nanobragg_images_with_no_options_give_dials_spots(shared_data, unpacked
         assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     dials = np.load(tmp_path / "dials.npy")
     distance, nearest = cKDTree(ours[:, :3]).query(dials[:, :3])
-    print(f"\n{pixel_mm} mm pixels: DIALS {len(dials)} spots, ours {len(ours)}")
+    print(f"\n{kind}: DIALS {len(dials)} spots, ours {len(ours)}")
     assert len(ours) == len(dials) > 100 and distance.max() < 1e-3
     np.testing.assert_allclose(ours[nearest, 3], dials[:, 3], rtol=1e-6)

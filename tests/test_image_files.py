@@ -21,7 +21,7 @@ from streamer.geometry import Beam, Detector
 from streamer.perimage import default_min_spot_size
 from streamer.sources import open_source
 from streamer.sources.image_files import DEAD_BIT, GAP_BIT, ImageSeriesSource, image_format
-from streamer.sources.image_headers import smv_beam_centre_px, smv_detector_type, smv_pedestal
+from streamer.sources.image_headers import smv_beam_centre_px, smv_detector_type, smv_gain, smv_pedestal
 
 THAUMATIN = "real-images/thaumatin_grid"
 LYSO = "sim/lyso-nanobragg"
@@ -152,6 +152,15 @@ def test_smv_offsets_and_detector_types_default_to_dxtbxs(shared_data):
     assert default_min_spot_size(dataclasses.replace(ccd_named, detector_type="")) == 6
     with pytest.raises(BadHeader):
         smv_pedestal({"IMAGE_PEDESTAL": "forty"})
+    # ADU per photon: the header's, else an ADSC model's by its size, else 1; a simulator counts photons
+    q315 = {"SIZE1": "3072", "SIZE2": "3072", "PIXEL_SIZE": "0.1024"}
+    assert (smv_gain(q315), smv_gain({**q315, "GAIN": "1.7"}), smv_gain({**q315, "SIZE2": "2048"}),
+            smv_gain({**fake, **q315}), smv_gain({"SIZE1": "2304", "SIZE2": "2304", "PIXEL_SIZE": "0.0816"})) == \
+        (2.4, 1.7, 1.0, 1.0, 1.25)
+    assert source.info.detector_gain == 1.0
+    for bad in ({"GAIN": "-1"}, {"GAIN": "nan"}, {"SIZE1": "x"}):
+        with pytest.raises(BadHeader):
+            smv_gain({**q315, **bad})
 
 
 def test_smv_beam_centre_conventions():

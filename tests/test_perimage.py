@@ -66,6 +66,29 @@ def test_finds_known_spots(analyser):
     assert result.spots.intensity.sum() <= result.spots.pixel_value.sum()
 
 
+def test_a_ccds_gain_turns_counts_into_photons():
+    """A detector counting g ADU per photon (an ADSC CCD: `SeriesInfo.detector_gain`): its
+    pixels are thresholded as DIALS does on them divided by g (the same tests with gain g on the
+    raw counts, and a global threshold g times higher), and spots and background come out in
+    photons. On the same frame, detector gain 2 finds what spotfinding.gain 2 finds, with half
+    the intensities; a counter (gain 1) finds more: the dispersion test reads counts as photons."""
+    image = spots_frame(POSITIONS, background=6.0) * 2  # two ADU per photon
+    ccd = ImageAnalyser(series(detector_gain=2.0), Config()).analyse(image, 0)
+    told = Config(spotfinding=Config().spotfinding.model_copy(update={"gain": 2.0}))
+    same = ImageAnalyser(series(), told).analyse(image, 0)
+    counter = ImageAnalyser(series(), Config()).analyse(image, 0)
+    np.testing.assert_array_equal(ccd.spots.pixel_index, same.spots.pixel_index)
+    np.testing.assert_array_equal(ccd.spots.x_px, same.spots.x_px)
+    np.testing.assert_allclose(ccd.spots.intensity, same.spots.intensity / 2)
+    np.testing.assert_allclose(ccd.spots.pixel_value, same.spots.pixel_value / 2)
+    assert ccd.background == pytest.approx(same.background / 2) and 5 < ccd.background < 7
+    assert ccd.total_intensity == pytest.approx(same.total_intensity / 2)
+    assert ccd.n_spots == len(POSITIONS) and counter.strong_pixels > ccd.strong_pixels
+    both = Config(spotfinding=Config().spotfinding.model_copy(update={"global_threshold": 30.0}))
+    thresholded = ImageAnalyser(series(detector_gain=2.0), both).analyse(image, 0)  # 30 photons: 60 ADU
+    assert thresholded.strong_pixels == np.count_nonzero(image.reshape(-1)[ccd.spots.pixel_index] > 60)
+
+
 def test_find_spots_is_analyse_without_the_statistics(analyser):
     """`find_spots` (what the benchmark and the DIALS comparison time, as `dials.find_spots`
     does) gives the very spots and strong pixels of `analyse`, and refuses the same frames."""

@@ -19,12 +19,14 @@
   dxtbx's FormatSMVJHSim) take their header's ADC_OFFSET, else 1, and count as a pixel-array
   detector only with 0.172 mm pixels (else a CCD); other SMV images (ADSC, FormatSMVADSC) take
   IMAGE_PEDESTAL, else 0, and are CCDs. nanoBragg in fact adds 40 without stating it: the
-  `pedestal` option says so. (DIALS also divides ADSC images by a gain it guesses from the
-  model, 1.25-2.8 ADU per photon; we do not: give `spotfinding.gain` for such data.)
+  `pedestal` option says so. DIALS finds spots on ADSC pixels divided by the CCD's gain: the
+  header's GAIN, else a value by model, known from the image and pixel size (`smv_gain`; 1 for
+  a simulator's images and for models it does not know); so do we (`SeriesInfo.detector_gain`).
 """
 
 from __future__ import annotations
 
+import math
 import re
 
 import numpy as np
@@ -139,6 +141,31 @@ def smv_detector_type(header: dict[str, str], pixel_mm: float) -> str:
     return "PAD" if is_jhsim(header) and pixel_mm == JHSIM_PAD_PIXEL_MM else "CCD"
 
 
+# ADU per photon of ADSC CCD models, known by (pixels along a side, pixel size in mm), binned or not:
+# the values dxtbx assumes (FormatSMVADSC; "not better than 20 %" by its own account)
+ADSC_GAINS = {(2304, 0.0816): 1.25,  # Quantum 4
+              (4096, 0.0512): 2.4, (2048, 0.1024): 2.4,  # Quantum 210
+              (6144, 0.0512): 2.4, (3072, 0.1024): 2.4,  # Quantum 315
+              (4168, 0.0648): 2.8, (2084, 0.0324): 2.8}  # Quantum 270
+
+
+def smv_gain(header: dict[str, str]) -> float:
+    """ADU per photon of an SMV image's detector, as DIALS takes it: the header's GAIN, else
+    an ADSC model's (`ADSC_GAINS`), else 1; a simulator's images (BEAMLINE=fake) count photons."""
+    if is_jhsim(header):
+        return 1.0
+    try:
+        if "GAIN" in header:
+            gain = float(header["GAIN"])
+            if not (gain > 0 and math.isfinite(gain)):
+                raise ValueError(gain)
+            return gain
+        side, other, pixel = int(header["SIZE1"]), int(header["SIZE2"]), float(header["PIXEL_SIZE"])
+    except (KeyError, ValueError) as exc:
+        raise BadHeader(f"SMV header gives no usable gain or size ({exc})", reason="bad_header") from exc
+    return ADSC_GAINS.get((side, pixel), 1.0) if side == other else 1.0
+
+
 def smv_series_info(header: dict[str, str], shape: tuple[int, int], dtype: str, n_images: int,
                     series_id: str, pedestal: int) -> SeriesInfo:
     """SeriesInfo from an SMV header (mm, Angstrom, degrees)."""
@@ -157,6 +184,7 @@ def smv_series_info(header: dict[str, str], shape: tuple[int, int], dtype: str, 
         n_images=n_images,
         detector_description=header.get("DETECTOR_NAME", header.get("BEAMLINE", "")),
         detector_type=smv_detector_type(header, pixel),
+        detector_gain=smv_gain(header),
         detector_serial=header.get("DETECTOR_SN", ""),
         pixel_size_mm=(pixel, pixel),
         beam_centre_px=smv_beam_centre_px(header, pixel),
