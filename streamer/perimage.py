@@ -316,8 +316,9 @@ class ImageAnalyser:
                               self.params.max_separation, image_number, self._geometry)
         table = SpotTable(*columns, pixel_index=index.copy(), pixel_value=values.astype(np.float32))
         if self.adu_per_photon != 1.0:  # in photons, as DIALS sums them
+            photons = np.float32(1.0 / self.adu_per_photon)
             table = dataclasses.replace(table, intensity=table.intensity / self.adu_per_photon,
-                            pixel_value=(table.pixel_value / np.float32(self.adu_per_photon)).astype(np.float32))
+                                        pixel_value=table.pixel_value * photons)
         return table
 
     def d_spacing(self, x_px: np.ndarray, y_px: np.ndarray) -> np.ndarray:
