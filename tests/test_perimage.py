@@ -9,10 +9,9 @@ import pytest
 
 from kernels.radial import bin_map, radial_profile, radial_sums
 from streamer import codecs, pipeline_messages, wire
-from streamer.config import Config, MaskConfig
+from streamer.config import Config
 from streamer.errors import BadFrame
 from streamer.ice_rings import detect_ice_rings, ice_ring_d_star_sq, on_ice_rings
-from streamer.masks import SeriesMask, inactive_value, pilatus_gap_mask, user_mask
 from streamer.perimage import ImageAnalyser, ImageResult
 from streamer.resolution_estimate import equal_population_bins, estimate_d_min, wilson_outliers
 from streamer.series import EncodedFrame, SeriesInfo
@@ -148,73 +147,6 @@ def test_overloads_counted_and_excluded(analyser):
     saturated = [10 * 220 + 200, 10 * 220 + 201, 11 * 220 + 200, 11 * 220 + 201]
     assert not np.any(np.isin(result.spots.pixel_index, saturated))  # never strong, never summed
     assert result.n_spots == len(POSITIONS)
-
-
-def test_dectris_flagged_pixels_are_not_overloads(analyser):
-    """A DECTRIS stream sent without its pixel mask (header detail "basic"): the detector gives
-    the pixels the mask flags its all-ones value. They are invalid, never strong, and not
-    reported as saturated; pixels above the count cutoff still are."""
-    image = spots_frame(POSITIONS)
-    image[:, 120:123] = 0xFFFFFFFF  # a module gap
-    image[10:12, 200:202] = 60000  # at the count cutoff: saturated
-    for source in ("stream-v2", "stream-v1", "simulator"):
-        result = ImageAnalyser(series(source=source), Config()).analyse(image, 0)
-        assert result.n_overloads == 4, source
-        assert result.n_spots == len(POSITIONS)
-        assert not np.any(result.spots.pixel_index % SHAPE[1] == 121)
-    # an ADSC saturates at 65535: there the all-ones value is a count (its pixels saturated)
-    adsc = ImageAnalyser(series(source="smv", dtype="<u2", saturation_value=65535), Config())
-    assert adsc.series_mask.inactive is None
-    assert adsc.analyse(np.minimum(image, 65535).astype("<u2"), 0).n_overloads == 3 * SHAPE[0]
-
-
-def test_inactive_value_follows_the_bit_depth():
-    assert inactive_value(series(source="stream-v2", bit_depth_image=32)) == 2**32 - 1
-    assert inactive_value(series(source="stream-v1", dtype="<u2", bit_depth_image=16)) == 65535
-    assert inactive_value(series(source="stream-v2", bit_depth_image=16)) == 65535  # 16-bit data in 32-bit pixels
-    assert inactive_value(series(source="hdf5", detector_description="Dectris EIGER2 Si 4M")) == 2**32 - 1
-    assert inactive_value(series(source="hdf5", detector_description="")) is None
-    assert inactive_value(series(source="cbf", dtype="<i4")) is None  # PILATUS flags with -1, -2
-    assert inactive_value(series(source="stream-v2", saturation_value=2**32 - 1)) is None  # all-ones is a count
-
-
-def test_user_masks_and_resolution_limits():
-    config = Config(mask=MaskConfig(untrusted_rectangles=[(25, 36, 35, 46)], untrusted_circles=[(150.5, 30.2, 4.0)]))
-    an = ImageAnalyser(series(), config, warm_up=False)
-    result = an.analyse(spots_frame(POSITIONS), 0)
-    assert result.n_spots == len(POSITIONS) - 2
-    d_at = an.resolution_map[int(160.3), int(20.6)]
-    limited = Config(spotfinding=Config().spotfinding.model_copy(update={"d_min": float(d_at) + 0.05}))
-    an2 = ImageAnalyser(series(), limited, warm_up=False)
-    assert an2.analyse(spots_frame(POSITIONS), 0).n_spots == len(POSITIONS) - 1
-
-
-def test_mask_helpers():
-    mask = user_mask((10, 10), MaskConfig(untrusted_rectangles=[(2, 4, 0, 1)],
-                                          untrusted_polygons=[[(5.0, 5.0), (9.0, 5.0), (9.0, 9.0)]]))
-    assert mask[0, 2] == 0 and mask[0, 4] == 1 and mask[1, 2] == 1
-    assert mask[6, 8] == 0 and mask[6, 5] == 1  # (8.5, 6.5) inside the triangle, (5.5, 6.5) outside
-    # circles as DIALS's untrusted.circle=3,4,2: pixel (i, j) out when (i-3)^2 + (j-4)^2 < 4
-    circle = user_mask((10, 10), MaskConfig(untrusted_circles=[(3.0, 4.0, 2.0)]))
-    out = {(int(j), int(i)) for j, i in zip(*np.nonzero(circle == 0))}
-    assert out == {(j, i) for j in range(10) for i in range(10) if (i - 3) ** 2 + (j - 4) ** 2 < 4}
-    assert (4, 5) not in out and (4, 4) in out  # on the circle is kept
-    border = user_mask((6, 8), MaskConfig(border=2))
-    assert border.sum() == 2 * 4 and border[2:4, 2:6].all()  # the inner 2 x 4 pixels are left
-    gaps = pilatus_gap_mask((2527, 2463))
-    assert gaps is not None and gaps[:, 487:494].sum() == 0 and gaps[195:212].sum() == 0 and gaps[0, 486] == 1
-    assert pilatus_gap_mask((100, 100)) is None
-    s = series(pixel_mask=np.zeros((5, 5), np.uint32))
-    with pytest.raises(BadFrame) as err:
-        SeriesMask.build(s)
-    assert err.value.reason == "wrong_mask_size"
-
-
-def test_pixel_mask_from_header_is_used():
-    pm = np.zeros(SHAPE, np.uint32)
-    pm[30:52, 20:42] = 2  # dead pixels over the first spot
-    an = ImageAnalyser(series(pixel_mask=pm), warm_up=False)
-    assert an.analyse(spots_frame(POSITIONS), 0).n_spots == len(POSITIONS) - 1
 
 
 @pytest.mark.parametrize("dtype,series_dtype", [(np.uint16, "<u2"), (np.int32, "<i4"), (np.float32, "<f4")])
