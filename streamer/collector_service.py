@@ -172,11 +172,15 @@ class CollectorService:
                 return
             result = pipeline_messages.result_from(msg)
         except wire.WireError as exc:  # the frame it was about will time out as worker_lost
-            self.n_bad_messages += 1
-            self.collector.metrics.internal_refused.labels(reader="collector", reason=exc.reason).inc()
-            log.warning("unreadable result message (%s): %s", exc.reason, exc)
+            self._unreadable(exc, "result")
             return
         self.collector.result(result)
+
+    def _unreadable(self, exc: wire.WireError, what: str) -> None:
+        """A message from a worker that cannot be read: logged and counted (in the metrics too)."""
+        self.n_bad_messages += 1
+        self.collector.metrics.internal_refused.labels(reader="collector", reason=exc.reason).inc()
+        log.warning("unreadable %s message (%s): %s", what, exc.reason, exc)
 
     def _on_control(self, parts: list[Any]) -> None:
         if len(parts) < 2:
@@ -188,9 +192,7 @@ class CollectorService:
         except wire.WireError as exc:
             # Answered, so that the worker waits no longer and says why (one of another wire
             # version cannot read the answer either, and names both versions).
-            self.n_bad_messages += 1
-            self.collector.metrics.internal_refused.labels(reader="collector", reason=exc.reason).inc()
-            log.warning("unreadable control message (%s): %s", exc.reason, exc)
+            self._unreadable(exc, "control")
             sock.send_multipart([identity, *wire.encode("refused", {"reason": exc.reason, "message": str(exc)[:500]})])
             return
         if msg.kind == "hello" and msg.body.get("ready"):

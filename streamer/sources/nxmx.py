@@ -212,9 +212,9 @@ def pixel_mask(f: h5py.File, det_path: str, shape: tuple[int, int], where: Any =
     read: list[h5py.Dataset] = []
     for name in names:
         ds = f.get(name)
-        if ds is None and f.get(name, getlink=True) is not None:  # a link to a file or path not there
-            log.warning("%s: %s is %r, which cannot be read: its pixels are not masked", where, name,
-                        f.get(name, getlink=True))
+        link = f.get(name, getlink=True) if ds is None else None
+        if link is not None:  # a link to a file or path not there
+            log.warning("%s: %s is %r, which cannot be read: its pixels are not masked", where, name, link)
         if not isinstance(ds, h5py.Dataset) or any(ds == other for other in read):  # a link to one read
             continue
         read.append(ds)
