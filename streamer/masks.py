@@ -79,7 +79,8 @@ def user_mask(image_shape: tuple[int, int], config: MaskConfig) -> np.ndarray:
 
 
 def trusted_range(series: SeriesInfo) -> tuple[float, float]:
-    """Open interval of usable pixel values (DIALS/dxtbx: (-1, saturation)).
+    """Open interval of usable pixel values (DIALS/dxtbx: (underload, saturation), the
+    underload -1 unless the series says otherwise, as pedestal-subtracted SMV images do).
 
     Without a saturation value in the header, integer images exclude their all-ones value
     (the DECTRIS invalid/overload marker) and float images nothing above.
@@ -91,7 +92,8 @@ def trusted_range(series: SeriesInfo) -> tuple[float, float]:
         upper = float(np.iinfo(dt).max)
     else:
         upper = float("inf")
-    return -1.0, upper
+    lower = -1.0 if series.underload_value is None else float(series.underload_value)
+    return lower, upper
 
 
 DECTRIS_SOURCES = ("stream-v1", "stream-v2", "simulator")  # the SIMPLON streams and our EIGER-like simulator

@@ -119,8 +119,8 @@ class ImageResult:
 # what the per-series set-up depends on besides the pixel mask (phi and timing do not enter it)
 SETUP_FIELDS = ("image_shape", "dtype", "source", "detector_description", "detector_type", "detector_gain",
                 "pixel_size_mm", "beam_centre_px", "distance_mm", "wavelength_A", "fast_axis", "slow_axis",
-                "rotation_axis", "saturation_value", "bit_depth_image", "two_theta_deg", "sensor_material",
-                "sensor_thickness_mm")
+                "rotation_axis", "saturation_value", "underload_value", "bit_depth_image", "two_theta_deg",
+                "sensor_material", "sensor_thickness_mm")
 
 WARM_DTYPES = ("<u2", "<u4")  # EIGER 16/32-bit frames (others compile with their first series)
 

@@ -37,6 +37,14 @@ def finite_or_zero(value: Any) -> float:
     return float(value) if ok else 0.0
 
 
+def signed_underload(dtype: str) -> int | None:
+    """The underload of a stream's pixel type: a DECTRIS detector flags pixels with unsigned
+    all-ones values, so -1 is the usual bound; a signed type carries real negative counts (a
+    CCD's, less its pedestal, as `replay` sends SMV images), all trusted down to its minimum."""
+    dt = np.dtype(dtype)
+    return int(np.iinfo(dt).min) if dt.kind == "i" else None
+
+
 def rotation_scan(angles: dict[str, tuple[Any, Any]]) -> tuple[str, float, float]:
     """(axis, start, increment) of the rotation a header describes: omega's, or else the first
     axis of SCAN_AXES that moves (a phi scan on a kappa goniometer: omega's increment is 0 and
@@ -95,7 +103,8 @@ class SeriesInfo:
     two_theta_deg: float = 0.0  # the detector arm's angle; not modelled (`header_corrections.geometry_problems`)
     count_time_s: float = 0.0
     frame_time_s: float = 0.0
-    saturation_value: int | None = None
+    saturation_value: int | None = None  # this value and above: not trusted (overloads)
+    underload_value: int | None = None  # this value and below: not trusted; None: -1 (dxtbx's trusted minimum)
     bit_depth_image: int | None = None
     countrate_correction_applied: bool | None = None
     flatfield_applied: bool | None = None

@@ -25,7 +25,7 @@ def config_of(series: SeriesInfo) -> dict[str, Any]:
     if isinstance(series.raw.get("config"), dict) and series.source == "stream-v1":
         return dict(series.raw["config"])
     height, width = series.image_shape
-    return {
+    config = {
         "beam_center_x": series.beam_centre_px[0],
         "beam_center_y": series.beam_centre_px[1],
         "bit_depth_image": series.bit_depth_image or 8 * np.dtype(series.dtype).itemsize,
@@ -51,6 +51,9 @@ def config_of(series: SeriesInfo) -> dict[str, Any]:
         "y_pixel_size": series.pixel_size_mm[1] / 1000.0,
         "y_pixels_in_detector": height,
     }
+    if np.dtype(series.dtype).kind == "i":  # SIMPLON has no signed pixel type: the image's says it,
+        del config["bit_depth_image"]  # and the receiver takes it from the first image (as for an EIGER 1)
+    return config
 
 
 def _array_parts(htype: str, array: np.ndarray | None) -> list[Any]:

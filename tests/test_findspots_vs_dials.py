@@ -159,9 +159,10 @@ def test_rotation_sweep_3d_spots_match_dials_counts(shared_data, unpacked, tmp_p
     assert np.any(spots["z_image"] % 1 != 0.5)  # spots spanning several images
 
 
-def _with_header(path: Path, out: Path, changes: dict[bytes, bytes]) -> Path:
+def _with_header(path: Path, out: Path, changes: dict[bytes, bytes], read_noise: float = 0.0) -> Path:
     """A copy of an SMV image with header records replaced (its header keeps its size); the
-    pixels are the same."""
+    pixels are the same, or with a CCD's Gaussian read noise (ADU, rounded) added and 40
+    pixels set within 60 counts of 65535."""
     data = path.read_bytes()
     size = int(data.split(b"HEADER_BYTES=")[1].split(b";")[0])
     header = data[:size]
@@ -169,16 +170,26 @@ def _with_header(path: Path, out: Path, changes: dict[bytes, bytes]) -> Path:
         assert header.count(old) == 1
         header = header.replace(old, new)
     header = header[:header.index(b"}") + 1]
-    assert len(header) <= size
-    out.write_bytes(header.ljust(size, b" ") + data[size:])
+    assert len(header) <= size and b"BYTE_ORDER=little_endian" in header
+    pixels = data[size:]
+    if read_noise:
+        rng = np.random.default_rng(sum(path.name.encode()))
+        values = np.frombuffer(pixels, dtype="<u2").astype(np.int64)
+        values = values + np.round(rng.normal(0.0, read_noise, values.size)).astype(np.int64)
+        values[rng.choice(values.size, 40, replace=False)] = rng.integers(65476, 65536, 40)
+        pixels = np.clip(values, 0, 65535).astype("<u2").tobytes()
+    out.write_bytes(header.ljust(size, b" ") + pixels)
     return out
 
 
+ADSC = {b"BEAMLINE=fake;\n": b"GAIN=2.0;\nIMAGE_PEDESTAL=40;\n"}
 # how DIALS reads the copies: a simulator's images with PILATUS pixels, or with nanoBragg's default
-# 0.1 mm pixels (a CCD for dxtbx), and the same images as an ADSC CCD's, stating its gain and pedestal
-HEADERS = {"pilatus": {},
-           "ccd_pixels": {b"PIXEL_SIZE=0.172;": b"PIXEL_SIZE=0.100;"},
-           "adsc": {b"BEAMLINE=fake;\n": b"GAIN=2.0;\nIMAGE_PEDESTAL=40;\n"}}
+# 0.1 mm pixels (a CCD for dxtbx), and the same images as an ADSC CCD's, stating its gain and
+# pedestal, with no read noise or with some (half the background pixels below the pedestal)
+HEADERS = {"pilatus": ({}, 0.0),
+           "ccd_pixels": ({b"PIXEL_SIZE=0.172;": b"PIXEL_SIZE=0.100;"}, 0.0),
+           "adsc": (ADSC, 0.0),
+           "adsc_read_noise": (ADSC, 8.0)}
 
 
 @needs_dials()
@@ -190,13 +201,17 @@ def test_smv_images_with_no_options_give_dials_spots(shared_data, unpacked, tmp_
     simulator's: 1; an ADSC's: its IMAGE_PEDESTAL), both judge the detector as dxtbx does, so
     the default smallest spot is the same (3 pixels with PILATUS pixels; a CCD's 6 otherwise),
     and both find spots in photons, an ADSC's ADU divided by its gain. Before, we took off
-    nothing, called every such image a pixel-array detector, and took counts for photons."""
+    nothing, called every such image a pixel-array detector, and took counts for photons.
+    Counts below the pedestal (a CCD's read noise) count as negative, as in DIALS: clipped at
+    0, the background looked dispersed and every image of the noisy copies had more than a
+    quarter of its pixels strong (skipped), where DIALS found 1500 spots per image."""
     from streamer.commands.findspots import main
 
     sim = shared_data / "sim" / "lyso-nanobragg"
     paths = [unpacked(sim / "images" / f"lyso_{i:03d}.img.bz2") for i in range(1, 4)]
-    if HEADERS[kind]:
-        paths = [_with_header(p, tmp_path / p.name, HEADERS[kind]) for p in paths]
+    changes, read_noise = HEADERS[kind]
+    if changes:
+        paths = [_with_header(p, tmp_path / p.name, changes, read_noise) for p in paths]
     assert main([str(p) for p in paths] + ["--out", str(tmp_path / "spots.csv")]) == 0
     cols = read_spots_csv(tmp_path / "spots.csv")
     ours = np.column_stack([cols[k] for k in ("x_px", "y_px", "z_image", "intensity")])

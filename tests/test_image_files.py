@@ -18,6 +18,7 @@ from conftest import needs_dials
 from streamer import codecs
 from streamer.errors import BadHeader, BadInput
 from streamer.geometry import Beam, Detector
+from streamer.masks import trusted_range
 from streamer.perimage import default_min_spot_size
 from streamer.sources import open_source
 from streamer.sources.image_files import DEAD_BIT, GAP_BIT, ImageSeriesSource, image_format
@@ -116,13 +117,18 @@ def test_nanobragg_smv_geometry_matches_truth(shared_data):
 
 def test_smv_pedestal_removes_the_adc_offset(shared_data):
     files = smv_files(shared_data, 1)
-    raw = ImageSeriesSource(files, pedestal=0).pixels(0)
-    corrected = ImageSeriesSource(files, pedestal=40).pixels(0)
-    assert corrected.dtype == raw.dtype
-    saturated = raw == 65535
-    np.testing.assert_array_equal(corrected[saturated], 65535)
-    expected = np.maximum(raw[~saturated].astype(np.int64) - 40, 0)
-    np.testing.assert_array_equal(corrected[~saturated], expected)
+    plain = ImageSeriesSource(files, pedestal=0)
+    raw = plain.pixels(0)
+    assert raw.dtype == np.dtype("<u2") and plain.info.underload_value is None
+    source = ImageSeriesSource(files, pedestal=40)
+    corrected = source.pixels(0)
+    # int32 counts less the offset, nothing clipped (a CCD's read noise goes below it)
+    assert corrected.dtype == np.dtype(source.info.dtype) == np.dtype("<i4")
+    np.testing.assert_array_equal(corrected, raw.astype(np.int64) - 40)
+    # dxtbx's trusted range, on the counts before the offset comes off: below 65535 - 40
+    # (so 65535 - 2 * 40 after) and above -1 (every count: -41 after)
+    assert (source.info.saturation_value, source.info.underload_value) == (65535 - 80, -41)
+    assert trusted_range(source.info) == (-41.0, 65455.0)
     # README: after removing the offset the (zero) background holds exactly 0
     values, counts = np.unique(corrected, return_counts=True)
     assert values[np.argmax(counts)] == 0 and raw.min() == 40
@@ -136,7 +142,7 @@ def test_smv_offsets_and_detector_types_default_to_dxtbxs(shared_data):
     source = ImageSeriesSource(files)  # nanoBragg: BEAMLINE=fake, no ADC_OFFSET (its true offset, 40, unstated)
     assert source.pedestal == 1 and source.info.detector_type == "PAD"  # PILATUS pixels (0.172 mm)
     raw = ImageSeriesSource(files, pedestal=0).pixels(0).astype(np.int64)
-    np.testing.assert_array_equal(source.pixels(0), np.where(raw == 65535, raw, raw - 1))
+    np.testing.assert_array_equal(source.pixels(0), raw - 1)
     assert default_min_spot_size(source.info) == 3
     fake = {"BEAMLINE": "fake"}
     assert (smv_pedestal(fake), smv_pedestal({**fake, "ADC_OFFSET": "40"}), smv_pedestal({"IMAGE_PEDESTAL": "20"}),

@@ -19,8 +19,10 @@ from test_image_files import cbf_files, smv_files
 
 from streamer import codecs
 from streamer.captures import read_capture
+from streamer.masks import trusted_range
 from streamer.receiver import Receiver, receive_series
 from streamer.series import EncodedFrame, SeriesEnd, SeriesInfo
+from streamer.sources.image_files import ImageSeriesSource
 from tools.replay import main as replay_main
 from tools.replay import replay_capture, replay_series
 
@@ -121,7 +123,7 @@ def test_nanobragg_smv_replay(shared_data, tmp_path):
     assert info.omega_start_deg == pytest.approx(0.0) and info.omega_increment_deg == pytest.approx(0.5)
     for frame, path in zip(got.frames, files):  # less the ADC offset DIALS assumes for a simulator's images (1)
         raw = fabio.open(str(path)).data.astype(np.int64)
-        np.testing.assert_array_equal(codecs.decode(frame), np.where(raw == 65535, raw, np.maximum(raw - 1, 0)))
+        np.testing.assert_array_equal(codecs.decode(frame), raw - 1)
 
 
 @pytest.mark.parametrize("capture", CAPTURES)
@@ -286,3 +288,36 @@ def test_replay_gives_up_when_its_consumer_goes_away(tmp_path):
     thread.join(30)
     assert not thread.is_alive() and len(errors) == 1 and "no receiver took a message" in str(errors[0])
     assert time.monotonic() - started < 20
+
+
+def _adsc_image(path, pixels: np.ndarray) -> None:
+    """An ADSC SMV image (little-endian uint16) stating a pedestal of 40 ADU and a gain."""
+    ny, nx = pixels.shape
+    header = (f"{{\nHEADER_BYTES=512;\nDIM=2;\nBYTE_ORDER=little_endian;\nTYPE=unsigned_short;\nSIZE1={nx};\n"
+              f"SIZE2={ny};\nPIXEL_SIZE=0.1;\nDISTANCE=100;\nWAVELENGTH=1;\nBEAM_CENTER_X=3.2;\nBEAM_CENTER_Y=3.2;\n"
+              "OSC_START=0;\nOSC_RANGE=0.1;\nGAIN=2.0;\nIMAGE_PEDESTAL=40;\n}").encode()
+    path.write_bytes(header.ljust(512, b" ") + pixels.astype("<u2").tobytes())
+
+
+@pytest.mark.parametrize("fmt", ["v1", "v2"])
+def test_smv_replay_keeps_counts_below_the_pedestal(tmp_path, fmt):
+    """A CCD's counts less its pedestal go negative with read noise. The replay sends them as
+    int32 (v1: the image's type, no bit depth in the header), and the receiver trusts negative
+    counts of a signed type, as dxtbx does for the files: the same pixels, the same trusted range
+    at the bottom, the header's saturation less twice the pedestal at the top."""
+    rng = np.random.default_rng(5)
+    paths = []
+    for i in range(2):
+        pixels = np.clip(np.round(rng.normal(44.0, 8.0, (48, 64))), 0, 65535)
+        pixels[3, 5] = 65535
+        paths.append(tmp_path / f"ccd_{i + 1:03d}.img")
+        _adsc_image(paths[-1], pixels)
+    source = ImageSeriesSource(paths)
+    got = replay_and_receive(tmp_path, paths, fmt)
+    assert got.info.dtype == source.info.dtype == "<i4"
+    assert got.info.saturation_value == source.info.saturation_value == 65535 - 80
+    assert trusted_range(got.info)[0] < trusted_range(source.info)[0] == -41.0
+    for k, frame in enumerate(got.frames):
+        decoded = codecs.decode(frame)
+        np.testing.assert_array_equal(decoded, source.pixels(k))
+        assert decoded.min() < 0 and decoded.max() == 65535 - 40

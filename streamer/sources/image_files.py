@@ -144,8 +144,8 @@ class ImageSeriesSource:
 
     `paths` are taken in the given order (image_number 0, 1, ...). `encoding` "bslz4" or
     "lz4-h5" compresses each frame with `streamer.codecs.encode` (for replay). `pedestal` is
-    subtracted from SMV pixels below saturation; None: the header's, as DIALS takes it
-    (`smv_pedestal`; nanoBragg's real offset is 40, which its header does not state).
+    subtracted from SMV pixels (int32, negative below it); None: the header's, as DIALS takes
+    it (`smv_pedestal`; nanoBragg's real offset is 40, which its header does not state).
     """
 
     def __init__(self, paths: Sequence[str | Path], series_id: str | None = None, encoding: str = "raw",
@@ -231,11 +231,9 @@ class ImageSeriesSource:
             if data.dtype.kind not in "iu" or data.dtype.itemsize != 4:
                 data = data.astype(np.int32)
             return np.ascontiguousarray(data).view("<u4") if data.dtype.byteorder != ">" else data.astype("<u4")
-        data = np.ascontiguousarray(data, dtype=self.info.dtype)
-        if self.pedestal:
-            saturated = data >= self.info.saturation_value
-            data = np.where(saturated, data, np.maximum(data.astype(np.int64) - self.pedestal, 0)).astype(self.info.dtype)
-        return data
+        if self.pedestal:  # int32 counts minus the offset, negative below it (`image_headers`)
+            return np.subtract(data, self.pedestal, dtype=np.int32)
+        return np.ascontiguousarray(data, dtype=self.info.dtype)
 
     def frame(self, index: int) -> EncodedFrame:
         """Image `index` encoded as a detector streams it. CBF pixels the PILATUS flagged (-1 gap,

@@ -13,15 +13,19 @@
   = -origin_x and +origin_y); MOSFLM_CENTER_X/Y as nanoBragg writes it (X along slow; pixel
   centres at +0.5, so fast = (Y + pixel/2)/pixel, slow = (X + pixel/2)/pixel, see nanoBragg.c);
   else ADSC BEAM_CENTER_X/Y read as dxtbx's FormatSMVADSC does (fast = Y/pixel, slow = X/pixel).
-  The ADC offset subtracted (clipping at 0; saturated pixels keep their value) and the detector
-  type (which sets DIALS's default spot size) follow dxtbx, so that DIALS and we find the same
-  spots with no options: images of James Holton's simulators (BEAMLINE=fake: nanoBragg, MLFSOM;
+  The ADC offset subtracted and the detector type (which sets DIALS's default spot size) follow
+  dxtbx, so that DIALS and we find the same spots with no options: images of James Holton's simulators (BEAMLINE=fake: nanoBragg, MLFSOM;
   dxtbx's FormatSMVJHSim) take their header's ADC_OFFSET, else 1, and count as a pixel-array
   detector only with 0.172 mm pixels (else a CCD); other SMV images (ADSC, FormatSMVADSC) take
   IMAGE_PEDESTAL, else 0, and are CCDs. nanoBragg in fact adds 40 without stating it: the
   `pedestal` option says so. DIALS finds spots on ADSC pixels divided by the CCD's gain: the
   header's GAIN, else a value by model, known from the image and pixel size (`smv_gain`; 1 for
   a simulator's images and for models it does not know); so do we (`SeriesInfo.detector_gain`).
+  With an offset p the pixels become int32 counts minus p, negative below the offset (a CCD's
+  read noise puts many background pixels there; clipping them at 0 would fake a dispersion of
+  the background). dxtbx tests its trusted range on the counts before the offset comes off,
+  with the top at the saturation value minus p: so the series' saturation value is the header's
+  minus 2p, and every count at the bottom is trusted (`SeriesInfo.underload_value` -1 - p).
 """
 
 from __future__ import annotations
@@ -176,6 +180,9 @@ def smv_series_info(header: dict[str, str], shape: tuple[int, int], dtype: str, 
     except (KeyError, ValueError) as exc:
         raise BadHeader(f"SMV header lacks {exc}", reason="bad_geometry") from exc
     saturation = int(float(header.get("SATURATED_VALUE", np.iinfo(np.dtype(dtype)).max)))
+    underload = None
+    if pedestal:  # counts minus the offset (module docstring)
+        dtype, saturation, underload = "<i4", saturation - 2 * pedestal, -1 - pedestal
     return SeriesInfo(
         series_id=series_id,
         source="smv",
@@ -194,6 +201,7 @@ def smv_series_info(header: dict[str, str], shape: tuple[int, int], dtype: str, 
         omega_increment_deg=float(header.get("OSC_RANGE", 0.0)),
         count_time_s=float(header.get("TIME", 0.0)),
         saturation_value=saturation,
+        underload_value=underload,
         bit_depth_image=np.dtype(dtype).itemsize * 8,
         raw={"header": dict(header), "pedestal": pedestal},
     )
