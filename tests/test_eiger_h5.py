@@ -3,6 +3,7 @@ virtual dataset, and the real EIGER 9M master; pixels compared bit-exact with h5
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import re
@@ -15,6 +16,9 @@ import pytest
 
 from streamer import codecs
 from streamer.errors import BadInput
+from streamer.masks import trusted_range
+from streamer.recorder import record_frames
+from streamer.series import EncodedFrame, SeriesInfo
 from streamer.sources.eiger_h5 import FILTER_BSLZ4, FILTER_LZ4, EigerH5Source, open_eiger
 
 EIGER_DIR = "eiger-h5"
@@ -181,6 +185,34 @@ def test_the_nxmx_saturation_value_is_read(shared_data, tmp_path):
         f.create_dataset("entry/instrument/detector/saturation_value", data=np.int64(4095))
     with EigerH5Source(master) as source:
         assert source.info.saturation_value == 4095
+
+
+@pytest.mark.parametrize(("dtype", "underload", "instrument", "expected"), [
+    ("<i4", None, None, -2**31),  # a signed image's negative counts count (dxtbx: -2**31 without a value)
+    ("<f4", None, None, -2**31),
+    ("<u4", None, None, None),  # nothing below 0: the usual -1
+    ("<i4", 0, None, -1),  # NXmx's lowest valid value, less one
+    ("<i4", -50, None, -51),
+    ("<i4", None, "DIAMOND BEAMLINE I03", None),  # dxtbx's FormatNXmxDLS: 0
+])
+def test_the_nxmx_underload_value_is_read_as_dxtbx_reads_it(tmp_path, dtype, underload, instrument, expected):
+    info = SeriesInfo("u", "simulator", (16, 24), dtype, n_images=2, pixel_size_mm=(0.075, 0.075),
+                      beam_centre_px=(12.0, 8.0), distance_mm=100.0, saturation_value=60000)
+    frames = [EncodedFrame("u", i, (16, 24), dtype, "raw", np.full((16, 24), i + 3, dtype=dtype).tobytes())
+              for i in range(2)]
+    master = record_frames(tmp_path / "u_master.h5", info, frames)
+    with h5py.File(master, "a") as f:
+        if underload is not None:
+            f["entry/instrument/detector/underload_value"] = np.int32(underload)
+        if instrument is not None:
+            f["entry/instrument/name"] = instrument
+    with EigerH5Source(master) as source:
+        assert source.info.underload_value == expected
+        assert trusted_range(source.info)[0] == (-1.0 if expected is None else float(expected))
+    # what the recorder writes of a series with an underload, it reads back
+    master = record_frames(tmp_path / "v_master.h5", dataclasses.replace(info, underload_value=-7), frames)
+    with EigerH5Source(master) as source:
+        assert source.info.underload_value == -7
 
 
 def test_the_nxmx_pixel_masks_are_read_and_combined(shared_data, tmp_path, caplog):

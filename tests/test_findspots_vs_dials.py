@@ -159,7 +159,7 @@ def test_rotation_sweep_3d_spots_match_dials_counts(shared_data, unpacked, tmp_p
     assert np.any(spots["z_image"] % 1 != 0.5)  # spots spanning several images
 
 
-def _with_header(path: Path, out: Path, changes: dict[bytes, bytes], read_noise: float = 0.0) -> Path:
+def smv_copy(path: Path, out: Path, changes: dict[bytes, bytes], read_noise: float = 0.0) -> Path:
     """A copy of an SMV image with header records replaced (its header keeps its size); the
     pixels are the same, or with a CCD's Gaussian read noise (ADU, rounded) added and 40
     pixels set within 60 counts of 65535."""
@@ -211,7 +211,7 @@ def test_smv_images_with_no_options_give_dials_spots(shared_data, unpacked, tmp_
     paths = [unpacked(sim / "images" / f"lyso_{i:03d}.img.bz2") for i in range(1, 4)]
     changes, read_noise = HEADERS[kind]
     if changes:
-        paths = [_with_header(p, tmp_path / p.name, changes, read_noise) for p in paths]
+        paths = [smv_copy(p, tmp_path / p.name, changes, read_noise) for p in paths]
     assert main([str(p) for p in paths] + ["--out", str(tmp_path / "spots.csv")]) == 0
     cols = read_spots_csv(tmp_path / "spots.csv")
     ours = np.column_stack([cols[k] for k in ("x_px", "y_px", "z_image", "intensity")])

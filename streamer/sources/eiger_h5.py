@@ -41,6 +41,7 @@ from streamer.sources.nxmx import (
     scan_axis,
     time_s,
     to_imgcif,
+    underload_value,
     wavelength_A_of,
 )
 
@@ -261,6 +262,7 @@ class EigerH5Source:
             count_time_s=time_s(f, f"{det_path}/count_time"),
             frame_time_s=time_s(f, f"{det_path}/frame_time"),
             saturation_value=int(saturation) if isinstance(saturation, int | float) else None,
+            underload_value=underload_value(f, det_path, dtype_str),
             bit_depth_image=dataset_value(f, f"{det_path}/bit_depth_image"),
             countrate_correction_applied=None if booleans["countrate_correction_applied"] is None
             else bool(booleans["countrate_correction_applied"]),

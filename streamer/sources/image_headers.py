@@ -14,10 +14,10 @@
   centres at +0.5, so fast = (Y + pixel/2)/pixel, slow = (X + pixel/2)/pixel, see nanoBragg.c);
   else ADSC BEAM_CENTER_X/Y read as dxtbx's FormatSMVADSC does (fast = Y/pixel, slow = X/pixel).
   The ADC offset subtracted and the detector type (which sets DIALS's default spot size) follow
-  dxtbx, so that DIALS and we find the same spots with no options: images of James Holton's simulators (BEAMLINE=fake: nanoBragg, MLFSOM;
-  dxtbx's FormatSMVJHSim) take their header's ADC_OFFSET, else 1, and count as a pixel-array
-  detector only with 0.172 mm pixels (else a CCD); other SMV images (ADSC, FormatSMVADSC) take
-  IMAGE_PEDESTAL, else 0, and are CCDs. nanoBragg in fact adds 40 without stating it: the
+  dxtbx, so that DIALS and we find the same spots with no options: images of James Holton's
+  simulators (BEAMLINE=fake: nanoBragg, MLFSOM; dxtbx's FormatSMVJHSim) take their header's
+  ADC_OFFSET, else 1, and count as a pixel-array detector only with 0.172 mm pixels (else a
+  CCD); other SMV images (ADSC, FormatSMVADSC) take IMAGE_PEDESTAL, else 0, and are CCDs. nanoBragg in fact adds 40 without stating it: the
   `pedestal` option says so. DIALS finds spots on ADSC pixels divided by the CCD's gain: the
   header's GAIN, else a value by model, known from the image and pixel size (`smv_gain`; 1 for
   a simulator's images and for models it does not know); so do we (`SeriesInfo.detector_gain`).

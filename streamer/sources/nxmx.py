@@ -194,6 +194,35 @@ def wavelength_A_of(f: h5py.File) -> float | None:
     return None
 
 
+DLS_NAMES = ("i03", "i04", "i24", "vmxi")  # Diamond beamlines whose files dxtbx reads with FormatNXmxDLS
+
+
+def instrument_name(f: h5py.File) -> str:
+    """/entry/instrument's short_name, else its name's short_name or value ("" if none)."""
+    instrument = f.get("/entry/instrument")
+    name = f.get("/entry/instrument/name")
+    if isinstance(instrument, h5py.Group) and "short_name" in instrument.attrs:
+        return decode_str(instrument.attrs["short_name"])
+    if isinstance(name, h5py.Dataset):
+        return decode_str(name.attrs["short_name"] if "short_name" in name.attrs else first_value(name[()]))
+    return ""
+
+
+def underload_value(f: h5py.File, det_path: str, dtype: str) -> int | None:
+    """The value at and below which pixels are not trusted (`SeriesInfo.underload_value`), as
+    dxtbx's NeXus reader takes it: one below the detector's `underload_value` (NXmx: the
+    lowest valid value); without one, Diamond's files 0 (FormatNXmxDLS: -1, the usual bound,
+    None here) and other files -2**31, so that a signed or float image's negative values count
+    (an unsigned image holds none)."""
+    value = dataset_value(f, f"{det_path}/underload_value")
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return int(math.floor(value)) - 1
+    name = instrument_name(f)
+    if name.lower() in DLS_NAMES or name.upper().startswith(("DIAMOND BEAMLINE", "DLS")):
+        return None
+    return -(2**31) if np.dtype(dtype).kind in "if" else None
+
+
 def pixel_mask(f: h5py.File, det_path: str, shape: tuple[int, int], where: Any = "") -> np.ndarray | None:
     """The detector's pixel mask (uint32 bit field, non-zero: not to be used), or None.
 
