@@ -79,8 +79,8 @@ def user_mask(image_shape: tuple[int, int], config: MaskConfig) -> np.ndarray:
 
 
 def trusted_range(series: SeriesInfo) -> tuple[float, float]:
-    """Open interval of usable pixel values (DIALS/dxtbx: (underload, saturation), the
-    underload -1 unless the series says otherwise, as pedestal-subtracted SMV images do).
+    """Open interval of usable pixel values (DIALS/dxtbx: (underload - 1, saturation), the
+    underload 0 unless the series says otherwise, as pedestal-subtracted SMV images do).
 
     Without a saturation value in the header, integer images exclude their all-ones value
     (the DECTRIS invalid/overload marker) and float images nothing above.
@@ -92,7 +92,7 @@ def trusted_range(series: SeriesInfo) -> tuple[float, float]:
         upper = float(np.iinfo(dt).max)
     else:
         upper = float("inf")
-    lower = -1.0 if series.underload_value is None else float(series.underload_value)
+    lower = -1.0 if series.underload_value is None else float(series.underload_value) - 1.0
     return lower, upper
 
 

@@ -34,7 +34,7 @@ from streamer import stream_v1, stream_v2
 from streamer.allocator import keep_freed_memory
 from streamer.config import ReceiverConfig
 from streamer.errors import BadInput, BadMessage
-from streamer.series import Dropped, EncodedFrame, SeriesEnd, SeriesInfo, signed_underload
+from streamer.series import Dropped, EncodedFrame, SeriesEnd, SeriesInfo
 
 log = logging.getLogger(__name__)
 
@@ -314,8 +314,7 @@ class Receiver:
         if not s.announced:  # EIGER 1 / header_detail none: pixel type (and shape) from the first image
             dt = frames[0].dtype
             shape = s.info.image_shape if all(s.info.image_shape) else frames[0].shape
-            s.info = dataclasses.replace(s.info, dtype=dt, bit_depth_image=8 * int(dt[-1]), image_shape=shape,
-                                         underload_value=signed_underload(dt))
+            s.info = dataclasses.replace(s.info, dtype=dt, bit_depth_image=8 * int(dt[-1]), image_shape=shape)
             s.announced = True
             events.append(s.info)
         for frame in frames:

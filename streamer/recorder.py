@@ -105,8 +105,10 @@ def write_master(path: Path, info: SeriesInfo, n_images: int, data_files: list[t
             _dataset(det, "flatfield_correction_applied", int(info.flatfield_applied))
         if info.saturation_value is not None:
             _dataset(det, "saturation_value", int(info.saturation_value))
-        if info.underload_value is not None:  # NXmx: the lowest valid value (`nxmx.underload_value`)
-            _dataset(det, "underload_value", int(info.underload_value) + 1)
+        if info.underload_value is not None or np.dtype(info.dtype).kind in "if":
+            # NXmx's lowest valid value: without it dxtbx trusts every negative value of a signed
+            # or float image, where we take -1 for a bad pixel (`nxmx.underload_value`)
+            _dataset(det, "underload_value", int(info.underload_value or 0))
         det.create_dataset("depends_on", data="/entry/instrument/detector/transformations/translation")
         trans = _group(det, "transformations", "NXtransformations")
         _transformation(trans, "translation", to_plane_m, "m", "translation", beam_m, ".")

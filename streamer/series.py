@@ -37,12 +37,10 @@ def finite_or_zero(value: Any) -> float:
     return float(value) if ok else 0.0
 
 
-def signed_underload(dtype: str) -> int | None:
-    """The underload of a stream's pixel type: a DECTRIS detector flags pixels with unsigned
-    all-ones values, so -1 is the usual bound; a signed type carries real negative counts (a
-    CCD's, less its pedestal, as `replay` sends SMV images), all trusted down to its minimum."""
-    dt = np.dtype(dtype)
-    return int(np.iinfo(dt).min) if dt.kind == "i" else None
+def optional_int(value: Any) -> int | None:
+    """A header's whole number (a finite number, rounded down), or None for anything else."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return int(math.floor(value)) if ok else None
 
 
 def rotation_scan(angles: dict[str, tuple[Any, Any]]) -> tuple[str, float, float]:
@@ -104,7 +102,7 @@ class SeriesInfo:
     count_time_s: float = 0.0
     frame_time_s: float = 0.0
     saturation_value: int | None = None  # this value and above: not trusted (overloads)
-    underload_value: int | None = None  # this value and below: not trusted; None: -1 (dxtbx's trusted minimum)
+    underload_value: int | None = None  # the lowest trusted value (NXmx); None: 0 (-1 marks a bad pixel)
     bit_depth_image: int | None = None
     countrate_correction_applied: bool | None = None
     flatfield_applied: bool | None = None

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from streamer.errors import BadHeader, BadMessage
-from streamer.series import SCAN_AXES, EncodedFrame, SeriesInfo, finite_or_zero, rotation_scan, signed_underload
+from streamer.series import SCAN_AXES, EncodedFrame, SeriesInfo, finite_or_zero, optional_int, rotation_scan
 
 MAX_JSON_BYTES = 1 << 20  # the biggest real config part is ~1.5 kB
 HEADER, IMAGE, END = "dheader-1.0", "dimage-1.0", "dseries_end-1.0"
@@ -290,7 +290,7 @@ def series_info(header: V1Header, dtype: str | None = None) -> SeriesInfo:
         count_time_s=_float(c, "count_time"),
         frame_time_s=_float(c, "frame_time"),
         saturation_value=int(cutoff) if isinstance(cutoff, (int, float)) and not isinstance(cutoff, bool) else None,
-        underload_value=signed_underload(dtype),
+        underload_value=optional_int(c.get("underload_value")),
         bit_depth_image=int(bit_depth),
         countrate_correction_applied=_bool(c.get("countrate_correction_applied")),
         flatfield_applied=_bool(c.get("flatfield_correction_applied")),

@@ -53,6 +53,8 @@ def config_of(series: SeriesInfo) -> dict[str, Any]:
     }
     if np.dtype(series.dtype).kind == "i":  # SIMPLON has no signed pixel type: the image's says it,
         del config["bit_depth_image"]  # and the receiver takes it from the first image (as for an EIGER 1)
+    if series.underload_value is not None:  # not a DECTRIS key: NXmx's, for counts below 0 (`replay` of SMV)
+        config["underload_value"] = int(series.underload_value)
     return config
 
 

@@ -24,7 +24,7 @@ import numpy as np
 
 from streamer import cbor_splice, codecs
 from streamer.errors import BadFrame, BadHeader, BadMessage
-from streamer.series import SCAN_AXES, EncodedFrame, SeriesInfo, finite_or_zero, rotation_scan, signed_underload
+from streamer.series import SCAN_AXES, EncodedFrame, SeriesInfo, finite_or_zero, optional_int, rotation_scan
 
 SELF_DESCRIBE = b"\xd9\xd9\xf7"
 TIME_BASE = 50_000_000  # ticks per second in DECTRIS time rationals
@@ -296,7 +296,7 @@ def series_info(start: V2Start, channel: str | None = None, dtype: str | None = 
         count_time_s=_num(m, "count_time"),
         frame_time_s=_num(m, "frame_time"),
         saturation_value=int(saturation) if isinstance(saturation, int) and not isinstance(saturation, bool) else None,
-        underload_value=signed_underload(dtype),
+        underload_value=optional_int(m.get("underload_value")),
         bit_depth_image=8 * np.dtype(dtype).itemsize,
         countrate_correction_applied=m.get("countrate_correction_enabled") if isinstance(
             m.get("countrate_correction_enabled"), bool) else None,

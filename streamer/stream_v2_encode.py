@@ -105,6 +105,8 @@ def encode_start(series: SeriesInfo, series_number: int, unique_id: str, header_
     }
     if isinstance(series.raw.get("threshold_energy"), Mapping):
         msg["threshold_energy"] = dict(series.raw["threshold_energy"])
+    if series.underload_value is not None:  # not a DECTRIS field: NXmx's, for counts below 0 (`replay` of SMV)
+        msg["underload_value"] = int(series.underload_value)
     if header_detail == "all":
         if series.pixel_mask is not None:
             msg["pixel_mask"] = {c: _array_tag(series.pixel_mask.astype("<u4")) for c in channels}

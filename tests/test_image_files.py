@@ -126,8 +126,8 @@ def test_smv_pedestal_removes_the_adc_offset(shared_data):
     assert corrected.dtype == np.dtype(source.info.dtype) == np.dtype("<i4")
     np.testing.assert_array_equal(corrected, raw.astype(np.int64) - 40)
     # dxtbx's trusted range, on the counts before the offset comes off: below 65535 - 40
-    # (so 65535 - 2 * 40 after) and above -1 (every count: -41 after)
-    assert (source.info.saturation_value, source.info.underload_value) == (65535 - 80, -41)
+    # (so 65535 - 2 * 40 after) and above -1 (every count: from -40 after)
+    assert (source.info.saturation_value, source.info.underload_value) == (65535 - 80, -40)
     assert trusted_range(source.info) == (-41.0, 65455.0)
     # README: after removing the offset the (zero) background holds exactly 0
     values, counts = np.unique(corrected, return_counts=True)

@@ -25,7 +25,7 @@
   read noise puts many background pixels there; clipping them at 0 would fake a dispersion of
   the background). dxtbx tests its trusted range on the counts before the offset comes off,
   with the top at the saturation value minus p: so the series' saturation value is the header's
-  minus 2p, and every count at the bottom is trusted (`SeriesInfo.underload_value` -1 - p).
+  minus 2p, and every count at the bottom is trusted (`SeriesInfo.underload_value` -p).
 """
 
 from __future__ import annotations
@@ -182,7 +182,7 @@ def smv_series_info(header: dict[str, str], shape: tuple[int, int], dtype: str, 
     saturation = int(float(header.get("SATURATED_VALUE", np.iinfo(np.dtype(dtype)).max)))
     underload = None
     if pedestal:  # counts minus the offset (module docstring)
-        dtype, saturation, underload = "<i4", saturation - 2 * pedestal, -1 - pedestal
+        dtype, saturation, underload = "<i4", saturation - 2 * pedestal, -pedestal
     return SeriesInfo(
         series_id=series_id,
         source="smv",

@@ -209,18 +209,17 @@ def instrument_name(f: h5py.File) -> str:
 
 
 def underload_value(f: h5py.File, det_path: str, dtype: str) -> int | None:
-    """The value at and below which pixels are not trusted (`SeriesInfo.underload_value`), as
-    dxtbx's NeXus reader takes it: one below the detector's `underload_value` (NXmx: the
-    lowest valid value); without one, Diamond's files 0 (FormatNXmxDLS: -1, the usual bound,
-    None here) and other files -2**31, so that a signed or float image's negative values count
-    (an unsigned image holds none)."""
+    """The lowest trusted value (`SeriesInfo.underload_value`), as dxtbx's NeXus reader takes
+    it: the detector's `underload_value` (NXmx); without one, 0 for Diamond's files
+    (FormatNXmxDLS; None here, the usual bound) and -0x7FFFFFFF for others, so that a signed or
+    float image's negative values count (an unsigned image holds none: None)."""
     value = dataset_value(f, f"{det_path}/underload_value")
     if isinstance(value, int | float) and not isinstance(value, bool):
-        return int(math.floor(value)) - 1
+        return int(math.floor(value))
     name = instrument_name(f)
     if name.lower() in DLS_NAMES or name.upper().startswith(("DIAMOND BEAMLINE", "DLS")):
         return None
-    return -(2**31) if np.dtype(dtype).kind in "if" else None
+    return -0x7FFFFFFF if np.dtype(dtype).kind in "if" else None
 
 
 def pixel_mask(f: h5py.File, det_path: str, shape: tuple[int, int], where: Any = "") -> np.ndarray | None:
