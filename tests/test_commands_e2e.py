@@ -178,3 +178,29 @@ def test_hurried_run_closes_the_open_series_with_its_frames_lost():
         state = pipe.collector.series["held"]
         assert state.closed
         assert state.tally.as_dict() == {"received": 3, "processed": 2, "dropped": {"worker_lost": 1}}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("axis", [(0, 1, 0), (-1, 0, 0)], ids=["vertical", "reversed"])
+def test_process_indexes_a_sweep_about_another_axis(tmp_path, axis):
+    """A sweep about a vertical or reversed axis (as at Diamond I24, or SPring-8), recorded with
+    its NXmx chain: `process` indexes it with the header's axis and reports the truth's UB (in
+    some basis of the same lattice)."""
+    from streamer.commands.process import main as process_main
+    from tools import simulate
+    from tools.simulator.truth import load_truth
+
+    master = tmp_path / "axis_master.h5"
+    assert simulate.main(["--preset", "monoclinic", "--detector", "eiger2_1m", "--images", "30", "--oscillation",
+                          "10", "0.2", "--rotation-axis", *map(str, axis), "--seed", "31", "--out", str(master)]) == 0
+    out = tmp_path / "out"
+    assert process_main([str(master), "--out", str(out), "--workers", "1", "--http", "off",
+                         "--result-stream", "off"]) == 0
+    indexing = json.loads((out / "summary.json").read_text())["indexing"]
+    assert indexing["indexed"] and indexing["lattice"] == "mC", indexing.get("status")
+    truth = load_truth(tmp_path / "axis_truth.h5").experiment
+    assert truth.goniometer.rotation_axis == tuple(float(v) for v in axis)
+    ub = np.array(indexing["UB"])
+    change = np.rint(np.linalg.solve(truth.crystal.A_matrix, ub))
+    assert abs(round(np.linalg.det(change))) == 1
+    np.testing.assert_allclose(ub, truth.crystal.A_matrix @ change, atol=2e-4 * np.abs(ub).max())

@@ -43,7 +43,8 @@ def test_simulate_bad_arguments_exit_2(tmp_path):
     assert simulate.main(["--images", "2", "--out", str(tmp_path / "x.h5"), "--detector", "nope"]) == 2
     assert simulate.main(["--images", "2"]) == 2  # neither --bind nor --out
     for bad in (["--wavelength", "0"], ["--distance", "-5"], ["--cell", "-1", "10", "10", "90", "90", "90"],
-                ["--cell", "10", "10", "10", "90", "90", "200"], ["--cell", "10", "10", "10", "120", "120", "120"]):
+                ["--cell", "10", "10", "10", "90", "90", "200"], ["--cell", "10", "10", "10", "120", "120", "120"],
+                ["--rotation-axis", "0", "0", "0"], ["--rotation-axis", "0", "0.1", "1"]):  # none; along the beam
         assert simulate.main(["--images", "2", "--out", str(tmp_path / "x.h5"), *bad]) == 2, bad
     assert simulate.main(["--images", "2", "--out", "/proc/no/such/x.h5"]) == 2  # a folder that cannot be made
     assert not (tmp_path / "x.h5").exists()

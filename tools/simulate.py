@@ -13,6 +13,8 @@ import math
 import sys
 import time
 
+import numpy as np
+
 from streamer.commands.common import cli_errors, parser
 from streamer.errors import BadInput
 
@@ -44,6 +46,8 @@ def build_parser():
     p.add_argument("--beam-centre", type=float, nargs=2, default=None, metavar=("X", "Y"), help="beam centre (px)")
     p.add_argument("--oscillation", type=float, nargs=2, default=(0.0, 0.1), metavar=("START", "WIDTH"),
                    help="phi of image 0 and width per image (deg, default 0 0.1)")
+    p.add_argument("--rotation-axis", type=float, nargs=3, default=(1.0, 0.0, 0.0), metavar=("X", "Y", "Z"),
+                   help="rotation axis in the DIALS laboratory frame (default 1 0 0; 0 1 0: a vertical axis)")
     p.add_argument("--mosaicity", type=float, default=None, metavar="DEG", help="mosaic spread sigma (deg)")
     p.add_argument("--divergence", type=float, default=0.01, metavar="DEG", help="beam divergence sigma (deg)")
     p.add_argument("--b-factor", type=float, default=None, metavar="A2", help="Wilson B (A^2)")
@@ -105,12 +109,17 @@ def spec_from_args(args):
         raise BadInput("--images must be at least 1", reason="bad_argument")
     if args.oscillation[1] == 0:
         raise BadInput("the oscillation width must not be 0", reason="bad_argument")
+    axis = np.asarray(args.rotation_axis, dtype=np.float64)
+    if not (np.all(np.isfinite(axis)) and np.linalg.norm(axis) > 0) or abs(axis[2]) > 0.9 * np.linalg.norm(axis):
+        raise BadInput(f"--rotation-axis {' '.join(f'{v:g}' for v in axis)} must be a vector at more than 25 deg "
+                       "to the beam (z)", reason="bad_argument")
     U = None if args.orientation is None else tuple(map(tuple, misset_u(args.orientation)))
     return SimulationSpec(
         cell=cell, space_group=space_group, U=U, seed=args.seed, n_images=args.images, detector=args.detector,
         wavelength_A=args.wavelength, distance_mm=args.distance,
         beam_centre_px=tuple(args.beam_centre) if args.beam_centre else None,
         osc_start_deg=args.oscillation[0], osc_width_deg=args.oscillation[1],
+        rotation_axis=tuple(float(v) for v in axis / np.linalg.norm(axis)),
         mosaicity_deg=preset.mosaicity_deg if args.mosaicity is None else args.mosaicity,
         divergence_deg=args.divergence, d_min=args.d_min or preset.d_min,
         b_factor=preset.b_factor if args.b_factor is None else args.b_factor,

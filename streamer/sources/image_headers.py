@@ -17,19 +17,23 @@
   dxtbx, so that DIALS and we find the same spots with no options: images of James Holton's
   simulators (BEAMLINE=fake: nanoBragg, MLFSOM; dxtbx's FormatSMVJHSim) take their header's
   ADC_OFFSET, else 1, and count as a pixel-array detector only with 0.172 mm pixels (else a
-  CCD); other SMV images (ADSC, FormatSMVADSC) take IMAGE_PEDESTAL, else 0, and are CCDs. nanoBragg in fact adds 40 without stating it: the
-  `pedestal` option says so. DIALS finds spots on ADSC pixels divided by the CCD's gain: the
-  header's GAIN, else a value by model, known from the image and pixel size (`smv_gain`; 1 for
-  a simulator's images and for models it does not know); so do we (`SeriesInfo.detector_gain`).
+  CCD); other SMV images (ADSC, FormatSMVADSC) take IMAGE_PEDESTAL, else 0, and are CCDs.
+  nanoBragg in fact adds 40 without stating it: the `pedestal` option says so. DIALS finds
+  spots on ADSC pixels divided by the CCD's gain: the header's GAIN, else a value by model,
+  known from the image and pixel size (`smv_gain`; 1 for a simulator's images and for models
+  it does not know); so do we (`SeriesInfo.detector_gain`).
   With an offset p the pixels become int32 counts minus p, negative below the offset (a CCD's
   read noise puts many background pixels there; clipping them at 0 would fake a dispersion of
   the background). dxtbx tests its trusted range on the counts before the offset comes off,
   with the top at the saturation value minus p: so the series' saturation value is the header's
   minus 2p, and every count at the bottom is trusted (`SeriesInfo.underload_value` -p).
+- Neither header states the rotation axis: DIALS takes (1, 0, 0) (a miniCBF's "X.CCW": we take
+  (-1, 0, 0)) except for beamlines dxtbx knows by serial number (`rotation_axes`).
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 
@@ -37,8 +41,21 @@ import numpy as np
 
 from streamer.errors import BadHeader
 from streamer.series import SeriesInfo
+from streamer.sources.rotation_axes import known_rotation_axis
+
+log = logging.getLogger(__name__)
 
 _NUMBER = r"([-+]?\d*\.?\d+(?:[eE][-+]?\d+)?)"
+
+
+def _beamline_axis(kind: str, header: str | dict[str, str],
+                   default: tuple[float, float, float]) -> tuple[float, float, float]:
+    """The rotation axis DIALS gives this beamline's images (`rotation_axes`), else `default`."""
+    rule = known_rotation_axis(kind, header)
+    if rule is None:
+        return default
+    log.info("rotation axis %s: %s, as dxtbx's %s takes it", rule.axis, rule.beamline, rule.dxtbx)
+    return tuple(float(x) + 0.0 for x in rule.axis)
 
 
 def _cbf_field(text: str, pattern: str, groups: int = 1) -> tuple[float, ...] | None:
@@ -72,6 +89,7 @@ def cbf_series_info(header_text: str, shape: tuple[int, int], n_images: int, ser
     detector = re.search(r"^#\s*Detector:\s*([^,\n]+?)\s*(?:,\s*S/N\s*([^\s,]+))?\s*$", text, flags=re.MULTILINE)
     axis = re.search(r"^#\s*Oscillation_axis\s+(\S+)", text, flags=re.MULTILINE)
     rotation_axis = (-1.0, 0.0, 0.0) if axis and axis.group(1).upper().startswith("X.CCW") else (1.0, 0.0, 0.0)
+    rotation_axis = _beamline_axis("cbf", text, rotation_axis)
     return SeriesInfo(
         series_id=series_id,
         source="cbf",
@@ -197,6 +215,7 @@ def smv_series_info(header: dict[str, str], shape: tuple[int, int], dtype: str, 
         beam_centre_px=smv_beam_centre_px(header, pixel),
         distance_mm=distance,
         wavelength_A=wavelength,
+        rotation_axis=_beamline_axis("smv", header, (1.0, 0.0, 0.0)) if not is_jhsim(header) else (1.0, 0.0, 0.0),
         omega_start_deg=float(header.get("OSC_START", header.get("PHI", 0.0))),
         omega_increment_deg=float(header.get("OSC_RANGE", 0.0)),
         count_time_s=float(header.get("TIME", 0.0)),

@@ -69,6 +69,7 @@ class SimulationSpec:
     beam_centre_px: tuple[float, float] | None = None  # None: image centre + (3.3, -4.7) px
     osc_start_deg: float = 0.0
     osc_width_deg: float = 0.1
+    rotation_axis: tuple[float, float, float] = (1.0, 0.0, 0.0)  # DIALS laboratory frame
     mosaicity_deg: float = 0.05
     divergence_deg: float = 0.01
     spot_sigma_px: float = 0.7
@@ -173,7 +174,7 @@ class Simulation:
         U = random_u(spec.seed) if spec.U is None else np.asarray(spec.U, dtype=np.float64)
         crystal = Crystal.from_cell(spec.cell, U, spec.space_group, spec.mosaicity_deg)
         scan = Scan(spec.n_images, spec.osc_start_deg, spec.osc_width_deg)
-        return Experiment(beam, detector, Goniometer(), scan, crystal)
+        return Experiment(beam, detector, Goniometer(spec.rotation_axis), scan, crystal)
 
     def _structure(self) -> IntensityModel:
         spec = self.spec
