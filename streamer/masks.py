@@ -4,7 +4,9 @@
 (1 = usable) combining
 - the detector's pixel mask (any bit set in `SeriesInfo.pixel_mask` excludes the pixel);
 - the module gaps of a PILATUS detector (modules of 487 x 195 pixels separated by 7 columns
-  and 17 rows, as dxtbx's PILATUS formats mask them) when the image size fits that layout;
+  and 17 rows, as dxtbx's PILATUS formats mask them) when the image size fits that layout,
+  and of an EIGER's miniCBF (1030 x 514 pixels, gaps 10 and 37; EIGER2: 1028 x 512, 12 and 38;
+  as dxtbx's FormatCBFMiniEiger masks them, whatever values a converted image holds there);
 - user masks (`MaskConfig`): untrusted rectangles [x0, x1, y0, y1) (half-open pixel
   ranges), circles (x, y, radius; pixel centres within the radius) and polygons (pixel centres
   inside, even-odd rule), in pixel coordinates (x fast, y slow, pixel centre at +0.5);
@@ -27,12 +29,25 @@ from streamer.series import SeriesInfo
 
 PILATUS_MODULE = (487, 195)  # (fast, slow) pixels
 PILATUS_GAP = (7, 17)
+# EIGER X and EIGER2 X modules and gaps (fast, slow), 1 to 4 modules wide (dxtbx's FormatPilatusHelpers)
+EIGER_LAYOUTS = (((1030, 514), (10, 37)), ((1028, 512), (12, 38)))
 
 
-def pilatus_gap_mask(image_shape: tuple[int, int]) -> np.ndarray | None:
-    """uint8 mask (0 in the gaps) for a PILATUS module layout of this size, or None if it does not fit."""
+def eiger_gap_mask(image_shape: tuple[int, int]) -> np.ndarray | None:
+    """uint8 mask (0 in the gaps) for the EIGER layout whose width is this image's, or None."""
+    nx = image_shape[1]
+    for module, gap in EIGER_LAYOUTS:
+        if nx in [module[0] * j + gap[0] * (j - 1) for j in (1, 2, 3, 4)]:
+            return pilatus_gap_mask(image_shape, module, gap)
+    return None
+
+
+def pilatus_gap_mask(image_shape: tuple[int, int], module: tuple[int, int] = PILATUS_MODULE,
+                     gap: tuple[int, int] = PILATUS_GAP) -> np.ndarray | None:
+    """uint8 mask (0 in the gaps) for a module layout (PILATUS by default) of this size, or None
+    if it does not fit."""
     ny, nx = image_shape
-    (mx, my), (gx, gy) = PILATUS_MODULE, PILATUS_GAP
+    (mx, my), (gx, gy) = module, gap
     if (nx + gx) % (mx + gx) or (ny + gy) % (my + gy):
         return None
     mask = np.ones(image_shape, dtype=np.uint8)
@@ -139,10 +154,11 @@ class SeriesMask:
             if tuple(series.pixel_mask.shape) != shape:
                 raise BadFrame(f"pixel mask is {series.pixel_mask.shape}, images are {shape}", reason="wrong_mask_size")
             mask[series.pixel_mask != 0] = 0
-        if "PILATUS" in series.detector_description.upper():
-            gaps = pilatus_gap_mask(shape)
-            if gaps is not None:
-                mask &= gaps
+        description = series.detector_description.upper()
+        gaps = pilatus_gap_mask(shape) if "PILATUS" in description else \
+            eiger_gap_mask(shape) if series.source == "cbf" and "EIGER" in description else None
+        if gaps is not None:
+            mask &= gaps
         if config is not None:
             mask &= user_mask(shape, config)
         if d_min is not None or d_max is not None:

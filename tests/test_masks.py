@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import needs_dials
 from test_perimage import POSITIONS, SHAPE, series, spots_frame
 
 from streamer.config import Config, MaskConfig
@@ -78,3 +79,60 @@ def test_pixel_mask_from_header_is_used():
     pm[30:52, 20:42] = 2  # dead pixels over the first spot
     an = ImageAnalyser(series(pixel_mask=pm), warm_up=False)
     assert an.analyse(spots_frame(POSITIONS), 0).n_spots == len(POSITIONS) - 1
+
+
+def _eiger_cbf(path, shape, detector: str) -> None:
+    """A miniCBF as an EIGER's converted images are: the EIGER header lines, counts in the
+    modules and 0 (not -1) in the gaps."""
+    import fabio.cbfimage
+
+    contents = (f"\n# Detector: {detector}\n# 2021-03-04T10:00:00.000\n# Pixel_size 75e-6 m x 75e-6 m\n"
+                "# Silicon sensor, thickness 0.000450 m\n# Exposure_time 0.01 s\n# Exposure_period 0.01 s\n"
+                "# Count_cutoff 65534 counts\n# Wavelength 0.9763 A\n# Detector_distance 0.2 m\n"
+                "# Beam_xy (1000.0, 1100.0) pixels\n# Start_angle 0.0 deg.\n# Angle_increment 0.1 deg.\n")
+    data = np.random.default_rng(2).poisson(2.0, shape).astype(np.int32)
+    fabio.cbfimage.CbfImage(data=data, header={"_array_data.header_convention": "PILATUS_1.2",
+                                               "_array_data.header_contents": contents}).write(str(path))
+
+
+def test_eiger_minicbf_gaps_are_masked_by_position(tmp_path):
+    """dxtbx masks an EIGER miniCBF's module gaps by position (FormatCBFMiniEiger); so do we.
+    The same size from another source (NeXus, a stream) keeps to its pixel mask."""
+    from streamer.sources.image_files import ImageSeriesSource
+
+    for detector, shape, (gap_x, gap_y) in (("Dectris EIGER2 X 4M, S/N E-08-0000", (2162, 2068), (1028, 512)),
+                                            ("Dectris Eiger 16M, S/N E-32-0000", (4371, 4150), (1030, 514))):
+        path = tmp_path / f"eiger_{shape[1]}_0001.cbf"
+        _eiger_cbf(path, shape, detector)
+        info = ImageSeriesSource([path]).info
+        usable = SeriesMask.build(info).mask
+        assert usable[:, gap_x].sum() == 0 and usable[gap_y].sum() == 0 and usable[0, gap_x - 1] == 1
+        assert SeriesMask.build(series(image_shape=shape, source="hdf5", detector_description=detector)).n_masked == 0
+
+
+@needs_dials()
+@pytest.mark.dials
+def test_minicbf_static_masks_are_dxtbxs(tmp_path, shared_data, unpacked):
+    """The mask of an EIGER miniCBF with 0 in its gaps and of a PILATUS one: dxtbx's (its
+    static mask and trusted range on the image) and ours, pixel for pixel."""
+    import subprocess
+
+    from streamer.sources.image_files import ImageSeriesSource
+
+    paths = [tmp_path / "eiger_0001.cbf"]
+    _eiger_cbf(paths[0], (2162, 2068), "Dectris EIGER2 X 4M, S/N E-08-0000")
+    paths.append(unpacked(shared_data / "real-images" / "thaumatin_grid" / "thau_3_2_0001.cbf.bz2"))  # PILATUS3 6M
+    script = ("import sys, numpy; from dxtbx.model.experiment_list import ExperimentListFactory; "
+              "imageset = ExperimentListFactory.from_filenames([sys.argv[1]])[0].imageset; "
+              "numpy.save(sys.argv[2], imageset.get_mask(0)[0].as_numpy_array())")
+    for path in paths:
+        result = subprocess.run(["/usr/bin/python3", "-c", script, str(path), str(tmp_path / "dxtbx.npy")],
+                                capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-2000:]
+        theirs = np.load(tmp_path / "dxtbx.npy")
+        source = ImageSeriesSource([path])
+        pixels = source.pixels(0).view(np.int32)
+        lower, upper = SeriesMask.build(source.info).trusted_range
+        ours = (SeriesMask.build(source.info).mask == 1) & (pixels > lower) & (pixels < upper)
+        assert theirs.shape == ours.shape and 0 < np.count_nonzero(~theirs) < theirs.size // 5
+        np.testing.assert_array_equal(ours, theirs)
