@@ -365,3 +365,35 @@ def test_nxmx_chain_with_a_two_theta_rotation(tmp_path):
     assert info.distance_mm == pytest.approx(d)
     assert info.beam_centre_px == pytest.approx(tilted.beam_centre_px(Beam(wavelength_A=1.0)), abs=1e-9)
     assert info.beam_centre_px[1] != pytest.approx(by)  # the tilt moved where the beam lands
+
+
+@pytest.mark.parametrize(("chi", "omega", "expected"), [
+    (90.0, 0.0, (0.0, -1.0, 0.0)),
+    (30.0, 20.0, (0.8660254037844387, -0.46984631039295416, -0.17101007166283433)),
+])
+def test_a_phi_scan_turns_about_the_axis_its_chi_and_omega_set(tmp_path, chi, omega, expected):
+    """A phi scan on a multi-axis goniometer (NXmx chain phi -> chi -> omega, chi about the beam,
+    omega as the recorder writes it): the scan axis is phi's vector turned by chi and omega at
+    their values, as dxtbx 3.12 gives it (the expected axes are its get_rotation_axis() of these
+    files). We took phi's vector as it stood."""
+    shape = (64, 64)
+    info = SeriesInfo("c", "simulator", shape, "<u4", n_images=3, pixel_size_mm=(0.075, 0.075),
+                      beam_centre_px=(32.0, 32.0), distance_mm=100.0, saturation_value=60000,
+                      omega_start_deg=5.0, omega_increment_deg=0.1)
+    frames = [EncodedFrame("c", i, shape, "<u4", "raw", np.ones(shape, np.uint32).tobytes()) for i in range(3)]
+    master = record_frames(tmp_path / "chi_master.h5", info, frames)
+    with h5py.File(master, "a") as f:
+        t = f["entry/sample/transformations"]
+        vector = t["omega"].attrs["vector"]
+        t.move("omega", "phi")
+        t["phi"].attrs["depends_on"] = "/entry/sample/transformations/chi"
+        for name, value, axis, depends in (("chi", chi, (0.0, 0.0, 1.0), "/entry/sample/transformations/omega"),
+                                           ("omega", omega, vector, ".")):
+            t[name] = np.array([value])
+            t[name].attrs.update(units="deg", transformation_type="rotation", vector=np.asarray(axis),
+                                 offset=np.zeros(3), depends_on=depends)
+        del f["entry/sample/depends_on"]
+        f["entry/sample/depends_on"] = "/entry/sample/transformations/phi"
+    with EigerH5Source(master) as source:
+        np.testing.assert_allclose(source.info.rotation_axis, expected, atol=1e-12)
+        assert source.info.omega_start_deg == 5.0 and source.info.omega_increment_deg == pytest.approx(0.1)

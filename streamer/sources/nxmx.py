@@ -162,7 +162,11 @@ def detector_from_chain(f: h5py.File, det: h5py.Group) -> dict[str, Any] | None:
 
 
 def scan_axis(f: h5py.File) -> tuple[tuple[float, float, float], float | None, float | None]:
-    """(axis in imgCIF, start, increment) of the scan axis of /entry/sample's depends_on chain."""
+    """(axis in imgCIF, start, increment) of the scan axis of /entry/sample's depends_on chain.
+
+    The axis is the scanned rotation's vector turned by the rotations it depends on at their
+    (fixed) values, as dxtbx's multi-axis goniometer gives it: a phi scan under chi = 90 deg
+    turns about the vertical axis."""
     depends = f.get("/entry/sample/depends_on")
     if depends is None:
         return (1.0, 0.0, 0.0), None, None
@@ -172,6 +176,9 @@ def scan_axis(f: h5py.File) -> tuple[tuple[float, float, float], float | None, f
         return (1.0, 0.0, 0.0), None, None
     scanned = [t for t in rotations if t.size > 1] or rotations
     axis = scanned[0]
+    outer = chain[[t.name for t in chain].index(axis.name) + 1:]
+    vector = np.asarray(axis.attrs["vector"], dtype=np.float64).reshape(3)
+    _, (direction,) = apply_chain(outer, np.zeros(3), [vector / np.linalg.norm(vector)])
     values = np.asarray(axis[()], dtype=np.float64).reshape(-1)
     increment = None
     inc_ds = axis.parent.get(axis.name.rsplit("/", 1)[1] + "_increment_set")
@@ -179,7 +186,7 @@ def scan_axis(f: h5py.File) -> tuple[tuple[float, float, float], float | None, f
         increment = float(values[1] - values[0])
     elif isinstance(inc_ds, h5py.Dataset):
         increment = float(np.asarray(inc_ds[()]).reshape(-1)[0])
-    return to_imgcif(axis.attrs["vector"]), float(values[0]) if values.size else None, increment
+    return to_imgcif(direction), float(values[0]) if values.size else None, increment
 
 
 def wavelength_A_of(f: h5py.File) -> float | None:
