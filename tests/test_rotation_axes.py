@@ -25,6 +25,8 @@ CBF_VARIANTS = {
     "SPring-8 (60-0125)": ({"S/N 60-0119": "S/N 60-0125"}, (-1.0, 0.0, 0.0)),
     "APS 19-ID (PILATUS3 60-0132)": ({"S/N 60-0119": "S/N 60-0132"}, (-1.0, 0.0, 0.0)),
     "another PILATUS": ({"S/N 60-0119": "S/N 60-0200"}, (1.0, 0.0, 0.0)),
+    "another PILATUS, X.CCW": ({"S/N 60-0119": "S/N 60-0200",
+                                "# Oscillation_axis X.CW +SLOW": "# Oscillation_axis X.CCW"}, (1.0, 0.0, 0.0)),
 }
 
 
@@ -67,7 +69,8 @@ def test_cbf_headers_get_their_beamlines_axis():
     assert _axis_of_cbf("Dectris EIGER 16M, S/N E-32-0107") == (0.0, 1.0, 0.0)
     assert _axis_of_cbf("Dectris Eiger 16M, S/N E-32-0105") == (0.0, 1.0, 0.0)
     assert _axis_of_cbf("PILATUS 2M, S/N 24-0100") == (1.0, 0.0, 0.0)
-    assert _axis_of_cbf("PILATUS 2M, S/N 24-0100", oscillation="X.CCW") == (-1.0, 0.0, 0.0)
+    # dxtbx reads no direction from the Oscillation_axis record (we reversed the axis for X.CCW)
+    assert _axis_of_cbf("PILATUS 2M, S/N 24-0100", oscillation="X.CCW") == (1.0, 0.0, 0.0)
 
 
 def test_adsc_serial_numbers_reverse_the_axis_as_dxtbx_does():

@@ -27,8 +27,9 @@
   the background). dxtbx tests its trusted range on the counts before the offset comes off,
   with the top at the saturation value minus p: so the series' saturation value is the header's
   minus 2p, and every count at the bottom is trusted (`SeriesInfo.underload_value` -p).
-- Neither header states the rotation axis: DIALS takes (1, 0, 0) (a miniCBF's "X.CCW": we take
-  (-1, 0, 0)) except for beamlines dxtbx knows by serial number (`rotation_axes`).
+- Neither header states the rotation axis: DIALS takes (1, 0, 0), whatever a miniCBF's
+  Oscillation_axis says ("X.CW", "X.CCW"), except for the beamlines dxtbx knows by serial
+  number (`rotation_axes`); so do we.
 """
 
 from __future__ import annotations
@@ -87,9 +88,7 @@ def cbf_series_info(header_text: str, shape: tuple[int, int], n_images: int, ser
     thickness = _cbf_field(text, rf"^#\s*\w+ sensor, thickness\s+{_NUMBER}")
     material = re.search(r"^#\s*(\w+) sensor", text, flags=re.MULTILINE)
     detector = re.search(r"^#\s*Detector:\s*([^,\n]+?)\s*(?:,\s*S/N\s*([^\s,]+))?\s*$", text, flags=re.MULTILINE)
-    axis = re.search(r"^#\s*Oscillation_axis\s+(\S+)", text, flags=re.MULTILINE)
-    rotation_axis = (-1.0, 0.0, 0.0) if axis and axis.group(1).upper().startswith("X.CCW") else (1.0, 0.0, 0.0)
-    rotation_axis = _beamline_axis("cbf", text, rotation_axis)
+    rotation_axis = _beamline_axis("cbf", text, (1.0, 0.0, 0.0))
     return SeriesInfo(
         series_id=series_id,
         source="cbf",
