@@ -397,3 +397,69 @@ def test_a_phi_scan_turns_about_the_axis_its_chi_and_omega_set(tmp_path, chi, om
     with EigerH5Source(master) as source:
         np.testing.assert_allclose(source.info.rotation_axis, expected, atol=1e-12)
         assert source.info.omega_start_deg == 5.0 and source.info.omega_increment_deg == pytest.approx(0.1)
+
+
+def _renamed_nexus(tmp_path, beam_in: str = "sample"):
+    """A file we record, then rewritten as other NeXus writers lay it out: the detector group
+    named after the detector (/entry/instrument/eiger, found by NX_class) and the beam group
+    named otherwise, in the instrument or in the sample group (NXmx before 2020), its
+    wavelength in nm."""
+    shape = (64, 80)
+    info = SeriesInfo("n", "simulator", shape, "<u4", n_images=2, pixel_size_mm=(0.075, 0.075),
+                      beam_centre_px=(41.5, 30.25), distance_mm=123.0, wavelength_A=0.9763, saturation_value=60000,
+                      sensor_material="Si", sensor_thickness_mm=0.45, omega_start_deg=3.0, omega_increment_deg=0.2)
+    frames = [EncodedFrame("n", i, shape, "<u4", "raw", np.ones(shape, np.uint32).tobytes()) for i in range(2)]
+    master = record_frames(tmp_path / "renamed_master.h5", info, frames)
+    with h5py.File(master, "a") as f:
+        instrument = f["entry/instrument"]
+        instrument.move("detector", "eiger")
+        names: list[str] = []
+        instrument["eiger"].visit(names.append)
+        for name in names:  # the chain's absolute paths follow the group
+            obj = instrument["eiger"][name]
+            if "depends_on" in obj.attrs:
+                obj.attrs["depends_on"] = str(obj.attrs["depends_on"]).replace("/detector/", "/eiger/")
+            if name.endswith("depends_on") and isinstance(obj, h5py.Dataset):
+                text = obj.asstr()[()]
+                del instrument["eiger"][name]
+                instrument["eiger"][name] = text.replace("/detector/", "/eiger/")
+        del instrument["beam"]
+        beam = f["entry/sample" if beam_in == "sample" else "entry/instrument"].create_group("incident_beam")
+        beam.attrs["NX_class"] = "NXbeam"
+        beam["incident_wavelength"] = 0.09763
+        beam["incident_wavelength"].attrs["units"] = "nm"
+    return info, master
+
+
+@pytest.mark.parametrize("beam_in", ["sample", "instrument"])
+def test_nxmx_groups_are_found_by_class_and_the_wavelength_by_its_units(tmp_path, beam_in):
+    info, master = _renamed_nexus(tmp_path, beam_in)
+    with EigerH5Source(master) as source:
+        got = source.info
+    assert got.wavelength_A == pytest.approx(0.9763)  # was the 1.0 default, with a warning
+    assert got.beam_centre_px == pytest.approx(info.beam_centre_px) and got.distance_mm == pytest.approx(123.0)
+    assert got.saturation_value == 60000 and got.sensor_material == "Si"
+
+
+@pytest.mark.dials
+def test_dxtbx_reads_the_renamed_file_as_we_do(tmp_path):
+    import json
+    import shutil
+    import subprocess
+
+    if shutil.which("dials.import") is None:
+        pytest.skip("DIALS is not installed")
+    info, master = _renamed_nexus(tmp_path, "instrument")  # dxtbx 3.12 reads a beam only there
+    script = ("import sys, json; from dxtbx.model.experiment_list import ExperimentListFactory; "
+              "e = ExperimentListFactory.from_filenames([sys.argv[1]])[0]; p = e.detector[0]; "
+              "print(json.dumps([e.beam.get_wavelength(), list(p.get_beam_centre_px(e.beam.get_s0())), "
+              "p.get_directed_distance(), list(e.goniometer.get_rotation_axis())]))")
+    env = {**os.environ, "HDF5_PLUGIN_PATH": hdf5plugin.PLUGIN_PATH}
+    result = subprocess.run(["/usr/bin/python3", "-c", script, str(master)], capture_output=True, text=True,
+                            timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-2000:]
+    wavelength, centre, distance, axis = json.loads(result.stdout.strip().splitlines()[-1])
+    with EigerH5Source(master) as source:
+        got = source.info
+    assert got.wavelength_A == pytest.approx(wavelength) and got.distance_mm == pytest.approx(distance)
+    assert got.beam_centre_px == pytest.approx(tuple(centre)) and got.rotation_axis == pytest.approx(tuple(axis))

@@ -14,7 +14,8 @@ passed on as "raw".
 
 Geometry: NXmx `depends_on` chains give the detector origin and axes and the rotation axis
 (`streamer.sources.nxmx`); without chains the older DECTRIS fields are used (beam_center_x/y
-in pixels, detector_distance, geometry/orientation).
+in pixels, detector_distance, geometry/orientation). The detector, sample and beam groups are
+found at DECTRIS's names, else by their NX_class (`nxmx.nx_layout`), as dxtbx finds them.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from streamer.sources.nxmx import (
     detector_from_chain,
     first_value,
     length_mm,
+    nx_layout,
     pixel_mask,
     scan_axis,
     time_s,
@@ -188,7 +190,8 @@ class EigerH5Source:
         return None
 
     def _series_info(self, f: h5py.File, series_id: str | None, load_flatfield: bool) -> SeriesInfo:
-        det_path = "/entry/instrument/detector"
+        layout = nx_layout(f)
+        det_path = layout.detector
         det = f.get(det_path)
         spec = f"{det_path}/detectorSpecific"
         ds = self._first_dataset()
@@ -213,14 +216,14 @@ class EigerH5Source:
             geometry = detector_from_chain(f, det) or {}
         if not geometry:
             geometry = self._legacy_geometry(f, det_path)
-        axis, start, increment = scan_axis(f)
+        axis, start, increment = scan_axis(f, layout.sample)
         if start is None:
-            omega = f.get("/entry/sample/goniometer/omega")
+            omega = f.get(f"{layout.sample}/goniometer/omega")
             start = float(first_value(omega[()])) if isinstance(omega, h5py.Dataset) else 0.0
         if increment is None:
             increment = 0.0
             for name in ("omega_range_average", "omega_increment"):
-                value = dataset_value(f, f"/entry/sample/goniometer/{name}")
+                value = dataset_value(f, f"{layout.sample}/goniometer/{name}")
                 if isinstance(value, int | float):
                     increment = float(value)
                     break
@@ -239,7 +242,7 @@ class EigerH5Source:
             n_images = max(n_images or 0, nimages * ntrigger)
         booleans = {k: dataset_value(f, f"{det_path}/{k}") for k in ("countrate_correction_applied",
                                                                "flatfield_correction_applied")}
-        wavelength = wavelength_A_of(f)
+        wavelength = wavelength_A_of(f, layout)
         if wavelength is not None:
             geometry["wavelength_A"] = wavelength
         else:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+from dataclasses import dataclass
 from typing import Any
 
 import h5py
@@ -69,6 +70,50 @@ def length_mm(group: h5py.Group, path: str) -> float | None:
     units = units_of(obj)
     # DECTRIS writes metres, and NeXus lengths without units are taken as such
     return value * LENGTH_TO_MM.get(units, 1e3)
+
+
+@dataclass(frozen=True)
+class NxLayout:
+    """Paths of a NeXus file's NXmx groups (entry, instrument, detector, sample, beam)."""
+
+    entry: str
+    instrument: str
+    detector: str
+    sample: str
+    beam: str
+
+
+def _nx_class(obj: Any) -> str:
+    return decode_str(obj.attrs.get("NX_class", "")) if isinstance(obj, h5py.Group) else ""
+
+
+def _child(f: h5py.File, parent: str, name: str, nx_class: str) -> str | None:
+    """`parent`/`name` if it is a group, else the first (by name) child group of class `nx_class`."""
+    group = f.get(parent) if parent else None
+    if not isinstance(group, h5py.Group):
+        return None
+    if isinstance(group.get(name), h5py.Group):
+        return f"{parent.rstrip('/')}/{name}"
+    for key in sorted(group):
+        try:
+            if _nx_class(group.get(key)) == nx_class:
+                return f"{parent.rstrip('/')}/{key}"
+        except (KeyError, OSError):  # a dangling external link
+            continue
+    return None
+
+
+def nx_layout(f: h5py.File) -> NxLayout:
+    """Where the groups are: at DECTRIS's names (/entry/instrument/detector, /entry/sample,
+    /entry/instrument/beam), else the first group of the NXmx class, as dxtbx finds them (a
+    detector group named after its detector, a beam in the sample group as NXmx had it before
+    2020). Paths not found are given at their usual names."""
+    entry = _child(f, "/", "entry", "NXentry") or "/entry"
+    instrument = _child(f, entry, "instrument", "NXinstrument") or f"{entry}/instrument"
+    sample = _child(f, entry, "sample", "NXsample") or f"{entry}/sample"
+    return NxLayout(entry, instrument, _child(f, instrument, "detector", "NXdetector") or f"{instrument}/detector",
+                    sample, _child(f, instrument, "beam", "NXbeam") or _child(f, sample, "beam", "NXbeam")
+                    or f"{instrument}/beam")
 
 
 def time_s(group: h5py.Group, path: str) -> float:
@@ -161,16 +206,17 @@ def detector_from_chain(f: h5py.File, det: h5py.Group) -> dict[str, Any] | None:
     }
 
 
-def scan_axis(f: h5py.File) -> tuple[tuple[float, float, float], float | None, float | None]:
-    """(axis in imgCIF, start, increment) of the scan axis of /entry/sample's depends_on chain.
+def scan_axis(f: h5py.File, sample: str = "/entry/sample") -> tuple[tuple[float, float, float], float | None,
+                                                                     float | None]:
+    """(axis in imgCIF, start, increment) of the scan axis of the `sample` group's depends_on chain.
 
     The axis is the scanned rotation's vector turned by the rotations it depends on at their
     (fixed) values, as dxtbx's multi-axis goniometer gives it: a phi scan under chi = 90 deg
     turns about the vertical axis."""
-    depends = f.get("/entry/sample/depends_on")
+    depends = f.get(f"{sample}/depends_on")
     if depends is None:
         return (1.0, 0.0, 0.0), None, None
-    chain = follow_chain(f, decode_str(depends[()]), "/entry/sample")
+    chain = follow_chain(f, decode_str(depends[()]), sample)
     rotations = [t for t in chain if decode_str(t.attrs.get("transformation_type", "")).lower() == "rotation"]
     if not rotations:
         return (1.0, 0.0, 0.0), None, None
@@ -189,13 +235,18 @@ def scan_axis(f: h5py.File) -> tuple[tuple[float, float, float], float | None, f
     return to_imgcif(direction), float(values[0]) if values.size else None, increment
 
 
-def wavelength_A_of(f: h5py.File) -> float | None:
-    for path in ("/entry/instrument/beam/incident_wavelength", "/entry/instrument/monochromator/wavelength",
-                 "/entry/instrument/beam/wavelength"):
+WAVELENGTH_TO_A = {"angstrom": 1.0, "a": 1.0, "nm": 10.0, "m": 1e10, "pm": 0.01}
+
+
+def wavelength_A_of(f: h5py.File, layout: NxLayout | None = None) -> float | None:
+    """The beam's wavelength (A; its units read), else DECTRIS's photon energy, else None."""
+    layout = layout or nx_layout(f)
+    for path in (f"{layout.beam}/incident_wavelength", f"{layout.instrument}/monochromator/wavelength",
+                 f"{layout.beam}/wavelength"):
         value = dataset_value(f, path)
         if isinstance(value, int | float) and value > 0:
-            return float(value)
-    energy = dataset_value(f, "/entry/instrument/detector/detectorSpecific/photon_energy")
+            return float(value) * WAVELENGTH_TO_A.get(units_of(f[path]), 1.0)
+    energy = dataset_value(f, f"{layout.detector}/detectorSpecific/photon_energy")
     if isinstance(energy, int | float) and energy > 0:
         return HC_KEV_A / (energy / 1000.0)
     return None
@@ -204,10 +255,10 @@ def wavelength_A_of(f: h5py.File) -> float | None:
 DLS_NAMES = ("i03", "i04", "i24", "vmxi")  # Diamond beamlines whose files dxtbx reads with FormatNXmxDLS
 
 
-def instrument_name(f: h5py.File) -> str:
-    """/entry/instrument's short_name, else its name's short_name or value ("" if none)."""
-    instrument = f.get("/entry/instrument")
-    name = f.get("/entry/instrument/name")
+def instrument_name(f: h5py.File, path: str = "/entry/instrument") -> str:
+    """The instrument group's short_name, else its name's short_name or value ("" if none)."""
+    instrument = f.get(path)
+    name = f.get(f"{path}/name")
     if isinstance(instrument, h5py.Group) and "short_name" in instrument.attrs:
         return decode_str(instrument.attrs["short_name"])
     if isinstance(name, h5py.Dataset):
@@ -223,7 +274,7 @@ def underload_value(f: h5py.File, det_path: str, dtype: str) -> int | None:
     value = dataset_value(f, f"{det_path}/underload_value")
     if isinstance(value, int | float) and not isinstance(value, bool):
         return int(math.floor(value))
-    name = instrument_name(f)
+    name = instrument_name(f, det_path.rsplit("/", 1)[0])
     if name.lower() in DLS_NAMES or name.upper().startswith(("DIAMOND BEAMLINE", "DLS")):
         return None
     return -0x7FFFFFFF if np.dtype(dtype).kind in "if" else None
