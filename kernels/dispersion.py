@@ -46,7 +46,7 @@ import numpy as np
 from kernels.bslz4_native import DecodeError, decode_all, no_source, problem
 from kernels.dispersion_extended import (BIG, _packing, erode_runs, extended_final, extended_final_tiles, final_screen,
                                          set_flags)
-from kernels.dispersion_general import count_valid, general_pass
+from kernels.dispersion_general import any_negative, count_valid, general_pass
 from kernels.dispersion_int import banded_pass, big_value
 from kernels.dispersion_packed import loud_fraction, packed_pass
 from kernels.extended_trailing import trailing_pass, trailing_scratch
@@ -305,6 +305,12 @@ def strong_pixels(
     kx, ky = int(kernel_size[0]), int(kernel_size[1])
     window = (2 * kx + 1) * (2 * ky + 1)
     lower, upper = float(trusted_range[0]), float(trusted_range[1])
+    if lower < -1.0 and image.dtype.kind in "iu":  # negative counts trusted (pedestal-subtracted, NeXus)
+        if source is not None and not decode_all(source):
+            raise DecodeError(problem(source[-1]))
+        source = None
+        if image.dtype.kind == "u" or not any_negative(image, mask):
+            lower = -1.0  # none here: the usual bound tests the same, and the integer passes apply
     ws.stats[:] = 0
     ws._values_taken = -1
     extended = algorithm == "dispersion_extended"

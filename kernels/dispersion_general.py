@@ -18,6 +18,21 @@ from kernels.jit import njit
 
 
 @njit(boundscheck=False)
+def any_negative(image, mask):
+    """True if a usable pixel (mask nonzero) of the integer `image` is below 0. Without one, a
+    trusted range reaching below -1 (negative counts trusted) tests the same as the usual
+    (-1, ...): the integer passes, which need nonnegative sums, then apply."""
+    ny, nx = image.shape
+    for j in range(ny):
+        negative = 0
+        for i in range(nx):
+            negative |= np.int32((image[j, i] < 0) & (mask[j, i] != 0))
+        if negative:
+            return True
+    return False
+
+
+@njit(boundscheck=False)
 def _enter_row(image, mask, j, lo, hi, hi_sum, flagged, colm, colx, coly, stats):
     """Add row j to the column sums (count colm int32, sum colx, sum of squares coly; their
     dtypes decide the arithmetic) and count its overloaded, valid and valid nonzero pixels

@@ -324,3 +324,33 @@ def test_the_detector_flag_of_inactive_pixels_is_not_an_overload(dtype, algorith
         assert ws.n_overloads == expected, path
         assert plain.n_overloads == expected + 3 * 60, path  # without it the gap counts as saturated
         assert ws.n_valid == plain.n_valid
+
+
+def test_a_trusted_range_below_minus_one_takes_the_integer_passes_when_no_count_is_negative():
+    """Negative counts trusted (pedestal-subtracted or NeXus signed images): a frame whose usable
+    pixels hold none tests as with the usual (-1, ...) bound, on the integer passes; one that
+    holds some takes the general pass, which counts them. `any_negative` against numpy."""
+    from kernels.dispersion_general import any_negative
+
+    rng = np.random.default_rng(11)
+    image = spotty((60, 70), np.int32, rng, background=2.0)
+    mask = np.ones(image.shape, np.uint8)
+    mask[:, 30:33] = 0
+    image[:, 30:33] = -1  # masked gap pixels of a PILATUS-like int32 image
+    for trial in (image, image.astype(np.uint16)):
+        assert any_negative(trial, mask) == bool(np.any((trial < 0) & (mask != 0)))
+    wide, usual = DispersionWorkspace(image.shape), DispersionWorkspace(image.shape)
+    got = strong_pixels(image, mask, workspace=wide, trusted_range=(-0x7FFFFFFF - 1, 1e6)).copy()
+    expected = strong_pixels(image, mask, workspace=usual, trusted_range=(-1.0, 1e6)).copy()
+    np.testing.assert_array_equal(got, expected)
+    np.testing.assert_array_equal(counts(wide), counts(usual))
+    assert wide.last_path != "general" and len(got) > 0
+    noisy = image - 3 * (rng.random(image.shape) < 0.2).astype(np.int32)  # read noise below 0
+    assert any_negative(noisy, mask) == bool(np.any((noisy < 0) & (mask != 0))) is True
+    ws = DispersionWorkspace(image.shape)
+    got = strong_pixels(noisy, mask, workspace=ws, trusted_range=(-0x7FFFFFFF - 1, 1e6)).copy()
+    assert ws.last_path == "general"
+    reference = DispersionWorkspace(image.shape)
+    np.testing.assert_array_equal(got, strong_pixels(noisy.astype(np.float64), mask, workspace=reference,
+                                                     trusted_range=(-0x7FFFFFFF - 1, 1e6)))
+    assert counts(ws)[1] == np.count_nonzero(mask)  # the negative counts are valid
