@@ -23,11 +23,11 @@ import logging
 from pathlib import Path
 
 import h5py
-import hdf5plugin
 import numpy as np
 
 from streamer import codecs
 from streamer.geometry import Detector
+from streamer.hdf5_filters import Bitshuffle
 from streamer.series import EncodedFrame, SeriesInfo
 
 log = logging.getLogger(__name__)
@@ -183,7 +183,7 @@ class SeriesRecorder:
             ny, nx = self.info.image_shape
             ds = data.create_dataset("data", shape=(0, ny, nx), maxshape=(self.images_per_file, ny, nx),
                                      dtype=np.dtype(self.info.dtype), chunks=(1, ny, nx),
-                                     **hdf5plugin.Bitshuffle(nelems=0, cname="lz4"))
+                                     **Bitshuffle(nelems=0, cname="lz4"))
             ds.attrs["image_nr_low"] = np.uint64(file_index * self.images_per_file + 1)
             ds.attrs["image_nr_high"] = np.uint64(file_index * self.images_per_file)
             self._data[file_index] = f

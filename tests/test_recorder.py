@@ -12,7 +12,7 @@ import threading
 from pathlib import Path
 
 import h5py
-import hdf5plugin  # noqa: F401
+import hdf5plugin
 import numpy as np
 import pytest
 import zmq
@@ -247,3 +247,20 @@ def test_record_stopped_by_sigterm_mid_series_leaves_a_readable_file(tmp_path):
     assert frames
     for frame in frames:
         np.testing.assert_array_equal(codecs.decode(frame), images[frame.image_number])
+
+
+def test_recording_works_with_an_hdf5_plugin_path_set(tmp_path):
+    """Beamline environments set HDF5_PLUGIN_PATH (for DIALS, XDS): HDF5 then loads the plugins
+    found there, built for another HDF5 library, and hdf5plugin used to leave its own out:
+    writing a bitshuffle dataset failed ("error during user callback", an internal error of
+    `simulate --out` and `record`). `streamer.hdf5_filters` registers hdf5plugin's over them."""
+    import sys
+
+    env = {**os.environ, "HDF5_PLUGIN_PATH": hdf5plugin.PLUGIN_PATH}
+    master = tmp_path / "env_master.h5"
+    for argv in (["tools.simulate", "--images", "2", "--detector", "test512", "--out", str(master)],
+                 ["streamer.commands.findspots", str(master), "--out", str(tmp_path / "spots.csv")]):
+        code = (f"import sys; from {argv[0]} import main; sys.exit(main({argv[1:]!r}))")
+        result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-2000:]
+    assert len((tmp_path / "spots.csv").read_text().splitlines()) > 10

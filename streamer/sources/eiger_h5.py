@@ -27,9 +27,9 @@ from pathlib import Path
 from typing import Any
 
 import h5py
-import hdf5plugin  # noqa: F401  registers the bitshuffle/LZ4 filters for h5py's own reads
 import numpy as np
 
+from streamer import hdf5_filters  # noqa: F401  (the bitshuffle/LZ4 filters for h5py's own reads)
 from streamer.errors import BadHeader, BadInput
 from streamer.series import EncodedFrame, SeriesInfo
 from streamer.sources.nxmx import (
