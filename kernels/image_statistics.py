@@ -13,7 +13,7 @@ import numpy as np
 
 from kernels.jit import njit
 from kernels.pairwise import sum_like_numpy
-from kernels.powder_rings import _near_rings, _ring_flags
+from kernels.powder_rings import _excess_variance, _near_rings, _ring_flags
 from kernels.resolution_limit import _resolution_limit
 
 
@@ -75,7 +75,8 @@ def _image_statistics(d, intensity, log_i_over_sigma, rings, half, profile, coun
                                       e_cutoff)
     # ice rings in the background profile (all spots, as 1/d^2, count towards the ring density)
     _ring_flags(profile, counts, ring_d_star_sq, inner_ptr, inner_bins, side_ptr, side_bins, d_star_sq, n > 0, half,
-                3 * half, min_pixels, min_excess, n_sigma, density_factor, min_spots, ring_flags)
+                3 * half, min_pixels, min_excess, n_sigma, density_factor, min_spots,
+                _excess_variance(profile, counts), ring_flags)
     return n_no_ice, n_4a, total, d_min
 
 

@@ -44,9 +44,47 @@ def _shell_mean(profile, counts, bins, lo, hi, n, tmp):
     return sum_like_numpy(tmp, hi - lo) / np.float64(n)
 
 
+CHI2_1_MEDIAN = 0.454936423119572  # the median of chi-squared with one degree of freedom
+MIN_SCATTER_BINS = 20  # fewer usable bins: no estimate of the excess variance (0)
+
+
+@njit
+def _excess_variance(profile, counts):
+    """Per-pixel variance of the background beyond Poisson's (its mean), from the profile's
+    bin-to-bin scatter: each bin against the mean of its two neighbours, r = p1 - (p0 + p2)/2,
+    whose variance is sigma^2 (1/c1 + 1/(4 c0) + 1/(4 c2)); the median of those estimates
+    (over the median of chi-squared(1)) less the median of the three bins' mean, at least 0.
+    A CCD's read noise shows here; a photon counter's background has none (about 0)."""
+    n = profile.shape[0]
+    v = np.empty(max(n - 2, 0))
+    e = np.empty(max(n - 2, 0))
+    k = 0
+    for b in range(1, n - 1):
+        c0, c1, c2 = counts[b - 1], counts[b], counts[b + 1]
+        p0, p1, p2 = np.float64(profile[b - 1]), np.float64(profile[b]), np.float64(profile[b + 1])
+        if c0 <= 0 or c1 <= 0 or c2 <= 0 or not (np.isfinite(p0) and np.isfinite(p1) and np.isfinite(p2)):
+            continue
+        r = p1 - 0.5 * (p0 + p2)
+        w = 1.0 / np.float64(c1) + 0.25 / np.float64(c0) + 0.25 / np.float64(c2)
+        v[k] = r * r / w
+        mean = (p0 + p1 + p2) / 3.0
+        e[k] = mean if mean > 0.0 else 0.0
+        k += 1
+    if k < MIN_SCATTER_BINS:
+        return 0.0
+    excess = np.median(v[:k]) / CHI2_1_MEDIAN - np.median(e[:k])
+    return excess if excess > 0.0 else 0.0
+
+
+def excess_variance(profile: np.ndarray, counts: np.ndarray) -> float:
+    """`_excess_variance` of one image's radial profile (mean per bin) and pixel counts."""
+    return float(_excess_variance(np.ascontiguousarray(profile), np.ascontiguousarray(counts, dtype=np.int64)))
+
+
 @njit
 def _ring_flags(profile, counts, ring_d_star_sq, inner_ptr, inner_bins, side_ptr, side_bins, spot_d_star_sq,
-                use_spots, half, three_half, min_pixels, min_excess, n_sigma, density_factor, min_spots, out):
+                use_spots, half, three_half, min_pixels, min_excess, n_sigma, density_factor, min_spots, excess_var,
+                out):
     tmp = np.empty(max(inner_bins.shape[0], side_bins.shape[0]) + 1)
     for r in range(ring_d_star_sq.shape[0]):
         out[r] = False
@@ -68,6 +106,9 @@ def _ring_flags(profile, counts, ring_d_star_sq, inner_ptr, inner_bins, side_ptr
         # is no ring: a 6% chance, not the 60 sigma it would make)
         pooled = (mean_in * np.float64(n_in) + mean_side * np.float64(n_side)) / np.float64(n_in + n_side)
         pooled = 1e-9 if 1e-9 > pooled else pooled
+        # ... plus the variance beyond Poisson's the profile shows (a CCD's read noise: on a
+        # background of a few tenths of a photon it is most of the noise)
+        pooled = pooled + excess_var
         sigma = np.sqrt(pooled / np.float64(n_in) + pooled / np.float64(n_side))
         ice = (excess > min_excess * floor) and (excess > n_sigma * sigma)
         if not ice and use_spots:
@@ -109,10 +150,10 @@ def ring_flags(profile: np.ndarray, counts: np.ndarray, ring_d_star_sq: np.ndarr
                spot_d_star_sq: np.ndarray | None, half_width: float, min_pixels: int, min_excess: float,
                n_sigma: float, density_factor: float, min_spots: int) -> np.ndarray:
     """Boolean per ring: its shell's mean background (bins inner_bins[inner_ptr[r]:inner_ptr[r+1]])
-    exceeds the side shells' by `min_excess` relative and `n_sigma` Poisson sigmas (of the
-    pooled mean of both), or (with spots) the shell holds at least `min_spots` spots,
-    `density_factor` times and `n_sigma` sigmas above the side shells' density. Rings with <
-    `min_pixels` pixels in a shell: False.
+    exceeds the side shells' by `min_excess` relative and `n_sigma` sigmas (Poisson's, of the
+    pooled mean of both, with the profile's excess variance, `_excess_variance`), or (with
+    spots) the shell holds at least `min_spots` spots, `density_factor` times and `n_sigma`
+    sigmas above the side shells' density. Rings with < `min_pixels` pixels in a shell: False.
     """
     counts = np.ascontiguousarray(counts, dtype=np.int64)
     profile = np.ascontiguousarray(profile)
@@ -130,5 +171,5 @@ def ring_flags(profile: np.ndarray, counts: np.ndarray, ring_d_star_sq: np.ndarr
     out = np.empty(n_rings, dtype=np.bool_)
     _ring_flags(profile, counts, np.ascontiguousarray(ring_d_star_sq, dtype=np.float64), *index, spots, use_spots,
                 half, 3 * half, int(min_pixels), float(min_excess), float(n_sigma), float(density_factor),
-                int(min_spots), out)
+                int(min_spots), _excess_variance(profile, counts), out)
     return out

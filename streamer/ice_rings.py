@@ -7,8 +7,9 @@ called by `per_image_analysis.ice_rings_selection`).
 
 Ice on an image (`detect_ice_rings`) is judged from the azimuthally averaged background in
 resolution bins: a ring counts when the mean background in its shell is well above the
-neighbouring shells on both sides (by `min_excess` relative and `n_sigma` in Poisson
-terms, the noise that of the mean background of the ring and side shells together), or
+neighbouring shells on both sides (by `min_excess` relative and `n_sigma` sigmas: Poisson's
+noise of the mean background of the ring and side shells together, plus any variance beyond
+Poisson's that the profile's bin-to-bin scatter shows, as a CCD's read noise), or
 when the shell holds at least `min_spots` spots, more than `density_factor` times what the
 neighbouring shells' spot density predicts and `n_sigma` binomial sigmas above its share of
 the spots of ring and side shells together.

@@ -32,9 +32,24 @@ def reference_on_ice(d_spacing, width=0.004):
     return out
 
 
+def reference_excess_variance(profile, counts):
+    p = profile.astype(np.float64)
+    c = counts.astype(np.float64)
+    ok = (counts > 0) & np.isfinite(p)
+    use = ok[:-2] & ok[1:-1] & ok[2:]
+    p0, p1, p2 = p[:-2][use], p[1:-1][use], p[2:][use]
+    c0, c1, c2 = c[:-2][use], c[1:-1][use], c[2:][use]
+    if use.sum() < 20:
+        return 0.0
+    v = (p1 - 0.5 * (p0 + p2)) ** 2 / (1.0 / c1 + 0.25 / c0 + 0.25 / c2)
+    e = np.maximum((p0 + p1 + p2) / 3.0, 0.0)
+    return max(0.0, float(np.median(v) / 0.454936423119572 - np.median(e)))
+
+
 def reference_detect(profile, counts, bin_edges_ds2, spot_d=None, width=0.004, min_excess=0.1, n_sigma=5.0,
                      density_factor=3.0, min_spots=10):
     found = []
+    extra = reference_excess_variance(profile, counts)
     centres = 0.5 * (bin_edges_ds2[:-1] + bin_edges_ds2[1:])
     spot_ds2 = None if spot_d is None or len(spot_d) == 0 else 1.0 / np.asarray(spot_d, dtype=np.float64) ** 2
     half = width / 2.0
@@ -48,7 +63,7 @@ def reference_detect(profile, counts, bin_edges_ds2, spot_d=None, width=0.004, m
         mean_in = float((profile[inner] * counts[inner]).sum() / n_in)
         mean_side = float((profile[side] * counts[side]).sum() / n_side)
         excess = mean_in - mean_side
-        pooled = max((mean_in * n_in + mean_side * n_side) / (n_in + n_side), 1e-9)
+        pooled = max((mean_in * n_in + mean_side * n_side) / (n_in + n_side), 1e-9) + extra
         sigma = np.sqrt(pooled / n_in + pooled / n_side)
         ice = excess > min_excess * max(mean_side, 1e-9) and excess > n_sigma * sigma
         if not ice and spot_ds2 is not None:

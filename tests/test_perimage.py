@@ -200,6 +200,26 @@ def test_ice_ring_detection_from_profile():
     assert detect_ice_rings(profile, counts, edges) == (3.669,)
 
 
+def test_read_noise_on_a_low_background_is_not_ice():
+    """A CCD's counts less its pedestal: a background of 0.2 photons with 1 photon of read noise
+    (Gaussian). Poisson's noise of the shells' means alone made every fluctuation of a ring
+    shell look like ice (11 rings over 5 such images); the profile's bin-to-bin scatter shows
+    the extra variance. A ring of 0.5 photons per pixel over the same noise still shows."""
+    shape = (1024, 1024)
+    info = SeriesInfo("ccd", "smv", shape, "<i4", pixel_size_mm=(0.1, 0.1), beam_centre_px=(512.0, 512.0),
+                      distance_mm=120.0, wavelength_A=1.0, saturation_value=65000, underload_value=-40,
+                      detector_type="CCD")
+    analyser = ImageAnalyser(info, Config())
+    rng = np.random.default_rng(0)
+    for k in range(3):
+        noise = rng.poisson(0.2, shape) + np.round(rng.normal(0.0, 1.0, shape))
+        assert analyser.analyse(noise.astype(np.int32), k).ice_rings == 0
+    d = analyser.resolution_map
+    ring = np.abs(1.0 / d**2 - 1.0 / 3.669**2) < 0.001
+    noise = rng.poisson(0.2 + 0.5 * ring) + np.round(rng.normal(0.0, 1.0, shape))
+    assert analyser.analyse(noise.astype(np.int32), 3).ice_rings >= 1
+
+
 def test_ice_ring_detection_at_a_background_of_a_few_photons():
     """Where the background is a few photons per shell (high resolution, low dose), a handful
     of photons more in the ring shell than in its sides is noise, not ice (the side shells'
