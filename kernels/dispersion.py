@@ -305,11 +305,13 @@ def strong_pixels(
     kx, ky = int(kernel_size[0]), int(kernel_size[1])
     window = (2 * kx + 1) * (2 * ky + 1)
     lower, upper = float(trusted_range[0]), float(trusted_range[1])
-    if lower < -1.0 and image.dtype.kind in "iu":  # negative counts trusted (pedestal-subtracted, NeXus)
+    if lower < -1.0 and image.dtype.kind == "u":
+        lower = -1.0  # negative counts trusted, but an unsigned image holds none: the usual bound tests the same
+    elif lower < -1.0 and image.dtype.kind == "i":  # negative counts trusted (pedestal-subtracted, NeXus)
         if source is not None and not decode_all(source):
             raise DecodeError(problem(source[-1]))
         source = None
-        if image.dtype.kind == "u" or not any_negative(image, mask):
+        if not any_negative(image, mask):
             lower = -1.0  # none here: the usual bound tests the same, and the integer passes apply
     ws.stats[:] = 0
     ws._values_taken = -1

@@ -38,11 +38,11 @@ def eiger_gap_mask(image_shape: tuple[int, int]) -> np.ndarray | None:
     nx = image_shape[1]
     for module, gap in EIGER_LAYOUTS:
         if nx in [module[0] * j + gap[0] * (j - 1) for j in (1, 2, 3, 4)]:
-            return pilatus_gap_mask(image_shape, module, gap)
+            return module_gap_mask(image_shape, module, gap)
     return None
 
 
-def pilatus_gap_mask(image_shape: tuple[int, int], module: tuple[int, int] = PILATUS_MODULE,
+def module_gap_mask(image_shape: tuple[int, int], module: tuple[int, int] = PILATUS_MODULE,
                      gap: tuple[int, int] = PILATUS_GAP) -> np.ndarray | None:
     """uint8 mask (0 in the gaps) for a module layout (PILATUS by default) of this size, or None
     if it does not fit."""
@@ -155,7 +155,7 @@ class SeriesMask:
                 raise BadFrame(f"pixel mask is {series.pixel_mask.shape}, images are {shape}", reason="wrong_mask_size")
             mask[series.pixel_mask != 0] = 0
         description = series.detector_description.upper()
-        gaps = pilatus_gap_mask(shape) if "PILATUS" in description else \
+        gaps = module_gap_mask(shape) if "PILATUS" in description else \
             eiger_gap_mask(shape) if series.source == "cbf" and "EIGER" in description else None
         if gaps is not None:
             mask &= gaps

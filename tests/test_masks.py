@@ -10,7 +10,7 @@ from test_perimage import POSITIONS, SHAPE, series, spots_frame
 
 from streamer.config import Config, MaskConfig
 from streamer.errors import BadFrame
-from streamer.masks import SeriesMask, inactive_value, pilatus_gap_mask, user_mask
+from streamer.masks import SeriesMask, inactive_value, module_gap_mask, user_mask
 from streamer.perimage import ImageAnalyser
 
 
@@ -65,9 +65,9 @@ def test_mask_helpers():
     assert (4, 5) not in out and (4, 4) in out  # on the circle is kept
     border = user_mask((6, 8), MaskConfig(border=2))
     assert border.sum() == 2 * 4 and border[2:4, 2:6].all()  # the inner 2 x 4 pixels are left
-    gaps = pilatus_gap_mask((2527, 2463))
+    gaps = module_gap_mask((2527, 2463))
     assert gaps is not None and gaps[:, 487:494].sum() == 0 and gaps[195:212].sum() == 0 and gaps[0, 486] == 1
-    assert pilatus_gap_mask((100, 100)) is None
+    assert module_gap_mask((100, 100)) is None
     s = series(pixel_mask=np.zeros((5, 5), np.uint32))
     with pytest.raises(BadFrame) as err:
         SeriesMask.build(s)
