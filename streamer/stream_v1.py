@@ -259,7 +259,8 @@ def series_info(header: V1Header, dtype: str | None = None) -> SeriesInfo:
     wavelength = _float(c, "wavelength", 0.0)
     if wavelength <= 0 and _float(c, "photon_energy", 0.0) > 0:
         wavelength = HC_KEV_A * 1000.0 / _float(c, "photon_energy")
-    cutoff = c.get("countrate_correction_count_cutoff", c.get("saturation_value"))
+    cutoff_key = next((k for k in ("countrate_correction_count_cutoff", "saturation_value") if k in c), "")
+    cutoff = c.get(cutoff_key)
     nimages = int(_float(c, "nimages", 0)) * max(1, int(_float(c, "ntrigger", 1)))
     angles = {"omega": (_float(c, "omega_start"), _float(c, "omega_increment"))}  # the usual scan: strict
     angles.update({a: (c.get(f"{a}_start"), c.get(f"{a}_increment")) for a in SCAN_AXES[1:]})
@@ -289,7 +290,8 @@ def series_info(header: V1Header, dtype: str | None = None) -> SeriesInfo:
         two_theta_deg=finite_or_zero(c.get("two_theta_start")),
         count_time_s=_float(c, "count_time"),
         frame_time_s=_float(c, "frame_time"),
-        saturation_value=int(cutoff) if isinstance(cutoff, (int, float)) and not isinstance(cutoff, bool) else None,
+        saturation_value=int(_float(c, cutoff_key)) if isinstance(cutoff, (int, float)) and not isinstance(cutoff, bool)
+        else None,  # NaN or infinity: a bad header (`_float`), as for every number the header must give
         underload_value=optional_int(c.get("underload_value")),
         bit_depth_image=int(bit_depth),
         countrate_correction_applied=_bool(c.get("countrate_correction_applied")),

@@ -160,6 +160,20 @@ def test_non_finite_or_non_numeric_configuration_is_a_bad_header(value):
     assert err.value.reason == "bad_header"
 
 
+@pytest.mark.parametrize("value", ["NaN", "Infinity", "-Infinity"])
+def test_a_count_cutoff_that_is_no_finite_number_is_a_bad_header(value):
+    """The count cut-off sets the trusted range: NaN or infinity there was a ValueError or
+    OverflowError out of `series_info`, past the receiver's handling of bad input."""
+    series = SeriesInfo(series_id="1", source="simulator", image_shape=(4, 6), dtype="<u2", saturation_value=60000)
+    parts = stream_v1_encode.encode_header(series, 1, "basic")
+    parts[1] = parts[1].replace(b'"countrate_correction_count_cutoff":60000',
+                                f'"countrate_correction_count_cutoff":{value}'.encode())
+    assert value.encode() in parts[1]
+    with pytest.raises(BadInput) as err:
+        stream_v1.series_info(stream_v1.parse_message(parts))
+    assert err.value.reason == "bad_header"
+
+
 def test_a_phi_scan_is_a_rotation_not_stills():
     """A kappa goniometer scanning phi: omega's increment is 0, phi's is not. The series was
     taken for stills (no rotation indexing); the scan is now phi's. A value that is no number
