@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from kernels.powder_rings import near_rings
+from kernels.powder_rings import excess_variance, near_rings
 from streamer.ice_rings import (STRONG_ICE_RINGS_A, IceRingShells, detect_ice_rings, ice_ring_d_star_sq,
                                 on_ice_rings)
 
@@ -107,6 +107,7 @@ def test_detection_and_membership_match_the_numpy_implementation():
         thresholds = dict(min_excess=float(rng.choice([0.1, 0.02])), n_sigma=float(rng.choice([5.0, 2.0])))
         kw = dict(width=width, **thresholds)
         shells = IceRingShells.build(edges, width, **thresholds)
+        assert excess_variance(profile, counts) == reference_excess_variance(profile, counts)
         with np.errstate(divide="ignore", invalid="ignore"):  # d = 0 and NaN spots
             for spot_d in (d, None, d[:0]):
                 expected = reference_detect(profile, counts, edges, spot_d, **kw)

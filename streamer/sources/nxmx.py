@@ -19,6 +19,7 @@ import h5py
 import numpy as np
 
 from streamer.errors import BadHeader
+from streamer.series import optional_int
 
 log = logging.getLogger(__name__)
 
@@ -271,9 +272,9 @@ def underload_value(f: h5py.File, det_path: str, dtype: str) -> int | None:
     it: the detector's `underload_value` (NXmx); without one, 0 for Diamond's files
     (FormatNXmxDLS; None here, the usual bound) and -0x7FFFFFFF for others, so that a signed or
     float image's negative values count (an unsigned image holds none: None)."""
-    value = dataset_value(f, f"{det_path}/underload_value")
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return int(math.floor(value))
+    value = optional_int(dataset_value(f, f"{det_path}/underload_value"))
+    if value is not None:
+        return value
     name = instrument_name(f, det_path.rsplit("/", 1)[0])
     if name.lower() in DLS_NAMES or name.upper().startswith(("DIAMOND BEAMLINE", "DLS")):
         return None
