@@ -41,20 +41,26 @@ def corrected(series: SeriesInfo, override: GeometryOverride) -> SeriesInfo:
     return dataclasses.replace(series, **changes)
 
 
+MAX_LENGTH_MM = 1e5  # a detector distance or beam centre beyond 100 m is a header's mistake (or units)
+MAX_PIXEL_MM = 10.0  # and so is a pixel over 1 cm wide
+
+
 def geometry_problems(series: SeriesInfo) -> list[str]:
     """What in the series' geometry rules out resolutions (d-spacings, estimated d_min, ice
     rings, spots to 4 A), each with the configuration key that corrects it."""
     problems = []
-    if not (math.isfinite(series.distance_mm) and series.distance_mm > 0):
+    if not (math.isfinite(series.distance_mm) and 0 < series.distance_mm <= MAX_LENGTH_MM):
         problems.append(f"detector distance {series.distance_mm} mm (set geometry.distance_mm)")
     if not (math.isfinite(series.wavelength_A) and series.wavelength_A > 0):
         problems.append(f"wavelength {series.wavelength_A} A (set geometry.wavelength_A)")
-    if not all(math.isfinite(v) and v > 0 for v in series.pixel_size_mm):
+    pixels_ok = all(math.isfinite(v) and 0 < v <= MAX_PIXEL_MM for v in series.pixel_size_mm)
+    if not pixels_ok:
         problems.append(f"pixel size {series.pixel_size_mm} mm")
     two_theta = series.two_theta_deg
     if two_theta:  # a detector on a swung arm: its plane is tilted by an angle and about an axis not modelled
         problems.append(f"detector two-theta {two_theta:g} deg (not modelled: collect at two-theta 0)")
-    if not all(math.isfinite(v) for v in series.beam_centre_px):
+    if not all(math.isfinite(v) and (abs(v * p) <= MAX_LENGTH_MM or not pixels_ok)
+               for v, p in zip(series.beam_centre_px, series.pixel_size_mm)):
         problems.append(f"beam centre {series.beam_centre_px} px (set geometry.beam_centre_px)")
     return problems
 

@@ -214,6 +214,15 @@ class Receiver:
     def handle(self, parts: Sequence[Any], now: float | None = None) -> list[Event]:
         """Events of one message given as its list of part buffers."""
         now = time.monotonic() if now is None else now
+        try:
+            return self._handle(parts, now)
+        except Exception as exc:  # a bug, or a message nobody foresaw: logged with its traceback and
+            # counted, and the receiver (the only one that talks to the detector) goes on
+            log.exception("stream message not understood")
+            series = self._series.info.series_id if self._series is not None else None
+            return [self._drop("receiver_error", f"message not understood: {exc!r}"[:500], series)]
+
+    def _handle(self, parts: Sequence[Any], now: float) -> list[Event]:
         self.messages_received += 1
         if self._series is not None:
             self._series.last_seen = now
@@ -275,7 +284,7 @@ class Receiver:
         try:
             if fmt == "v1":
                 # EIGER 1 has no bit_depth_image, header_detail "none" no geometry: both from the first image
-                pending = "bit_depth_image" not in msg.config or msg.header_detail == "none"
+                pending = stream_v1.image_bit_depth(msg.config) is None or msg.header_detail == "none"
                 info = stream_v1.series_info(msg)
                 key: Any = msg.series
             else:

@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from streamer.errors import BadHeader
+
 # Bit meanings of the DECTRIS pixel mask (SIMPLON API; bit 0 is the least significant).
 PIXEL_MASK_BITS = {
     0: "gap",  # gap between modules/chips
@@ -41,6 +43,26 @@ def optional_int(value: Any) -> int | None:
     """A header's whole number (a finite number, rounded down), or None for anything else."""
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     return int(math.floor(value)) if ok else None
+
+
+MAX_SIDE = 1 << 16  # pixels along one side of an image (the largest detectors have ~4400)
+MAX_TEXT = 1024  # characters of a header's name or description that are kept
+_INT64 = (-(1 << 63), (1 << 63) - 1)  # what a whole number may be: it travels in msgpack and numpy
+
+
+def header_text(value: Any) -> str:
+    """A header's name or description as text that every output can carry: characters UTF-8
+    cannot encode (a lone surrogate from JSON) replaced, at most MAX_TEXT characters kept."""
+    text = value if isinstance(value, str) else str(value)
+    return text.encode("utf-8", "replace").decode("utf-8")[:MAX_TEXT]
+
+
+def _is_whole(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and _INT64[0] <= value <= _INT64[1]
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
 
 
 def rotation_scan(angles: dict[str, tuple[Any, Any]]) -> tuple[str, float, float]:
@@ -112,10 +134,38 @@ class SeriesInfo:
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        problem = self._problem()
+        if problem:  # caught here, whatever the source: later stages and the wire can carry every field
+            raise BadHeader(f"series {self.series_id!r}: {problem}", reason="bad_header")
         for name in ("pixel_mask", "flatfield"):
             arr = getattr(self, name)
             if arr is not None:
                 arr.setflags(write=False)
+
+    def _problem(self) -> str:
+        """What makes this header unusable, or "": an image side beyond MAX_SIDE, a whole number
+        beyond 64 bits, a number that is not one, text that is not text."""
+        shape = self.image_shape
+        sides_ok = isinstance(shape, tuple) and len(shape) == 2 and all(_is_whole(n) and 0 <= n <= MAX_SIDE
+                                                                        for n in shape)
+        if not sides_ok:
+            return f"image shape {shape!r} is not two sides of 0 to {MAX_SIDE} pixels"
+        for name in ("n_images", "saturation_value", "underload_value", "bit_depth_image"):
+            value = getattr(self, name)
+            if value is not None and not _is_whole(value):
+                return f"{name} {value!r} is not a 64-bit whole number"
+        for name in ("pixel_size_mm", "beam_centre_px", "fast_axis", "slow_axis", "rotation_axis"):
+            if not all(_is_real(v) for v in getattr(self, name)):
+                return f"{name} {getattr(self, name)!r} is not a list of numbers"
+        for name in ("detector_gain", "sensor_thickness_mm", "distance_mm", "wavelength_A", "omega_start_deg",
+                     "omega_increment_deg", "two_theta_deg", "count_time_s", "frame_time_s"):
+            if not _is_real(getattr(self, name)):
+                return f"{name} {getattr(self, name)!r} is not a number"
+        for text in (self.series_id, self.source, self.dtype, self.detector_description, self.detector_type,
+                     self.detector_serial, self.sensor_material, *self.channels):
+            if not isinstance(text, str) or len(text) > MAX_TEXT or header_text(text) != text:
+                return f"{text!r:.80} is not text of at most {MAX_TEXT} characters"
+        return ""
 
     @property
     def is_still(self) -> bool:

@@ -28,7 +28,8 @@ from typing import Any
 import numpy as np
 
 from streamer.errors import BadHeader, BadMessage
-from streamer.series import SCAN_AXES, EncodedFrame, SeriesInfo, finite_or_zero, optional_int, rotation_scan
+from streamer.series import (SCAN_AXES, EncodedFrame, SeriesInfo, finite_or_zero, header_text, optional_int,
+                             rotation_scan)
 
 MAX_JSON_BYTES = 1 << 20  # the biggest real config part is ~1.5 kB
 HEADER, IMAGE, END = "dheader-1.0", "dimage-1.0", "dseries_end-1.0"
@@ -37,6 +38,7 @@ IMAGE_PARTS = 4
 END_PARTS = 1
 HC_KEV_A = 12.398419843320026  # h*c in keV*Angstrom (CODATA 2018)
 _ENCODING = re.compile(r"^(?:bs(8|16|32)-)?(lz4)?([<>])$")
+BIT_DEPTH_TYPES = {8: "|u1", 16: "<u2", 32: "<u4"}  # bit_depth_image -> the pixel type of the images
 # the pixel type names of the stream -> numpy type codes
 PIXEL_TYPES = {"uint8": "u1", "uint16": "u2", "uint32": "u4", "int8": "i1", "int16": "i2", "int32": "i4",
                "float32": "f4", "float64": "f8"}
@@ -230,6 +232,13 @@ def time_tick_s(config: dict[str, Any]) -> float:
     return 20e-9 if version.startswith(("1.5", "1.6")) else 1e-9
 
 
+def image_bit_depth(config: dict[str, Any]) -> int | None:
+    """The header's `bit_depth_image` where it names a pixel type (8, 16 or 32), else None: EIGER 1
+    sends none, and a value that is none of these is as good as none (the first image tells)."""
+    value = config.get("bit_depth_image")
+    return value if type(value) is int and value in BIT_DEPTH_TYPES else None
+
+
 def _bool(value: Any) -> bool | None:
     return None if value is None else bool(value)  # EIGER (API 1.6) sends booleans as 0/1
 
@@ -251,11 +260,9 @@ def series_info(header: V1Header, dtype: str | None = None) -> SeriesInfo:
     width, height = int(_float(c, "x_pixels_in_detector", 0)), int(_float(c, "y_pixels_in_detector", 0))
     if header.header_detail != "none" and (width <= 0 or height <= 0):
         raise BadHeader("configuration lacks x/y_pixels_in_detector", reason="bad_header")
-    bit_depth = c.get("bit_depth_image")
     if dtype is None:
-        dtype = {8: "|u1", 16: "<u2", 32: "<u4"}.get(bit_depth, "<u4")
-    if bit_depth is None:
-        bit_depth = 8 * np.dtype(dtype).itemsize
+        dtype = BIT_DEPTH_TYPES.get(image_bit_depth(c) or 32, "<u4")
+    bit_depth = image_bit_depth(c) or 8 * np.dtype(dtype).itemsize
     wavelength = _float(c, "wavelength", 0.0)
     if wavelength <= 0 and _float(c, "photon_energy", 0.0) > 0:
         wavelength = HC_KEV_A * 1000.0 / _float(c, "photon_energy")
@@ -277,9 +284,9 @@ def series_info(header: V1Header, dtype: str | None = None) -> SeriesInfo:
         image_shape=(height, width),
         dtype=dtype,
         n_images=nimages or None,
-        detector_description=str(c.get("description", "")),
-        detector_serial=str(c.get("detector_number", "")),
-        sensor_material=str(c.get("sensor_material", "")),
+        detector_description=header_text(c.get("description", "")),
+        detector_serial=header_text(c.get("detector_number", "")),
+        sensor_material=header_text(c.get("sensor_material", "")),
         sensor_thickness_mm=_float(c, "sensor_thickness") * 1000.0,
         pixel_size_mm=(_float(c, "x_pixel_size", 75e-6) * 1000.0, _float(c, "y_pixel_size", 75e-6) * 1000.0),
         beam_centre_px=(_float(c, "beam_center_x"), _float(c, "beam_center_y")),

@@ -24,7 +24,8 @@ import numpy as np
 
 from streamer import cbor_splice, codecs
 from streamer.errors import BadFrame, BadHeader, BadMessage
-from streamer.series import SCAN_AXES, EncodedFrame, SeriesInfo, finite_or_zero, optional_int, rotation_scan
+from streamer.series import (SCAN_AXES, EncodedFrame, SeriesInfo, finite_or_zero, header_text, optional_int,
+                             rotation_scan)
 
 SELF_DESCRIBE = b"\xd9\xd9\xf7"
 TIME_BASE = 50_000_000  # ticks per second in DECTRIS time rationals
@@ -197,8 +198,8 @@ def parse_message(buf: Any, max_bytes: int = 1 << 30) -> V2Start | V2Image | V2E
         raise BadMessage(f"unknown message type {kind!r}", reason="unknown_type")
     series_id = _uint(msg, "series_id")
     unique = msg.get("series_unique_id", str(series_id))
-    if not isinstance(unique, str):
-        raise BadMessage("series_unique_id is not a text string", reason="malformed_cbor")
+    if not isinstance(unique, str) or header_text(unique) != unique:  # a series' name in every output
+        raise BadMessage("series_unique_id is not a text string (of at most 1024 characters)", reason="malformed_cbor")
     if kind == "end":
         return V2End(series_id, unique)
     if kind == "start":
@@ -241,7 +242,7 @@ def series_info(start: V2Start, channel: str | None = None, dtype: str | None = 
     when the start message does not name the pixel type (`image_dtype` / `bit_depth_image`).
     """
     m = start.fields
-    channels = tuple(c for c in m.get("channels", ()) if isinstance(c, str)) if isinstance(
+    channels = tuple(c for c in m.get("channels", ()) if isinstance(c, str) and header_text(c) == c) if isinstance(
         m.get("channels"), Sequence) else ()
     channel = channel or (channels[0] if channels else "threshold_1")
     width, height = int(_num(m, "image_size_x")), int(_num(m, "image_size_y"))
@@ -282,9 +283,9 @@ def series_info(start: V2Start, channel: str | None = None, dtype: str | None = 
         image_shape=(height, width),
         dtype=dtype,
         n_images=int(_num(m, "number_of_images")) or None,
-        detector_description=str(m.get("detector_description", "")),
-        detector_serial=str(m.get("detector_serial_number", "")),
-        sensor_material=str(m.get("sensor_material", "")),
+        detector_description=header_text(m.get("detector_description", "")),
+        detector_serial=header_text(m.get("detector_serial_number", "")),
+        sensor_material=header_text(m.get("sensor_material", "")),
         sensor_thickness_mm=_num(m, "sensor_thickness") * 1000.0,
         pixel_size_mm=(_num(m, "pixel_size_x", 75e-6) * 1000.0, _num(m, "pixel_size_y", 75e-6) * 1000.0),
         beam_centre_px=(_num(m, "beam_center_x"), _num(m, "beam_center_y")),
