@@ -68,6 +68,7 @@ class Collector:
         recent: int = 2000,
         clock: Callable[[], float] = time.monotonic,
         stage_queue_bound: int = 2000,
+        stage_backpressure: bool = False,
         timeout_from_progress: bool = False,
         worker_silence_s: float = SILENCE_S,
     ):
@@ -87,7 +88,8 @@ class Collector:
         self.series_closed = threading.Condition(self._lock)
         self.n_closed = 0
         self.roster = WorkerRoster(worker_silence_s, clock)
-        self.stages = SweepStageThread(metrics, self._lock, self._stages_finished, stage_queue_bound)
+        self.stages = SweepStageThread(metrics, self._lock, self._stages_finished, stage_queue_bound,
+                                       block=stage_backpressure)
         self.models = self.stages.models  # (series_id, model) for the model channel and the result stream
         # told (series_id, seq) once no worker reads that frame any more: result or given up
         self.settled: Callable[[tuple[str, int]], None] = lambda key: None
@@ -325,7 +327,8 @@ class Collector:
         try:
             with self._lock:
                 entry, rows = self._entry(state), (list(state.results), list(state.dropped_images))
-            warnings = sweep_warnings(entry, per_image_rows(state.series, *rows), state.series, final=True)
+            warnings = sweep_warnings(entry, per_image_rows(state.series, *rows), state.series, final=True,
+                                      stage_skipped=state.stage_skipped)
         except Exception:  # the live summary then works them out on each poll
             log.exception("warnings of series %s", state.series.series_id)
             warnings = None
@@ -392,7 +395,7 @@ class Collector:
                 entry["warnings"] = state.final_warnings
             else:
                 entry["warnings"] = sweep_warnings(entry, per_image_rows(state.series, *row), state.series,
-                                                   final=state.closed)
+                                                   final=state.closed, stage_skipped=state.stage_skipped)
         return {"frames": total, "n_series": n_series, "series": series}
 
     def wait_closed(self, n: int, timeout: float | None = None) -> bool:

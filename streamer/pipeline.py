@@ -127,6 +127,7 @@ class Pipeline:
             reorder_bound=config.fanout.reorder_bound,
             result_timeout_s=config.fanout.result_timeout_s if result_timeout_s is None else result_timeout_s,
             timeout_from_progress=not live,  # recorded data queue for as long as the workers take
+            stage_backpressure=not live,  # and the sweep stages see every image
             worker_silence_s=config.fanout.worker_silence_s,
         )
         self.service = CollectorService(self.ctx, self.collector, self.endpoints.control, self.endpoints.results,

@@ -52,4 +52,5 @@ class SeriesState:
     worker_seq: dict[str, int] = field(default_factory=dict)  # worker -> the latest seq it returned
     done: bool = False  # closed, and its stages have finished: its outputs are final
     final_warnings: list[dict[str, Any]] | None = None  # once done
+    stage_skipped: int = 0  # processed images the sweep stages never saw (live, when they lagged)
     released: bool = False  # its per-image results and spots are written out and forgotten (`Collector.release`)

@@ -42,7 +42,8 @@ class SweepWarning:
 
 def sweep_warnings(summary: Mapping[str, Any], rows: Sequence[Mapping[str, Any]], series: SeriesInfo | None = None,
                    final: bool = True, ice_fraction: float = 0.05, ice_min_images: int = 3,
-                   overload_fraction: float = 0.1, few_spots: float = 20.0) -> list[dict[str, Any]]:
+                   overload_fraction: float = 0.1, few_spots: float = 20.0,
+                   stage_skipped: int = 0) -> list[dict[str, Any]]:
     """The warnings of a series (plain dicts, for JSON), most urgent first.
 
     summary: the summary.json object so far (`frames`, `indexing`); rows: its per_image.csv
@@ -50,7 +51,8 @@ def sweep_warnings(summary: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]
     the indexer may be waiting for data). Ice: rings on at least `ice_fraction` of the
     images and `ice_min_images` of them.
     Overloads: on at least `overload_fraction` of the images. Few spots: a median under
-    `few_spots` spots away from ice rings per image.
+    `few_spots` spots away from ice rings per image. stage_skipped: processed images the sweep
+    stages (spot joining, indexing) never saw, live, because they lagged behind the detector.
     """
     found: list[SweepWarning] = []
     frames = summary.get("frames") or {}
@@ -63,6 +65,12 @@ def sweep_warnings(summary: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]
         found.append(SweepWarning("frames_missing", None,
                                   f"{announced - len(rows)} of {announced} announced images never arrived",
                                   "the detector stopped early or restarted, or its connection dropped: see the log"))
+    if stage_skipped:
+        found.append(SweepWarning("stages_lagged", None,
+                                  f"{stage_skipped} of {len(rows)} images were not given to spot joining and "
+                                  "indexing: they lagged behind the detector",
+                                  "xtalstream process on the recorded data gives every image to them; a faster "
+                                  "host for the processor (the sweep stages run beside the receiver) keeps up live"))
     for problem in geometry_problems(series) if series is not None else []:
         found.append(SweepWarning("geometry", None, f"no resolutions from the header's geometry: {problem}",
                                   "set the configuration key named: it replaces the header's value"))

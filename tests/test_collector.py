@@ -268,10 +268,10 @@ def test_a_finished_series_warnings_are_worked_out_once(monkeypatch):
 
     calls = []
     real = collector_module.sweep_warnings
-    def counted(entry, rows, series, final):
+    def counted(entry, rows, series, final, **kw):
         if series.series_id == "warned":  # not the stage threads of other tests' collectors
             calls.append(final)
-        return real(entry, rows, series, final=final)
+        return real(entry, rows, series, final=final, **kw)
 
     monkeypatch.setattr(collector_module, "sweep_warnings", counted)
     c, _ = make()
@@ -315,11 +315,11 @@ def test_final_warnings_that_failed_are_worked_out_on_each_poll(monkeypatch):
 
     real = collector_module.sweep_warnings
 
-    def failing_once_final(entry, rows, series, final):
+    def failing_once_final(entry, rows, series, final, **kw):
         if series.series_id == "flaky" and final and not getattr(failing_once_final, "failed", False):
             failing_once_final.failed = True
             raise RuntimeError("a bug in a warning rule")
-        return real(entry, rows, series, final=final)
+        return real(entry, rows, series, final=final, **kw)
 
     monkeypatch.setattr(collector_module, "sweep_warnings", failing_once_final)
     c, _ = make()

@@ -95,3 +95,32 @@ def test_a_slow_sweep_stage_is_bounded_and_never_blocks_per_image_results():
     assert c.wait_closed(1, 10)
     assert c.series[s.series_id].outputs["stage_images"] == 30 - c.n_stage_skipped
     assert "xtal_stage_images_skipped_total" in c.metrics.exposition().decode()
+    lagged = [w for w in c.summary()["series"][0]["warnings"] if w["kind"] == "stages_lagged"]
+    assert len(lagged) == 1 and lagged[0]["message"].startswith(f"{c.n_stage_skipped} of 30 images")
+
+
+def test_recorded_data_wait_for_a_slow_sweep_stage_and_skip_nothing():
+    import time
+
+    class Slow:
+        def __init__(self, series):
+            self.n = 0
+
+        def add(self, series, result):
+            time.sleep(0.005)
+            self.n += 1
+
+        def finish(self):
+            return {"stage_images": self.n}
+
+    c, pub = make(stage_factories=[Slow], stage_queue_bound=3, stage_backpressure=True)
+    s = make_series(n_images=40)
+    c.series_start(s)
+    for seq in range(40):
+        c.dispatched(s.series_id, seq, seq, 100.0)
+        c.result(ok(s.series_id, seq, seq))
+        assert c.stages.depth <= 3
+    c.series_end(s.series_id, 40)
+    assert c.wait_closed(1, 10)
+    assert c.n_stage_skipped == 0 and c.series[s.series_id].outputs["stage_images"] == 40
+    assert not [w for w in c.summary()["series"][0]["warnings"] if w["kind"] == "stages_lagged"]

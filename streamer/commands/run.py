@@ -260,7 +260,8 @@ def _write_series(state, frames: dict[str, Any], config, out: Path) -> dict[str,
     rows = per_image_rows(state.series, state.results, state.dropped_images) if state is not None else []
     spots = outputs.pop("_spots", None)
     summary = build_summary(frames, outputs)
-    summary["warnings"] = sweep_warnings(summary, rows, state.series if state is not None else None)
+    summary["warnings"] = sweep_warnings(summary, rows, state.series if state is not None else None,
+                                         stage_skipped=state.stage_skipped if state is not None else 0)
     title = f"xtalstream: series {state.series.series_id}" if state is not None else "xtalstream"
     write_outputs(out, config, summary, rows, spots, title)
     return summary
