@@ -7,6 +7,7 @@ simulator renders, indexing refines against, and integration will box.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import gemmi
@@ -94,7 +95,8 @@ def predict_rotation(experiment: Experiment, d_min: float, hkl: np.ndarray | Non
     """Predict where and when reflections diffract during the scan (static model).
 
     Returns both Ewald-sphere crossings (`ewald_crossings`) of every reflection within
-    `z_range` (default: the scan) that land on the detector.
+    `z_range` (default: the scan) that land on the detector, on every turn of a range over
+    360 degrees (a full sweep with margins, or several turns, meets a reflection again).
     """
     crystal = experiment.crystal
     if crystal is None:
@@ -108,12 +110,15 @@ def predict_rotation(experiment: Experiment, d_min: float, hkl: np.ndarray | Non
     z0, z1 = (0.0, float(scan.n_images)) if z_range is None else z_range
     phi_lo, phi_hi = sorted((scan.phi_deg(z0), scan.phi_deg(z1)))
     rows = []
+    turns = max(1, math.ceil((phi_hi - phi_lo) / 360.0))  # a range over 360 deg meets a reflection again
     for phi in both.T:
         ok = np.isfinite(phi)
-        # bring the angle into the scanned range, modulo a full turn
-        phi = phi_lo + np.mod(np.where(ok, phi, 0.0) - phi_lo, 360.0)
-        keep = ok & (phi < phi_hi)
-        rows.append((np.nonzero(keep)[0], phi[keep]))
+        # the first angle in the scanned range, modulo a full turn; then one more per turn
+        first = phi_lo + np.mod(np.where(ok, phi, 0.0) - phi_lo, 360.0)
+        for turn in range(turns):
+            angle = first + 360.0 * turn
+            keep = ok & (angle < phi_hi)
+            rows.append((np.nonzero(keep)[0], angle[keep]))
     idx = np.concatenate([r_[0] for r_ in rows])
     phi = np.concatenate([r_[1] for r_ in rows])
     q = rotate_vectors(q0[idx], e, phi) @ gonio.S.T

@@ -136,6 +136,23 @@ def test_full_turn_predicts_each_reflection_twice():
     assert pred.entering.sum() == len(pred) // 2
 
 
+@pytest.mark.parametrize("z_range,turns", [((-3.0, 363.0), None), ((0.0, 720.0), 2), ((-2.5, 1082.5), None)])
+def test_a_range_over_a_full_turn_meets_each_reflection_on_every_turn(z_range, turns):
+    """A 360-degree sweep predicted with margins, or several turns: each crossing at each of its
+    angles in the range (the last images of a full sweep are not left empty)."""
+    exp = lysozyme_experiment(start=0.0, width=1.0, n=360)
+    one = predict_rotation(exp, d_min=3.0)  # one turn: each crossing once, in [0, 360)
+    pred = predict_rotation(exp, d_min=3.0, z_range=z_range)
+    assert np.all((pred.z >= z_range[0]) & (pred.z < z_range[1]))
+    expected = sorted((tuple(h), round(z + 360.0 * turn, 6)) for h, z in zip(one.hkl.tolist(), one.z)
+                      for turn in range(-1, 4) if z_range[0] <= z + 360.0 * turn < z_range[1])
+    got = sorted((tuple(h), round(z, 6)) for h, z in zip(pred.hkl.tolist(), pred.z))
+    assert got == expected
+    if turns:
+        assert len(pred) == turns * len(one)
+    assert np.sum(pred.z >= z_range[1] - 3.0) > 0  # the last images have their reflections
+
+
 def test_polarization_unpolarised_and_polarised():
     s1 = np.array([[0.0, math.sin(0.5), -math.cos(0.5)], [math.sin(0.5), 0.0, -math.cos(0.5)]])
     p = polarization_factor(Beam(1.0, polarization_fraction=0.5), s1)
