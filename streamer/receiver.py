@@ -34,7 +34,7 @@ from streamer import stream_v1, stream_v2
 from streamer.allocator import keep_freed_memory
 from streamer.config import ReceiverConfig
 from streamer.errors import BadInput, BadMessage
-from streamer.series import Dropped, EncodedFrame, SeriesEnd, SeriesInfo
+from streamer.series import MAX_WHOLE, Dropped, EncodedFrame, SeriesEnd, SeriesInfo
 
 log = logging.getLogger(__name__)
 
@@ -258,8 +258,9 @@ class Receiver:
             _, first = stream_v1.htype_of(parts)
         except BadInput:
             return None, None
-        series, frame = first.get("series"), first.get("frame")
-        return (str(series) if isinstance(series, int) else None), (frame if isinstance(frame, int) else None)
+        series, frame = (v if type(v) is int and 0 <= v <= MAX_WHOLE else None  # numbers the wire can carry
+                         for v in (first.get("series"), first.get("frame")))
+        return (str(series) if series is not None else None), frame
 
     def _drop(self, reason: str, message: str, series: str | None = None, image: int | None = None) -> Dropped:
         self.counters[reason] = self.counters.get(reason, 0) + 1

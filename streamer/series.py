@@ -47,7 +47,8 @@ def optional_int(value: Any) -> int | None:
 
 MAX_SIDE = 1 << 16  # pixels along one side of an image (the largest detectors have ~4400)
 MAX_TEXT = 1024  # characters of a header's name or description that are kept
-_INT64 = (-(1 << 63), (1 << 63) - 1)  # what a whole number may be: it travels in msgpack and numpy
+MAX_WHOLE = (1 << 63) - 1  # the largest whole number a header or image number may be (msgpack, numpy)
+_INT64 = (-MAX_WHOLE - 1, MAX_WHOLE)
 
 
 def header_text(value: Any) -> str:

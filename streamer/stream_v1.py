@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 
 from streamer.errors import BadHeader, BadMessage
-from streamer.series import (SCAN_AXES, EncodedFrame, SeriesInfo, finite_or_zero, header_text, optional_int,
-                             rotation_scan)
+from streamer.series import (MAX_SIDE, MAX_WHOLE, SCAN_AXES, EncodedFrame, SeriesInfo, finite_or_zero, header_text,
+                             optional_int, rotation_scan)
 
 MAX_JSON_BYTES = 1 << 20  # the biggest real config part is ~1.5 kB
 HEADER, IMAGE, END = "dheader-1.0", "dimage-1.0", "dseries_end-1.0"
@@ -110,8 +110,9 @@ def _appendix(part: Any) -> Any:
 
 def _int(obj: dict[str, Any], key: str, what: str) -> int:
     value = obj.get(key)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise BadMessage(f"{what} field {key!r} is {value!r}, not a non-negative integer", reason="malformed_json")
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_WHOLE:
+        raise BadMessage(f"{what} field {key!r} is {value!r:.40}, not a 63-bit non-negative integer",
+                         reason="malformed_json")
     return value
 
 
@@ -126,8 +127,8 @@ def _count_parts(parts: Sequence[Any], needed: int, what: str) -> Any:
 
 def dtype_of(type_name: Any) -> str:
     """numpy dtype string of a SIMPLON `type` ("uint16" -> "<u2"); BadMessage if unknown."""
-    if type_name not in PIXEL_TYPES:
-        raise BadMessage(f"unknown pixel type {type_name!r}", reason="unknown_encoding")
+    if not isinstance(type_name, str) or type_name not in PIXEL_TYPES:  # a list or map is unhashable
+        raise BadMessage(f"unknown pixel type {type_name!r:.40}", reason="unknown_encoding")
     return "<" + PIXEL_TYPES[type_name] if PIXEL_TYPES[type_name] != "u1" else "|u1"
 
 
@@ -154,9 +155,9 @@ def _array_part(header_part: Any, blob: Any, htype: str) -> np.ndarray | None:
     if not shape or desc.get("type") == "undefined":
         return None  # EIGER2 sends empty parts when the array is not available
     if not isinstance(shape, list) or not all(isinstance(n, int) and n > 0 for n in shape) or len(shape) > 2:
-        raise BadHeader(f"{htype} shape {shape!r} is not [width, height]", reason="bad_header")
+        raise BadHeader(f"{htype} shape {shape!r:.40} is not [width, height]", reason="bad_header")
     dtype = dtype_of(desc.get("type"))
-    expected = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    expected = math.prod(shape) * np.dtype(dtype).itemsize  # exact: Python integers
     if blob.nbytes != expected:
         raise BadHeader(f"{htype} blob has {blob.nbytes} bytes, its header says {expected}", reason="blob_size")
     return np.frombuffer(blob, dtype=dtype).reshape(shape[::-1]).copy()
@@ -190,8 +191,8 @@ def parse_header(parts: Sequence[Any], first: dict[str, Any] | None = None) -> V
     first = first if first is not None else parse_json(parts[0], "header")
     series = _int(first, "series", HEADER)
     detail = first.get("header_detail", "basic")
-    if detail not in HEADER_PARTS:
-        raise BadHeader(f"unknown header_detail {detail!r}", reason="bad_header")
+    if not isinstance(detail, str) or detail not in HEADER_PARTS:  # a list or map is unhashable
+        raise BadHeader(f"unknown header_detail {detail!r:.40}", reason="bad_header")
     appendix = _count_parts(parts, HEADER_PARTS[detail], f"header ({detail})")
     config = parse_json(parts[1], "detector configuration") if detail != "none" else {}
     arrays: dict[str, np.ndarray | None] = {}
@@ -211,7 +212,8 @@ def parse_image(parts: Sequence[Any], first: dict[str, Any] | None = None) -> V1
     if desc.get("htype") != "dimage_d-1.0":
         raise BadMessage(f"image part 2 is {desc.get('htype')!r}, not dimage_d-1.0", reason="wrong_part_count")
     shape = desc.get("shape")
-    if not (isinstance(shape, list) and len(shape) == 2 and all(isinstance(n, int) and n > 0 for n in shape)):
+    if not (isinstance(shape, list) and len(shape) == 2 and all(isinstance(n, int) and 0 < n <= MAX_SIDE
+                                                                 for n in shape)):
         raise BadMessage(f"image shape {shape!r} is not [width, height]", reason="malformed_json")
     encoding, dtype = encoding_of(desc.get("encoding"), dtype_of(desc.get("type")))
     blob = parts[2]

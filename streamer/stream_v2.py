@@ -24,7 +24,7 @@ import numpy as np
 
 from streamer import cbor_splice, codecs
 from streamer.errors import BadFrame, BadHeader, BadMessage
-from streamer.series import (SCAN_AXES, EncodedFrame, SeriesInfo, finite_or_zero, header_text, optional_int,
+from streamer.series import (MAX_WHOLE, SCAN_AXES, EncodedFrame, SeriesInfo, finite_or_zero, header_text, optional_int,
                              rotation_scan)
 
 SELF_DESCRIBE = b"\xd9\xd9\xf7"
@@ -121,7 +121,8 @@ def _tag_hook(a: Any, b: Any, payloads: dict[bytes, memoryview] | None = None) -
         return TypedArray(TYPED_ARRAY_TAGS[tag.tag], _put_back(value, payloads))
     if tag.tag == 40:
         if not (isinstance(value, Sequence) and len(value) == 2 and isinstance(value[1], TypedArray)
-                and isinstance(value[0], Sequence) and all(isinstance(n, int) and n > 0 for n in value[0])):
+                and isinstance(value[0], Sequence) and all(isinstance(n, int) and 0 < n <= MAX_WHOLE
+                                                           for n in value[0])):
             raise BadMessage("tag 40 is not [dims, typed array]", reason="malformed_cbor")
         return MultiDimArray(tuple(int(n) for n in value[0]), value[1])
     return tag
@@ -178,15 +179,19 @@ def looks_like_v2(first_part: Any) -> bool:
 
 
 def _seconds(value: Any) -> float | None:
+    """A [numerator, denominator] time in seconds, or None (not such a pair, or past a float)."""
     if isinstance(value, Sequence) and len(value) == 2 and all(isinstance(v, int) for v in value) and value[1] > 0:
-        return value[0] / value[1]
+        try:
+            return value[0] / value[1]
+        except OverflowError:
+            return None
     return None
 
 
 def _uint(msg: Mapping[str, Any], key: str) -> int:
     value = msg.get(key)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise BadMessage(f"field {key!r} is {value!r}, not an unsigned integer", reason="malformed_cbor")
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_WHOLE:
+        raise BadMessage(f"field {key!r} is {value!r:.40}, not a 63-bit unsigned integer", reason="malformed_cbor")
     return value
 
 

@@ -1,7 +1,8 @@
-"""Every field of a stream header replaced by a value no detector should send (NaN, infinity, a
-number past 64 bits, text, a list, a lone surrogate, 100 kB of text, nothing): the series is
-refused with a counted reason, or it is usable everywhere after the receiver (the wire to the
-workers, the per-image set-up and analysis). Never an exception out of the receiver."""
+"""Every field of a stream header or image message replaced by a value no detector should send
+(NaN, infinity, a number past 64 bits, text, a list, a lone surrogate, 100 kB of text, nothing):
+the series or frame is refused with a counted reason, or it is usable everywhere after the
+receiver (the wire to the workers, the per-image set-up and analysis). Never an exception out
+of the receiver."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from streamer.errors import BadHeader
 from streamer.header_corrections import geometry_problems
 from streamer.perimage import ImageAnalyser
 from streamer.receiver import Receiver
-from streamer.series import MAX_TEXT, EncodedFrame, SeriesInfo, header_text
+from streamer.series import MAX_TEXT, Dropped, EncodedFrame, SeriesInfo, header_text
 
 NOT_SENT = [float("nan"), float("inf"), -float("inf"), 0, -1, -0.5, 1e300, 2**64, -(2**70), "abc", "", None, True,
             [], {}, [1.0, 2.0], 1e-300, "\ud800", "x" * 100_000]
@@ -97,6 +98,76 @@ def test_any_value_in_a_v2_start_field_is_refused_or_usable(ctx, key, axis):
         try:
             events = receiver.handle([cbor2.dumps(cbor2.CBORTag(55799, fields))])
             _usable_everywhere(events, receiver.handle([image]))
+        finally:
+            receiver.close()
+
+
+def _frames_go_over_the_wire(events: list) -> None:
+    """Frames and drops go on as the fan-out sends them (msgpack: 64-bit numbers at most)."""
+    assert "receiver_error" not in [getattr(e, "reason", None) for e in events]
+    for drop in (e for e in events if isinstance(e, Dropped)):
+        wire.decode(wire.encode("received_drop", {"reason": drop.reason, "series_id": drop.series_id,
+                                                  "image_number": drop.image_number}))
+    for frame in (e for e in events if isinstance(e, EncodedFrame)):
+        again = pipeline_messages.frame_from(wire.decode(pipeline_messages.encode_frame(frame, 0)))
+        assert again.frame.image_number == frame.image_number
+
+
+V1_ALL = stream_v1_encode.encode_header(small_series(n=2, mask=True), 7, "all")
+V1_HEADER_FIELDS = [(part, key) for part in range(len(V1_ALL)) if part != 1 and V1_ALL[part][:1] == b"{"
+                    for key in sorted(json.loads(V1_ALL[part]))]
+
+
+@pytest.mark.parametrize("part,key", V1_HEADER_FIELDS)
+def test_any_value_in_the_other_parts_of_a_v1_header_is_refused_or_usable(ctx, part, key):
+    for value in NOT_SENT + [[2**64, 1], [1, 10**30], DELETE]:
+        receiver = Receiver(ctx, "inproc://unused")
+        try:
+            header = list(V1_ALL)
+            header[part] = json.dumps(_with(json.loads(header[part]), key, value)).encode()
+            events = receiver.handle(header)
+            _usable_everywhere(events, receiver.handle(stream_v1_encode.encode_image(FRAMES[0], 7, (0, 1, 1))))
+        finally:
+            receiver.close()
+
+
+V1_IMAGE = stream_v1_encode.encode_image(FRAMES[1], 7, (0, 1, 1))
+V1_IMAGE_FIELDS = [(part, key) for part in (0, 1, 3) for key in sorted(json.loads(V1_IMAGE[part]))]
+
+
+@pytest.mark.parametrize("part,key", V1_IMAGE_FIELDS)
+def test_any_value_in_a_v1_image_field_is_dropped_or_usable(ctx, part, key):
+    for header_detail in ("basic", "none"):  # "none": the first image gives the series its shape
+        for value in NOT_SENT + [2**63, DELETE]:
+            receiver = Receiver(ctx, "inproc://unused")
+            try:
+                receiver.handle(stream_v1_encode.encode_header(SERIES, 7, header_detail))
+                image = list(V1_IMAGE)
+                image[part] = json.dumps(_with(json.loads(image[part]), key, value)).encode()
+                _frames_go_over_the_wire(receiver.handle(image))
+                _frames_go_over_the_wire(receiver.handle(stream_v1_encode.encode_image(FRAMES[0], 7, (0, 1, 1))))
+            finally:
+                receiver.close()
+
+
+def _v2_image_fields() -> dict:
+    date = datetime.datetime(2024, 1, 1, tzinfo=datetime.UTC)
+    message = cbor2.loads(stream_v2_encode.encode_image([FRAMES[1]], 7, "01HQ", date, (0.0, 0.1, 0.1)))
+    return dict(message.value if isinstance(message, cbor2.CBORTag) else message)
+
+
+V2_IMAGE = _v2_image_fields()
+
+
+@pytest.mark.parametrize("key", sorted(k for k in V2_IMAGE if k not in ("type", "data")))
+def test_any_value_in_a_v2_image_field_is_dropped_or_usable(ctx, key):
+    start = stream_v2_encode.encode_start(SERIES, 7, "01HQ", "basic")
+    for value in [v for v in NOT_SENT if v != "\ud800"] + [2**63, [10**400, 1], [1, 10**-300], DELETE]:
+        receiver = Receiver(ctx, "inproc://unused")
+        try:
+            receiver.handle([start])
+            image = cbor2.dumps(cbor2.CBORTag(55799, _with(V2_IMAGE, key, value)))
+            _frames_go_over_the_wire(receiver.handle([image]))
         finally:
             receiver.close()
 
