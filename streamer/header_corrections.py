@@ -43,6 +43,7 @@ def corrected(series: SeriesInfo, override: GeometryOverride) -> SeriesInfo:
 
 MAX_LENGTH_MM = 1e5  # a detector distance or beam centre beyond 100 m is a header's mistake (or units)
 MAX_PIXEL_MM = 10.0  # and so is a pixel over 1 cm wide
+WAVELENGTH_RANGE_A = (1e-3, 1e3)  # electrons at 300 keV: 0.02 A; soft X-rays: 10s of A
 
 
 def geometry_problems(series: SeriesInfo) -> list[str]:
@@ -51,7 +52,8 @@ def geometry_problems(series: SeriesInfo) -> list[str]:
     problems = []
     if not (math.isfinite(series.distance_mm) and 0 < series.distance_mm <= MAX_LENGTH_MM):
         problems.append(f"detector distance {series.distance_mm} mm (set geometry.distance_mm)")
-    if not (math.isfinite(series.wavelength_A) and series.wavelength_A > 0):
+    low, high = WAVELENGTH_RANGE_A
+    if not (math.isfinite(series.wavelength_A) and low <= series.wavelength_A <= high):
         problems.append(f"wavelength {series.wavelength_A} A (set geometry.wavelength_A)")
     pixels_ok = all(math.isfinite(v) and 0 < v <= MAX_PIXEL_MM for v in series.pixel_size_mm)
     if not pixels_ok:

@@ -140,8 +140,9 @@ def _experiment(series: SeriesInfo) -> Experiment:
     """The series' geometry; when it rules out resolutions (`header_corrections.geometry_problems`
     says why, once per series: a header with no geometry, a detector two-theta) one that gives
     none, as a distance of 0 does: spots are still found."""
-    if geometry_problems(series):
-        series = dataclasses.replace(series, wavelength_A=1.0, distance_mm=math.nan)
+    if geometry_problems(series):  # NaN throughout, from finite numbers (no invalid-value arithmetic)
+        series = dataclasses.replace(series, wavelength_A=1.0, distance_mm=math.nan, beam_centre_px=(0.0, 0.0),
+                                     pixel_size_mm=(0.1, 0.1))
     return Experiment.from_series(series)
 
 

@@ -289,7 +289,7 @@ class Receiver:
                 info = stream_v1.series_info(msg)
                 key: Any = msg.series
             else:
-                pending = not ({"image_dtype", "bit_depth_image"} & set(msg.fields))
+                pending = stream_v2.start_pixel_type(msg.fields) is None
                 info = stream_v2.series_info(msg, channel=self.config.channels[0] if self.config.channels else None)
                 key = msg.series_unique_id
         except BadInput as exc:

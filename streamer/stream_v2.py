@@ -240,6 +240,16 @@ def _per_channel_array(msg: Mapping[str, Any], key: str, channel: str) -> np.nda
         raise BadHeader(f"{key}[{channel}]: {exc}", reason="bad_header") from exc
 
 
+def start_pixel_type(fields: Mapping[str, Any]) -> str | None:
+    """The pixel type a start message names (`image_dtype`, else `bit_depth_image`), or None
+    when it names none that images have (the first image then tells)."""
+    name = fields.get("image_dtype")
+    if isinstance(name, str) and name in ("uint8", "uint16", "uint32", "int32", "float32"):
+        return np.dtype(name).newbyteorder("<").str
+    depth = fields.get("bit_depth_image")
+    return {8: "|u1", 16: "<u2", 32: "<u4"}[depth] if type(depth) is int and depth in (8, 16, 32) else None
+
+
 def series_info(start: V2Start, channel: str | None = None, dtype: str | None = None) -> SeriesInfo:
     """Normalise a start message into SeriesInfo (mm, Angstrom, degrees, seconds; numpy shapes).
 
@@ -254,13 +264,7 @@ def series_info(start: V2Start, channel: str | None = None, dtype: str | None = 
     if width <= 0 or height <= 0:
         raise BadHeader("start message lacks image_size_x/y", reason="bad_header")
     if dtype is None:
-        name = m.get("image_dtype")
-        if isinstance(name, str) and name in ("uint8", "uint16", "uint32", "int32", "float32"):
-            dtype = np.dtype(name).newbyteorder("<").str
-        elif m.get("bit_depth_image") in (8, 16, 32):
-            dtype = {8: "|u1", 16: "<u2", 32: "<u4"}[m["bit_depth_image"]]
-        else:
-            dtype = "<u4"
+        dtype = start_pixel_type(m) or "<u4"
     wavelength = _num(m, "incident_wavelength")
     if wavelength <= 0 and _num(m, "incident_energy") > 0:
         wavelength = HC_EV_A / _num(m, "incident_energy")

@@ -184,6 +184,17 @@ def test_a_bit_depth_that_names_no_pixel_type_takes_the_type_of_the_first_image(
         receiver.close()
 
 
+def test_a_v2_pixel_type_that_names_none_takes_the_type_of_the_first_image(ctx):
+    for value in ("uint12", 16.0, [16], None):
+        fields = _with(_with(V2_START, "image_dtype", value), "bit_depth_image", value)
+        receiver = Receiver(ctx, "inproc://unused")
+        assert receiver.handle([cbor2.dumps(cbor2.CBORTag(55799, fields))]) == []  # announced with its first image
+        date = datetime.datetime(2024, 1, 1, tzinfo=datetime.UTC)
+        events = receiver.handle([stream_v2_encode.encode_image([FRAMES[0]], 7, "01HQ", date, (0.0, 0.1, 0.1))])
+        assert isinstance(events[0], SeriesInfo) and events[0].dtype == "<u2" and isinstance(events[1], EncodedFrame)
+        receiver.close()
+
+
 def test_a_receiver_bug_is_counted_and_the_receiver_goes_on(ctx, monkeypatch, caplog):
     receiver = Receiver(ctx, "inproc://unused")
 
@@ -225,9 +236,10 @@ def test_header_text_is_what_every_output_can_carry():
     assert len(header_text("x" * 5000)) == MAX_TEXT
 
 
-def test_a_beam_centre_or_distance_past_100_m_gives_no_resolutions():
+def test_a_beam_centre_distance_or_wavelength_out_of_all_reason_gives_no_resolutions():
     assert geometry_problems(SERIES) == []
-    for change in ({"beam_centre_px": (1e300, 8.5)}, {"beam_centre_px": (10.5, -(2.0**64))}, {"distance_mm": 1e300}):
+    for change in ({"beam_centre_px": (1e300, 8.5)}, {"beam_centre_px": (10.5, -(2.0**64))}, {"distance_mm": 1e300},
+                   {"wavelength_A": 1e300}, {"wavelength_A": 1e-300}):
         problems = geometry_problems(SeriesInfo(**{**SERIES.__dict__, **change}))
         assert len(problems) == 1, problems
     problems = geometry_problems(SeriesInfo(**{**SERIES.__dict__, "pixel_size_mm": (0.075, 1e300)}))

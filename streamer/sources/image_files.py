@@ -133,10 +133,13 @@ def _read(path: Path, kind: str):
         if kind == "smv":
             image = fabio.adscimage.AdscImage()
             image.read(str(path))
-            return image
-        return fabio.open(str(path))
+        else:
+            image = fabio.open(str(path))
     except Exception as exc:  # fabio raises many types for a damaged file
         raise BadInput(f"cannot read {path}: {exc}", reason="bad_image_file") from exc
+    if getattr(image, "data", None) is None or np.ndim(image.data) != 2:  # e.g. an SMV header without DIM
+        raise BadInput(f"cannot read {path}: no 2D image in it", reason="bad_image_file")
+    return image
 
 
 class ImageSeriesSource:

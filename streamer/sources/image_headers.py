@@ -41,7 +41,7 @@ import re
 import numpy as np
 
 from streamer.errors import BadHeader
-from streamer.series import SeriesInfo
+from streamer.series import SeriesInfo, optional_int
 from streamer.sources.rotation_axes import known_rotation_axis
 
 log = logging.getLogger(__name__)
@@ -110,11 +110,35 @@ def cbf_series_info(header_text: str, shape: tuple[int, int], n_images: int, ser
         omega_increment_deg=increment[0] if increment else 0.0,
         count_time_s=exposure[0] if exposure else 0.0,
         frame_time_s=period[0] if period else 0.0,
-        saturation_value=int(cutoff[0]) if cutoff else None,
+        saturation_value=optional_int(cutoff[0]) if cutoff else None,  # 1e999 reads as infinity: none
         bit_depth_image=32,
         pixel_mask=pixel_mask,
         raw={"header": text},
     )
+
+
+def smv_number(header: dict[str, str], key: str, default: float | None = None) -> float:
+    """An SMV header's finite number (`default` when absent); BadHeader naming the key for text
+    that is none, so that a damaged header is a message, not a traceback."""
+    if key not in header:
+        if default is None:
+            raise BadHeader(f"SMV header lacks {key}", reason="bad_header")
+        return default
+    try:
+        value = float(header[key])
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value):
+        raise BadHeader(f"SMV header {key}={header[key]!r:.40} is not a number", reason="bad_header")
+    return value
+
+
+def smv_whole(header: dict[str, str], key: str, default: int) -> int:
+    """An SMV header's whole number (rounded), `default` when absent; BadHeader for anything else."""
+    value = smv_number(header, key, float(default))
+    if abs(value) > 2**62:
+        raise BadHeader(f"SMV header {key}={header[key]!r:.40} is not a whole number", reason="bad_header")
+    return int(round(value))
 
 
 def _round(px: float) -> float:
@@ -150,10 +174,7 @@ def smv_pedestal(header: dict[str, str]) -> int:
     """The ADC offset DIALS subtracts from an SMV image by default: a simulator's ADC_OFFSET
     (else 1), an ADSC's IMAGE_PEDESTAL (else 0). nanoBragg adds 40 without saying so."""
     key, default = ("ADC_OFFSET", JHSIM_ADC_OFFSET) if is_jhsim(header) else ("IMAGE_PEDESTAL", 0)
-    try:
-        return int(round(float(header.get(key, default))))
-    except ValueError as exc:
-        raise BadHeader(f"SMV header {key}={header[key]!r} is not a number", reason="bad_header") from exc
+    return smv_whole(header, key, default)
 
 
 def smv_detector_type(header: dict[str, str], pixel_mm: float) -> str:
@@ -170,6 +191,9 @@ ADSC_GAINS = {(2304, 0.0816): 1.25,  # Quantum 4
               (4168, 0.0648): 2.8, (2084, 0.0324): 2.8}  # Quantum 270
 
 
+MAX_GAIN = 1e6  # ADU per photon: a CCD's is 0.1 to 10; past this a header's GAIN is a mistake
+
+
 def smv_gain(header: dict[str, str]) -> float:
     """ADU per photon of an SMV image's detector, as DIALS takes it: the header's GAIN, else
     an ADSC model's (`ADSC_GAINS`), else 1; a simulator's images (BEAMLINE=fake) count photons."""
@@ -178,7 +202,7 @@ def smv_gain(header: dict[str, str]) -> float:
     try:
         if "GAIN" in header:
             gain = float(header["GAIN"])
-            if not (gain > 0 and math.isfinite(gain)):
+            if not 0 < gain < MAX_GAIN:
                 raise ValueError(gain)
             return gain
         side, other, pixel = int(header["SIZE1"]), int(header["SIZE2"]), float(header["PIXEL_SIZE"])
@@ -196,7 +220,9 @@ def smv_series_info(header: dict[str, str], shape: tuple[int, int], dtype: str, 
         wavelength = float(header["WAVELENGTH"])
     except (KeyError, ValueError) as exc:
         raise BadHeader(f"SMV header lacks {exc}", reason="bad_geometry") from exc
-    saturation = int(float(header.get("SATURATED_VALUE", np.iinfo(np.dtype(dtype)).max)))
+    if not (pixel > 0 and math.isfinite(pixel)):  # the beam centre is given in mm
+        raise BadHeader(f"SMV header PIXEL_SIZE={header['PIXEL_SIZE']!r:.40} is no pixel size", reason="bad_geometry")
+    saturation = smv_whole(header, "SATURATED_VALUE", int(np.iinfo(np.dtype(dtype)).max))
     underload = None
     if pedestal:  # counts minus the offset (module docstring)
         dtype, saturation, underload = "<i4", saturation - 2 * pedestal, -pedestal
@@ -215,9 +241,9 @@ def smv_series_info(header: dict[str, str], shape: tuple[int, int], dtype: str, 
         distance_mm=distance,
         wavelength_A=wavelength,
         rotation_axis=_beamline_axis("smv", header, (1.0, 0.0, 0.0)) if not is_jhsim(header) else (1.0, 0.0, 0.0),
-        omega_start_deg=float(header.get("OSC_START", header.get("PHI", 0.0))),
-        omega_increment_deg=float(header.get("OSC_RANGE", 0.0)),
-        count_time_s=float(header.get("TIME", 0.0)),
+        omega_start_deg=smv_number(header, "OSC_START") if "OSC_START" in header else smv_number(header, "PHI", 0.0),
+        omega_increment_deg=smv_number(header, "OSC_RANGE", 0.0),
+        count_time_s=smv_number(header, "TIME", 0.0),
         saturation_value=saturation,
         underload_value=underload,
         bit_depth_image=np.dtype(dtype).itemsize * 8,
