@@ -122,6 +122,9 @@ SETUP_FIELDS = ("image_shape", "dtype", "source", "detector_description", "detec
                 "rotation_axis", "saturation_value", "underload_value", "bit_depth_image", "two_theta_deg",
                 "sensor_material", "sensor_thickness_mm")
 
+RADIAL_D_MIN_A = 0.25  # the radial profile's highest resolution
+MAX_RADIAL_BINS = np.iinfo(np.int16).max  # bins of the radial profile at most (`kernels.radial.bin_map_of_d`)
+
 WARM_DTYPES = ("<u2", "<u4")  # EIGER 16/32-bit frames (others compile with their first series)
 
 CCD_NAMES = ("ADSC", "CCD", "RAYONIX", "MAR", "SATURN", "Q315", "Q210", "Q270", "MX225", "MX300")
@@ -174,8 +177,10 @@ class ImageAnalyser:
         self.series_mask = SeriesMask.build(series, self.config.mask, sf.d_min, sf.d_max, self.resolution_map)
         self.mask = self.series_mask.mask
         self.trusted_range = self.series_mask.trusted_range
-        top = largest_d_star_sq(self.resolution_map)
-        n_bins = max(1, int(math.ceil(top / sf.radial_bin_width)))
+        # the profile's bins reach the detector's corner, or RADIAL_D_MIN_A (hard X-rays or electrons
+        # at a short distance: hundreds of thousands of bins), and number at most the int16 bin map's
+        top = min(largest_d_star_sq(self.resolution_map), RADIAL_D_MIN_A ** -2)
+        n_bins = max(1, min(int(math.ceil(top / sf.radial_bin_width)), MAX_RADIAL_BINS))
         self.radial_bin_edges = np.arange(n_bins + 1, dtype=np.float64) * sf.radial_bin_width
         self.radial_bins = bin_map_of_d(self.resolution_map, self.radial_bin_edges)
         self.radial_segments = radial_segments(self.mask, self.radial_bins, n_bins, sf.radial_row_step)

@@ -122,6 +122,19 @@ def test_radial_profile_shape_and_values(analyser):
     assert filled.sum() > 5 and abs(np.nanmean(result.radial_profile) - 5.0) < 0.5
 
 
+@pytest.mark.parametrize("wavelength_a,bin_width", [(0.05, 0.002), (1.0, 1e-6)])
+def test_the_radial_profile_of_a_short_wavelength_or_fine_bins_is_bounded(wavelength_a, bin_width):
+    """40 keV X-rays or electrons on a detector close by reach past 0.25 A (hundreds of
+    thousands of bins of 0.002 A^-2), as does a bin width of 1e-6: the profile stops at 0.25 A and
+    32767 bins, instead of a set-up error that dropped every frame."""
+    config = Config.model_validate({"spotfinding": {"radial_bin_width": bin_width}})
+    analyser = ImageAnalyser(series(wavelength_A=wavelength_a), config)
+    result = analyser.analyse(spots_frame(POSITIONS, background=5.0), 0)
+    edges = analyser.radial_bin_edges
+    assert len(edges) - 1 <= 32767 and edges[-1] <= 0.25 ** -2 + bin_width
+    assert np.isfinite(result.radial_profile).sum() > 5 and result.n_spots == len(POSITIONS)
+
+
 def test_radial_profile_taken_in_the_pass_as_after_it(analyser):
     """`analyse` takes the radial sums inside the threshold pass (here decoding a bslz4 frame
     band by band, as a worker hands it over): the profile and background are those of
