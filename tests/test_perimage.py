@@ -124,9 +124,10 @@ def test_radial_profile_shape_and_values(analyser):
 
 @pytest.mark.parametrize("wavelength_a,bin_width", [(0.05, 0.002), (1.0, 1e-6)])
 def test_the_radial_profile_of_a_short_wavelength_or_fine_bins_is_bounded(wavelength_a, bin_width):
-    """40 keV X-rays or electrons on a detector close by reach past 0.25 A (hundreds of
-    thousands of bins of 0.002 A^-2), as does a bin width of 1e-6: the profile stops at 0.25 A and
-    32767 bins, instead of a set-up error that dropped every frame."""
+    """A short wavelength on a detector close by reaches far past 0.25 A (0.05 A here: 29,000 bins
+    of 0.002 A^-2; 0.1 A on a 16M at 100 mm: 50,000, past the int16 bin map), and a bin width of
+    1e-6 makes millions: the profile stops at 0.25 A and 32767 bins, instead of a set-up error
+    that dropped every frame."""
     config = Config.model_validate({"spotfinding": {"radial_bin_width": bin_width}})
     analyser = ImageAnalyser(series(wavelength_A=wavelength_a), config)
     result = analyser.analyse(spots_frame(POSITIONS, background=5.0), 0)
