@@ -15,8 +15,9 @@ frame is dropped as "worker_lost":
 - when it blocks a full reorder buffer (its worker died unnoticed while others go on);
 - when `result_timeout_s` has passed since its dispatch (live: the fan-out bounds how long a
   frame waits for a worker) or, for recorded data (`timeout_from_progress`), also since the
-  series' last result: `process` queues frames for as long as the workers take, so only a
-  lack of progress (all workers died, or a message was lost) is loss there.
+  last result of any series: `process` queues frames for as long as the workers take (a
+  series' frames may wait behind the series before it), so only a lack of progress (all
+  workers died, or a message was lost) is loss there.
 A late result of a dropped frame is ignored (never counted twice).
 
 Sweep-wide stages (spot joining, incremental indexing) run in their own thread
@@ -74,6 +75,7 @@ class Collector:
     ):
         self.metrics = metrics
         self.timeout_from_progress = timeout_from_progress
+        self.last_progress = 0.0  # clock at the latest worker result handled (any series)
         self.publisher = publisher
         self.stage_factories = list(stage_factories)
         self.reorder_bound = reorder_bound
@@ -89,7 +91,7 @@ class Collector:
         self.n_closed = 0
         self.roster = WorkerRoster(worker_silence_s, clock)
         self.stages = SweepStageThread(metrics, self._lock, self._stages_finished, stage_queue_bound,
-                                       block=stage_backpressure)
+                                       skip=not stage_backpressure)
         self.models = self.stages.models  # (series_id, model) for the model channel and the result stream
         # told (series_id, seq) once no worker reads that frame any more: result or given up
         self.settled: Callable[[tuple[str, int]], None] = lambda key: None
@@ -150,6 +152,7 @@ class Collector:
         self.settled((result.series_id, result.seq))
         state = self.series.get(result.series_id)
         now = self.roster.result_from(result.worker)
+        self.last_progress = now
         if state is not None:
             state.last_result = now
             state.worker_seq[result.worker] = max(result.seq, state.worker_seq.get(result.worker, -1))
@@ -158,6 +161,7 @@ class Collector:
             return
         state.buffer[result.seq] = result
         self._advance(state)
+        self.last_progress = self.clock()  # after the sweep stages took it: recorded data may wait for them
 
     def series_end(self, series_id: str, n_dispatched: int, how: str = "end") -> None:
         """The receiver will send no more frames of this series (`how`: end, missing_end_of_series)."""
@@ -198,14 +202,15 @@ class Collector:
             self.metrics.workers_lost.labels(how="silent").inc(len(silent))
             self._advance_open()
 
-    def _advance_open(self) -> None:
+    def _advance_open(self, expire: bool = False) -> None:
         for state in list(self.open.values()):
-            self._advance(state)
+            self._advance(state, expire=expire)
 
-    def tick(self) -> None:
-        """Drop frames whose results are overdue, update the gauges; called regularly by the service loop."""
+    def tick(self, expire: bool = True) -> None:
+        """Drop frames whose results are overdue (`expire`: the service has read every result that
+        came), update the gauges; called regularly by the service loop."""
         self.roster.present()
-        self._advance_open()
+        self._advance_open(expire=expire)
         self.metrics.workers_seen.set(self.roster.n_seen())
         self._update_depths()
 
@@ -228,7 +233,10 @@ class Collector:
         return self.stages.n_skipped
 
     # ------------------------------------------------------------------ ordering
-    def _advance(self, state: SeriesState, force: bool = False) -> None:
+    def _advance(self, state: SeriesState, force: bool = False, expire: bool = False) -> None:
+        """Publish what is next in frame order; drop frames known lost, and overdue ones only when
+        `expire` (the service's tick, with every result that came read: after a pause of its loop,
+        a result waiting unread in the socket is no lost frame)."""
         now = self.clock()
         while True:
             seq = state.next_seq
@@ -240,8 +248,10 @@ class Collector:
                 continue
             sent = state.dispatched.get(seq)
             if sent is not None:
-                since = max(sent[1], state.last_result) if self.timeout_from_progress else sent[1]
-                lost = now - since > self.result_timeout_s or \
+                # recorded data: since the frame was handed to the workers (its source may have
+                # waited for the sweep stages after reading it), or the latest progress
+                since = max(sent[2], self.last_progress) if self.timeout_from_progress else sent[1]
+                lost = (expire and now - since > self.result_timeout_s) or \
                     self.roster.passed_by_the_living(state.worker_seq, seq, sent[2])
             else:
                 lost = state.n_dispatched is not None  # its dispatch notice never came

@@ -98,10 +98,14 @@ class CollectorService:
                         self._on_control(parts)
                 now = time.monotonic()
                 if now >= next_tick:  # timeouts, gauges, models: not per message
-                    self.collector.tick()  # first: a pause of this loop is nobody's silence
+                    # every result and heartbeat that came has been read: a frame overdue, or a
+                    # worker silent, is really so (not waiting behind this loop's pause: a sweep
+                    # stage recorded data wait for, a process stopped or swapped out)
+                    drained = not results.poll(0)
+                    self.collector.tick(expire=drained)  # first: a pause of this loop is nobody's silence
                     for name in self.exited_workers():
                         self.collector.worker_gone(name)
-                    if not results.poll(0):  # every heartbeat that came has been read: silence is real
+                    if drained:
                         self.collector.check_silence()
                     self._publish_models()
                     self._expire_requests()

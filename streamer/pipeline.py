@@ -46,6 +46,7 @@ from streamer.sweep_stages import StageFactory
 
 log = logging.getLogger(__name__)
 
+STAGE_WAIT_S = 0.005  # how often a source of recorded data looks whether the sweep stages have room
 WORKER_THREADS = {"NUMBA_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
@@ -212,11 +213,15 @@ class Pipeline:
         """Run a source's events through the fan-out; `once` returns after the next series ends.
 
         `last` (default) tells the collector that no more sources follow: it closes what is
-        open and stops once every frame is accounted for.
+        open and stops once every frame is accounted for. Recorded data (not `live`) wait here
+        while the sweep stages' queue is full, so that they see every image.
         """
         ended = self.fanout.n_series_ended
+        stages = self.collector.stages
         try:
             for event in events:
+                while not self.live and stages.full and not (stop is not None and stop.is_set()):
+                    time.sleep(STAGE_WAIT_S)  # recorded data: the sweep stages see every image
                 self.fanout.handle(event)
                 if once and self.fanout.n_series_ended > ended:
                     break

@@ -4,7 +4,9 @@ The collector hands each processed result over in frame order (`feed`) and each 
 (`close`); one thread runs every series' stages on them, so a slow stage never holds up the
 per-image feedback. Live, past `queue_bound` waiting items, images are skipped (counted, logged
 once, a warning of their series): a stage slower than the detector costs completeness, not unbounded
-memory. Recorded data (`block`) wait for the stages instead: nothing is skipped. New crystal models
+memory. Recorded data (`skip` off) are never skipped: their source waits instead while the queue
+is full (`full`; `streamer.pipeline.Pipeline.feed`), and this thread's feeder, the collector,
+never blocks (it answers the workers meanwhile). New crystal models
 go to `models` (the model channel and the result stream) and to the series' live outputs.
 """
 
@@ -48,12 +50,11 @@ class SweepStageThread:
     """
 
     def __init__(self, metrics: Metrics, lock: threading.Lock, on_closed: Callable[[SeriesState], None],
-                 queue_bound: int = 2000, block: bool = False):
+                 queue_bound: int = 2000, skip: bool = True):
         self.metrics = metrics
         self.queue_bound = queue_bound
+        self.skip = skip
         self.n_skipped = 0
-        # recorded data: `feed` waits for room (the workers, then the source, wait in turn)
-        self._room = threading.Semaphore(queue_bound) if block else None
         self.models: queue.Queue[tuple[str, dict[str, Any]]] = queue.Queue()
         self._lock = lock
         self._on_closed = on_closed
@@ -67,13 +68,11 @@ class SweepStageThread:
         return self._thread.native_id
 
     def feed(self, state: SeriesState, result: FrameResult) -> None:
-        """Queue a processed result for the series' stages; when `queue_bound` are waiting, skip
-        it (counted, with its series), or, for recorded data (`block`), wait for room."""
+        """Queue a processed result for the series' stages; when `queue_bound` are waiting
+        (and `skip`), skip it instead, counted, with its series."""
         depth = self._queue.qsize()
         self.metrics.queue["sweep_stages"].set(depth)
-        if self._room is not None:
-            self._room.acquire()
-        elif depth >= self.queue_bound:
+        if self.skip and depth >= self.queue_bound:
             self.metrics.stage_images_skipped.inc()
             self.n_skipped += 1
             state.stage_skipped += 1
@@ -96,6 +95,11 @@ class SweepStageThread:
     def depth(self) -> int:
         return self._queue.qsize()
 
+    @property
+    def full(self) -> bool:
+        """`queue_bound` items wait: a source of recorded data waits before it sends more."""
+        return self._queue.qsize() >= self.queue_bound
+
     def _run(self) -> None:
         while True:
             op, state, result = self._queue.get()
@@ -114,8 +118,6 @@ class SweepStageThread:
                             state.outputs.update(outputs)
                 except Exception:  # keep per-image feedback alive whatever a stage does
                     log.exception("sweep stage %s failed on series %s", type(stage).__name__, state.series.series_id)
-            if op == "add" and self._room is not None:
-                self._room.release()
             if op == "close":
                 state.stages = []  # their outputs are kept; what they held for the sweep (spots, models) goes
                 self._on_closed(state)

@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 HEARTBEAT_S = 1.0  # a worker says it is alive this often, whatever its main loop is doing
 SILENCE_S = 5.0  # default: a worker not heard from this long is given up
 IDLE_GRACE_S = 1.0  # an idle notice this long after a frame's dispatch: the frame is in no live worker's queue
+AWAY_WARNING_S = 2.0  # a pause of the collector's loop this long is logged
 SEEN_WINDOW_S = 60.0  # the workers_seen gauge counts workers with a result this recent
 
 
@@ -87,6 +88,9 @@ class WorkerRoster:
         if gap > HEARTBEAT_S:
             for name in self.joined:
                 self.heard[name] = min(now, self.heard.get(name, now) + gap)
+        if gap > AWAY_WARNING_S:  # frames wait meanwhile: worth a line in the log
+            log.warning("the collector's loop was away for %.1f s (its process stopped or swapped out, or a "
+                        "sweep stage holding the interpreter): results and worker requests waited", gap)
 
     def fall_silent(self) -> list[str]:
         """Joined workers not heard from for `silence_s`, now given up (each once). Call it only

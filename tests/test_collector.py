@@ -152,6 +152,60 @@ def test_frames_queued_behind_a_slow_worker_are_not_lost():
     assert c.series[s2.series_id].tally.dropped == {"worker_lost": 2}
 
 
+def test_recorded_frames_queued_behind_another_series_are_not_lost():
+    # `process` of several series (or a replay into it): the frames of the second wait behind
+    # the first's in the workers' queues, 20 s here, twice the timeout, with no result of their own
+    clock = Clock()
+    c, pub = make(clock=clock, result_timeout_s=10.0, timeout_from_progress=True)
+    a, b = make_series("a", n_images=40), make_series("b", n_images=3)
+    for s in (a, b):
+        c.series_start(s)
+        for seq in range(s.n_images):
+            c.dispatched(s.series_id, seq, seq, clock.t)
+    for seq in range(40):
+        clock.t += 0.5
+        c.tick()
+        c.result(ok("a", seq, seq))
+    for seq in range(3):
+        c.result(ok("b", seq, seq))
+    assert c.total.as_dict() == {"received": 43, "processed": 43, "dropped": {}}
+
+
+def test_recorded_frames_are_overdue_from_their_dispatch_not_from_their_reading():
+    # `process` reads a frame, then waits for the sweep stages (30 s here, the workers idle),
+    # then hands it to the workers: it is not overdue at once, only 10 s (the timeout) later
+    clock = Clock()
+    c, pub = make(clock=clock, result_timeout_s=10.0, timeout_from_progress=True)
+    s = make_series(n_images=1)
+    c.series_start(s)
+    read_at = clock.t
+    clock.t += 30.0
+    c.dispatched(s.series_id, 0, 0, read_at)
+    c.tick()
+    assert c.series[s.series_id].tally.dropped == {}
+    clock.t += 10.5
+    c.tick()
+    assert c.series[s.series_id].tally.dropped == {"worker_lost": 1}
+
+
+def test_no_frame_is_overdue_while_results_wait_unread():
+    # the service expires frames only once it has read every result that came (`tick(expire)`):
+    # after a pause of its loop, a result waiting in the socket is not a lost frame
+    clock = Clock()
+    c, pub = make(clock=clock, result_timeout_s=10.0)
+    s = make_series(n_images=2)
+    c.series_start(s)
+    for seq in range(2):
+        c.dispatched(s.series_id, seq, seq, clock.t)
+    clock.t += 30.0
+    c.tick(expire=False)
+    c.series_end(s.series_id, 2)  # read before the results (the feed comes first): no expiry there either
+    assert c.series[s.series_id].tally.dropped == {}
+    c.result(ok(s.series_id, 0, 0))
+    c.tick()
+    assert c.series[s.series_id].tally.dropped == {"worker_lost": 1}
+
+
 def test_live_frames_time_out_from_their_dispatch_whatever_else_returns():
     clock = Clock()
     c, pub = make(clock=clock, result_timeout_s=10.0)

@@ -362,3 +362,42 @@ def test_the_sensor_tables_load_before_the_first_series(monkeypatch):
     monkeypatch.setattr(streamer.sensor, "attenuation_coefficient_per_mm", lambda *args: calls.append(args) or 0.0)
     with Pipeline(Config(), n_workers=1, live=False, worker_args=fake_args(), worker_env=ENV):
         assert calls == [("Si", 1.0)]
+
+
+@pytest.mark.slow
+def test_recorded_data_waiting_for_a_slow_sweep_stage_lose_no_frame(monkeypatch):
+    """Recorded data wait for the sweep stages (nothing skipped): the source waits while their
+    queue is full, not the collector, which goes on answering the workers; and a series' frames
+    waiting behind another's are not overdue (each stage item takes twice the result timeout)."""
+    import time
+
+    import streamer.collector as collector_module
+    from streamer.sweep_stages import SweepStageThread
+
+    class Slow:
+        def __init__(self, series):
+            self.n = 0
+
+        def add(self, series, result):
+            time.sleep(0.6)
+            self.n += 1
+
+        def finish(self):
+            return {"stage_images": self.n}
+
+    class Bounded(SweepStageThread):
+        def __init__(self, metrics, lock, on_closed, queue_bound=2000, skip=True):
+            super().__init__(metrics, lock, on_closed, 3, skip)
+
+    monkeypatch.setattr(collector_module, "SweepStageThread", Bounded)
+    with Pipeline(Config(), n_workers=1, live=False, stage_factories=[Slow], worker_args=fake_args(),
+                  worker_env=ENV, result_timeout_s=0.3) as pipe:
+        events = []
+        for name in "abc":  # the next series' frames wait for their results behind the stage
+            s = make_series(name, n_images=6)
+            events += [s] + [make_frame(s, i, 1) for i in range(6)] + [SeriesEnd(s.series_id)]
+        pipe.feed(events)
+        assert pipe.wait(60)
+        c = pipe.collector
+        assert c.total.as_dict() == {"received": 18, "processed": 18, "dropped": {}}
+        assert [c.series[name].outputs["stage_images"] for name in "abc"] == [6, 6, 6] and c.n_stage_skipped == 0

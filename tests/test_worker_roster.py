@@ -61,17 +61,19 @@ def test_a_silent_worker_heard_again_takes_frames_again_but_an_exited_one_does_n
     assert roster.joined == {"a"} and roster.gone == {"b"} and not roster.silent
 
 
-def test_time_the_collector_itself_was_away_is_nobodys_silence():
+def test_time_the_collector_itself_was_away_is_nobodys_silence(caplog):
     """The collector's process stopped for 7 s (a pause, swapping): when it resumes, the beats
     sent meanwhile may not have reached its socket yet. It must not give every worker up; a
-    worker that stays silent while the collector runs is still given up."""
+    worker that stays silent while the collector runs is still given up. The pause is logged."""
     clock = Clock()
     roster = WorkerRoster(silence_s=5.0, clock=clock)
     for name in ("a", "b"):
         roster.joined_now(name)
     roster.present()
     clock.t += 7.0
-    roster.present()
+    with caplog.at_level("WARNING", logger="streamer.worker_roster"):
+        roster.present()
+    assert any("away for 7.0 s" in r.getMessage() for r in caplog.records)
     assert roster.fall_silent() == [] and roster.joined == {"a", "b"}
     for _ in range(11):  # 5.5 s of the collector's ticks (every 0.5 s here), with beats from a only
         clock.t += 0.5
