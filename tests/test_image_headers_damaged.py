@@ -1,11 +1,13 @@
-"""SMV and miniCBF headers with a damaged field (text for a number, NaN, infinity, 1e300, a
-number past 64 bits, the field missing): `process` says what is wrong (BadInput naming the field)
-or reads a series that every later stage can use; never another exception (a traceback)."""
+"""SMV, miniCBF and NeXus headers with a damaged field (text for a number, NaN, infinity, 1e300,
+a number past 64 bits, an empty or misshapen array, the field missing): `process` says what is
+wrong (BadInput naming the field or file) or reads a series that every later stage can use;
+never another exception (a traceback)."""
 
 from __future__ import annotations
 
 import re
 
+import h5py
 import numpy as np
 import pytest
 
@@ -14,6 +16,8 @@ from streamer.config import Config
 from streamer.errors import BadInput
 from streamer.header_corrections import entering
 from streamer.perimage import ImageAnalyser
+from streamer.recorder import record_frames
+from streamer.series import EncodedFrame, SeriesInfo
 from streamer.sources import open_source
 from streamer.sources.image_headers import cbf_series_info
 
@@ -91,3 +95,40 @@ def test_a_damaged_minicbf_number_is_a_message_or_usable(line):
             cbf_series_info(MINICBF.replace(line, damaged), (100, 100), 2, "x", None)
         except BadInput:
             pass
+
+
+def _recorded_master(folder):
+    info = SeriesInfo("d", "simulator", (16, 24), "<u2", n_images=2, pixel_size_mm=(0.075, 0.075),
+                      beam_centre_px=(12.0, 8.0), distance_mm=100.0, wavelength_A=1.0, saturation_value=60000,
+                      omega_increment_deg=0.5, sensor_material="Si", sensor_thickness_mm=0.45)
+    pixels = np.random.default_rng(2).poisson(3, (16, 24)).astype("<u2")
+    frames = [EncodedFrame("d", i, (16, 24), "<u2", "raw", pixels.tobytes()) for i in range(2)]
+    return record_frames(folder / "d_master.h5", info, frames)
+
+
+def test_a_damaged_nexus_field_is_a_message_or_usable(tmp_path):
+    master = _recorded_master(tmp_path)
+    original = master.read_bytes()
+    names = []
+    with h5py.File(master, "r") as f:
+        f.visititems(lambda name, obj: names.append(name) if isinstance(obj, h5py.Dataset)
+                     and not name.startswith("entry/data") else None)
+    assert len(names) > 20
+    for name in names:
+        for value in (np.nan, np.inf, -1.0, 0.0, 1e300, "abc", b"", np.zeros(0), np.zeros((3, 3)), None):
+            master.write_bytes(original)
+            with h5py.File(master, "r+") as f:
+                attrs = dict(f[name].attrs)
+                del f[name]
+                if value is not None:
+                    f.create_dataset(name, data=value).attrs.update(attrs)
+            _read_everything([master])
+
+
+def test_nexus_metadata_that_cannot_be_read_names_the_file_and_the_error(tmp_path):
+    master = _recorded_master(tmp_path)
+    with h5py.File(master, "r+") as f:
+        del f["entry/instrument/detector/module/fast_pixel_direction"]
+        f["entry/instrument/detector/module/fast_pixel_direction"] = "abc"
+    with pytest.raises(BadInput, match="d_master.h5: its metadata could not be read"):
+        open_source([master])

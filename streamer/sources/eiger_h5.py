@@ -31,7 +31,7 @@ import numpy as np
 
 from streamer import hdf5_filters  # noqa: F401  (the bitshuffle/LZ4 filters for h5py's own reads)
 from streamer.errors import BadHeader, BadInput
-from streamer.series import EncodedFrame, SeriesInfo
+from streamer.series import EncodedFrame, SeriesInfo, optional_int
 from streamer.sources.nxmx import (
     dataset_value,
     decode_str,
@@ -149,6 +149,11 @@ def _virtual_blocks(f: h5py.File, dset: h5py.Dataset, master: Path) -> list[Imag
     return sorted(blocks, key=lambda b: b.first_image)
 
 
+# What reading a damaged file's metadata raises (text for a number, an empty or misshapen array,
+# a zero-length axis vector, a missing dataset a chain names): a bad header, said with the error
+METADATA_ERRORS = (ValueError, TypeError, IndexError, KeyError, ZeroDivisionError, OverflowError)
+
+
 class EigerH5Source:
     """An EIGER series on disk: `info` (SeriesInfo) and `frames()` (EncodedFrames, stored chunks).
 
@@ -164,11 +169,16 @@ class EigerH5Source:
         self._files: dict[Path, h5py.File] = {}
         self._encodings: dict[tuple[Path, str], str | None] = {}
         try:
-            with h5py.File(self.path, "r") as f:
+            # a header's NaN or infinity gives a geometry without resolutions (`geometry_problems`)
+            with h5py.File(self.path, "r") as f, np.errstate(invalid="ignore", over="ignore", divide="ignore"):
                 self.blocks = self._layout(f)
                 self.info = self._series_info(f, series_id, load_flatfield)
         except OSError as exc:
             raise BadInput(f"cannot read {self.path}: {exc}", reason="bad_hdf5") from exc
+        except METADATA_ERRORS as exc:  # a field of another type, size or value than NXmx says
+            log.debug("%s: metadata not understood", self.path, exc_info=True)
+            raise BadHeader(f"{self.path}: its metadata could not be read ({type(exc).__name__}: {exc})",
+                            reason="bad_header") from exc
 
     def _layout(self, f: h5py.File) -> list[ImageBlock]:
         data = f.get("/entry/data/data")
@@ -264,7 +274,7 @@ class EigerH5Source:
             omega_increment_deg=float(increment),
             count_time_s=time_s(f, f"{det_path}/count_time"),
             frame_time_s=time_s(f, f"{det_path}/frame_time"),
-            saturation_value=int(saturation) if isinstance(saturation, int | float) else None,
+            saturation_value=optional_int(saturation),  # NaN or infinity: none
             underload_value=underload_value(f, det_path, dtype_str),
             bit_depth_image=dataset_value(f, f"{det_path}/bit_depth_image"),
             countrate_correction_applied=None if booleans["countrate_correction_applied"] is None
