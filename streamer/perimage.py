@@ -177,8 +177,8 @@ class ImageAnalyser:
         self.series_mask = SeriesMask.build(series, self.config.mask, sf.d_min, sf.d_max, self.resolution_map)
         self.mask = self.series_mask.mask
         self.trusted_range = self.series_mask.trusted_range
-        # the profile's bins reach the detector's corner, or RADIAL_D_MIN_A (hard X-rays or electrons
-        # at a short distance: hundreds of thousands of bins), and number at most the int16 bin map's
+        # the profile's bins reach the detector's corner, or RADIAL_D_MIN_A (a short wavelength close
+        # by: 0.1 A on a 16M at 100 mm, 50,000 bins), and number at most the int16 bin map's
         top = min(largest_d_star_sq(self.resolution_map), RADIAL_D_MIN_A ** -2)
         n_bins = max(1, min(int(math.ceil(top / sf.radial_bin_width)), MAX_RADIAL_BINS))
         self.radial_bin_edges = np.arange(n_bins + 1, dtype=np.float64) * sf.radial_bin_width

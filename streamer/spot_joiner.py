@@ -118,24 +118,26 @@ class SpotJoiner:
         for image_number in sorted(self.pending):
             index, value = self.pending.pop(image_number)
             finished.append(self._join(image_number, index, value))
-        finished.append(self._emit(self.open_index, self.open_value, self.open_spot))
-        self._keep_open(0, np.zeros(0, np.int64), np.zeros(0), np.zeros(0, np.int64))
-        self.last_index = np.zeros(0, dtype=np.int64)
-        self.last_spot = np.zeros(0, dtype=np.int64)
+        finished.append(self._end_open())
         return Spots3D.concatenate(finished)
 
     # ------------------------------------------------------------------ internals
     def _keep_open(self, n: int, index: np.ndarray, value: np.ndarray, spot: np.ndarray) -> None:
         self.n_open, self.open_index, self.open_value, self.open_spot = n, index, value, spot
 
+    def _end_open(self) -> Spots3D:
+        """Finish every open spot (a gap, a still, the end): nothing is left to grow."""
+        spots = self._emit(self.open_index, self.open_value, self.open_spot)
+        self._keep_open(0, np.zeros(0, np.int64), np.zeros(0), np.zeros(0, np.int64))
+        self.last_index = np.zeros(0, dtype=np.int64)
+        self.last_spot = np.zeros(0, dtype=np.int64)
+        return spots
+
     def _join(self, image_number: int, index: np.ndarray, value: np.ndarray) -> Spots3D:
         adjacent = not self.still and self.last_image is not None and image_number == self.last_image + 1
         done = []
         if not adjacent:  # nothing open can grow into this image
-            done.append(self._emit(self.open_index, self.open_value, self.open_spot))
-            self._keep_open(0, np.zeros(0, np.int64), np.zeros(0), np.zeros(0, np.int64))
-            self.last_index = np.zeros(0, dtype=np.int64)
-            self.last_spot = np.zeros(0, dtype=np.int64)
+            done.append(self._end_open())
         labels, n = label_pixels(index, (self.ny, self.nx))
         m = self.n_open
         # nodes: the open spots 0..m-1 and the image's pieces m..m+n-1; edges: same (x, y) on both images

@@ -314,10 +314,11 @@ class IndexingStage:
         if time.monotonic() < self.hold_until:
             self.held += 1
             return
+        # before the first attempt the spots' span decides when to try; after it, the spots are
+        # gathered for each attempt only (O(spots): 26 ms per image 300,000 spots into a sweep)
         if self.indexer.model is None and self.indexer.last_attempt_image is None \
-                and not self.indexer.experiment.scan.is_still:  # the span decides when to try first
-            self.indexer.set_spots(_untruncated(self.joiner.spots()))  # (later, every spot so far at each
-            # attempt: not on every image, which cost O(spots) each, ~30 ms per 4M frame of a sweep never indexed)
+                and not self.indexer.experiment.scan.is_still:
+            self.indexer.set_spots(_untruncated(self.joiner.spots()))
         if self.indexer.due() is None:
             return
         self.indexer.set_spots(_untruncated(self.joiner.spots()))
