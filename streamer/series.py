@@ -28,6 +28,9 @@ PIXEL_MASK_BITS = {
 }
 
 
+# The pixel type of the images a DECTRIS header's bit_depth_image names (stream v1 and v2)
+BIT_DEPTH_TYPES = {8: "|u1", 16: "<u2", 32: "<u4"}
+
 # The goniometer axes a DECTRIS header gives a start and an increment for, in the order in which
 # one with a non-zero increment is taken for the scan (`rotation_scan`).
 SCAN_AXES = ("omega", "phi", "kappa", "chi")

@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 
 from streamer.errors import BadHeader, BadMessage
-from streamer.series import (MAX_SIDE, MAX_WHOLE, SCAN_AXES, EncodedFrame, SeriesInfo, finite_or_zero, header_text,
-                             optional_int, rotation_scan)
+from streamer.series import (BIT_DEPTH_TYPES, MAX_SIDE, MAX_WHOLE, SCAN_AXES, EncodedFrame, SeriesInfo,
+                             finite_or_zero, header_text, optional_int, rotation_scan)
 
 MAX_JSON_BYTES = 1 << 20  # the biggest real config part is ~1.5 kB
 HEADER, IMAGE, END = "dheader-1.0", "dimage-1.0", "dseries_end-1.0"
@@ -38,7 +38,6 @@ IMAGE_PARTS = 4
 END_PARTS = 1
 HC_KEV_A = 12.398419843320026  # h*c in keV*Angstrom (CODATA 2018)
 _ENCODING = re.compile(r"^(?:bs(8|16|32)-)?(lz4)?([<>])$")
-BIT_DEPTH_TYPES = {8: "|u1", 16: "<u2", 32: "<u4"}  # bit_depth_image -> the pixel type of the images
 # the pixel type names of the stream -> numpy type codes
 PIXEL_TYPES = {"uint8": "u1", "uint16": "u2", "uint32": "u4", "int8": "i1", "int16": "i2", "int32": "i4",
                "float32": "f4", "float64": "f8"}

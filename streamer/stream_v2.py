@@ -24,8 +24,8 @@ import numpy as np
 
 from streamer import cbor_splice, codecs
 from streamer.errors import BadFrame, BadHeader, BadMessage
-from streamer.series import (MAX_WHOLE, SCAN_AXES, EncodedFrame, SeriesInfo, finite_or_zero, header_text, optional_int,
-                             rotation_scan)
+from streamer.series import (BIT_DEPTH_TYPES, MAX_WHOLE, SCAN_AXES, EncodedFrame, SeriesInfo, finite_or_zero,
+                             header_text, optional_int, rotation_scan)
 
 SELF_DESCRIBE = b"\xd9\xd9\xf7"
 TIME_BASE = 50_000_000  # ticks per second in DECTRIS time rationals
@@ -247,7 +247,7 @@ def start_pixel_type(fields: Mapping[str, Any]) -> str | None:
     if isinstance(name, str) and name in ("uint8", "uint16", "uint32", "int32", "float32"):
         return np.dtype(name).newbyteorder("<").str
     depth = fields.get("bit_depth_image")
-    return {8: "|u1", 16: "<u2", 32: "<u4"}[depth] if type(depth) is int and depth in (8, 16, 32) else None
+    return BIT_DEPTH_TYPES[depth] if type(depth) is int and depth in BIT_DEPTH_TYPES else None
 
 
 def series_info(start: V2Start, channel: str | None = None, dtype: str | None = None) -> SeriesInfo:

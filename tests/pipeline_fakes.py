@@ -146,3 +146,20 @@ class StuckAnalyser(CountingAnalyser):
         if image_number == 2:
             time.sleep(60)
         return super().analyse(image, image_number)
+
+
+class CountingStage:
+    """A sweep stage that counts the images it is given (`stage_images` at the end) and calls
+    `wait()` before taking each: a slow or stuck stage. Give it as
+    `functools.partial(CountingStage, wait=...)`."""
+
+    def __init__(self, series: SeriesInfo, wait=lambda: None):
+        self.n = 0
+        self.wait = wait
+
+    def add(self, series: SeriesInfo, result) -> None:
+        self.wait()
+        self.n += 1
+
+    def finish(self) -> dict:
+        return {"stage_images": self.n}

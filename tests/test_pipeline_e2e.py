@@ -4,6 +4,7 @@ dropped), with bad frames, a missing end-of-series and a worker killed mid-serie
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -13,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zmq
-from pipeline_fakes import make_frame, make_series
+from pipeline_fakes import CountingStage, make_frame, make_series
 
 from streamer import codecs
 from streamer.config import Config
@@ -374,23 +375,14 @@ def test_recorded_data_waiting_for_a_slow_sweep_stage_lose_no_frame(monkeypatch)
     import streamer.collector as collector_module
     from streamer.sweep_stages import SweepStageThread
 
-    class Slow:
-        def __init__(self, series):
-            self.n = 0
-
-        def add(self, series, result):
-            time.sleep(0.6)
-            self.n += 1
-
-        def finish(self):
-            return {"stage_images": self.n}
+    slow = functools.partial(CountingStage, wait=lambda: time.sleep(0.6))
 
     class Bounded(SweepStageThread):
         def __init__(self, metrics, lock, on_closed, queue_bound=2000, skip=True):
             super().__init__(metrics, lock, on_closed, 3, skip)
 
     monkeypatch.setattr(collector_module, "SweepStageThread", Bounded)
-    with Pipeline(Config(), n_workers=1, live=False, stage_factories=[Slow], worker_args=fake_args(),
+    with Pipeline(Config(), n_workers=1, live=False, stage_factories=[slow], worker_args=fake_args(),
                   worker_env=ENV, result_timeout_s=0.3) as pipe:
         events = []
         for name in "abc":  # the next series' frames wait for their results behind the stage

@@ -4,8 +4,10 @@ on once, in plain types."""
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
-from pipeline_fakes import make_series
+from pipeline_fakes import CountingStage, make_series
 from test_collector import make, ok
 
 
@@ -70,19 +72,8 @@ def test_a_slow_sweep_stage_is_bounded_and_never_blocks_per_image_results():
     import threading
 
     gate = threading.Event()
-
-    class Stuck:
-        def __init__(self, series):
-            self.n = 0
-
-        def add(self, series, result):
-            gate.wait(10)
-            self.n += 1
-
-        def finish(self):
-            return {"stage_images": self.n}
-
-    c, pub = make(stage_factories=[Stuck], stage_queue_bound=5)
+    stuck = functools.partial(CountingStage, wait=lambda: gate.wait(10))
+    c, pub = make(stage_factories=[stuck], stage_queue_bound=5)
     s = make_series(n_images=30)
     c.series_start(s)
     for seq in range(30):
@@ -102,18 +93,8 @@ def test_a_slow_sweep_stage_is_bounded_and_never_blocks_per_image_results():
 def test_recorded_data_skip_nothing_and_say_when_the_stages_are_full():
     import time
 
-    class Slow:
-        def __init__(self, series):
-            self.n = 0
-
-        def add(self, series, result):
-            time.sleep(0.005)
-            self.n += 1
-
-        def finish(self):
-            return {"stage_images": self.n}
-
-    c, pub = make(stage_factories=[Slow], stage_queue_bound=3, stage_backpressure=True)
+    slow = functools.partial(CountingStage, wait=lambda: time.sleep(0.005))
+    c, pub = make(stage_factories=[slow], stage_queue_bound=3, stage_backpressure=True)
     s = make_series(n_images=40)
     c.series_start(s)
     started = time.monotonic()
