@@ -28,9 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import threading
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -38,10 +36,9 @@ from streamer.metrics import Metrics
 from streamer.pipeline_messages import FrameResult
 from streamer.result_stream import ResultPublisher, series_start_payload
 from streamer.series import SeriesInfo
-from streamer.series_state import SeriesState, Tally
-from streamer.summary import per_image_rows
+from streamer.series_book import SeriesBook
+from streamer.series_state import SeriesState
 from streamer.sweep_stages import StageFactory, SweepStageThread
-from streamer.sweep_warnings import sweep_warnings
 from streamer.worker_roster import SILENCE_S, WorkerRoster
 
 log = logging.getLogger(__name__)
@@ -55,8 +52,9 @@ IMAGE_KEYS = (
 class Collector:
     """Frame accounting, ordering and publishing; driven by `CollectorService` or by tests.
 
-    Thread-safety: the event methods are called by one thread; `summary()`, `recent_images()`
-    and `series_closed` may be read from others (HTTP, pipeline).
+    Thread-safety: the event methods are called by one thread; the views (`summary()`,
+    `recent_images()`, `wait_closed()`) may be called from others (HTTP, pipeline): they read
+    the `SeriesBook`, under its lock.
     """
 
     def __init__(
@@ -81,16 +79,12 @@ class Collector:
         self.reorder_bound = reorder_bound
         self.result_timeout_s = result_timeout_s
         self.clock = clock
-        self.total = Tally()
-        self.series: dict[str, SeriesState] = {}
-        self.open: dict[str, SeriesState] = {}  # the series not closed yet (a run may see thousands)
-        self.order: list[str] = []
-        self._lock = threading.Lock()
-        self._recent: deque[dict[str, Any]] = deque(maxlen=recent)
-        self.series_closed = threading.Condition(self._lock)
-        self.n_closed = 0
+        self.book = SeriesBook(recent)  # the series, the run's tally, and the views other threads read
+        self.series, self.open, self.order, self.total = (self.book.series, self.book.open, self.book.order,
+                                                          self.book.total)
+        self._lock = self.book.lock
         self.roster = WorkerRoster(worker_silence_s, clock)
-        self.stages = SweepStageThread(metrics, self._lock, self._stages_finished, stage_queue_bound,
+        self.stages = SweepStageThread(metrics, self._lock, self.book.stages_finished, stage_queue_bound,
                                        skip=not stage_backpressure)
         self.models = self.stages.models  # (series_id, model) for the model channel and the result stream
         # told (series_id, seq) once no worker reads that frame any more: result or given up
@@ -107,9 +101,7 @@ class Collector:
                 stages.append(factory(series))
             except Exception:  # a sweep stage must not take down per-image feedback
                 log.exception("cannot set up sweep stage %r for series %s", factory, series.series_id)
-        with self._lock:
-            self.series[series.series_id] = self.open[series.series_id] = SeriesState(series, stages=stages)
-            self.order.append(series.series_id)
+        self.book.add(SeriesState(series, stages=stages))
         self.metrics.series_started.inc()
         if self.publisher:
             self.publisher.publish("series_start", series_start_payload(series))
@@ -145,7 +137,7 @@ class Collector:
                    "worker": None}
         if self.publisher:
             self.publisher.publish("image", payload)
-        self._recent_image(payload)
+        self.book.note_image(payload)
 
     def result(self, result: FrameResult) -> None:
         """A worker's result (processed or dropped) for one dispatched frame."""
@@ -280,7 +272,7 @@ class Collector:
                    "phi_deg": state.series.phi_deg(image_number + 0.5), "dropped": "worker_lost", "worker": None}
         if self.publisher:
             self.publisher.publish("image", payload)
-        self._recent_image(payload)
+        self.book.note_image(payload)
 
     def _emit(self, state: SeriesState, result: FrameResult) -> None:
         series = state.series
@@ -317,7 +309,7 @@ class Collector:
             m.stage["end_to_end"].observe(latency)
         if self.publisher:
             self.publisher.publish("image", payload)
-        self._recent_image(payload)
+        self.book.note_image(payload)
 
     def _close(self, state: SeriesState) -> None:
         how = state.how_ended or "end"
@@ -331,84 +323,27 @@ class Collector:
                                                   "frames": state.tally.as_dict()})
         self.stages.close(state)
 
-    def _stages_finished(self, state: SeriesState) -> None:
-        """(sweep-stage thread) A closed series' stages are done: its warnings are final (kept,
-        not worked out again on every poll of the live summary) and `wait_closed` may return."""
-        try:
-            with self._lock:
-                entry, rows = self._entry(state), (list(state.results), list(state.dropped_images))
-            warnings = sweep_warnings(entry, per_image_rows(state.series, *rows), state.series, final=True,
-                                      stage_skipped=state.stage_skipped)
-        except Exception:  # the live summary then works them out on each poll
-            log.exception("warnings of series %s", state.series.series_id)
-            warnings = None
-        with self.series_closed:
-            state.final_warnings = warnings
-            state.done = True
-            self.n_closed += 1
-            self.series_closed.notify_all()
-
     def _update_depths(self) -> None:
         self.metrics.queue["in_flight"].set(sum(len(s.dispatched) for s in self.open.values()))
         self.metrics.queue["reorder"].set(sum(len(s.buffer) for s in self.open.values()))
         self.metrics.queue["sweep_stages"].set(self.stages.depth)  # also once idle: it drains
 
     # ------------------------------------------------------------------ views (any thread)
-    def _recent_image(self, payload: dict[str, Any]) -> None:
-        with self._lock:
-            self._recent.append(payload)
-
-    def recent_images(self, limit: int = 500) -> list[dict[str, Any]]:
-        with self._lock:
-            items = list(self._recent)
-        return items[-limit:]
-
-    def release(self, series_id: str) -> None:
-        """Forget the per-image results and spot table of a closed series whose outputs have been
-        written (a run that takes series after series keeps only their accounting, indexing and
-        warnings): its memory does not grow with every sweep of a beamline shift."""
-        with self._lock:
-            state = self.series.get(series_id)
-            if state is None or not state.done:
-                return
-            state.results, state.dropped_images, state.latencies_s = [], [], []
-            state.outputs.pop("_spots", None)
-            state.series = dataclasses.replace(state.series, pixel_mask=None, flatfield=None)  # 18 MB for 4M
-            state.released = True
-
-    def _entry(self, state: SeriesState) -> dict[str, Any]:
-        """A series in the live summary, without its warnings (call with the lock held)."""
-        s = state
-        return {"series_id": s.series.series_id, "source": s.series.source, "n_images": s.series.n_images,
-                "closed": s.closed, "how_ended": s.how_ended, "frames": s.tally.as_dict(),
-                **{k: v for k, v in s.outputs.items() if not k.startswith("_")}}
+    @property
+    def n_closed(self) -> int:
+        return self.book.n_closed
 
     def frames(self) -> dict[str, Any]:
-        """The run's frame accounting so far (summary.json `frames`)."""
-        with self._lock:
-            return self.total.as_dict()
+        return self.book.frames()
 
     def summary(self, latest: int | None = None) -> dict[str, Any]:
-        """The live summary: the frames accounting, the number of series, and the state of each
-        series (of the `latest` ones only if given) with its warnings so far
-        (`streamer.sweep_warnings`; final once its stages have finished)."""
-        with self._lock:
-            order = self.order if latest is None else self.order[max(len(self.order) - latest, 0):]
-            states = [self.series[sid] for sid in order]
-            n_series = len(self.order)
-            series = [self._entry(s) for s in states]
-            rows = [None if s.done and s.final_warnings is not None else (list(s.results), list(s.dropped_images))
-                    for s in states]
-            total = self.total.as_dict()
-        for entry, state, row in zip(series, states, rows):
-            if row is None:
-                entry["warnings"] = state.final_warnings
-            else:
-                entry["warnings"] = sweep_warnings(entry, per_image_rows(state.series, *row), state.series,
-                                                   final=state.closed, stage_skipped=state.stage_skipped)
-        return {"frames": total, "n_series": n_series, "series": series}
+        return self.book.summary(latest)
+
+    def recent_images(self, limit: int = 500) -> list[dict[str, Any]]:
+        return self.book.recent_images(limit)
+
+    def release(self, series_id: str) -> None:
+        self.book.release(series_id)
 
     def wait_closed(self, n: int, timeout: float | None = None) -> bool:
-        """Block until `n` series have closed and their sweep stages finished."""
-        with self.series_closed:
-            return self.series_closed.wait_for(lambda: self.n_closed >= n, timeout)
+        return self.book.wait_closed(n, timeout)

@@ -318,16 +318,16 @@ def test_tick_updates_the_queue_gauges_and_forgets_closed_series():
 def test_a_finished_series_warnings_are_worked_out_once(monkeypatch):
     """The live summary (polled each second) worked out every series' warnings again from all
     its images; a series whose stages have finished keeps its final warnings."""
-    import streamer.collector as collector_module
+    import streamer.series_book as series_book_module
 
     calls = []
-    real = collector_module.sweep_warnings
+    real = series_book_module.sweep_warnings
     def counted(entry, rows, series, final, **kw):
         if series.series_id == "warned":  # not the stage threads of other tests' collectors
             calls.append(final)
         return real(entry, rows, series, final=final, **kw)
 
-    monkeypatch.setattr(collector_module, "sweep_warnings", counted)
+    monkeypatch.setattr(series_book_module, "sweep_warnings", counted)
     c, _ = make()
     s = make_series("warned", n_images=4)
     c.series_start(s)
@@ -365,9 +365,9 @@ def test_headers_of_closed_series_are_forgotten_but_the_latest_few():
 def test_final_warnings_that_failed_are_worked_out_on_each_poll(monkeypatch):
     """If the final warnings raise in the stage thread, the live summary works them out itself
     (as the stage's fallback says) instead of showing none."""
-    import streamer.collector as collector_module
+    import streamer.series_book as series_book_module
 
-    real = collector_module.sweep_warnings
+    real = series_book_module.sweep_warnings
 
     def failing_once_final(entry, rows, series, final, **kw):
         if series.series_id == "flaky" and final and not getattr(failing_once_final, "failed", False):
@@ -375,7 +375,7 @@ def test_final_warnings_that_failed_are_worked_out_on_each_poll(monkeypatch):
             raise RuntimeError("a bug in a warning rule")
         return real(entry, rows, series, final=final, **kw)
 
-    monkeypatch.setattr(collector_module, "sweep_warnings", failing_once_final)
+    monkeypatch.setattr(series_book_module, "sweep_warnings", failing_once_final)
     c, _ = make()
     s = make_series("flaky", n_images=2)
     c.series_start(s)
