@@ -13,11 +13,9 @@ Encodings (`EncodedFrame.encoding`):
   size is stored uncompressed. Stream v2 tag-56500 "lz4" payloads use this framing.
 - "raw": the pixels as they are.
 
-Decoders: dectris-compression (`dectris.compression.decompress`, when importable) and
-bitshuffle (its C entry point writes straight into the output buffer) + lz4; `fastest_backend`
-says which one runs by default for each encoding. Both are checked bit-exact against each
-other in the tests. bitshuffle's decoder runs on OpenMP threads: one per decode by default
-(`set_decode_threads`). Untrusted input is validated before any decoder
+Decoders: dectris-compression and bitshuffle + lz4 (`streamer.codec_backends`: which are
+here, which runs by default, their OpenMP threads). Both are checked bit-exact against each
+other in the tests. Untrusted input is validated before any decoder
 runs: the declared size must equal shape * itemsize and every block must lie inside the buffer,
 so nothing allocates more than the expected frame and no C decoder reads past the input.
 Corrupt input raises `BadFrame` with reason "corrupt_compression", a size mismatch reason
@@ -28,12 +26,8 @@ framing without recompression in `streamer.lz4_framing`.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import glob
 import logging
 import math
-import os
 import struct
 from collections.abc import Sequence
 from typing import Any
@@ -43,6 +37,8 @@ import lz4.block
 import numpy as np
 
 from kernels.bslz4_blocks import BAD_LENGTH, BAD_TAIL, TRUNCATED_HEADER, walk_blocks
+from streamer.codec_backends import (BSHUF_DECOMPRESS, DECTRIS_DECOMPRESS, VIEW_MAX_BYTES, available_backends,
+                                     fastest_backend, use_decode_threads, use_encode_threads)
 from streamer.errors import BadFrame
 from streamer.series import EncodedFrame
 
@@ -54,96 +50,6 @@ BSLZ4_BLOCK_BYTES = 8192  # what DECTRIS detectors and the HDF5 bitshuffle filte
 LZ4_H5_BLOCK_BYTES = 8192  # DECTRIS stream v2 "lz4" block size, seen in the real captures
 HEADER = struct.Struct(">QI")
 U32 = struct.Struct(">I")
-
-try:  # optional ("fast" extra): one C call per frame, but it allocates its own output
-    from dectris.compression import decompress as _dectris_decompress
-except ImportError:  # pragma: no cover - depends on the installation
-    _dectris_decompress = None
-
-
-def _bshuf_c_entry() -> Any:
-    """bitshuffle's C `bshuf_decompress_lz4(in, out, size, elem_size, block_size)` (bitshuffle.h),
-    exported by its extension module; None if absent. ctypes releases the GIL during the call."""
-    try:
-        import bitshuffle.ext
-
-        func = ctypes.CDLL(bitshuffle.ext.__file__).bshuf_decompress_lz4
-    except (ImportError, OSError, AttributeError):  # pragma: no cover - depends on the build
-        return None
-    func.restype = ctypes.c_int64
-    func.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t, ctypes.c_size_t]
-    return func
-
-
-def _omp_thread_setter() -> Any:
-    """`omp_set_num_threads` of the OpenMP runtime bitshuffle's extension runs on, or None.
-
-    bitshuffle decodes blocks on OpenMP threads. With one worker process per core, those
-    threads spin-wait against each other: measured on 2 busy cores, 4M frames dropped from
-    256 to 65 frames/s. So decoding uses `decode_threads` OpenMP threads (default 1).
-    """
-    folder = os.path.dirname(bitshuffle.__file__) + ".libs"  # the wheel's bundled libgomp
-    candidates = sorted(glob.glob(os.path.join(folder, "libgomp*.so*"))) + [ctypes.util.find_library("gomp")]
-    for path in candidates:
-        if path:
-            try:
-                func = ctypes.CDLL(path).omp_set_num_threads
-            except (OSError, AttributeError):  # pragma: no cover - depends on the build
-                continue
-            func.argtypes = [ctypes.c_int]
-            return func
-    return None  # pragma: no cover
-
-
-_BSHUF_DECOMPRESS = _bshuf_c_entry()
-_OMP_SET_NUM_THREADS = _omp_thread_setter() if _BSHUF_DECOMPRESS is not None else None
-_decode_threads = 1
-_encode_threads = 1
-
-
-def set_encode_threads(n: int) -> None:
-    """OpenMP threads bitshuffle may use per encode (default 1: the simulator and replay share
-    the machine with the processor's workers, and spinning OpenMP threads slow everyone)."""
-    global _encode_threads
-    if n < 1:
-        raise ValueError("encode threads must be at least 1")
-    _encode_threads = int(n)
-
-
-def set_decode_threads(n: int) -> None:
-    """OpenMP threads bitshuffle may use per decode (default 1: one per worker process is best
-    when workers fill the cores; a lone receiver on an idle machine gains from 2-4)."""
-    global _decode_threads
-    if n < 1:
-        raise ValueError("decode threads must be at least 1")
-    _decode_threads = int(n)
-
-
-def available_backends() -> tuple[str, ...]:
-    """Decoder back-ends usable here ("dectris" when importable, "bitshuffle" always)."""
-    return (("dectris",) if _dectris_decompress is not None else ()) + ("bitshuffle",)
-
-
-# Frames up to this size decode fastest with dectris-compression's own output when the caller
-# can take it (`allow_view`): with `streamer.allocator.keep_freed_memory` such blocks come from
-# the heap and are reused, no page faults (4M uint32 in this session: 1.6 ms vs 2.8 ms for
-# bitshuffle into a reused buffer); larger ones are mapped afresh by glibc, fault, and lose.
-VIEW_MAX_BYTES = 32 * 1024 * 1024
-
-
-def fastest_backend(encoding: str) -> str:
-    """The decoder used when none is asked for.
-
-    bslz4: bitshuffle's C entry point decoding straight into the caller's buffer. Measured with
-    `xtalstream bench decode` (decode only, one thread, same run): 4M uint32 235 vs 226
-    frames/s for dectris-compression, 16M 40 vs 19 frames/s: dectris-compression cannot write
-    into a given buffer, and its fresh 72 MB output per frame costs page faults. Otherwise
-    dectris-compression when importable (one C call for all lz4-h5 blocks), else bitshuffle/lz4.
-    """
-    if encoding == "bslz4" and _BSHUF_DECOMPRESS is not None:
-        return "bitshuffle"
-    return available_backends()[0]
-
 
 def lz4_compress_bound(n: int) -> int:
     """Largest LZ4 block for `n` input bytes (LZ4_COMPRESSBOUND of lz4.h)."""
@@ -185,7 +91,7 @@ def decode_buffer(
     if out is not None and (out.shape != shape or out.dtype != dt or not out.flags.c_contiguous
                             or not out.flags.writeable):
         raise ValueError(f"output buffer {out.shape} {out.dtype} does not fit a {shape} {dt} frame")
-    if backend is None and allow_view and encoding == "bslz4" and _dectris_decompress is not None \
+    if backend is None and allow_view and encoding == "bslz4" and DECTRIS_DECOMPRESS is not None \
             and expected <= VIEW_MAX_BYTES:
         backend = "dectris"  # its own output, reused from the heap, beats decoding into `out`
     backend = backend or fastest_backend(encoding)
@@ -281,7 +187,7 @@ def _dectris_bslz4(data: Any, itemsize: int, expected: int) -> bytes:
     """The dectris decoder's own output buffer for a validated bslz4 frame."""
     bslz4_block_offsets(data, itemsize, expected)
     try:
-        decoded = _dectris_decompress(data, "bslz4", elem_size=itemsize)
+        decoded = DECTRIS_DECOMPRESS(data, "bslz4", elem_size=itemsize)
     except Exception as exc:  # the C decoder reports corrupt LZ4 as various errors
         raise BadFrame(f"bslz4 decode failed: {exc}", reason="corrupt_compression") from exc
     if len(decoded) != expected:
@@ -295,10 +201,9 @@ def _decode_bslz4(data: Any, src: np.ndarray, dst: np.ndarray, itemsize: int, ex
         return
     block, _ = bslz4_block_offsets(data, itemsize, expected)
     n = expected // itemsize
-    if _BSHUF_DECOMPRESS is not None:
-        if _OMP_SET_NUM_THREADS is not None:
-            _OMP_SET_NUM_THREADS(_decode_threads)  # per calling thread (an OpenMP ICV)
-        used = _BSHUF_DECOMPRESS(src.ctypes.data + HEADER.size, dst.ctypes.data, n, itemsize, block)
+    if BSHUF_DECOMPRESS is not None:
+        use_decode_threads()
+        used = BSHUF_DECOMPRESS(src.ctypes.data + HEADER.size, dst.ctypes.data, n, itemsize, block)
         if used != src.size - HEADER.size:
             raise BadFrame(f"bslz4 decode failed (bitshuffle status {used})", reason="corrupt_compression")
         return
@@ -335,7 +240,7 @@ def _decode_lz4_h5(data: Any, src: np.ndarray, dst: np.ndarray, expected: int, b
     blocks = lz4_h5_blocks(data, expected)
     if backend == "dectris":
         try:
-            decoded = _dectris_decompress(data, "lz4")
+            decoded = DECTRIS_DECOMPRESS(data, "lz4")
         except Exception as exc:
             raise BadFrame(f"lz4 decode failed: {exc}", reason="corrupt_compression") from exc
         if len(decoded) != expected:
@@ -387,8 +292,7 @@ def encode(array: np.ndarray, encoding: str, block_bytes: int | None = None) -> 
         block = (block_bytes or BSLZ4_BLOCK_BYTES) // itemsize
         if block <= 0 or block % 8:
             raise ValueError(f"bslz4 block of {block_bytes} bytes is not a multiple of 8 elements")
-        if _OMP_SET_NUM_THREADS is not None:
-            _OMP_SET_NUM_THREADS(_encode_threads)  # per calling thread (an OpenMP ICV)
+        use_encode_threads()
         body = bitshuffle.compress_lz4(flat.view(f"u{itemsize}") if arr.dtype.kind != "u" else flat, block)
         return HEADER.pack(arr.nbytes, block * itemsize) + body.tobytes()
     block = block_bytes or LZ4_H5_BLOCK_BYTES

@@ -7,11 +7,11 @@ import struct
 import numpy as np
 import pytest
 
-from streamer import codecs, lz4_framing
+from streamer import codec_backends, codecs, lz4_framing
 from streamer.errors import BadFrame
 from streamer.series import EncodedFrame
 
-BACKENDS = codecs.available_backends()
+BACKENDS = codec_backends.available_backends()
 DTYPES = ["|u1", "<u2", "<u4", "<i4", "<f4"]
 SHAPES = [(1, 1), (3, 5), (7, 9), (17, 33), (100, 103), (257, 130)]
 
@@ -159,11 +159,11 @@ def test_decode_threads_setting_gives_the_same_pixels():
     blob = codecs.encode(arr, "bslz4")
     try:
         for n in (1, 2, 3):
-            codecs.set_decode_threads(n)
+            codec_backends.set_decode_threads(n)
             np.testing.assert_array_equal(codecs.decode_buffer(blob, arr.shape, "<u4", "bslz4", backend="bitshuffle"),
                                           arr)
     finally:
-        codecs.set_decode_threads(1)
+        codec_backends.set_decode_threads(1)
     with pytest.raises(ValueError):
-        codecs.set_decode_threads(0)
-    assert codecs.fastest_backend("bslz4") in codecs.available_backends()
+        codec_backends.set_decode_threads(0)
+    assert codec_backends.fastest_backend("bslz4") in codec_backends.available_backends()

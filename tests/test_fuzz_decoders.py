@@ -12,7 +12,7 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from streamer import codecs, stream_v1, stream_v1_encode, stream_v2, stream_v2_encode
+from streamer import codec_backends, codecs, stream_v1, stream_v1_encode, stream_v2, stream_v2_encode
 from streamer.errors import BadInput
 from streamer.receiver import Receiver
 from streamer.series import EncodedFrame, SeriesInfo
@@ -29,7 +29,7 @@ def _max_rss_mb() -> float:
 
 
 def _decode_all_backends(data, shape, dtype, encoding):
-    for backend in codecs.available_backends():
+    for backend in codec_backends.available_backends():
         try:
             out = codecs.decode_buffer(data, shape, dtype, encoding, backend=backend)
         except BadInput:

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import zmq
 
-from streamer import codecs
+from streamer import codec_backends, codecs
 from streamer.config import ReceiverConfig
 from streamer.detector_presets import load_preset
 from streamer.receiver import Receiver
@@ -37,9 +37,9 @@ def add_arguments(parser: Any) -> None:
     parser.add_argument("--frames", type=int, default=None,
                         help="frames per transport (default 200 for 4M, 60 for 16M)")
     parser.add_argument("--threads", type=int, default=1,
-                        help="OpenMP threads of the bitshuffle decoder (codecs.set_decode_threads)")
-    parser.add_argument("--backend", choices=codecs.available_backends(), default=None,
-                        help=f"decoder back-end (default {codecs.fastest_backend('bslz4')})")
+                        help="OpenMP threads of the bitshuffle decoder (codec_backends.set_decode_threads)")
+    parser.add_argument("--backend", choices=codec_backends.available_backends(), default=None,
+                        help=f"decoder back-end (default {codec_backends.fastest_backend('bslz4')})")
 
 
 def gap_mask(detector: str) -> np.ndarray:
@@ -120,16 +120,16 @@ def run(args: Any) -> dict[str, Any]:
     detector = getattr(args, "detector", "4M") or "4M"
     shape = SHAPES[detector]
     n = args.frames or (200 if detector == "4M" else 60)
-    backend = getattr(args, "backend", None) or codecs.fastest_backend("bslz4")
+    backend = getattr(args, "backend", None) or codec_backends.fastest_backend("bslz4")
     threads = getattr(args, "threads", 1) or 1
-    codecs.set_decode_threads(threads)
+    codec_backends.set_decode_threads(threads)
     frame = realistic_frame(detector)
     blob = codecs.encode(frame, "bslz4")
     series = _series(shape, n + 1)
     encoded = EncodedFrame("1", 0, shape, "<u4", "bslz4", blob)
     out = np.empty(shape, dtype="<u4")
     copy_fps = 1.0 / memory_copy_rate(frame, n)[1]  # the median copy: robust to a slow outlier
-    decode_only = {b: _decode_only_rate(encoded, out, max(10, n // 2), b) for b in codecs.available_backends()}
+    decode_only = {b: _decode_only_rate(encoded, out, max(10, n // 2), b) for b in codec_backends.available_backends()}
     with tempfile.TemporaryDirectory(prefix="xtal-bench-") as tmp:
         transports = {
             "ipc": _stream_rate(f"ipc://{Path(tmp) / 'decode.ipc'}", series, blob, frame, n, backend),
