@@ -12,7 +12,8 @@ from streamer import codecs, pipeline_messages, wire
 from streamer.config import Config
 from streamer.errors import BadFrame
 from streamer.ice_rings import detect_ice_rings, ice_ring_d_star_sq, on_ice_rings
-from streamer.perimage import ImageAnalyser, ImageResult
+from streamer.image_result import ImageResult
+from streamer.perimage import ImageAnalyser
 from streamer.resolution_estimate import equal_population_bins, estimate_d_min, wilson_outliers
 from streamer.series import EncodedFrame, SeriesInfo
 

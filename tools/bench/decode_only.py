@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from streamer.errors import BadFrame
-from streamer.perimage import ImageResult, SpotTable
+from streamer.image_result import ImageResult, SpotTable
 from streamer.series import SeriesInfo
 
 ROW_STEP = 64
