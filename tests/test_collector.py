@@ -315,37 +315,6 @@ def test_tick_updates_the_queue_gauges_and_forgets_closed_series():
     assert depths() == (3, 0)
 
 
-def test_a_finished_series_warnings_are_worked_out_once(monkeypatch):
-    """The live summary (polled each second) worked out every series' warnings again from all
-    its images; a series whose stages have finished keeps its final warnings."""
-    import streamer.series_book as series_book_module
-
-    calls = []
-    real = series_book_module.sweep_warnings
-    def counted(entry, rows, series, final, **kw):
-        if series.series_id == "warned":  # not the stage threads of other tests' collectors
-            calls.append(final)
-        return real(entry, rows, series, final=final, **kw)
-
-    monkeypatch.setattr(series_book_module, "sweep_warnings", counted)
-    c, _ = make()
-    s = make_series("warned", n_images=4)
-    c.series_start(s)
-    for seq in range(4):
-        c.dispatched(s.series_id, seq, seq, c.clock())
-    c.result(FrameResult(s.series_id, 0, 0, "w", stats={"n_spots": 3}))
-    assert c.summary()["series"][0]["warnings"] == [] and calls == [False]
-    for seq in range(1, 4):
-        c.result(FrameResult(s.series_id, seq, seq, "w", drop_reason="empty_frame"))
-    c.series_end(s.series_id, 4)
-    assert c.wait_closed(1, 10)
-    first = c.summary()["series"][0]["warnings"]
-    assert [w["kind"] for w in first] == ["frames_dropped"]
-    n = len(calls)
-    assert c.summary()["series"][0]["warnings"] == first and len(calls) == n  # kept, not worked out again
-    assert calls[-1] is True
-
-
 def test_headers_of_closed_series_are_forgotten_but_the_latest_few():
     """The collector service kept every series' header (with its pixel mask: 18 MB for a 4M
     detector) for the whole run; it now keeps those of open series and of the latest closed."""
@@ -360,29 +329,3 @@ def test_headers_of_closed_series_are_forgotten_but_the_latest_few():
         service.collector.series_end(sid, 0)
     service._forget_closed_headers(keep=2)
     assert list(service.headers) == ["b", "c", "d"]  # d is still open
-
-
-def test_final_warnings_that_failed_are_worked_out_on_each_poll(monkeypatch):
-    """If the final warnings raise in the stage thread, the live summary works them out itself
-    (as the stage's fallback says) instead of showing none."""
-    import streamer.series_book as series_book_module
-
-    real = series_book_module.sweep_warnings
-
-    def failing_once_final(entry, rows, series, final, **kw):
-        if series.series_id == "flaky" and final and not getattr(failing_once_final, "failed", False):
-            failing_once_final.failed = True
-            raise RuntimeError("a bug in a warning rule")
-        return real(entry, rows, series, final=final, **kw)
-
-    monkeypatch.setattr(series_book_module, "sweep_warnings", failing_once_final)
-    c, _ = make()
-    s = make_series("flaky", n_images=2)
-    c.series_start(s)
-    for seq in range(2):
-        c.dispatched(s.series_id, seq, seq, c.clock())
-        c.result(FrameResult(s.series_id, seq, seq, "w", drop_reason="empty_frame"))
-    c.series_end(s.series_id, 2)
-    assert c.wait_closed(1, 10)
-    assert c.series["flaky"].done and c.series["flaky"].final_warnings is None
-    assert [w["kind"] for w in c.summary()["series"][0]["warnings"]] == ["frames_dropped"]
