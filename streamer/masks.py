@@ -120,8 +120,13 @@ def inactive_value(series: SeriesInfo) -> int | None:
     the pixel mask"). It lies above the count cutoff (the saturation value), so it is outside
     the trusted range, but it marks an inactive pixel, not an overload: counting it as one
     would report the module gaps (260,000 pixels of a 4M) as saturation whenever the header
-    comes without the mask (header detail "basic"). None for other detectors (an ADSC
-    saturates at 65535) and when the value is not above the saturation value."""
+    comes without the mask (header detail "basic"). With the mask, the pixels it flags are
+    masked anyway, and the value in any other pixel is an overload: the detector gives it to
+    counts past its count-rate correction's range too (eiger2cbf and H5ToXds count them so).
+    None then, for other detectors (an ADSC saturates at 65535), and when the value is not
+    above the saturation value."""
+    if series.pixel_mask is not None:
+        return None
     dt = np.dtype(series.dtype)
     dectris = series.source in DECTRIS_SOURCES or any(
         name in series.detector_description.upper() for name in ("EIGER", "DECTRIS"))

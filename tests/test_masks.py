@@ -32,6 +32,27 @@ def test_dectris_flagged_pixels_are_not_overloads():
     assert adsc.analyse(np.minimum(image, 65535).astype("<u2"), 0).n_overloads == 3 * SHAPE[0]
 
 
+def test_with_its_pixel_mask_an_all_ones_pixel_the_mask_does_not_flag_is_an_overload():
+    """A DECTRIS detector also gives its all-ones value to counts past its count-rate
+    correction's range (heavy overloads). With the header's pixel mask, the flagged pixels are
+    masked and every other all-ones pixel is counted as saturated (as eiger2cbf and H5ToXds do);
+    without the mask, all of them read as inactive."""
+    image = spots_frame(POSITIONS)
+    image[:, 120:123] = 0xFFFFFFFF  # a module gap, flagged in the mask
+    image[10:12, 200:202] = 0xFFFFFFFF  # a heavy overload
+    image[30, 30] = 60000  # at the count cutoff
+    pixel_mask = np.zeros(SHAPE, dtype=np.uint32)
+    pixel_mask[:, 120:123] = 1
+    for source in ("stream-v2", "stream-v1", "hdf5"):
+        info = series(source=source, pixel_mask=pixel_mask, detector_description="Dectris EIGER2 Si 4M")
+        assert inactive_value(info) is None
+        result = ImageAnalyser(info, Config()).analyse(image, 0)
+        assert result.n_overloads == 5, source
+        assert result.n_spots == len(POSITIONS)
+        unmasked = ImageAnalyser(series(source=source, detector_description="Dectris EIGER2 Si 4M"), Config())
+        assert unmasked.analyse(image, 0).n_overloads == 1, source
+
+
 def test_inactive_value_follows_the_bit_depth():
     assert inactive_value(series(source="stream-v2", bit_depth_image=32)) == 2**32 - 1
     assert inactive_value(series(source="stream-v1", dtype="<u2", bit_depth_image=16)) == 65535
