@@ -3,7 +3,8 @@
 Layout (what DECTRIS file writers produce and DIALS/dxtbx, XDS (Durin/Neggia) and albula read):
 
 - `FILE.h5` (the master): `/entry/data/data_NNNNNN` external links to `/entry/data/data` in
-  `FILE_data_NNNNNN.h5`; NXmx geometry: `/entry/instrument/beam/incident_wavelength`,
+  `FILE_data_NNNNNN.h5`, and `/entry/data/data`, one virtual dataset over them (NXdata's
+  signal, which generic NXmx readers take); NXmx geometry: `/entry/instrument/beam/incident_wavelength`,
   `/entry/instrument/detector` (beam_center_x/y in pixels, detector_distance, x/y_pixel_size,
   count/frame time, sensor, saturation, `depends_on` chain translation -> module_offset ->
   fast/slow_pixel_direction), `pixel_mask` (NXmx's place; the same dataset as DECTRIS's
@@ -63,8 +64,25 @@ def _transformation(group: h5py.Group, name: str, value, units: str, kind: str, 
              offset=np.asarray(offset, dtype=np.float64), offset_units="m", depends_on=depends_on)
 
 
-def write_master(path: Path, info: SeriesInfo, n_images: int, data_files: list[tuple[Path, int]]) -> None:
-    """The NXmx master file for `info` with external links to `data_files` [(file, n_images)]."""
+def _virtual_data(data: h5py.Group, info: SeriesInfo, n_images: int, data_files: list[tuple[Path, int, int]]) -> None:
+    """`/entry/data/data`: every image of the series in one virtual dataset over the data files
+    (relative names: the master's folder), NXdata's `signal`. Generic NXmx readers read only
+    that signal, or the first dataset when there is none: DIALS 3.12 (dxtbx's FormatNXmx) read
+    the images of the first data file only, and failed past image 1000. Images that never
+    arrived read as the detector's flag of pixels without data (all ones; -1 signed; NaN)."""
+    ny, nx = info.image_shape
+    dt = np.dtype(info.dtype)
+    fill = np.iinfo(dt).max if dt.kind == "u" else -1 if dt.kind == "i" else np.nan
+    layout = h5py.VirtualLayout(shape=(n_images, ny, nx), dtype=dt)
+    for file, first, count in data_files:
+        layout[first:first + count] = h5py.VirtualSource(file.name, "/entry/data/data", shape=(count, ny, nx), dtype=dt)
+    data.create_virtual_dataset("data", layout, fillvalue=fill)
+    data.attrs["signal"] = "data"
+
+
+def write_master(path: Path, info: SeriesInfo, n_images: int, data_files: list[tuple[Path, int, int]]) -> None:
+    """The NXmx master file for `info` with external links to `data_files` [(file, first image
+    (0-based), n_images)], and the virtual dataset over them."""
     ny, nx = info.image_shape
     px_mm, py_mm = info.pixel_size_mm
     detector = Detector.from_beam_centre(info.beam_centre_px, info.distance_mm, info.pixel_size_mm, (nx, ny),
@@ -78,8 +96,10 @@ def write_master(path: Path, info: SeriesInfo, n_images: int, data_files: list[t
         entry = _group(f, "entry", "NXentry")
         entry.create_dataset("definition", data="NXmx")
         data = _group(entry, "data", "NXdata")
-        for k, (file, _) in enumerate(data_files, start=1):
+        for k, (file, _, _) in enumerate(data_files, start=1):
             data[f"data_{k:06d}"] = h5py.ExternalLink(file.name, "/entry/data/data")
+        if n_images > 0:
+            _virtual_data(data, info, n_images, data_files)
         instrument = _group(entry, "instrument", "NXinstrument")
         beam = _group(instrument, "beam", "NXbeam")
         _dataset(beam, "incident_wavelength", info.wavelength_A, "angstrom")
@@ -227,7 +247,7 @@ class SeriesRecorder:
         files = []
         for index in sorted(self._data):
             f = self._data[index]
-            files.append((Path(f.filename), f["/entry/data/data"].shape[0]))
+            files.append((Path(f.filename), index * self.images_per_file, f["/entry/data/data"].shape[0]))
             f.close()
         self._data.clear()
         write_master(self.path, self.info, self.n_images, files)

@@ -68,7 +68,7 @@ def assert_same_geometry(a: SeriesInfo, b: SeriesInfo) -> None:
     {"fast_axis": (-1.0, 0.0, 0.0), "slow_axis": (0.0, 1.0, 0.0), "rotation_axis": (0.0, 1.0, 0.0)},
     {"fast_axis": (0.0, 1.0, 0.0), "slow_axis": (1.0, 0.0, 0.0), "rotation_axis": (-1.0, 0.0, 0.0)},
 ])
-def test_round_trip_geometry_and_pixels(tmp_path, axes):
+def test_round_trip_geometry_and_pixels(tmp_path, axes, monkeypatch):
     info, images = synthetic_series(**axes)
     frames = [EncodedFrame(info.series_id, i, info.image_shape, info.dtype, "bslz4", codecs.encode(im, "bslz4"))
               for i, im in enumerate(images)]
@@ -91,6 +91,10 @@ def test_round_trip_geometry_and_pixels(tmp_path, axes):
         stack = np.concatenate([f[f"/entry/data/data_{k:06d}"][()] for k in (1, 2, 3)])
         assert f["/entry/definition"][()] == b"NXmx"
     np.testing.assert_array_equal(stack, np.stack(images))
+    monkeypatch.chdir(tmp_path.parent)  # and through the virtual dataset, the data files found beside the master
+    with h5py.File(master, "r") as f:
+        assert f["/entry/data"].attrs["signal"] == "data" and f["/entry/data/data"].is_virtual
+        np.testing.assert_array_equal(f["/entry/data/data"][()], np.stack(images))
     # the NXmx chain places the detector where the header said: same beam centre via the geometry model
     det = Detector.from_beam_centre(back.beam_centre_px, back.distance_mm, back.pixel_size_mm, (53, 37),
                                     back.fast_axis, back.slow_axis)
@@ -128,6 +132,24 @@ def test_missing_images_are_reported(tmp_path):
         data = f["/entry/data/data_000001"][()]
     np.testing.assert_array_equal(data[2], images[2])
     assert not data[1].any()
+
+
+def test_a_data_file_that_never_came_reads_as_pixels_without_data(tmp_path):
+    """Images 2-3 (the second data file) never arrived: the virtual dataset has the series'
+    length, and those images read as the detector's flag value, not as counts of zero."""
+    info, images = synthetic_series(n=5)
+    recorder = SeriesRecorder(tmp_path / "hole.h5", info, images_per_file=2)
+    for i in (0, 1, 4):
+        recorder.write(EncodedFrame(info.series_id, i, info.image_shape, info.dtype, "raw", images[i].tobytes()))
+    recorder.close()
+    with h5py.File(tmp_path / "hole.h5", "r") as f:
+        data = f["/entry/data/data"][()]
+        assert sorted(f["/entry/data"]) == ["data", "data_000001", "data_000002"]
+    assert data.shape[0] == 5
+    np.testing.assert_array_equal(data[[0, 1, 4]], np.stack([images[0], images[1], images[4]]))
+    assert (data[2:4] == np.iinfo(np.uint32).max).all()
+    with EigerH5Source(tmp_path / "hole.h5") as source:
+        assert [f.image_number for f in source.frames()] == [0, 1, 4]
 
 
 @pytest.mark.parametrize("fmt", ["v1", "v2"])
@@ -178,7 +200,8 @@ def test_dials_import_reads_the_recording(tmp_path):
     info = dataclasses.replace(info, beam_centre_px=(40.25, 30.5), rotation_axis=(1.0, 0.0, 0.0))
     frames = [EncodedFrame(info.series_id, i, info.image_shape, info.dtype, "bslz4", codecs.encode(im, "bslz4"))
               for i, im in enumerate(images)]
-    master = record_frames(tmp_path / "dials_master.h5", info, frames)
+    # two data files: DIALS 3.12 reads a generic NXmx file through its NXdata signal only
+    master = record_frames(tmp_path / "dials_master.h5", info, frames, images_per_file=2)
     result = subprocess.run(["dials.import", str(master), "output.experiments=imported.expt"], cwd=tmp_path,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
