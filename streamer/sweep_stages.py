@@ -55,6 +55,10 @@ class SweepStageThread:
         self.queue_bound = queue_bound
         self.skip = skip
         self.n_skipped = 0
+        self.n_handled = 0  # items handled so far: the stages' progress, for a caller waiting on them
+        self._n_put = 0  # items queued so far
+        self._sync: tuple[threading.Event, int] | None = None  # the latest wait's marker, and its place
+        self._sync_lock = threading.RLock()
         self.models: queue.Queue[tuple[str, dict[str, Any]]] = queue.Queue()
         self._lock = lock
         self._on_closed = on_closed
@@ -79,17 +83,32 @@ class SweepStageThread:
             if self.n_skipped == 1:  # log once; the metric counts on
                 log.warning("sweep stages %d images behind: skipping images until they catch up", depth)
             return
-        self._queue.put(("add", state, result))
+        self._put("add", state, result)
 
     def close(self, state: SeriesState) -> None:
         """The series is closed: its stages finish once they have handled what came before."""
-        self._queue.put(("close", state, None))
+        self._put("close", state)
 
     def wait(self, timeout: float | None = None) -> bool:
-        """Wait until the stages have handled everything queued so far."""
-        done = threading.Event()
-        self._queue.put(("sync", done, None))
-        return done.wait(timeout)
+        """Wait until the stages have handled everything queued so far. A caller polling in
+        short waits reuses the marker it queued while nothing was queued after it (not one more
+        marker in the queue per poll)."""
+        with self._sync_lock:
+            pending = self._sync
+            if pending is None or pending[1] != self._n_put or pending[0].is_set():
+                pending = self._sync = (threading.Event(), self._n_put + 1)
+                self._put("sync", pending[0])
+        return pending[0].wait(timeout)
+
+    def _put(self, op: str, state: Any, result: Any = None) -> None:
+        with self._sync_lock:
+            self._n_put += 1
+            self._queue.put((op, state, result))
+
+    @property
+    def busy(self) -> bool:
+        """Something queued has not been handled yet (an item may be in a stage's hands)."""
+        return self.n_handled < self._n_put
 
     @property
     def depth(self) -> int:
@@ -121,6 +140,7 @@ class SweepStageThread:
             if op == "close":
                 state.stages = []  # their outputs are kept; what they held for the sweep (spots, models) goes
                 self._on_closed(state)
+            self.n_handled += 1
 
     def _pass_model_on(self, state: SeriesState, stage: SweepStage) -> None:
         """A stage's new crystal model, if any, to the model channel and the result stream."""

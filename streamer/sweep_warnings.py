@@ -43,7 +43,7 @@ class SweepWarning:
 def sweep_warnings(summary: Mapping[str, Any], rows: Sequence[Mapping[str, Any]], series: SeriesInfo | None = None,
                    final: bool = True, ice_fraction: float = 0.05, ice_min_images: int = 3,
                    overload_fraction: float = 0.1, few_spots: float = 20.0,
-                   stage_skipped: int = 0) -> list[dict[str, Any]]:
+                   stage_skipped: int = 0, stages_finished: bool = True) -> list[dict[str, Any]]:
     """The warnings of a series (plain dicts, for JSON), most urgent first.
 
     summary: the summary.json object so far (`frames`, `indexing`); rows: its per_image.csv
@@ -53,6 +53,8 @@ def sweep_warnings(summary: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]
     Overloads: on at least `overload_fraction` of the images. Few spots: a median under
     `few_spots` spots away from ice rings per image. stage_skipped: processed images the sweep
     stages (spot joining, indexing) never saw, live, because they lagged behind the detector.
+    stages_finished: False when the outputs are written before those stages finished with the
+    series (interrupted, or stalled).
     """
     found: list[SweepWarning] = []
     frames = summary.get("frames") or {}
@@ -71,6 +73,12 @@ def sweep_warnings(summary: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]
                                   "indexing: they lagged behind the detector",
                                   "xtalstream process on the recorded data gives every image to them; a faster "
                                   "host for the processor (the sweep stages run beside the receiver) keeps up live"))
+    if final and not stages_finished:
+        found.append(SweepWarning("stages_unfinished", None,
+                                  "the outputs were written before spot joining and indexing had finished with "
+                                  "the series: spots.csv and the final indexing are missing",
+                                  "run xtalstream process on the recorded data and let it finish: it waits for "
+                                  "them unless interrupted (see the log for why they did not finish)"))
     for problem in geometry_problems(series) if series is not None else []:
         found.append(SweepWarning("geometry", None, f"no resolutions from the header's geometry: {problem}",
                                   "set the configuration key named: it replaces the header's value"))
@@ -80,6 +88,14 @@ def sweep_warnings(summary: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]
         found.append(SweepWarning("not_indexed", None, str(indexing.get("status") or "not indexed"),
                                   "check the beam centre, distance and wavelength of the header (config geometry "
                                   "overrides them); more degrees of rotation give the indexer more to work with"))
+    second = indexing.get("second_lattice") if indexing.get("indexed", False) else None
+    if second:
+        found.append(SweepWarning("second_lattice", None,
+                                  f"a second lattice ({second.get('lattice')}) indexes "
+                                  f"{100 * float(second.get('fraction_indexed') or 0):.0f}% of the spots the first "
+                                  f"leaves: a split or twinned crystal, or a second crystal in the beam",
+                                  "centre the best part of the crystal, or use a smaller beam; its reflections "
+                                  "overlap the first lattice's where they coincide"))
     median_spots = statistics.median([v for _, v in spots]) if spots else None
     if median_spots is not None and median_spots < few_spots:
         found.append(SweepWarning("few_spots", next(image for image, v in spots if v < few_spots),

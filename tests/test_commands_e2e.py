@@ -134,8 +134,11 @@ def test_ctrl_c_while_finishing_stops_the_wait_not_the_run():
 
     from streamer.commands.run import _wait_unless_hurried
 
+    from types import SimpleNamespace
+
     class NeverDone:  # a pipeline whose workers never answer
         hurried = False
+        collector = SimpleNamespace(stages=SimpleNamespace(n_handled=0, depth=0, busy=False))
 
         def wait(self, timeout):
             time.sleep(timeout)
@@ -152,6 +155,71 @@ def test_ctrl_c_while_finishing_stops_the_wait_not_the_run():
     assert time.monotonic() - started < 12 and pipe.hurried
     assert signal.getsignal(signal.SIGINT) is previous
 
+
+
+@pytest.mark.slow
+def test_the_outputs_wait_for_sweep_stages_that_make_progress(tmp_path):
+    """Indexing attempts on a large sweep may run for minutes after its last frame. The outputs
+    were written after a fixed time (the result timeout + 60 s), whether the stages had finished
+    or not: spots.csv and the indexing were missing, and nothing said so. Now the wait goes on
+    while the stages make progress."""
+    import functools
+    import time
+
+    from pipeline_fakes import CountingStage, make_frame, make_series
+    from test_pipeline_e2e import ENV, fake_args
+
+    from streamer.commands.run import _wait_unless_hurried, _write
+    from streamer.pipeline import Pipeline
+    from streamer.series import SeriesEnd
+
+    slow = functools.partial(CountingStage, wait=lambda: time.sleep(0.1))
+    with Pipeline(Config(), n_workers=1, live=False, stage_factories=[slow], worker_args=fake_args(),
+                  worker_env=ENV) as pipe:
+        s = make_series("slow", n_images=20)
+        pipe.feed([s, *(make_frame(s, i, 3) for i in range(20)), SeriesEnd(s.series_id)])
+        started = time.monotonic()
+        _wait_unless_hurried(pipe, 0.5)  # 2 s of stage work: past the timeout
+        assert time.monotonic() - started > 0.5
+        assert pipe.collector.series["slow"].done
+        summary = _write(pipe.collector, Config(), tmp_path)
+    assert summary["stage_images"] == 20 and "stages_unfinished" not in [w["kind"] for w in summary["warnings"]]
+
+
+@pytest.mark.slow
+def test_outputs_written_before_the_stages_finished_say_so(tmp_path, monkeypatch):
+    """A stage that stalls: the wait ends after STAGE_STALL_S without progress, and the outputs
+    say that the stages did not finish (a warning; indexing "not finished"), not that no
+    indexing stage ran."""
+    import functools
+    import threading
+    import time
+
+    from pipeline_fakes import CountingStage, make_frame, make_series
+    from test_pipeline_e2e import ENV, fake_args
+
+    import streamer.commands.run as run_module
+    from streamer.pipeline import Pipeline
+    from streamer.series import SeriesEnd
+
+    monkeypatch.setattr(run_module, "STAGE_STALL_S", 1.0)
+    release = threading.Event()
+    stuck = functools.partial(CountingStage, wait=lambda: release.wait(60))
+    try:
+        with Pipeline(Config(), n_workers=1, live=False, stage_factories=[stuck], worker_args=fake_args(),
+                      worker_env=ENV) as pipe:
+            s = make_series("stuck", n_images=3)
+            pipe.feed([s, *(make_frame(s, i, 3) for i in range(3)), SeriesEnd(s.series_id)])
+            started = time.monotonic()
+            run_module._wait_unless_hurried(pipe, 0.2)
+            assert 1.0 < time.monotonic() - started < 30
+            summary = run_module._write(pipe.collector, Config(), tmp_path)
+            release.set()
+    finally:
+        release.set()
+    assert summary["frames"] == {"received": 3, "processed": 3, "dropped": {}}
+    assert summary["indexing"]["status"].startswith("not finished")
+    assert "stages_unfinished" in [w["kind"] for w in summary["warnings"]]
 
 
 @pytest.mark.slow

@@ -68,3 +68,16 @@ def test_not_indexed_few_spots_and_unusable_geometry():
     assert found[1]["message"] == "not indexed yet: no lattice found"
     assert found[2]["image"] == 0 and found[2]["message"] == "median 4 spots per image away from ice rings"
     assert sweep_warnings(summary(indexing=not_indexed), [], make_series(n_images=0)) == []  # nothing to say
+
+
+def test_a_second_lattice_is_reported_with_its_share_of_the_spots():
+    second = {"lattice": "tP", "unit_cell": [79.1, 79.1, 38.0, 90, 90, 90], "fraction_indexed": 0.62, "rmsd_px": 0.1}
+    found = sweep_warnings(summary(indexing={**INDEXED, "second_lattice": second}), rows())
+    assert kinds(found) == ["second_lattice"]
+    assert "tP" in found[0]["message"] and "62%" in found[0]["message"]
+    assert sweep_warnings(summary(indexing={**INDEXED, "second_lattice": None}), rows()) == []
+
+
+def test_outputs_written_before_the_stages_finished_are_flagged_once_the_series_ended():
+    assert kinds(sweep_warnings(summary(), rows(), stages_finished=False)) == ["stages_unfinished"]
+    assert sweep_warnings(summary(), rows(), final=False, stages_finished=False) == []  # still running

@@ -182,7 +182,7 @@ def run_session(
                     log.warning("interrupted: finishing with the frames received so far (Ctrl-C again: at once)")
                     if on_stop is not None:
                         on_stop()
-                _wait_unless_hurried(pipe, config.fanout.result_timeout_s + 60)
+                _wait_unless_hurried(pipe, config.fanout.result_timeout_s + 60, stop)
             done.set()
             if writer.is_alive():
                 writer.join()
@@ -205,22 +205,45 @@ def run_session(
     return summary
 
 
-def _wait_unless_hurried(pipe: Pipeline, timeout: float) -> None:
-    """Wait for the workers' last results and the sweep stages; a Ctrl-C meanwhile stops the
-    wait, not the run: open series close at once (frames still out counted as worker_lost) and
-    the outputs are written, instead of a traceback from inside a lock."""
+STAGE_STALL_S = 600.0  # the sweep stages handled nothing for this long: stop waiting for them
+STAGE_NOTICE_S = 15.0  # how often a long wait for the sweep stages says so
+
+
+def _wait_unless_hurried(pipe: Pipeline, timeout: float, stop: threading.Event | None = None) -> None:
+    """Wait for the workers' last results (up to `timeout`), and for the sweep stages for as
+    long as they make progress: indexing attempts on a large sweep that does not index may take
+    minutes after the last frame, and outputs written before they end would lack spots.csv and
+    the indexing. A stage that handles nothing for STAGE_STALL_S, or a stop (SIGTERM) once
+    `timeout` has passed, ends the wait; the outputs then say the stages did not finish. A
+    Ctrl-C meanwhile stops the wait, not the run: open series close at once (frames still out
+    counted as worker_lost) and the outputs are written, instead of a traceback from inside a lock."""
     hurry = threading.Event()
 
     def hurried(*_: Any) -> None:
-        log.warning("interrupted again: writing the outputs without waiting for the workers")
+        log.warning("interrupted again: writing the outputs without waiting for the workers and sweep stages")
         hurry.set()
 
     main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGINT, hurried) if main else None
+    stages = pipe.collector.stages
     try:
-        deadline = time.monotonic() + timeout
-        while not hurry.is_set() and time.monotonic() < deadline and not pipe.wait(0.2):
-            pass
+        start = time.monotonic()
+        deadline = start + timeout
+        handled, moved, noticed = stages.n_handled, start, start
+        while not hurry.is_set() and not pipe.wait(0.2):
+            now = time.monotonic()
+            if stages.n_handled != handled:
+                handled, moved = stages.n_handled, now
+            if now > deadline and (not stages.busy or (stop is not None and stop.is_set())):
+                break  # nothing but the workers' overdue results (the collector gives them up), or asked to stop
+            if stages.busy and now - moved > STAGE_STALL_S:
+                log.error("the sweep stages handled nothing for %.0f s: writing the outputs without them",
+                          STAGE_STALL_S)
+                break
+            if now > deadline and now - noticed > STAGE_NOTICE_S:
+                noticed = now
+                log.info("waiting for spot joining and indexing (%d items queued, %.0f s so far; Ctrl-C: write "
+                         "the outputs without them)", stages.depth, now - start)
         if hurry.is_set():
             pipe.hurry()
             pipe.wait(5.0)
@@ -259,9 +282,14 @@ def _write_series(state, frames: dict[str, Any], config, out: Path) -> dict[str,
     outputs: dict[str, Any] = dict(state.outputs) if state is not None else {}
     rows = per_image_rows(state.series, state.results, state.dropped_images) if state is not None else []
     spots = outputs.pop("_spots", None)
+    finished = state is None or state.done or not state.stages  # a series without stages has none to wait for
+    if not finished and "indexing" not in outputs:
+        outputs["indexing"] = {"indexed": False, "status": "not finished: indexing was still running when the "
+                                                           "outputs were written"}
     summary = build_summary(frames, outputs)
     summary["warnings"] = sweep_warnings(summary, rows, state.series if state is not None else None,
-                                         stage_skipped=state.stage_skipped if state is not None else 0)
+                                         stage_skipped=state.stage_skipped if state is not None else 0,
+                                         stages_finished=finished)
     title = f"xtalstream: series {state.series.series_id}" if state is not None else "xtalstream"
     write_outputs(out, config, summary, rows, spots, title)
     return summary
