@@ -1,10 +1,11 @@
 """One indexing attempt from start to finish, for a rotation sweep or a still.
 
-spots -> reciprocal-lattice points -> 1D-FFT candidate vectors -> basis -> Niggli cell ->
-P1 refinement (positional for rotation data) -> Bravais lattices with distortion -> constrained
-refinement of each from the highest symmetry down, recommending the highest that keeps the
-RMSD within `bravais_rmsd_ratio` of the P1 fit (DIALS's refine_bravais_settings, simplified:
-metric fit plus RMSD, no intensity correlation) -> acceptance by fraction indexed and RMSD.
+spots -> reciprocal-lattice points -> 1D-FFT candidate vectors -> basis -> Niggli cell (the
+cell inside it if it is a supercell: `streamer.indexing.sublattice`) -> P1 refinement
+(positional for rotation data) -> Bravais lattices with distortion -> constrained refinement
+of each from the highest symmetry down, recommending the highest that keeps the RMSD within
+`bravais_rmsd_ratio` of the P1 fit (DIALS's refine_bravais_settings, simplified: metric fit
+plus RMSD, no intensity correlation) -> acceptance by fraction indexed and RMSD.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from streamer.indexing.reduction import cell_of_basis, niggli_reduce_basis
 from streamer.indexing.refinement import Observations, nearest_rotation, refine
 from streamer.indexing.result import BravaisRow, IndexingOptions, IndexingResult
 from streamer.indexing.rlp import Spots, rlps_from_spots
+from streamer.indexing.sublattice import supercell_reduction
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +133,14 @@ def index_rotation(experiment: Experiment, spots: Spots, options: IndexingOption
         low = low_resolution(rlps, max_cell)
         log.debug("basis: cell %s from %d low-resolution spots", np.round(cell_of_basis(reduced), 3), low.sum())
         a_red, hkl, ok, shift = index_and_fit(np.linalg.inv(reduced), rlps[low], fit_shift=True)
+        for _smaller in range(3):  # a supercell (doubled, tripled, ...) gives way to the cell inside it
+            smaller = supercell_reduction(a_red, rlps[low], hkl, ok, shift)
+            if smaller is None:
+                break
+            reduced, _ = niggli_reduce_basis(np.linalg.inv(smaller))
+            log.info("the basis found is a supercell: indexing with the cell %s inside it",
+                     np.round(cell_of_basis(reduced), 2))
+            a_red, hkl, ok, shift = index_and_fit(np.linalg.inv(reduced), rlps[low], fit_shift=True)
         if ok.sum() < opt.min_spots or ok.mean() < 0.1 + 0.5 * opt.min_fraction_indexed:
             # random points index about 22 % within the 0.3 tolerance
             return _failed(f"no lattice found (best basis indexes {ok.mean():.2f})", n, t0, max_cell_A=max_cell)
