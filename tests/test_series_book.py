@@ -114,12 +114,7 @@ def test_final_warnings_that_failed_are_worked_out_on_each_poll(monkeypatch):
 
     monkeypatch.setattr(series_book_module, "sweep_warnings", failing_once_final)
     c = make()
-    s = make_series("flaky", n_images=2)
-    c.series_start(s)
-    for seq in range(2):
-        c.dispatched(s.series_id, seq, seq, c.clock())
-        c.result(FrameResult(s.series_id, seq, seq, "w", drop_reason="empty_frame"))
-    c.series_end(s.series_id, 2)
+    closed_series(c, "flaky", 2, processed=False)
     assert c.wait_closed(1, 10)
     assert c.series["flaky"].done and c.series["flaky"].final_warnings is None
     assert [w["kind"] for w in c.summary()["series"][0]["warnings"]] == ["frames_dropped"]
