@@ -123,6 +123,7 @@ class SweepStageThread:
         while True:
             op, state, result = self._queue.get()
             if op == "sync":
+                self.n_handled += 1
                 state.set()
                 continue
             for stage in state.stages:

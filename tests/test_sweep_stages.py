@@ -107,3 +107,28 @@ def test_recorded_data_skip_nothing_and_say_when_the_stages_are_full():
     assert c.wait_closed(1, 10)
     assert c.n_stage_skipped == 0 and c.series[s.series_id].outputs["stage_images"] == 40
     assert not [w for w in c.summary()["series"][0]["warnings"] if w["kind"] == "stages_lagged"]
+
+
+def test_busy_until_everything_queued_is_handled_and_polls_reuse_one_marker():
+    """What the final wait reads (`streamer.commands.run`): the stages' progress, whether they
+    are busy, and a poll that does not add a marker to the queue each time."""
+    import threading
+
+    release = threading.Event()
+    stuck = functools.partial(CountingStage, wait=lambda: release.wait(10))
+    c, _ = make(stage_factories=[stuck])
+    stages = c.stages
+    assert not stages.busy and stages.wait(1)  # idle: a wait's own marker leaves it idle
+    assert not stages.busy
+    s = make_series(n_images=3)
+    c.series_start(s)
+    for seq in range(3):
+        c.dispatched(s.series_id, seq, seq, 100.0)
+        c.result(ok(s.series_id, seq, seq))
+    handled = stages.n_handled
+    assert stages.busy
+    for _ in range(20):
+        assert not stages.wait(0.01)
+    assert stages.depth <= 3  # the 2 images behind the stuck one, and one marker
+    release.set()
+    assert stages.wait(10) and not stages.busy and stages.n_handled == handled + 4
