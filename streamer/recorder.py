@@ -4,12 +4,13 @@ Layout (what DECTRIS file writers produce and DIALS/dxtbx, XDS (Durin/Neggia) an
 
 - `FILE.h5` (the master): `/entry/data/data_NNNNNN` external links to `/entry/data/data` in
   `FILE_data_NNNNNN.h5`, and `/entry/data/data`, one virtual dataset over them (NXdata's
-  signal, which generic NXmx readers take); NXmx geometry: `/entry/instrument/beam/incident_wavelength`,
-  `/entry/instrument/detector` (beam_center_x/y in pixels, detector_distance, x/y_pixel_size,
-  count/frame time, sensor, saturation, `depends_on` chain translation -> module_offset ->
-  fast/slow_pixel_direction), `pixel_mask` (NXmx's place; the same dataset as DECTRIS's
-  `detectorSpecific/pixel_mask`), `detectorSpecific` (nimages, detector size),
-  `/entry/sample` (`depends_on` the omega rotation, plus the older `goniometer/omega` fields).
+  signal, which generic NXmx readers take); NXmx geometry:
+  `/entry/instrument/beam/incident_wavelength`, `/entry/instrument/detector` (beam_center_x/y
+  in pixels, detector_distance, x/y_pixel_size, count/frame time, sensor, saturation,
+  `depends_on` chain translation -> module_offset -> fast/slow_pixel_direction), `pixel_mask`
+  (NXmx's place; the same dataset as DECTRIS's `detectorSpecific/pixel_mask`),
+  `detectorSpecific` (nimages, detector size), `/entry/sample` (`depends_on` the omega
+  rotation, plus the older `goniometer/omega` fields).
   NXmx vectors are in the McStas frame (z along the beam, y up): imgCIF (x, y, z) -> (-x, y, -z).
 - data files: `/entry/data/data` (n, ny, nx), one image per chunk, filter 32008 (bitshuffle +
   LZ4), `image_nr_low`/`image_nr_high` (1-based) attributes.
