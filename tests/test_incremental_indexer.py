@@ -264,3 +264,39 @@ def test_a_series_without_geometry_is_joined_but_not_indexed():
     out = stage.finish()
     assert out["indexing"]["indexed"] is False and "wavelength 0.0 A" in out["indexing"]["status"]
     assert stage.take_model() is None
+
+
+def test_when_every_spot_fails_the_strongest_index_alone():
+    """A very mosaic crystal: most joined spots are weak fragments whose rotation centroids fit
+    no lattice (here: three random spots for each true one), and every spot together does not
+    index. The strongest quarter does; the indexer keeps using that quarter and says so. Noise
+    with intensities stays unindexed."""
+    rng = np.random.default_rng(2)
+    truth = sweep_experiment(CELL, "P 43 21 2", n_images=20, width=0.5)
+    good = simulated_spots(truth)
+    n = 3 * len(good)
+    junk = Spots(rng.uniform(0, 1024, n), rng.uniform(0, 1024, n), rng.uniform(0, 20, n))
+    spots = Spots.concatenate([good, junk])
+    intensity = np.concatenate([rng.uniform(500, 5000, len(good)), rng.uniform(10, 400, n)])
+    spots = Spots(spots.x_px, spots.y_px, spots.z_image, intensity=intensity)
+    without = IncrementalIndexer(truth.replace(crystal=None), IndexingConfig())
+    without.add_spots({"x_px": spots.x_px, "y_px": spots.y_px, "z_image": spots.z_image}, images_seen=20)
+    without.complete = True
+    assert without.step() is None and without.model is None  # every spot alone: no lattice
+    indexer = IncrementalIndexer(truth.replace(crystal=None), IndexingConfig())
+    indexer.add_spots({"x_px": spots.x_px, "y_px": spots.y_px, "z_image": spots.z_image, "intensity": intensity},
+                      images_seen=20)
+    indexer.complete = True
+    update = indexer.step()
+    assert update is not None and update.kind == "indexed"
+    final = indexer.summary()
+    assert final["lattice"] == "tP" and final["spots_used"] == "strongest 25% by intensity"
+    np.testing.assert_allclose(final["unit_cell"][:3], [78.9, 78.9, 36.9], rtol=1e-3)
+    assert misorientation_deg(truth.crystal.A_matrix, np.array(final["UB"])) < 0.05
+    indexer.last_refine_image = -100  # a re-refinement uses the same quarter
+    assert indexer.step().kind == "refined" and indexer.summary()["n_spots"] == len(good)
+    noise = IncrementalIndexer(truth.replace(crystal=None), IndexingConfig())
+    noise.add_spots({"x_px": junk.x_px, "y_px": junk.y_px, "z_image": junk.z_image,
+                     "intensity": rng.uniform(10, 5000, n)}, images_seen=20)
+    noise.complete = True
+    assert noise.step() is None and noise.summary()["spots_used"] == "all"

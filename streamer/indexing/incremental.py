@@ -8,8 +8,9 @@
 Policy: the first attempt waits for `min_images` images and `min_degrees` of rotation (a sweep
 that ends short of that is tried once at its end, with every spot); failed
 attempts are retried every `retry_every_images` new images (with all spots so far); a solution
-is accepted by fraction indexed and RMSDs (px and images); once accepted, the model is
-re-refined every `refine_every_images` images, re-indexing from scratch if it stops fitting.
+is accepted by fraction indexed and RMSDs (px and images); when every spot fails, the strongest
+fractions alone are tried (`_index_strongest`); once accepted, the model is re-refined every
+`refine_every_images` images, re-indexing from scratch if it stops fitting.
 Everything runs in the caller's thread (the collector's sweep-stage thread); numpy and scipy
 release the GIL in their heavy parts, so the per-image path keeps running.
 """
@@ -30,6 +31,9 @@ from streamer.indexing.autoindex import IndexingOptions, IndexingResult, index_r
 from streamer.indexing.rlp import BadSpots, Spots
 
 log = logging.getLogger(__name__)
+
+STRONGEST_FRACTIONS = (0.25, 0.1)  # tried in turn when indexing with every spot fails
+MIN_STRONGEST_SPOTS = 200  # the fewest strong spots such an attempt takes
 
 
 @dataclass(frozen=True)
@@ -90,6 +94,7 @@ class IncrementalIndexer:
         self.second: IndexingResult | None = None
         self.n_attempts = 0
         self.n_stills_indexed = 0
+        self.strongest = 1.0  # the fraction of the spots (the strongest) that indexing and refinement use
         self.n_bad_tables = 0
         self.timings: list[tuple[str, float]] = []
 
@@ -164,10 +169,13 @@ class IncrementalIndexer:
         image = self.images_seen
         if action == "still":
             return self._step_still(spots, image, t0)
+        spots = spots.strongest(self.strongest)
         if action == "index":
             self.last_attempt_image = image
             self.n_attempts += 1
             result = index_rotation(self.experiment, spots, self.options)
+            if not result.indexed:
+                result, spots = self._index_strongest(result, spots)
             self.result = result
             seconds = time.perf_counter() - t0
             self.timings.append(("index", seconds))
@@ -208,6 +216,26 @@ class IncrementalIndexer:
         self.n_stills_indexed += 1
         self.model = result
         return IndexingUpdate("indexed", image, result, seconds)
+
+    def _index_strongest(self, failed: IndexingResult, spots: Spots) -> tuple[IndexingResult, Spots]:
+        """After a failed attempt, the strongest spots alone (each of STRONGEST_FRACTIONS below
+        the fraction in use): a very mosaic crystal's reflections span many images, and the
+        joined spots of their weak ends, or a reflection split in two, have rotation centroids
+        that fit no lattice; the strong spots' centroids are good. On acceptance the indexer
+        keeps that fraction (refinement and re-indexing use it; the summary says so)."""
+        if self.spots.intensity is None:
+            return failed, spots
+        for fraction in (f for f in STRONGEST_FRACTIONS if f < self.strongest):
+            subset = self.spots.strongest(fraction)
+            if len(subset) < MIN_STRONGEST_SPOTS:
+                break
+            result = index_rotation(self.experiment, subset, self.options)
+            if result.indexed:
+                log.info("indexed with the strongest %.0f%% of the spots (%d); with all: %s", 100 * fraction,
+                         len(subset), failed.reason)
+                self.strongest = fraction
+                return result, subset
+        return failed, spots
 
     def _refine_scan_varying(self, spots: Spots, result: IndexingResult) -> None:
         width = abs(self.experiment.scan.width_deg)
@@ -263,6 +291,7 @@ class IncrementalIndexer:
         if self.experiment.scan.is_still:
             out["stills_indexed"] = self.n_stills_indexed
         out["images_seen"] = self.images_seen
+        out["spots_used"] = "all" if self.strongest >= 1.0 else f"strongest {100 * self.strongest:.0f}% by intensity"
         if self.model is None and shown is not None:
             out["candidate"] = {"lattice": out.get("lattice"), "unit_cell": out.get("unit_cell")}
             out.update({"lattice": None, "space_group": None, "unit_cell": None, "UB": None})
@@ -285,7 +314,8 @@ def _untruncated(spots, end_image: int | None = None) -> dict[str, np.ndarray]:
     refine = bbox[:, 4] > 0
     if end_image is not None:
         refine &= bbox[:, 5] < end_image
-    return {"x_px": spots.x_px, "y_px": spots.y_px, "z_image": spots.z_image, "refine": refine}
+    return {"x_px": spots.x_px, "y_px": spots.y_px, "z_image": spots.z_image, "refine": refine,
+            "intensity": spots.intensity}
 
 
 class IndexingStage:

@@ -29,9 +29,17 @@ class Spots:
     y_px: np.ndarray
     z_image: np.ndarray
     refine: np.ndarray | None = None  # bool: may enter refinement (None: all); e.g. not truncated
+    intensity: np.ndarray | None = None  # summed counts (None: unknown); the strongest may index alone
 
     def __len__(self) -> int:
         return len(self.x_px)
+
+    def strongest(self, fraction: float) -> Spots:
+        """The `fraction` of the spots with the highest intensity (all of them when unknown)."""
+        if self.intensity is None or fraction >= 1.0 or not len(self):
+            return self
+        n = max(1, int(round(fraction * len(self))))
+        return self.select(np.sort(np.argpartition(-self.intensity, n - 1)[:n]))
 
     @classmethod
     def from_table(cls, table) -> Spots:
@@ -43,12 +51,8 @@ class Spots:
         if len({len(c) for c in cols}) != 1:
             raise BadSpots("spot table columns differ in length")
         keep = np.all(np.isfinite(np.stack(cols)), axis=0)
-        refine = None
-        try:
-            refine = np.asarray(table["refine"], dtype=bool).ravel()[keep]
-        except (KeyError, ValueError, TypeError, IndexError):
-            pass
-        return cls(*(c[keep] for c in cols), refine)
+        optional = [_optional_column(table, name, dtype, len(keep)) for name, dtype in OPTIONAL_COLUMNS]
+        return cls(*(c[keep] for c in cols), *(None if c is None else c[keep] for c in optional))
 
     @classmethod
     def concatenate(cls, parts: list[Spots]) -> Spots:
@@ -57,11 +61,30 @@ class Spots:
         refine = None
         if any(p.refine is not None for p in parts):
             refine = np.concatenate([np.ones(len(p), bool) if p.refine is None else p.refine for p in parts])
-        return cls(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("x_px", "y_px", "z_image")), refine)
+        intensity = None  # known only if known for every part
+        if all(p.intensity is not None for p in parts):
+            intensity = np.concatenate([p.intensity for p in parts])
+        return cls(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("x_px", "y_px", "z_image")), refine,
+                   intensity)
 
     def select(self, mask) -> Spots:
         return Spots(self.x_px[mask], self.y_px[mask], self.z_image[mask],
-                     None if self.refine is None else self.refine[mask])
+                     None if self.refine is None else self.refine[mask],
+                     None if self.intensity is None else self.intensity[mask])
+
+
+OPTIONAL_COLUMNS = (("refine", bool), ("intensity", np.float64))
+
+
+def _optional_column(table, name: str, dtype, n: int) -> np.ndarray | None:
+    """Column `name` of a spot table as `dtype`, or None when it is absent or unusable."""
+    try:
+        column = np.asarray(table[name], dtype=dtype).ravel()
+    except (KeyError, ValueError, TypeError, IndexError):
+        return None
+    if len(column) != n or (column.dtype.kind == "f" and not np.all(np.isfinite(column))):
+        return None
+    return column
 
 
 def rlps_from_spots(experiment: Experiment, spots: Spots) -> np.ndarray:
