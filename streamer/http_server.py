@@ -164,7 +164,8 @@ async function poll() {
     document.getElementById("frames").innerHTML = rows;
     document.getElementById("series").innerHTML = (s.series || []).map(x =>
       `${esc(x.series_id)}: ${x.closed ? "done (" + esc(x.how_ended) + ")" : "running"}` +
-      (x.indexing ? (x.indexing.indexed ? ", indexed " + esc(x.indexing.unit_cell) : ", not indexed yet") : "") +
+      (x.indexing ? ", " + (x.indexing.indexed ? "indexed " + esc(x.indexing.unit_cell)
+                                               : esc(x.indexing.status || "not indexed")) : "") +
       (x.warnings || []).map(w => `<div class="bad">${esc(w.kind)}: ${esc(w.message)}<br><i>${esc(w.suggestion)}</i></div>`)
         .join("")).join("<br>");
     const im = await (await fetch("api/images?limit=2000")).json();

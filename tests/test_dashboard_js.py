@@ -65,7 +65,8 @@ SUMMARY = {
     "frames": {"received": 12, "processed": 10, "dropped": {"corrupt_compression": 1, "no_series": 1}},
     "n_series": 2,
     "series": [
-        {"series_id": "old", "closed": True, "how_ended": "end"},
+        {"series_id": "old", "closed": True, "how_ended": "end",
+         "indexing": {"indexed": False, "status": "not indexed: no lattice found"}},
         {"series_id": "<b>new</b>", "closed": False, "indexing": {"indexed": True, "unit_cell": [79.1, 79.1, 38.0]},
          "warnings": [{"kind": "ice", "message": "ice rings on 4 images", "suggestion": "check the cryo"}]},
     ],
@@ -85,7 +86,7 @@ def test_the_page_shows_the_frames_the_series_and_the_latest_series_plots():
     page = run_page(SUMMARY, images)
     assert "<td>received</td><td>12</td>" in page["frames"] and "<td>processed</td><td>10</td>" in page["frames"]
     assert 'class="bad"><td>dropped: corrupt_compression</td><td>1</td>' in page["frames"]
-    assert "old: done (end)" in page["series"]
+    assert "old: done (end), not indexed: no lattice found" in page["series"]  # its status, final
     assert "&lt;b&gt;new&lt;/b&gt;: running, indexed 79.1,79.1,38" in page["series"]  # escaped, never markup
     assert "ice: ice rings on 4 images" in page["series"] and "check the cryo" in page["series"]
     assert len(points(page, "spots")) == 3  # the latest series' three images, not the old one's five

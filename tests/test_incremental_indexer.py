@@ -300,3 +300,4 @@ def test_when_every_spot_fails_the_strongest_index_alone():
                      "intensity": rng.uniform(10, 5000, n)}, images_seen=20)
     noise.complete = True
     assert noise.step() is None and noise.summary()["spots_used"] == "all"
+    assert noise.status().startswith("not indexed: no lattice found")  # the sweep has ended: no "yet"

@@ -133,7 +133,7 @@ def test_run_session_writes_summary_per_image_and_config(tmp_path):
     assert written == summary
     assert written["frames"] == {"received": 8, "processed": 8, "dropped": {}}
     assert written["indexing"]["indexed"] is False
-    assert written["indexing"]["status"].startswith("not indexed yet")  # fake spots: nothing to index
+    assert written["indexing"]["status"].startswith("not indexed: ")  # fake spots: nothing to index; final
     lines = (tmp_path / "out" / "per_image.csv").read_text().splitlines()
     assert lines[0].startswith("image,phi,n_spots,") and len(lines) == 9
     assert [int(line.split(",")[2]) for line in lines[1:]] == list(range(8))

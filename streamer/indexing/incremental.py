@@ -265,17 +265,21 @@ class IncrementalIndexer:
 
     # -- reporting --------------------------------------------------------------------------
     def status(self) -> str:
-        """"indexed", or "not indexed yet: <reason>"."""
+        """"indexed", or "not indexed yet: <reason>" while the sweep runs and "not indexed:
+        <reason>" once it has ended (`complete`): then no more data will come."""
         if self.model is not None:
             return "indexed"
+        prefix = "not indexed" if self.complete else "not indexed yet"
         if self.experiment.scan.is_still:
-            return "not indexed yet: no image yet" if self.result is None else f"not indexed yet: {self.result.reason}"
+            return f"{prefix}: no image" if self.result is None else f"{prefix}: {self.result.reason}"
         if self._waiting():
+            if self.complete:
+                return f"not indexed: too few images ({self.images_seen}; needs {self.min_images})"
             return (f"not indexed yet: waiting for data ({self.images_seen} images, spots over "
                     f"{self.spot_degrees:.1f} deg; needs {self.min_images} images and {self.min_degrees:.1f} deg)")
         if self.result is None:
-            return "not indexed yet: first attempt pending"
-        return f"not indexed yet: {self.result.reason}"
+            return f"{prefix}: no attempt"
+        return f"{prefix}: {self.result.reason}"
 
     def summary(self) -> dict[str, Any]:
         """CONTRACT.md `indexing`: the accepted model, or the last attempt's figures of merit
@@ -370,9 +374,9 @@ class IndexingStage:
         if indexer is None:
             return {"indexing": {"indexed": False,
                                  "status": f"not indexed: the header's geometry gives no resolutions ({self.no_geometry})"}}
+        indexer.complete = True  # no more data: a short sweep gets its attempt now; the status is final
         if indexer.images_seen and not indexer.experiment.scan.is_still:
             indexer.set_spots(_untruncated(self.joiner.spots(), indexer.images_seen))
-            indexer.complete = True  # a short sweep gets its attempt now
             indexer.last_refine_image = -indexer.refine_every  # due now, whatever the count
             if indexer.model is None:
                 indexer.last_attempt_image = None
