@@ -301,3 +301,53 @@ def test_when_every_spot_fails_the_strongest_index_alone():
     noise.complete = True
     assert noise.step() is None and noise.summary()["spots_used"] == "all"
     assert noise.status().startswith("not indexed: no lattice found")  # the sweep has ended: no "yet"
+
+
+def _mosaic_like(seed=2, junk_strong=False):
+    """True spots among three times as many fragments (random centroids): intensities, and the
+    fragments flagged as cut by the sweep's start when `junk_strong` makes them the strongest."""
+    rng = np.random.default_rng(seed)
+    truth = sweep_experiment(CELL, "P 43 21 2", n_images=20, width=0.5)
+    good = simulated_spots(truth)
+    n = 3 * len(good)
+    junk = Spots(rng.uniform(0, 1024, n), rng.uniform(0, 1024, n), rng.uniform(0, 20, n))
+    spots = Spots.concatenate([good, junk])
+    weak, strong = rng.uniform(10, 400, n), rng.uniform(500, 5000, len(good))
+    intensity = np.concatenate([strong, 10 * strong.max() + weak]) if junk_strong else np.concatenate([strong, weak])
+    refine = np.concatenate([np.ones(len(good), bool), np.zeros(n, bool) if junk_strong else np.ones(n, bool)])
+    table = {"x_px": spots.x_px, "y_px": spots.y_px, "z_image": spots.z_image, "intensity": intensity,
+             "refine": refine}
+    return truth, good, table
+
+
+def test_the_strongest_are_tried_only_after_enough_rotation_and_never_the_cut_ones(monkeypatch):
+    """Early in a sweep every spot failing only means too little rotation so far: the strongest
+    alone are not tried before STRONGEST_MIN_DEGREES (they once gave a strained oC cell at 3
+    degrees). And the strongest are taken among the spots that may enter refinement: the
+    longest finished spots early on are those cut by the sweep's start, with biased centroids."""
+    import streamer.indexing.incremental as incremental
+
+    truth, good, table = _mosaic_like(junk_strong=True)
+    monkeypatch.setattr(incremental, "STRONGEST_MIN_DEGREES", 100.0)
+    indexer = IncrementalIndexer(truth.replace(crystal=None), IndexingConfig())
+    indexer.add_spots(table, images_seen=20)
+    assert indexer.step() is None and indexer.n_attempts == 1  # 10 degrees < 100: every spot only
+    indexer.complete, indexer.last_attempt_image = True, None  # the sweep has ended: the strongest now
+    update = indexer.step()
+    assert update is not None and indexer.summary()["spots_used"] == "strongest 25% by intensity"
+    # a quarter of the spots that may enter refinement: the strong fragments cut by the start are left out
+    assert indexer.summary()["n_spots"] == round(0.25 * len(good))
+
+
+def test_a_model_from_the_strongest_refines_with_every_spot_once_they_fit():
+    truth, good, table = _mosaic_like()
+    indexer = IncrementalIndexer(truth.replace(crystal=None), IndexingConfig())
+    indexer.add_spots(table, images_seen=20)
+    indexer.complete = True
+    assert indexer.step().kind == "indexed" and indexer.strongest == 0.25
+    indexer.set_spots({"x_px": good.x_px, "y_px": good.y_px, "z_image": good.z_image,
+                       "intensity": np.ones(len(good))})  # the fragments gone: every spot fits
+    indexer.last_refine_image = -100
+    assert indexer.step().kind == "refined"
+    summary = indexer.summary()
+    assert summary["spots_used"] == "all" and summary["n_spots"] == len(good) and summary["fraction_indexed"] > 0.9

@@ -34,6 +34,15 @@ log = logging.getLogger(__name__)
 
 STRONGEST_FRACTIONS = (0.25, 0.1)  # tried in turn when indexing with every spot fails
 MIN_STRONGEST_SPOTS = 200  # the fewest strong spots such an attempt takes
+STRONGEST_MIN_DEGREES = 10.0  # ... once every spot has failed over this much rotation (or at the end)
+
+
+def _strongest(spots: Spots, fraction: float) -> Spots:
+    """The `fraction` strongest of the spots that may enter refinement (not those cut by the
+    sweep's start, whose rotation centroids are biased); all spots for 1."""
+    if fraction >= 1.0:
+        return spots
+    return (spots if spots.refine is None else spots.select(spots.refine)).strongest(fraction)
 
 
 @dataclass(frozen=True)
@@ -169,7 +178,7 @@ class IncrementalIndexer:
         image = self.images_seen
         if action == "still":
             return self._step_still(spots, image, t0)
-        spots = spots.strongest(self.strongest)
+        everything, spots = spots, _strongest(spots, self.strongest)
         if action == "index":
             self.last_attempt_image = image
             self.n_attempts += 1
@@ -185,7 +194,14 @@ class IncrementalIndexer:
             self.model, self.last_refine_image = result, image
             self._look_for_second_lattice(spots, result)
             return IndexingUpdate("indexed", image, result, seconds)
-        result = refine_model(self.model.experiment, self.model.lattice, spots, self.options, self.model)
+        result = None
+        if self.strongest < 1.0:  # a model found by the strongest spots may fit every spot once more data came
+            result = refine_model(self.model.experiment, self.model.lattice, everything, self.options, self.model)
+            if result.indexed:
+                log.info("image %d: the model fits every spot: refinement uses all of them again", image)
+                self.strongest, spots = 1.0, everything
+        if result is None or not result.indexed:
+            result = refine_model(self.model.experiment, self.model.lattice, spots, self.options, self.model)
         seconds = time.perf_counter() - t0
         self.timings.append(("refine", seconds))
         self.last_refine_image = image
@@ -221,12 +237,16 @@ class IncrementalIndexer:
         """After a failed attempt, the strongest spots alone (each of STRONGEST_FRACTIONS below
         the fraction in use): a very mosaic crystal's reflections span many images, and the
         joined spots of their weak ends, or a reflection split in two, have rotation centroids
-        that fit no lattice; the strong spots' centroids are good. On acceptance the indexer
-        keeps that fraction (refinement and re-indexing use it; the summary says so)."""
-        if self.spots.intensity is None:
+        that fit no lattice; the strong spots' centroids are good. Only once every spot has
+        failed over STRONGEST_MIN_DEGREES (or the sweep has ended): early on, every spot simply
+        needs more rotation, and the strongest finished spots are then mostly the long ones cut
+        by the sweep's start, whose centroids are biased. On acceptance the indexer keeps that
+        fraction (refinement and re-indexing use it, until the model fits every spot again; the
+        summary says so)."""
+        if self.spots.intensity is None or not (self.complete or self.spot_degrees >= STRONGEST_MIN_DEGREES):
             return failed, spots
         for fraction in (f for f in STRONGEST_FRACTIONS if f < self.strongest):
-            subset = self.spots.strongest(fraction)
+            subset = _strongest(self.spots, fraction)
             if len(subset) < MIN_STRONGEST_SPOTS:
                 break
             result = index_rotation(self.experiment, subset, self.options)
