@@ -265,14 +265,14 @@ class Pipeline:
 
 class SweepAnalysis:
     """The collector's sweep stage: 3D spot joining and incremental indexing
-    (`streamer.indexing.incremental.IndexingStage`), in frame order, off the per-image path.
+    (`streamer.indexing.stage.IndexingStage`), in frame order, off the per-image path.
 
     `take_model()` passes each new crystal model on (model channel, result stream, dashboard);
     `finish()` gives `indexing` to summary.json and `_spots` (the joined spots) to spots.csv.
     """
 
     def __init__(self, series: SeriesInfo, config: Config):
-        from streamer.indexing.incremental import IndexingStage
+        from streamer.indexing.stage import IndexingStage
 
         self.stage = IndexingStage(series, config)
 

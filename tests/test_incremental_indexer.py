@@ -13,7 +13,7 @@ from indexing_helpers import misorientation_deg, simulated_spots, sweep_experime
 from streamer.config import IndexingConfig
 from streamer.geometry import Detector
 from streamer.indexing import IncrementalIndexer
-from streamer.indexing.incremental import IndexingStage
+from streamer.indexing.stage import IndexingStage
 from streamer.indexing.rlp import Spots
 from streamer.series import SeriesInfo
 

@@ -132,7 +132,7 @@ def test_nanobragg_through_the_spot_finder_and_the_collector_stage(shared_data, 
     from types import SimpleNamespace
 
     from streamer.config import Config, IndexingConfig, SpotfindingConfig
-    from streamer.indexing.incremental import IndexingStage
+    from streamer.indexing.stage import IndexingStage
     from streamer.perimage import ImageAnalyser
     from streamer.sources.image_files import ImageSeriesSource
 

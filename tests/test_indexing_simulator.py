@@ -12,7 +12,7 @@ from indexing_helpers import misorientation_deg
 
 from streamer.config import Config
 from streamer.crystal import cell_from_a_matrix
-from streamer.indexing.incremental import IndexingStage
+from streamer.indexing.stage import IndexingStage
 from streamer.perimage import ImageAnalyser
 
 LATTICE = {"lysozyme": "tP", "cubic": "cI", "monoclinic": "mC", "orthorhombic": "oP", "hexagonal": "hP",
