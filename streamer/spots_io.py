@@ -5,7 +5,9 @@ spots.csv: image, x_px, y_px, z_image, intensity, n_pixels; one row per spot. `i
 0-based frame units (pixel centre at +0.5, a single-image spot has z = image + 0.5).
 per_image.csv: image, phi, n_spots, n_spots_no_ice, n_spots_4A, total_intensity,
 estimated_d_min, background, n_overloads, ice_rings, n_integrated, mean_i_over_sigma, scale,
-b_factor; the last four belong to later stages and are left empty here.
+b_factor; the last four belong to later stages and are left empty here. Its spot figures are
+each frame's own 2-D spots (what a frame shows as it arrives), so a reflection spread over
+several frames counts on each; spots.csv lists it once, joined in 3-D.
 """
 
 from __future__ import annotations
@@ -53,10 +55,16 @@ class SpotsWriter:
 
 
 def _cell(value: Any) -> str:
+    """A per_image.csv cell: whole numbers in full (a total intensity of 48390505 counts stays
+    exact, not 4.83905e+07), other floats to 10 significant digits, NaN and None empty."""
     if value is None:
         return ""
     if isinstance(value, float):
-        return "" if math.isnan(value) else f"{value:.6g}"
+        if math.isnan(value):
+            return ""
+        if value.is_integer() and abs(value) < 2.0**53:
+            return str(int(value))
+        return f"{value:.10g}"
     return str(value)
 
 
