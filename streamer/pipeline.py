@@ -11,11 +11,13 @@ Only the receiver thread talks to the detector. Workers are started as `xtalstre
 --connect CONTROL` subprocesses, exactly as an extra worker on another host would be; they
 learn every other endpoint from the collector. Internal sockets use ipc:// in a private
 directory unless TCP ports are configured (needed for remote workers; loopback by default).
-Clean shutdown: an inproc stop notice to the collector, SIGTERM to the local workers.
+Clean shutdown: an inproc stop notice to the collector, SIGTERM to the local workers. The local
+workers also stop when this process dies without that (`start_worker`).
 """
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import logging
 import os
@@ -26,7 +28,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,6 +50,32 @@ log = logging.getLogger(__name__)
 
 STAGE_WAIT_S = 0.005  # how often a source of recorded data looks whether the sweep stages have room
 WORKER_THREADS = {"NUMBA_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+PR_SET_PDEATHSIG = 1  # prctl(2) option, <linux/prctl.h>
+
+
+@functools.cache
+def _prctl() -> Callable[..., int]:
+    """libc's prctl, looked up before any fork (nothing is loaded in the forked child)."""
+    return ctypes.CDLL(None, use_errno=True).prctl
+
+
+def _term_with_parent(prctl: Callable[..., int]) -> None:
+    """In the forked child, before exec: SIGTERM when the thread that forked it exits."""
+    prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM))
+
+
+def start_worker(cmd: Sequence[str], env: dict[str, str]) -> subprocess.Popen:
+    """Start a local worker (`xtalstream worker` command line) that stops when this process
+    dies, even by SIGKILL: it gets `--parent-pid` and stops once its parent is another process
+    (which also covers a parent that died before the child could ask for anything). On Linux,
+    a fork from the main thread also asks for a SIGTERM at once when it dies (PR_SET_PDEATHSIG).
+    Not from other threads: that signal comes when the forking *thread* exits, which may be
+    long before this process does."""
+    preexec = None
+    if sys.platform == "linux" and threading.current_thread() is threading.main_thread():
+        preexec = functools.partial(_term_with_parent, _prctl())
+    return subprocess.Popen([*cmd, "--parent-pid", str(os.getpid())], env=env, stdin=subprocess.DEVNULL,
+                            preexec_fn=preexec)
 
 
 def default_workers(requested: int = 0) -> int:
@@ -166,7 +194,7 @@ class Pipeline:
         # One process per core: no thread pools inside a worker (unless the user set them).
         env = {**WORKER_THREADS, **os.environ, **(self.worker_env or {})}
         for _ in range(self.n_workers):
-            self.processes.append(subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL))
+            self.processes.append(start_worker(cmd, env))
         from streamer.sensor import attenuation_coefficient_per_mm
         from streamer.spot_joiner import warm_up_kernels
 

@@ -197,7 +197,8 @@ class Worker:
                     if msg.kind == "refused":
                         log.error("the collector at %s could not read our %s (%s): %s", self.control_url, kind,
                                   msg.body.get("reason"), msg.body.get("message"))
-            log.info("no answer from collector at %s yet, retrying", self.control_url)
+            if not self.stop.is_set():
+                log.info("no answer from collector at %s yet, retrying", self.control_url)
         raise TimeoutError(f"no collector answered at {self.control_url}")
 
     def _unreadable(self, exc: wire.WireError, what: str) -> None:
@@ -218,9 +219,12 @@ class Worker:
 
     # ------------------------------------------------------------------ loop
     def run(self) -> int:
+        """Join the collector, then analyse frames until `stop`. Raises TimeoutError when
+        stopped before a collector answered; the sockets are closed either way (an open one
+        would make the context's term() wait for ever)."""
         keep_freed_memory()  # every frame arrives in a fresh megabyte buffer: reuse the memory
-        self._connect()
         try:
+            self._connect()
             poller = zmq.Poller()
             poller.register(self.frames, zmq.POLLIN)
             poller.register(self.model, zmq.POLLIN)
