@@ -10,9 +10,12 @@ labels, counted in the `counters` mapping given to it, e.g. a `collections.Count
     truncated_message, wrong_part_count, unknown_type, malformed_json, malformed_cbor,
     blob_size, unknown_encoding, bad_header, oversized_message, no_series (a frame or end of a
     series that never started), wrong_shape (a frame that does not fit its series),
+    image_number (past the series' count of images, or MAX_IMAGE_NUMBER where it has none),
     missing_channel (v2: none of the configured channels), restarted (a start before the
     previous end: the old series ends with that reason), missing_end (no message for
-    `idle_timeout_s` while a series is open: it ends with that reason).
+    `idle_timeout_s` while a series is open: it ends with that reason). oversized_message also
+    counts a message part over max_message_bytes, for which ZeroMQ cut the connection: the
+    receiver connects again (`_reconnect`).
 
 Each reason is logged when first seen and then at most every LOG_EVERY_S with a count.
 """
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import socket
 import time
 import uuid
 from collections import Counter
@@ -40,6 +44,10 @@ log = logging.getLogger(__name__)
 
 Event = SeriesInfo | EncodedFrame | SeriesEnd | Dropped
 LOG_EVERY_S = 10.0
+MAX_IMAGE_NUMBER = 2**31 - 1  # the bound on image numbers where the series does not say how many it has
+RECONNECT_GRACE_S = 1.0  # a dropped connection ZeroMQ has not begun to retry by then was cut for good
+# a retry begun (or made) after a drop: the connection was closed, not cut
+_RECONNECTING = zmq.EVENT_CONNECT_RETRIED | zmq.EVENT_CONNECTED
 
 
 class _RateLimitedLog:
@@ -59,6 +67,23 @@ class _RateLimitedLog:
             self._last[reason] = now
         else:
             self._since[reason] += 1
+
+
+def check_endpoint(url: str) -> None:
+    """Refuse a tcp:// detector URL ZeroMQ would take and then wait on for ever, silently: it
+    resolves host names and ports only when it tries to connect (a port past 65535, a host no
+    one knows). Other transports are left to ZeroMQ's own check."""
+    scheme, _, rest = url.partition("://")
+    if scheme != "tcp":
+        return
+    host, _, port = rest.rpartition(";")[2].rpartition(":")  # tcp://[source;]host:port
+    if not (port.isdigit() and 0 < int(port) < 65536) or not host:
+        raise BadInput(f"detector URL {url!r}: expected tcp://HOST:PORT with a port from 1 to 65535",
+                       reason="bad_argument")
+    try:
+        socket.getaddrinfo(host.strip("[]"), int(port), type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise BadInput(f"detector URL {url!r}: cannot resolve {host!r}: {exc}", reason="bad_argument") from exc
 
 
 @dataclass
@@ -82,6 +107,7 @@ class Receiver:
 
     def __init__(self, ctx: zmq.Context, endpoint: str, config: ReceiverConfig | None = None,
                  counters: MutableMapping[str, int] | None = None):
+        check_endpoint(endpoint)
         keep_freed_memory()  # every message is a fresh megabyte buffer: reuse the memory
         self.endpoint = endpoint
         self.config = config or ReceiverConfig()
@@ -89,6 +115,8 @@ class Receiver:
         self.messages_received = 0
         self.frames_received = 0  # frames passed on as EncodedFrame
         self.n_disconnected = 0  # connections to the detector that dropped (closed, or cut by ZeroMQ)
+        self.n_reconnected = 0  # of those, the ones ZeroMQ gave up and the receiver connected again
+        self._cut_check_at: float | None = None  # when to reconnect if ZeroMQ has not retried by then
         self._series: _OpenSeries | None = None
         self._log = _RateLimitedLog()
         self._ctx = ctx
@@ -105,9 +133,10 @@ class Receiver:
         self._stop_socket = ctx.socket(zmq.PULL)
         self._stop_socket.setsockopt(zmq.LINGER, 0)
         self._stop_socket.bind(self._stop_url)
-        # ZeroMQ drops a connection without a word when a part exceeds MAXMSGSIZE: watched, so
-        # that it is said (with the frames it cost) rather than silent
-        self._monitor = self.socket.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        # ZeroMQ drops a connection without a word when a part exceeds MAXMSGSIZE, and, unlike a
+        # connection the detector closed, never retries it: watched, so that it is said, counted
+        # and connected again rather than the detector's messages going nowhere from then on
+        self._monitor = self.socket.get_monitor_socket(zmq.EVENT_DISCONNECTED | _RECONNECTING)
         self._poller = zmq.Poller()
         self._poller.register(self.socket, zmq.POLLIN)
         self._poller.register(self._stop_socket, zmq.POLLIN)
@@ -174,6 +203,10 @@ class Receiver:
             waits = [] if deadline is None else [deadline - now]
             if self._series is not None:
                 waits.append(self._series.last_seen + self.config.idle_timeout_s - now)
+            if self._cut_check_at is not None:
+                if now >= self._cut_check_at:
+                    return [self._reconnect()]
+                waits.append(self._cut_check_at - now)
             wait_ms = None if not waits else max(0, int(min(waits) * 1000) + 1)
             ready = dict(self._poller.poll(wait_ms))
             if self._stop_socket in ready:
@@ -194,14 +227,34 @@ class Receiver:
     def _on_disconnect(self) -> None:
         from zmq.utils.monitor import recv_monitor_message
 
-        recv_monitor_message(self._monitor)
+        event = recv_monitor_message(self._monitor)["event"]
+        if event & _RECONNECTING:
+            self._cut_check_at = None
+            return
         self.n_disconnected += 1
+        self._cut_check_at = time.monotonic() + RECONNECT_GRACE_S
         if self._series is None:
-            log.info("the detector at %s closed the connection (ZeroMQ reconnects)", self.endpoint)
+            log.info("the connection to the detector at %s dropped", self.endpoint)
             return
         log.warning("connection to the detector at %s dropped during series %s (a message part over "
-                    "receiver.max_message_bytes = %d, or the detector restarted): messages in flight are lost; "
-                    "ZeroMQ reconnects", self.endpoint, self._series.info.series_id, self.config.max_message_bytes)
+                    "receiver.max_message_bytes = %d, or the detector restarted): messages in flight are lost",
+                    self.endpoint, self._series.info.series_id, self.config.max_message_bytes)
+
+    def _reconnect(self) -> Dropped:
+        """Connect again to a detector whose connection ZeroMQ cut and will not retry: a part
+        over MAXMSGSIZE (or another protocol error) ends the session for good. That message is
+        lost: dropped as oversized_message, with the bound to raise."""
+        self._cut_check_at = None
+        self.n_reconnected += 1
+        try:
+            self.socket.disconnect(self.endpoint)
+        except zmq.ZMQError:  # the cut already forgot the endpoint
+            pass
+        self.socket.connect(self.endpoint)
+        series = self._series.info.series_id if self._series is not None else None
+        return self._drop("oversized_message", f"ZeroMQ cut the connection to {self.endpoint} and did not retry it: "
+                          f"a message part over receiver.max_message_bytes = {self.config.max_message_bytes} (or "
+                          "another protocol error) was lost; connected again", series)
 
     def _idle_events(self, now: float) -> list[Event]:
         s = self._series
@@ -310,6 +363,10 @@ class Receiver:
         number = msg.frame if fmt == "v1" else msg.image_id
         if s is None or s.fmt != fmt or s.key != key:
             return [self._drop("no_series", f"image {number} of series {key} that never started", str(key), number)]
+        count = s.info.n_images or MAX_IMAGE_NUMBER + 1
+        if not 0 <= number < count:  # its spots would be joined with other images' (or the sums overflow)
+            return [self._drop("image_number", f"image {number} of series {s.info.series_id}, which has "
+                               f"{'at most ' if not s.info.n_images else ''}{count} images", s.info.series_id)]
         try:
             if fmt == "v1":
                 frames = [stream_v1.encoded_frame(msg, s.info, received_at=now)]

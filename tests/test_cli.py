@@ -93,6 +93,11 @@ def test_an_address_in_use_or_a_bad_url_is_the_users_input_exit_2(tmp_path, caps
         out = str(tmp_path / "out")
         assert main(["run", "--connect", "localhost:1", "--out", out, "--http", "off", "--result-stream", "off"]) == 2
         assert "cannot connect to the detector at 'localhost:1'" in capsys.readouterr().err
+        # ZeroMQ takes these and waits for ever, saying nothing: refused before it is asked
+        for url, said in (("tcp://127.0.0.1:99999", "a port from 1 to 65535"), ("tcp://127.0.0.1", "tcp://HOST:PORT"),
+                          ("tcp://no.such.host.invalid:9999", "cannot resolve 'no.such.host.invalid'")):
+            assert main(["run", "--connect", url, "--out", out, "--http", "off", "--result-stream", "off"]) == 2
+            assert said in capsys.readouterr().err
         assert main(["run", "--connect", "tcp://127.0.0.1:1", "--out", out, "--http", "off",
                      "--result-stream", f"tcp://127.0.0.1:{port}"]) == 2
         assert f"cannot publish the result stream on tcp://127.0.0.1:{port}" in capsys.readouterr().err

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import threading
@@ -23,7 +24,7 @@ from streamer import codecs, stream_v1_encode, stream_v2_encode
 from streamer.config import ReceiverConfig
 from streamer.receiver import Receiver
 from streamer.sender import DetectorSender
-from streamer.series import EncodedFrame, SeriesEnd, SeriesInfo
+from streamer.series import Dropped, EncodedFrame, SeriesEnd, SeriesInfo
 
 # --- bad input: each case is dropped with its reason, and the next good frame gets through -------------
 
@@ -44,6 +45,7 @@ def _bad_v1_cases(image):
         "no_series": stream_v1_encode.encode_image(EncodedFrame("3", 0, (16, 20), "<u2", "raw", bytes(640)), 3,
                                                    (0, 1, 1)),
         "malformed_cbor": [b"\xd9\xd9\xf7\xa1\x64type"],
+        "image_number": [json.dumps({**json.loads(image[0]), "frame": 2**62}).encode()] + image[1:],
     }
 
 
@@ -66,6 +68,35 @@ def test_bad_message_is_dropped_and_the_receiver_keeps_going(ctx, url, reason):
     assert events[3].image_number == 1 and events[4].reason == "end" and events[4].n_images_received == 2
     push.close(linger=0)
     receiver.close()
+
+
+@pytest.mark.parametrize("fmt", ["v1", "v2"])
+def test_image_numbers_past_the_series_count_are_dropped(ctx, fmt):
+    """An image numbered past its series' count of images (or past MAX_IMAGE_NUMBER when the
+    header gives none) is dropped as image_number, with no image number of its own: taken, it
+    made a per_image.csv row 4611686018427387904 and its spots joined other images'."""
+    from streamer.receiver import MAX_IMAGE_NUMBER
+
+    drop, most = "image_number", MAX_IMAGE_NUMBER
+    for n_images, numbers, expected in ((2, [0, 2, 2**62, 1], [0, drop, drop, 1]),
+                                        (None, [0, most + 1, most], [0, drop, most])):
+        _, frames = encoded_frames(small_series(n=2))
+        series = dataclasses.replace(small_series(n=2), n_images=n_images)
+        receiver = Receiver(ctx, "inproc://unused")
+        uid, now = "01M99SCZTVG8Y0NPCDQ92B5EXS", datetime.datetime.now(datetime.timezone.utc)
+        events = receiver.handle(stream_v1_encode.encode_header(series, 7) if fmt == "v1" else
+                                 [stream_v2_encode.encode_start(series, 7, uid)])
+        assert isinstance(events[-1], SeriesInfo) and events[-1].n_images == n_images
+        kinds = []
+        for number in numbers:
+            frame = dataclasses.replace(frames[0], image_number=number)
+            parts = (stream_v1_encode.encode_image(frame, 7, (0, 1, 1)) if fmt == "v1" else
+                     [stream_v2_encode.encode_image([frame], 7, uid, now, (0, 1, 1))])
+            (event,) = receiver.handle(parts)
+            kinds.append(event.reason if isinstance(event, Dropped) else event.image_number)
+            assert not isinstance(event, Dropped) or event.image_number is None
+        assert kinds == expected
+        receiver.close()
 
 
 def test_frames_before_a_start_a_second_start_and_a_missing_end(ctx, url):
@@ -125,7 +156,7 @@ def test_v2_unknown_type_channels_and_shape_checks(ctx):
     two = EncodedFrame("7", 0, series.image_shape, series.dtype, "bslz4", frames[0].data, channel="threshold_2")
     got = receiver.handle([stream_v2_encode.encode_image([frames[0], two], 1, uid, now, (0, 1, 1))])
     assert [f.channel for f in got] == ["threshold_2"]
-    wrong = EncodedFrame("7", 1, (20, 16), series.dtype, "raw", bytes(640), channel="threshold_2")
+    wrong = EncodedFrame("7", 0, (20, 16), series.dtype, "raw", bytes(640), channel="threshold_2")
     assert receiver.handle([stream_v2_encode.encode_image([wrong], 1, uid, now, (0, 1, 1))])[0].reason == "wrong_shape"
     assert receiver.handle([stream_v2_encode.dumps({"type": "preview", "series_id": 1})])[0].reason == "unknown_type"
     malformed = receiver.handle([b"\xa1\x64type"])[0]
@@ -169,32 +200,79 @@ def test_a_bad_header_is_dropped_and_its_frames_have_no_series(ctx):
     receiver.close()
 
 
-def test_a_part_over_the_bound_costs_the_connection_and_is_said(ctx, url, caplog):
+def test_a_part_over_the_bound_costs_that_message_and_the_receiver_connects_again(ctx, url, caplog):
     """ZeroMQ cuts a connection whose message part exceeds receiver.max_message_bytes, with no
-    word: the receiver watches for it, counts it and logs it with the bound to raise."""
+    word, and never retries it (the detector's later messages would go nowhere): the receiver
+    sees no retry, connects again, and drops that message as oversized_message, with the bound
+    to raise in the log; the rest of the series arrives."""
     series = small_series(n=3, dtype="<u4", shape=(300, 300))
-    big = EncodedFrame(series.series_id, 1, series.image_shape, series.dtype, "raw",
-                       np.ones(series.image_shape, "<u4").tobytes())  # 360 kB: over the bound
+    frames = [EncodedFrame(series.series_id, i, series.image_shape, series.dtype, "raw",
+                           np.full(series.image_shape, i, "<u4").tobytes()) for i in range(3)]
+    small = ReceiverConfig(max_message_bytes=100_000, idle_timeout_s=60.0)  # a frame is 360 kB
+    big_sent, cut_seen = threading.Event(), threading.Event()
 
     def send():
-        with DetectorSender(ctx, url, fmt="v1", header_detail="all") as sender:
+        with DetectorSender(ctx, url, fmt="v2") as sender:
             sender.send_start(series)
-            sender.send_frame(big)
-            done.wait(TIMEOUT_S)
+            sender.send_frame(frames[1])  # over the bound
+            big_sent.set()
+            cut_seen.wait(TIMEOUT_S)
+            sender.send_end()
 
-    done = threading.Event()
-    receiver = Receiver(ctx, url, ReceiverConfig(max_message_bytes=100_000, idle_timeout_s=60.0))
+    receiver = Receiver(ctx, url, small)
     thread, errors = in_thread(send)
+    events = []
     try:
         with caplog.at_level("WARNING", logger="streamer.receiver"):
-            assert isinstance(receiver.poll(TIMEOUT_S)[0], SeriesInfo)
             deadline = time.monotonic() + TIMEOUT_S
-            while not any("dropped during series 7" in r.getMessage() for r in caplog.records):
-                assert receiver.poll(0.05) == [] and time.monotonic() < deadline  # the big frame never comes
+            while not any(isinstance(e, SeriesEnd) for e in events):
+                batch = receiver.poll(0.05)
+                events += batch
+                if any(getattr(e, "reason", None) == "oversized_message" for e in batch):
+                    cut_seen.set()
+                assert time.monotonic() < deadline, events
     finally:
-        done.set()
+        cut_seen.set()
         thread.join(TIMEOUT_S)
         receiver.close()
     assert not errors
-    assert any("dropped during series 7" in r.getMessage() and "max_message_bytes = 100000" in r.getMessage()
-               for r in caplog.records)
+    assert [type(e).__name__ for e in events] == ["SeriesInfo", "Dropped", "SeriesEnd"]
+    assert events[1].reason == "oversized_message" and events[1].series_id == events[0].series_id
+    assert events[2].reason == "end"  # the end came over the new connection, in the same series
+    assert receiver.n_disconnected == receiver.n_reconnected == 1
+    assert receiver.counters["oversized_message"] == 1
+    assert any("max_message_bytes = 100000" in r.getMessage() for r in caplog.records)
+
+
+def test_a_detector_that_closes_is_left_to_zeromq_to_reconnect(ctx, url):
+    """A detector that closes its socket and binds again (a restart): ZeroMQ retries by itself,
+    so the receiver neither reconnects nor drops anything, and the next series comes."""
+    series = small_series(n=1, dtype="<u4", shape=(30, 30))
+    frame = EncodedFrame(series.series_id, 0, series.image_shape, series.dtype, "raw",
+                         np.zeros(series.image_shape, "<u4").tobytes())
+    receiver = Receiver(ctx, url, ReceiverConfig(idle_timeout_s=60.0))
+    try:
+        for _ in range(2):
+            got_end = threading.Event()
+
+            def send():
+                with DetectorSender(ctx, url, fmt="v1") as sender:
+                    sender.send_start(series)
+                    sender.send_frame(frame)
+                    sender.send_end()
+                    got_end.wait(TIMEOUT_S)  # then closes: the receiver sees the connection drop
+
+            thread, errors = in_thread(send)
+            events = []
+            deadline = time.monotonic() + TIMEOUT_S
+            while not any(isinstance(e, SeriesEnd) for e in events):
+                events += receiver.poll(0.05)
+                assert time.monotonic() < deadline, events
+            got_end.set()
+            thread.join(TIMEOUT_S)
+            assert not errors and [type(e).__name__ for e in events] == ["SeriesInfo", "EncodedFrame", "SeriesEnd"]
+            time.sleep(1.5)  # past the grace: the close seen, the retry too
+            assert receiver.poll(0.05) == []
+    finally:
+        receiver.close()
+    assert receiver.n_reconnected == 0 and not receiver.counters
