@@ -9,7 +9,8 @@ labels, counted in the `counters` mapping given to it, e.g. a `collections.Count
 
     truncated_message, wrong_part_count, unknown_type, malformed_json, malformed_cbor,
     blob_size, unknown_encoding, bad_header, oversized_message, no_series (a frame or end of a
-    series that never started), wrong_shape (a frame that does not fit its series),
+    series that never started), series_closed (a frame of the series last closed for idling:
+    it came after idle_timeout_s), wrong_shape (a frame that does not fit its series),
     image_number (past the series' count of images, or MAX_IMAGE_NUMBER where it has none),
     missing_channel (v2: none of the configured channels), restarted (a start before the
     previous end: the old series ends with that reason), missing_end (no message for
@@ -118,6 +119,7 @@ class Receiver:
         self.n_reconnected = 0  # of those, the ones ZeroMQ gave up and the receiver connected again
         self._cut_check_at: float | None = None  # when to reconnect if ZeroMQ has not retried by then
         self._series: _OpenSeries | None = None
+        self._idle_closed: tuple[str, Any] | None = None  # (format, key) of the series last closed for idling
         self._log = _RateLimitedLog()
         self._ctx = ctx
         self.socket = ctx.socket(zmq.PULL)
@@ -324,6 +326,7 @@ class Receiver:
         s = self._series
         assert s is not None
         self._series = None
+        self._idle_closed = (s.fmt, s.key) if reason == "missing_end" else None
         events: list[Event] = [] if s.announced else [s.info]
         if reason != "end":
             self.counters[reason] = self.counters.get(reason, 0) + 1
@@ -362,6 +365,10 @@ class Receiver:
         key = msg.series if fmt == "v1" else msg.series_unique_id
         number = msg.frame if fmt == "v1" else msg.image_id
         if s is None or s.fmt != fmt or s.key != key:
+            if self._idle_closed == (fmt, key):
+                return [self._drop("series_closed", f"image {number} of series {key}, which was closed after "
+                                   f"{self.config.idle_timeout_s:g} s without a message: a detector that pauses longer "
+                                   "needs a longer receiver.idle_timeout_s", str(key), number)]
             return [self._drop("no_series", f"image {number} of series {key} that never started", str(key), number)]
         count = s.info.n_images or MAX_IMAGE_NUMBER + 1
         if not 0 <= number < count:  # its spots would be joined with other images' (or the sums overflow)
@@ -398,7 +405,8 @@ class Receiver:
         s = self._series
         key = msg.series if fmt == "v1" else msg.series_unique_id
         if s is None or s.fmt != fmt or s.key != key:
-            return [self._drop("no_series", f"end of series {key} that never started", str(key))]
+            how = "was closed for idling" if self._idle_closed == (fmt, key) else "never started"
+            return [self._drop("no_series", f"end of series {key} that {how}", str(key))]
         log.info("series %s ended after %d frames", s.info.series_id, s.n_frames)
         return self._close("end")
 

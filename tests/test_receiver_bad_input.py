@@ -127,6 +127,26 @@ def test_frames_before_a_start_a_second_start_and_a_missing_end(ctx, url):
     receiver.close()
 
 
+def test_frames_after_an_idle_close_are_dropped_as_such(ctx):
+    """A series closed for idling (no message for idle_timeout_s): its later frames are dropped
+    as series_closed, saying to raise the timeout, not as frames of a series that never began."""
+    series = small_series(n=2)
+    _, frames = encoded_frames(series)
+    header, images, end = _v1_good(series, frames)
+    receiver = Receiver(ctx, "inproc://unused", ReceiverConfig(idle_timeout_s=0.3))
+    assert [type(e).__name__ for e in receiver.handle(header, now=0.0) + receiver.handle(images[0], now=0.1)] == [
+        "SeriesInfo", "EncodedFrame"]
+    (closed,) = receiver._idle_events(0.5)
+    assert closed.reason == "missing_end" and closed.n_images_received == 1
+    (late,) = receiver.handle(images[1], now=5.0)
+    assert (late.reason, late.series_id, late.image_number) == ("series_closed", "7", 1)
+    assert "receiver.idle_timeout_s" in late.message
+    (stray_end,) = receiver.handle(end, now=5.1)
+    assert stray_end.reason == "no_series" and "closed for idling" in stray_end.message
+    assert receiver.counters == Counter({"missing_end": 1, "series_closed": 1, "no_series": 1})
+    receiver.close()
+
+
 def test_corrupt_lz4_passes_the_receiver_and_fails_the_decoder_with_its_reason(ctx):
     series = small_series(n=1)
     _, frames = encoded_frames(series)
