@@ -30,7 +30,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator, MutableMapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import zmq
@@ -409,40 +409,3 @@ class Receiver:
             return [self._drop("no_series", f"end of series {key} that {how}", str(key))]
         log.info("series %s ended after %d frames", s.info.series_id, s.n_frames)
         return self._close("end")
-
-
-@dataclass
-class ReceivedSeries:
-    """What `receive_series` saw: the series, its frames in arrival order, its end, drops, counters."""
-
-    info: SeriesInfo | None = None
-    frames: list[EncodedFrame] = field(default_factory=list)
-    end: SeriesEnd | None = None
-    dropped: list[Dropped] = field(default_factory=list)
-    counters: Counter[str] = field(default_factory=Counter)
-
-
-def receive_series(endpoint: str, timeout_s: float = 10.0, ctx: zmq.Context | None = None,
-                   config: ReceiverConfig | None = None) -> ReceivedSeries:
-    """Receive one whole series from `endpoint` (for tests and `record`).
-
-    Returns at the first SeriesEnd of a started series; raises TimeoutError naming the endpoint
-    if no message arrives for `timeout_s` seconds before that.
-    """
-    ctx = ctx or zmq.Context.instance()
-    out = ReceivedSeries()
-    with Receiver(ctx, endpoint, config, out.counters) as receiver:
-        while True:
-            batch = receiver.poll(timeout_s)
-            if not batch:
-                raise TimeoutError(f"no message from {endpoint} for {timeout_s} s")
-            for event in batch:
-                if isinstance(event, SeriesInfo):
-                    out.info = event
-                elif isinstance(event, EncodedFrame):
-                    out.frames.append(event)
-                elif isinstance(event, Dropped):
-                    out.dropped.append(event)
-                elif isinstance(event, SeriesEnd) and out.info is not None and event.series_id == out.info.series_id:
-                    out.end = event
-                    return out

@@ -1,15 +1,19 @@
-"""Shared by the receiver tests: a small series and its frames, events until the ends, a thread that
-reports its errors (the ctx and url fixtures are in conftest.py)."""
+"""Shared by the receiver tests: a small series and its frames, events until the ends, one whole
+series received, a thread that reports its errors (the ctx and url fixtures are in conftest.py)."""
 
 from __future__ import annotations
 
 import threading
+from collections import Counter
+from dataclasses import dataclass, field
 
 import numpy as np
+import zmq
 
 from streamer import codecs
+from streamer.config import ReceiverConfig
 from streamer.receiver import Receiver
-from streamer.series import EncodedFrame, SeriesEnd, SeriesInfo
+from streamer.series import Dropped, EncodedFrame, SeriesEnd, SeriesInfo
 
 TIMEOUT_S = 10.0
 
@@ -54,3 +58,40 @@ def in_thread(target):
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
     return thread, errors
+
+
+@dataclass
+class ReceivedSeries:
+    """What `receive_series` saw: the series, its frames in arrival order, its end, drops, counters."""
+
+    info: SeriesInfo | None = None
+    frames: list[EncodedFrame] = field(default_factory=list)
+    end: SeriesEnd | None = None
+    dropped: list[Dropped] = field(default_factory=list)
+    counters: Counter[str] = field(default_factory=Counter)
+
+
+def receive_series(endpoint: str, timeout_s: float = 10.0, ctx: zmq.Context | None = None,
+                   config: ReceiverConfig | None = None) -> ReceivedSeries:
+    """Receive one whole series from `endpoint`.
+
+    Returns at the first SeriesEnd of a started series; raises TimeoutError naming the endpoint
+    if no message arrives for `timeout_s` seconds before that.
+    """
+    ctx = ctx or zmq.Context.instance()
+    out = ReceivedSeries()
+    with Receiver(ctx, endpoint, config, out.counters) as receiver:
+        while True:
+            batch = receiver.poll(timeout_s)
+            if not batch:
+                raise TimeoutError(f"no message from {endpoint} for {timeout_s} s")
+            for event in batch:
+                if isinstance(event, SeriesInfo):
+                    out.info = event
+                elif isinstance(event, EncodedFrame):
+                    out.frames.append(event)
+                elif isinstance(event, Dropped):
+                    out.dropped.append(event)
+                elif isinstance(event, SeriesEnd) and out.info is not None and event.series_id == out.info.series_id:
+                    out.end = event
+                    return out

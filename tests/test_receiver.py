@@ -13,6 +13,7 @@ from receiver_fakes import (
     collect,
     encoded_frames,
     in_thread,
+    receive_series,
     small_series,
 )
 
@@ -24,7 +25,7 @@ from streamer import (
     stream_v2_encode,
 )
 from streamer.config import ReceiverConfig
-from streamer.receiver import Receiver, receive_series
+from streamer.receiver import Receiver
 from streamer.sender import DetectorSender
 from streamer.series import Dropped, EncodedFrame, SeriesEnd, SeriesInfo
 

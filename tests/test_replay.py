@@ -14,13 +14,14 @@ import fabio
 import numpy as np
 import pytest
 import zmq
+from receiver_fakes import receive_series
 from test_eiger_h5 import TEST_GEOMETRY, dataset_pairs, h5py_images, make_master
 from test_image_files import cbf_files, smv_files
 
 from streamer import codecs
 from streamer.captures import read_capture
 from streamer.masks import trusted_range
-from streamer.receiver import Receiver, receive_series
+from streamer.receiver import Receiver
 from streamer.series import EncodedFrame, SeriesEnd, SeriesInfo
 from streamer.sources.image_files import ImageSeriesSource
 from tools.replay import main as replay_main
