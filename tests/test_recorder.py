@@ -176,6 +176,40 @@ def test_record_a_replayed_stream_chunk_for_chunk(shared_data, tmp_path, fmt):
     original.close()
 
 
+def test_a_recording_cut_short_says_so(tmp_path, caplog):
+    """A series that stops coming before its end (the detector went quiet past --timeout): the
+    file holds what came, and the log says the series is unfinished, with how many images."""
+    from receiver_fakes import encoded_frames, small_series
+
+    from streamer.sender import DetectorSender
+
+    series = small_series(n=6)
+    _, frames = encoded_frames(series)
+    url = ipc_url(tmp_path, "det-cut")
+    ctx = zmq.Context.instance()
+    done = threading.Event()
+
+    def send():
+        with DetectorSender(ctx, url, fmt="v2") as sender:
+            sender.send_start(series)
+            for frame in frames[:3]:
+                sender.send_frame(frame)
+            done.wait(20)
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    try:
+        with caplog.at_level("WARNING", logger="streamer.commands.record"):
+            written = record_stream(url, tmp_path / "cut.h5", once=True, timeout_s=1.0, ctx=ctx)
+    finally:
+        done.set()
+        sender.join(timeout=30)
+    assert written == [tmp_path / "cut.h5"]
+    assert [f.image_number for f in EigerH5Source(written[0]).frames()] == [0, 1, 2]
+    assert any("recorded unfinished: no message for 1 s (--timeout) before its end message; 3 of 6 images"
+               in r.getMessage() for r in caplog.records), [r.getMessage() for r in caplog.records]
+
+
 def test_record_command_line(shared_data, tmp_path, capsys):
     _, files = sorted(dataset_pairs(shared_data).items())[0]
     master = make_master(tmp_path, files)

@@ -38,6 +38,7 @@ def record_stream(connect: str, out: Path, once: bool = True, timeout_s: float |
     counters = counters if counters is not None else Counter()
     written: list[Path] = []
     recorder: SeriesRecorder | None = None
+    stopped_by = "an error"
     with Receiver(ctx, connect, config, counters) as receiver:
         try:
             for event in receiver.events(timeout_s):
@@ -56,16 +57,28 @@ def record_stream(connect: str, out: Path, once: bool = True, timeout_s: float |
                         counters["not_recorded"] += 1
                         log.warning("frame not recorded: %s", exc)
                 elif isinstance(event, SeriesEnd) and recorder is not None:
+                    if event.reason != "end":
+                        _unfinished(recorder, f"it ended without its end message ({event.reason})")
                     written.append(recorder.close())
                     recorder = None
                     if once:
                         break
+            stopped_by = "stopped" if timeout_s is None else f"no message for {timeout_s:g} s (--timeout)"
         except KeyboardInterrupt:  # Ctrl-C or SIGTERM (`main`): what came so far is a readable file
             log.warning("interrupted: closing the recording with the frames received so far")
+            stopped_by = "interrupted"
         finally:
             if recorder is not None:
+                _unfinished(recorder, f"{stopped_by} before its end message")
                 written.append(recorder.close())
     return written
+
+
+def _unfinished(recorder, why: str) -> None:
+    """Say that a recording lacks its series' end, and how many of its images it holds."""
+    expected = recorder.info.n_images
+    log.warning("series %s recorded unfinished: %s; %d%s images in %s", recorder.info.series_id, why,
+                recorder.n_written, f" of {expected}" if expected else "", recorder.path)
 
 
 @cli_errors
