@@ -39,6 +39,7 @@ from streamer import stream_v1, stream_v2
 from streamer.allocator import keep_freed_memory
 from streamer.config import ReceiverConfig
 from streamer.errors import BadInput, BadMessage
+from streamer.rate_limited_log import RateLimitedLog
 from streamer.series import MAX_WHOLE, Dropped, EncodedFrame, SeriesEnd, SeriesInfo
 
 log = logging.getLogger(__name__)
@@ -49,25 +50,6 @@ MAX_IMAGE_NUMBER = 2**31 - 1  # the bound on image numbers where the series does
 RECONNECT_GRACE_S = 1.0  # a dropped connection ZeroMQ has not begun to retry by then was cut for good
 # a retry begun (or made) after a drop: the connection was closed, not cut
 _RECONNECTING = zmq.EVENT_CONNECT_RETRIED | zmq.EVENT_CONNECTED
-
-
-class _RateLimitedLog:
-    """Log each reason once, then a summary at most every `every_s` seconds."""
-
-    def __init__(self, every_s: float = LOG_EVERY_S):
-        self.every_s = every_s
-        self._last: dict[str, float] = {}
-        self._since: Counter[str] = Counter()
-
-    def __call__(self, reason: str, message: str) -> None:
-        now = time.monotonic()
-        last = self._last.get(reason)
-        if last is None or now - last >= self.every_s:
-            extra = self._since.pop(reason, 0)
-            log.warning("stream: %s: %s%s", reason, message, f" (and {extra} more since)" if extra else "")
-            self._last[reason] = now
-        else:
-            self._since[reason] += 1
 
 
 def check_endpoint(url: str) -> None:
@@ -120,7 +102,7 @@ class Receiver:
         self._cut_check_at: float | None = None  # when to reconnect if ZeroMQ has not retried by then
         self._series: _OpenSeries | None = None
         self._idle_closed: tuple[str, Any] | None = None  # (format, key) of the series last closed for idling
-        self._log = _RateLimitedLog()
+        self._log = RateLimitedLog(log, "stream", LOG_EVERY_S)
         self._ctx = ctx
         self.socket = ctx.socket(zmq.PULL)
         self.socket.setsockopt(zmq.LINGER, 0)
@@ -202,7 +184,10 @@ class Receiver:
             idle = self._idle_events(now)
             if idle:
                 return idle
+            self._log.flush(now)
             waits = [] if deadline is None else [deadline - now]
+            if self._log.due() is not None:
+                waits.append(self._log.due() - now)
             if self._series is not None:
                 waits.append(self._series.last_seen + self.config.idle_timeout_s - now)
             if self._cut_check_at is not None:
@@ -332,6 +317,7 @@ class Receiver:
             self.counters[reason] = self.counters.get(reason, 0) + 1
             self._log(reason, f"series {s.info.series_id} closed: {message}")
         events.append(SeriesEnd(s.info.series_id, reason, s.n_frames))
+        self._log.flush(time.monotonic(), every=True)  # what went wrong in the series, said by its end
         return events
 
     def _start(self, msg: Any, fmt: str, now: float) -> list[Event]:

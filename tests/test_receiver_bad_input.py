@@ -205,6 +205,30 @@ def test_each_reason_is_logged_once_then_rate_limited(ctx, caplog):
             receiver.handle([b"{broken"])
     assert receiver.counters["malformed_json"] == 5
     assert sum("malformed_json" in r.getMessage() for r in caplog.records) == 1
+    # the 4 held back are said once due, though no message of that reason comes again
+    due = receiver._log.due()
+    assert due is not None and due - time.monotonic() > 9
+    with caplog.at_level("WARNING", logger="streamer.receiver"):
+        receiver._log.flush(due - 1.0)
+        assert sum("malformed_json" in r.getMessage() for r in caplog.records) == 1
+        receiver._log.flush(due)
+    assert caplog.records[-1].getMessage() == "stream: malformed_json: 4 more since"
+    assert receiver._log.due() is None
+    receiver.close()
+
+
+def test_a_series_end_says_what_was_held_back(ctx, caplog):
+    series = small_series(n=2)
+    _, frames = encoded_frames(series)
+    header, images, end = _v1_good(series, frames)
+    receiver = Receiver(ctx, "inproc://unused")
+    with caplog.at_level("WARNING", logger="streamer.receiver"):
+        receiver.handle(header)
+        for _ in range(3):
+            receiver.handle(images[0][:2])  # truncated
+        receiver.handle(end)
+    said = [r.getMessage() for r in caplog.records if "truncated_message" in r.getMessage()]
+    assert len(said) == 2 and said[1] == "stream: truncated_message: 2 more since"
     receiver.close()
 
 
