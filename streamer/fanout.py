@@ -2,8 +2,13 @@
 
 Series starts (corrected by the configured geometry, repeated ids renamed), frames (numbered
 per series, refused when duplicated or when no worker is alive or free in time, sent to the
-workers by PUSH or by their place in the shared frame store), drops and ends: each becomes a
+workers as bytes or by their place in the shared frame store), drops and ends: each becomes a
 notice to the collector on the inproc feed, so that every frame is accounted for there.
+
+Dispatch is credit-based: each worker's DEALER grants credit on the frames ROUTER (its queue
+depth once connected, then one per finished frame), and a frame goes only to a worker with
+credit. A hung or dead worker so holds at most its credit, never the hundreds of small
+by-reference messages that socket buffers absorb when frames are pushed round-robin.
 """
 
 from __future__ import annotations
@@ -50,8 +55,9 @@ FANOUT_DROPS = {"overload": "no worker was free in time", "no_worker": "no worke
 class Fanout:
     """The receiver side: sends frames to the workers, tells the collector what it did.
 
-    `overload_wait_s` None blocks until a worker takes the frame (recorded data: as fast as
-    the workers go); a number is how long a live frame may wait before it is dropped as
+    A frame goes to the worker with the most credit (see the module docstring). With none,
+    `overload_wait_s` None waits until a worker grants some (recorded data: as fast as the
+    workers go); a number is how long a live frame may wait for it before it is dropped as
     "overload" (the detector does not wait for us).
 
     With a shared store, each frame is copied into it first and the workers are sent its place
@@ -62,9 +68,10 @@ class Fanout:
     def __init__(self, ctx: zmq.Context, endpoints: Endpoints, hwm: int, overload_wait_s: float | None,
                  store: FrameStore | None = None, metrics: Metrics | None = None,
                  geometry: GeometryOverride | None = None):
-        self.frames = ctx.socket(zmq.PUSH)
+        self.frames = ctx.socket(zmq.ROUTER)
         self.frames.setsockopt(zmq.LINGER, 0)
         self.frames.setsockopt(zmq.SNDHWM, hwm)
+        self.frames.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a send to a peer that has gone raises EHOSTUNREACH
         self.frames.bind(endpoints.frames)
         self.frames_url = self.frames.getsockopt_string(zmq.LAST_ENDPOINT)
         self.feed = ctx.socket(zmq.PUSH)
@@ -75,6 +82,10 @@ class Fanout:
         self.store = store
         self.by_reference = store is not None and store.shared  # until a worker cannot map it
         self.n_by_reference = 0  # frames sent as their place in the store
+        self.credit: dict[bytes, int] = {}  # worker routing id -> frames it may still be sent
+        self.last_sent: dict[bytes, int] = {}  # worker routing id -> dispatch count at its latest frame
+        self.n_sent = 0  # frames sent to workers
+        self.n_refused_credits = 0  # credit messages that could not be read
         self.metrics = metrics
         self.check_workers: Callable[[], None] = lambda: None  # raises when no worker is left
         self.workers_alive: Callable[[], bool] = lambda: True  # False once every known worker has exited
@@ -145,24 +156,21 @@ class Fanout:
         by_reference = self.store is not None and self.by_reference
         stored_at = self.store.add(frame, pin=pin) if by_reference else None
         parts = pipeline_messages.encode_frame(frame, seq, stored_at, self.run)  # stored: read from the store
-        try:
-            self.frames.send_multipart(parts, copy=False, flags=zmq.NOBLOCK)
-        except zmq.Again:
+        if not self._send(parts):
             if self.overload_wait_s is not None:
                 if not self.workers_alive():  # waiting would only put the receiver behind the detector
                     if stored_at is not None:
                         self.store.release(pin)
                     self._drop("no_worker", frame.series_id, frame.image_number)
                     return
-                if not self.frames.poll(int(self.overload_wait_s * 1000), zmq.POLLOUT):
+                if not self._send_within(parts, self.overload_wait_s):
                     if stored_at is not None:
                         self.store.release(pin)
                     self._drop("overload", frame.series_id, frame.image_number)
                     return
             else:  # recorded data: wait for a worker, as long as there is one
-                while not self.frames.poll(1000, zmq.POLLOUT):
+                while not self._send_within(parts, 1.0):
                     self.check_workers()
-            self.frames.send_multipart(parts, copy=False)
         self.open[frame.series_id] = seq + 1
         self.n_by_reference += stored_at is not None
         self.feed.send_multipart(wire.encode("dispatched", {
@@ -172,6 +180,60 @@ class Fanout:
                 self.store.add(frame)
             if self.metrics is not None:
                 self.metrics.queue["store"].set(len(self.store.frames))
+
+    def _send(self, parts: list[Any]) -> bool:
+        """Send a frame to the worker with the most credit (ties in turn); False when none has any.
+
+        A worker that has gone (EHOSTUNREACH) is forgotten, its credit with it; one whose pipe
+        is full (it granted more than the high-water mark) keeps no credit until it grants more.
+        """
+        self._read_credits()
+        while self.credit:
+            peer = max(self.credit, key=lambda p: (self.credit[p], -self.last_sent.get(p, -1)))
+            try:
+                self.frames.send_multipart([peer, *parts], copy=False, flags=zmq.NOBLOCK)
+            except zmq.Again:
+                del self.credit[peer]
+                continue
+            except zmq.ZMQError as exc:
+                if exc.errno != zmq.EHOSTUNREACH:
+                    raise
+                log.info("worker %r has gone from the frames socket: its credit is forgotten", peer)
+                del self.credit[peer]
+                continue
+            self.credit[peer] -= 1
+            if not self.credit[peer]:
+                del self.credit[peer]
+            self.last_sent[peer] = self.n_sent
+            self.n_sent += 1
+            return True
+        return False
+
+    def _send_within(self, parts: list[Any], wait_s: float) -> bool:
+        """Wait up to `wait_s` seconds for a credit, sending the frame as soon as one comes."""
+        deadline = time.monotonic() + wait_s
+        while (left := deadline - time.monotonic()) > 0:
+            if self.frames.poll(max(1, int(left * 1000)), zmq.POLLIN) and self._send(parts):
+                return True
+        return False
+
+    def _read_credits(self) -> None:
+        """Take every credit grant waiting on the frames socket (never blocks)."""
+        while True:
+            try:
+                peer, *msg = self.frames.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            try:
+                n = pipeline_messages.credit_from(wire.decode(msg))
+            except wire.WireError as exc:
+                self.n_refused_credits += 1
+                if self.n_refused_credits & (self.n_refused_credits - 1) == 0:
+                    log.warning("unreadable credit message on the frames socket (%s): %s (%d so far)", exc.reason,
+                                exc, self.n_refused_credits)
+                continue
+            key = peer.bytes
+            self.credit[key] = self.credit.get(key, 0) + n
 
     def storeless_worker(self, name: str) -> None:
         """A worker that cannot map the shared store joins (another host): send bytes from now on.

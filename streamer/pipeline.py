@@ -1,6 +1,7 @@
 """The process layout: one source -> fan-out -> N worker processes -> collector.
 
-    detector --PULL--> receiver thread --PUSH frames--> workers (processes, local or remote)
+    detector --PULL--> receiver thread --frames--> workers (processes, local or remote)
+                           |  (ROUTER, to the workers' DEALERs as they grant credit)   |
                            |  inproc feed (series, dispatch notices, drops, ends)      |
                            v                                                          v
                        collector thread <----------- PULL results ------------------+

@@ -236,3 +236,19 @@ def result_from(message: Message) -> FrameResult:
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise WireError(f"result message incomplete: {exc!r}") from exc
+
+
+MAX_CREDIT = 1 << 16  # one grant never exceeds this (a worker's queue depth is a handful of frames)
+
+
+def encode_credit(worker: str, n: int) -> list[Any]:
+    """A worker's grant: `n` more frames may be sent to it (credit-based dispatch)."""
+    return encode("credit", {"worker": worker, "n": int(n)})
+
+
+def credit_from(message: Message) -> int:
+    """The number of frames a `credit` message grants (1..MAX_CREDIT), or WireError."""
+    n = message.body.get("n")
+    if message.kind != "credit" or not isinstance(n, int) or isinstance(n, bool) or not 0 < n <= MAX_CREDIT:
+        raise WireError(f"not a credit grant: {message.kind} {n!r}")
+    return n

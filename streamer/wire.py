@@ -4,22 +4,26 @@ A message is a ZeroMQ multipart: part 0 is a msgpack map (the header), parts 1..
 array buffers sent without copying (`send_multipart(copy=False)`) and read back with
 `np.frombuffer` (no copy either). Pixels never go inside the msgpack map.
 
-Header map (wire version 2)::
+Header map (wire version 3)::
 
-    {"v": 2, "kind": KIND, "body": {...}, "arrays": [[name, dtype, [dims...]], ...]}
+    {"v": 3, "kind": KIND, "body": {...}, "arrays": [[name, dtype, [dims...]], ...]}
 
 `dtype` always carries an explicit byte order ("<u4", "|u1"); `arrays[i]` describes part i+1.
 Sizes are bounded (header, number of parts, bytes per array) and every violation, an unknown
 version or an unknown kind raises `WireError` (a `BadMessage`, so it is counted, never a crash).
 Never pickle. The version changes whenever a build's messages would mislead an older one: version
 2 added the workers' heartbeat (`alive`), without which a worker of version 1 would be given up as
-silent; builds of different versions refuse each other's messages with reason wire_version.
+silent; version 3 made frame dispatch credit-based (`credit`, on a DEALER/ROUTER pair where
+PUSH/PULL was), which a worker of version 2 cannot grant. Builds of different versions refuse
+each other's messages with reason wire_version.
 The series, frame and result messages as Python objects: `streamer.pipeline_messages`.
 
 Kinds:
     series       SeriesInfo (pixel_mask/flatfield as arrays), collector -> worker on request
     frame        EncodedFrame + dispatch sequence number, receiver -> workers (one data part,
                  or none and its store_offset/store_size in the shared frame store)
+    credit       worker -> receiver, on the frames socket: `n` more frames may be sent to it
+                 (its queue depth once connected, then one per frame whose result has gone)
     result       per-image result of one frame (scalars in body, spot columns as arrays)
     idle         worker -> collector: no frame for a while (and when this was sent)
     alive        worker -> collector, every second from its own thread: the heartbeat, with
@@ -49,7 +53,7 @@ import numpy as np
 
 from streamer.errors import BadMessage
 
-WIRE_VERSION = 2
+WIRE_VERSION = 3
 MAX_HEADER_BYTES = 4 * 1024 * 1024
 MAX_PARTS = 256
 MAX_ARRAY_BYTES = 1 << 30  # a 16M uint32 frame is 72 MB; 1 GiB bounds any one buffer
@@ -60,6 +64,7 @@ KINDS = frozenset(
     {
         "series",
         "frame",
+        "credit",
         "result",
         "idle",
         "alive",
@@ -144,7 +149,8 @@ def encode(kind: str, body: Mapping[str, Any] | None = None, arrays: Mapping[str
             view = memoryview(value).cast("B")
             specs.append([name, "|u1", [view.nbytes]])
             parts.append(view)
-    header = msgpack.packb({"v": WIRE_VERSION, "kind": kind, "body": dict(body or {}), "arrays": specs}, use_bin_type=True)
+    header = msgpack.packb({"v": WIRE_VERSION, "kind": kind, "body": dict(body or {}), "arrays": specs},
+                           use_bin_type=True)
     if len(header) > MAX_HEADER_BYTES:
         raise ValueError(f"message header of {len(header)} bytes exceeds {MAX_HEADER_BYTES}")
     parts[0] = header

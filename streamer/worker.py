@@ -2,8 +2,10 @@
 
 A worker knows one URL, the collector's control socket. It asks it (`hello`) where the
 frames, results and model channel are, maps the receiver's shared frame store if it is on the
-same host (`joining` tells the collector whether it could), then PULLs frames (`wire` "frame"
-messages: the compressed bytes as one zero-copy part, or their place in the store), decodes
+same host (`joining` tells the collector whether it could), then takes frames on a DEALER (`wire`
+"frame" messages: the compressed bytes as one zero-copy part, or their place in the store) as
+it grants credit for them ("credit": its queue depth on each connection, then one per frame
+finished), so that it never holds more than a few frames it has not analysed; decodes
 each into a buffer reused for the series (bslz4 frames band by band inside the threshold pass:
 `ImageAnalyser.prepare`), runs the series' `ImageAnalyser`, and PUSHes a "result" (or
 "dropped" with the reason) back. A frame of a series it has not seen makes it ask the
@@ -23,6 +25,7 @@ import os
 import socket as _socket
 import threading
 import time
+import uuid
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
@@ -30,6 +33,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from streamer import pipeline_messages, wire
 from streamer.allocator import keep_freed_memory
@@ -101,6 +105,7 @@ class Worker:
         self.store: StoreReader | None = None  # the receiver's frame store, when on this host
         self.endpoints: dict[str, str] = {}  # of the run joined (its token: "run")
         self.heartbeat: threading.Thread | None = None
+        self.frames_monitor: zmq.Socket | None = None  # handshakes of the frames socket: each grants credit
 
     # ------------------------------------------------------------------ sockets
     def _connect(self) -> None:
@@ -110,9 +115,11 @@ class Worker:
         endpoints = self._hello()
         self._attach_store(endpoints)
         self._ask("joining", {"worker": self.name, "store": self.store is not None}, "welcome")
-        self.frames = self.ctx.socket(zmq.PULL)
+        self.frames = self.ctx.socket(zmq.DEALER)
         self.frames.setsockopt(zmq.LINGER, 0)
         self.frames.setsockopt(zmq.RCVHWM, self.rcvhwm)
+        # unique per socket: the fan-out's credits are per routing id, and a new socket starts afresh
+        self.frames.setsockopt(zmq.ROUTING_ID, f"{self.name}/{uuid.uuid4().hex[:8]}".encode())
         self.results = self.ctx.socket(zmq.PUSH)
         self.results.setsockopt(zmq.LINGER, 2000)  # let the last results leave on a clean stop
         self.results.connect(_reachable(endpoints["results"], self.control_url))
@@ -121,7 +128,7 @@ class Worker:
         self.model.setsockopt(zmq.SUBSCRIBE, b"")
         # Join only once the fan-out can route frames here and announcements reach us.
         self._connect_and_wait(self.model, endpoints["model"])
-        self._connect_and_wait(self.frames, endpoints["frames"])
+        self.frames_monitor = self._connect_and_wait(self.frames, endpoints["frames"], keep_monitor=True)
         warm_up = getattr(self.analyser_factory, "warm_up_kernels", None)
         if warm_up is not None:  # compiled before joining: no frame waits behind the compiler
             t0 = time.perf_counter()
@@ -166,15 +173,35 @@ class Worker:
         self.control.send_multipart(wire.encode("hello", {"worker": self.name, "ready": True}))
         self.endpoints = endpoints
 
-    def _connect_and_wait(self, sock: zmq.Socket, url: str, timeout_s: float = 10.0) -> None:
+    def _connect_and_wait(self, sock: zmq.Socket, url: str, timeout_s: float = 10.0,
+                          keep_monitor: bool = False) -> zmq.Socket | None:
+        """Connect and wait for the handshake. `keep_monitor`: return the monitor, its events
+        unread (the frames socket grants credit on each handshake, the first one included)."""
         monitor = sock.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
         try:
             sock.connect(_reachable(url, self.control_url))
             if not monitor.poll(int(timeout_s * 1000)):
                 log.warning("worker %s: no connection to %s after %.0f s", self.name, url, timeout_s)
         finally:
-            sock.disable_monitor()
-            monitor.close()
+            if not keep_monitor:
+                sock.disable_monitor()
+                monitor.close()
+        return monitor if keep_monitor else None
+
+    def _on_handshake(self) -> None:
+        """The frames socket (re)connected: the fan-out at its other end, new or restarted, knows
+        no credit of ours, so grant a full queue's worth. (A run joined anew by `_rejoin` is
+        reached by such a reconnection, so its credit is granted here, once.)"""
+        event = recv_monitor_message(self.frames_monitor)
+        if event["event"] == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+            self._grant(self.rcvhwm)
+
+    def _grant(self, n: int) -> None:
+        """Tell the fan-out it may send `n` more frames here."""
+        try:  # queued while the fan-out is away (a full queue of grants is stale anyway)
+            self.frames.send_multipart(pipeline_messages.encode_credit(self.name, n), zmq.DONTWAIT)
+        except zmq.Again:
+            log.warning("worker %s: a credit grant could not be queued for the fan-out", self.name)
 
     def _hello(self) -> dict[str, str]:
         """Ask the collector for the endpoints; retry until it answers or we are stopped."""
@@ -207,6 +234,9 @@ class Worker:
         log.warning("worker %s: unreadable %s (%s): %s", self.name, what, exc.reason, exc)
 
     def _close(self) -> None:
+        if self.frames_monitor is not None:
+            self.frames.disable_monitor()
+            self.frames_monitor.close()
         for name in ("frames", "model", "control", "results"):
             sock = getattr(self, name, None)
             if sock is not None:
@@ -228,14 +258,18 @@ class Worker:
             poller = zmq.Poller()
             poller.register(self.frames, zmq.POLLIN)
             poller.register(self.model, zmq.POLLIN)
+            poller.register(self.frames_monitor, zmq.POLLIN)
             busy_at = time.monotonic()  # the last frame, or the last idle notice
             while not self.stop.is_set():
                 events = dict(poller.poll(100))
                 if self.model in events:
                     self._on_model(self.model.recv_multipart(copy=False))
                     busy_at = time.monotonic()  # a series' set-up takes seconds: frames may have come meanwhile
+                if self.frames_monitor in events:
+                    self._on_handshake()
                 if self.frames in events:
                     self._on_frame(self.frames.recv_multipart(copy=False))
+                    self._grant(1)  # its result has gone (a frame it could not read used a credit too)
                     busy_at = time.monotonic()
                 elif time.monotonic() - busy_at > IDLE_NOTICE_S and not self.frames.poll(0):
                     self._say_idle()

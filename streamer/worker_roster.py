@@ -1,8 +1,8 @@
 """Which workers the collector can count on: joined, exited, idle, silent.
 
-Frames reach the workers by ZeroMQ PUSH, so the collector never knows which worker holds a
-frame; it knows which workers are alive and how far each has got. A local worker's exit is
-seen by its parent (`Pipeline`). A worker on another host that dies without closing its
+The fan-out sends frames to workers as they grant credit (a few each), so the collector never
+knows which worker holds a frame; it knows which workers are alive and how far each has got.
+A local worker's exit is seen by its parent (`Pipeline`). A worker on another host that dies without closing its
 connection (power, network, a hung or stopped host) says nothing at all: so every worker
 says it is alive every `HEARTBEAT_S` from a thread of its own, even while it sets a series
 up (`send_heartbeats`), and one not heard from for `silence_s` is given up as if it had

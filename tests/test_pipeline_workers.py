@@ -4,6 +4,7 @@ data never wait for ever. Every frame is accounted for."""
 
 from __future__ import annotations
 
+import inspect
 import signal
 import socket
 import threading
@@ -16,6 +17,7 @@ from test_pipeline_e2e import ENV, balanced, fake_args
 from streamer.config import Config, FanoutConfig
 from streamer.pipeline import Pipeline
 from streamer.series import SeriesEnd
+from streamer.worker import Worker
 
 
 def wait_processed(pipe: Pipeline, n: int, timeout_s: float = 30.0) -> None:
@@ -113,6 +115,49 @@ def test_live_frames_of_a_silent_worker_go_once_it_is_given_up(tmp_path, caplog)
     assert lost == 1
     messages = [r.getMessage() for r in caplog.records]
     assert any("no word from worker" in m for m in messages) and any("heard from again" in m for m in messages)
+
+
+@pytest.mark.slow
+def test_a_hung_worker_loses_at_most_its_credit(tmp_path):
+    """A worker stopped (SIGSTOP) for longer than fanout.worker_silence_s while live frames come
+    at 40 Hz: it is given up, and it lost only the frames it had granted credit for (its queue
+    depth), not every frame the fan-out kept sending it (160 of 400 with round-robin PUSH, as
+    by-reference messages that socket buffers absorb). Resumed, it takes frames again."""
+    credit = inspect.signature(Worker).parameters["rcvhwm"].default
+    config = Config(fanout=FanoutConfig(worker_silence_s=2.0))  # the least it may be
+    with Pipeline(config, n_workers=2, live=True, worker_args=fake_args(), worker_env=ENV,
+                  result_timeout_s=60.0) as pipe:
+        victim = pipe.processes[0]
+        name = f"{socket.gethostname()}:{victim.pid}"
+        s = make_series(n_images=200)
+        pipe.feed([s], last=False)
+        stopped: list[float] = []
+
+        def frames():
+            for i in range(200):
+                if i == 20:
+                    victim.send_signal(signal.SIGSTOP)
+                    stopped.append(time.monotonic())
+                elif len(stopped) == 1 and time.monotonic() - stopped[0] > 3.0:  # given up by now
+                    assert name in pipe.collector.roster.silent
+                    victim.send_signal(signal.SIGCONT)
+                    stopped.append(time.monotonic())
+                yield make_frame(s, i, 3)
+                time.sleep(0.025)
+            yield SeriesEnd(s.series_id)
+
+        try:
+            pipe.feed(frames(), last=False)
+        finally:
+            victim.send_signal(signal.SIGCONT)
+        assert pipe.collector.wait_closed(1, 30)
+        frames_seen = pipe.collector.total.as_dict()
+        state = pipe.collector.series[s.series_id]
+    assert len(stopped) == 2
+    assert frames_seen["received"] == 200 and balanced(frames_seen)
+    assert set(frames_seen["dropped"]) <= {"worker_lost"}, frames_seen
+    assert 1 <= frames_seen["dropped"].get("worker_lost", 0) <= credit, frames_seen
+    assert name in state.worker_seq and state.worker_seq[name] > 150  # resumed, it took frames again
 
 
 @pytest.mark.slow

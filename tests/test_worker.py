@@ -174,6 +174,28 @@ def test_a_worker_left_from_an_earlier_run_joins_the_new_one_before_analysing(ri
     assert any("frames of another run" in r.getMessage() for r in caplog.records)
 
 
+def test_a_worker_grants_credit_afresh_when_its_frames_socket_reconnects(rig):
+    """A new fan-out bound where the old one was (a new run on the same ports) has none of the
+    worker's credit: ZeroMQ reconnects the worker's DEALER, the handshake makes it grant a full
+    queue again, and so the new run's frames reach it (and it joins that run)."""
+    w = rig.add_worker("w1")
+    _send_series(rig, make_series("1", n_images=2), lambda i: 1)
+    old = rig.fanout
+    old.frames.close(linger=0)
+    try:
+        rig.fanout = Fanout(rig.ctx, rig.ep, hwm=16, overload_wait_s=None)
+        rig.service.run_token = rig.fanout.run
+        wait_for(lambda: rig.fanout._read_credits() or sum(rig.fanout.credit.values()) == w.rcvhwm)
+        assert _send_series(rig, make_series("2", n_images=6), lambda i: 4) == {i: 4 for i in range(6)}
+        assert w.endpoints["run"] == rig.fanout.run
+        wait_for(lambda: rig.fanout._read_credits() or sum(rig.fanout.credit.values()) == w.rcvhwm)
+        time.sleep(0.2)  # and no more than that: one credit back per frame
+        rig.fanout._read_credits()
+        assert sum(rig.fanout.credit.values()) == w.rcvhwm
+    finally:
+        old.feed.close(linger=0)
+
+
 def test_late_worker_gets_the_header_of_a_running_series_and_models(rig):
     rig.add_worker("w1")
     s = make_series(n_images=40)
@@ -200,7 +222,7 @@ def test_worker_drops_a_frame_whose_series_the_collector_does_not_know(tmp_path)
     try:
         router = ctx.socket(zmq.ROUTER)
         router.bind(f"ipc://{tmp_path}/c")
-        frames, results, model = ctx.socket(zmq.PUSH), ctx.socket(zmq.PULL), ctx.socket(zmq.PUB)
+        frames, results, model = ctx.socket(zmq.ROUTER), ctx.socket(zmq.PULL), ctx.socket(zmq.PUB)
         urls = {}
         for name, sock in (("frames", frames), ("results", results), ("model", model)):
             sock.bind(f"ipc://{tmp_path}/{name}")
@@ -215,16 +237,18 @@ def test_worker_drops_a_frame_whose_series_the_collector_does_not_know(tmp_path)
         assert joining.kind == "joining" and joining.body == {"worker": "w", "store": False}
         router.send_multipart([ident, *wire.encode("welcome")])
         assert wire.decode(router.recv_multipart()[1:]).body["ready"]
+        worker, *grant = frames.recv_multipart()  # connected: a full queue's credit
+        assert pipeline_messages.credit_from(wire.decode(grant)) == w.rcvhwm
         s = make_series()
-        frames.send_multipart(pipeline_messages.encode_frame(make_frame(s, 0, 1), 0), copy=False)
+        frames.send_multipart([worker, *pipeline_messages.encode_frame(make_frame(s, 0, 1), 0)], copy=False)
         ident, *parts = router.recv_multipart()
         request = wire.decode(parts)
         assert request.kind == "series_request" and request.body["series_id"] == s.series_id
         router.send_multipart([ident, *wire.encode("unknown_series", {"series_id": s.series_id})])
         result = pipeline_messages.result_from(next_result(results))
         assert result.drop_reason == "unknown_series"
-        frames.send_multipart([b"\x93garbage"])  # unreadable: counted by the worker, loop goes on
-        frames.send_multipart(pipeline_messages.encode_frame(make_frame(s, 1, 1), 1), copy=False)
+        frames.send_multipart([worker, b"\x93garbage"])  # unreadable: counted by the worker, loop goes on
+        frames.send_multipart([worker, *pipeline_messages.encode_frame(make_frame(s, 1, 1), 1)], copy=False)
         ident, *parts = router.recv_multipart()
         router.send_multipart([ident, *pipeline_messages.encode_series(s)])
         result = pipeline_messages.result_from(next_result(results))
