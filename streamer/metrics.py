@@ -19,7 +19,7 @@ KNOWN_DROP_REASONS = (
     # receiver (streamer.receiver)
     "truncated_message", "wrong_part_count", "unknown_type", "malformed_json", "malformed_cbor",
     "blob_size", "unknown_encoding", "bad_header", "oversized_message", "no_series", "wrong_shape",
-    "missing_channel", "receiver_error",
+    "missing_channel", "receiver_error", "image_number", "series_closed",
     # fan-out and collector
     "overload", "no_worker", "duplicate_image", "unknown_series", "worker_lost", "wire_malformed",
     "wire_too_large", "wire_unknown_kind", "wire_version",

@@ -61,12 +61,11 @@ def check_endpoint(url: str) -> None:
         return
     host, _, port = rest.rpartition(";")[2].rpartition(":")  # tcp://[source;]host:port
     if not (port.isdigit() and 0 < int(port) < 65536) or not host:
-        raise BadInput(f"detector URL {url!r}: expected tcp://HOST:PORT with a port from 1 to 65535",
-                       reason="bad_argument")
+        raise BadInput(f"detector URL {url!r}: expected tcp://HOST:PORT with a port from 1 to 65535")
     try:
         socket.getaddrinfo(host.strip("[]"), int(port), type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError) as exc:
-        raise BadInput(f"detector URL {url!r}: cannot resolve {host!r}: {exc}", reason="bad_argument") from exc
+        raise BadInput(f"detector URL {url!r}: cannot resolve {host!r}: {exc}") from exc
 
 
 @dataclass
