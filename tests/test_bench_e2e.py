@@ -23,3 +23,7 @@ def test_e2e_ramp_prints_the_contract_keys():
     assert figures["workers"] == 1 and figures["dropped"] == 0
     assert [step["processed"] for step in figures["ramp"]] == [step["received"] for step in figures["ramp"]]
     assert set(figures["cpu_ms_per_frame"]) >= {"main", "main.stages", "workers"}
+    # timed from the detector's first frame: 50 frames at 20/s take 2.45 s to send
+    (step,) = figures["ramp"]
+    assert figures["frames_per_s"] == 20.0 and 0.0 < step["drain_s"] < 2.0
+    assert 0.95 * 20 <= step["published_rate"] <= 20 * 1.02

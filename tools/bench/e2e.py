@@ -7,8 +7,11 @@ mask with the gaps flagged, header detail "all") over loopback TCP at a target r
 The processor side is exactly the `run` layout: `Receiver` -> `Pipeline` (fan-out, N worker
 processes, collector, result stream; the sweep stages with `--sweep-stages`). The rate ramps
 up in short series; a rate is sustained when every frame was received and processed (no
-drops) and results were published at >= 95% of the sent rate; after the first rate that is
-not, `--refine` steps bisect (geometrically) between it and the last sustained one.
+drops) and results were published at >= 95% of the sent rate, timed from the detector's first
+frame sent to the last result (so frames that wait in the detector socket before the receiver
+reads them count: the fan-out waits for a worker's credit, and the backlog waits there); after
+the first rate that is not, `--refine` steps bisect (geometrically) between it and the last
+sustained one.
 Figures: the highest sustained rate, and at that rate the drops and the latency from frame
 received to per-image result published (p50, p99), and what each process spends per frame at
 that rate (CPU ms per frame from /proc: the main process split by thread, the workers, the
@@ -140,17 +143,18 @@ def _sender(url: str, detector: str, conn, arm_s: float = 0.0) -> None:
                 sender.send_frame(EncodedFrame(series_id, i, shape, "<u4", "bslz4", data))
             sent_s = time.monotonic() - t0
             sender.send_end()
-            conn.send(("sent", n / sent_s if sent_s > 0 else float("inf")))
+            # CLOCK_MONOTONIC is the host's: the processor reads the same clock
+            conn.send(("sent", n / sent_s if sent_s > 0 else float("inf"), t0, t0 + sent_s))
     finally:
         sender.close(linger_s=1.0)
         ctx.term()
 
 
-def _step_figures(state, sent_rate: float, n: int) -> dict[str, Any]:
+def _step_figures(state, sent_rate: float, n: int, first_sent: float, last_sent: float) -> dict[str, Any]:
     lat = np.asarray(state.latencies_s) if state.latencies_s else np.zeros(1)
     tally = state.tally
-    # results per second over the step: n frames from first received to last published
-    span = lat[-1] + (n - 1) / max(sent_rate, 1e-9) if len(lat) else float("inf")
+    # results per second over the step: n frames from the first sent to the last result published
+    span = state.last_result - first_sent if state.last_result > 0 else float("inf")
     return {
         "sent_rate": sent_rate,
         "received": tally.received,
@@ -160,6 +164,7 @@ def _step_figures(state, sent_rate: float, n: int) -> dict[str, Any]:
         "published_rate": (n - 1) / span if span > 0 else 0.0,
         "latency_p50_s": float(np.percentile(lat, 50)),
         "latency_p99_s": float(np.percentile(lat, 99)),
+        "drain_s": state.last_result - last_sent if state.last_result > 0 else float("inf"),  # last sent -> last result
     }
 
 
@@ -220,18 +225,19 @@ def run(args) -> dict[str, Any]:
                     if not pipe.collector.wait_closed(step + 1, 60):
                         raise TimeoutError(f"series {series_id} was not closed within 60 s")
                     cpu_ms = CpuMeter.per_frame_ms(cpu_before, meter.sample(), n)
-                    _, sent_rate = parent.recv()
+                    _, sent_rate, first_sent, last_sent = parent.recv()
                     step += 1
                     if warmup:
                         continue
                     state = pipe.collector.series[pipe.collector.order[step - 1]]  # the receiver names it
-                    figures = {"target_rate": rate, **_step_figures(state, sent_rate, n), "cpu_ms_per_frame": cpu_ms}
+                    figures = {"target_rate": rate, **_step_figures(state, sent_rate, n, first_sent, last_sent),
+                               "cpu_ms_per_frame": cpu_ms}
                     ramp.append(figures)
                     ok = (figures["dropped"] == 0 and figures["received"] == n and sent_rate >= 0.95 * rate
                           and figures["published_rate"] >= 0.95 * rate)
-                    log.info("rate %.0f/s: sent %.0f/s, published %.0f/s, dropped %d, p99 %.3f s -> %s", rate,
-                             sent_rate, figures["published_rate"], figures["dropped"], figures["latency_p99_s"],
-                             "sustained" if ok else "not sustained")
+                    log.info("rate %.0f/s: sent %.0f/s, published %.0f/s, dropped %d, p99 %.3f s, drain %.3f s -> %s",
+                             rate, sent_rate, figures["published_rate"], figures["dropped"], figures["latency_p99_s"],
+                             figures["drain_s"], "sustained" if ok else "not sustained")
                     if ok:
                         best, sustained = figures, rate
                     else:
@@ -256,6 +262,7 @@ def run(args) -> dict[str, Any]:
         "dropped": int(at.get("dropped", 0)),
         "latency_p50_s": at.get("latency_p50_s", float("nan")),
         "latency_p99_s": at.get("latency_p99_s", float("nan")),
+        "drain_s": at.get("drain_s", float("nan")),
         "workers": workers,
         "main_cpu_ms_per_frame": at.get("cpu_ms_per_frame", {}).get("main", float("nan")),
         "worker_cpu_ms_per_frame": at.get("cpu_ms_per_frame", {}).get("workers", float("nan")),
