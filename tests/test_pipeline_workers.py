@@ -201,22 +201,22 @@ def test_recorded_data_does_not_hang_when_every_worker_died(tmp_path):
 def test_live_last_frames_of_a_killed_worker_go_once_the_survivor_is_idle(tmp_path):
     """The frames a killed worker held at the very end of a series: no later frame passes them,
     so they waited the whole result timeout (60 s here) before the series could close. The
-    survivor now says when it is idle, and they are given up about a second after that."""
+    survivor now says when it is idle, and they are given up about a second after that. (The
+    victim is the worker the fan-out sent the series' last frame.)"""
     with Pipeline(Config(), n_workers=2, live=True, worker_args=fake_args("SlowCountingAnalyser"), worker_env=ENV,
                   result_timeout_s=60.0) as pipe:
         s = make_series(n_images=40)
         pipe.feed([s] + [make_frame(s, i, 3) for i in range(40)] + [SeriesEnd(s.series_id)], last=False)
-        deadline = time.monotonic() + 30
-        while s.series_id not in pipe.collector.series or len(pipe.collector.series[s.series_id].worker_seq) < 2:
-            assert time.monotonic() < deadline  # both have returned a frame: who holds the odd ones is known
-            time.sleep(0.005)
-        state = pipe.collector.series[s.series_id]
-        holder = next(name for name, seq in state.worker_seq.items() if seq % 2 == 39 % 2)
-        victim = next(p for p in pipe.processes if holder.endswith(f":{p.pid}"))
+        # every frame is dispatched when feed returns; the last went to the worker whose credit was
+        # used last, and it holds it behind at most 3 others (30 ms each): stopped at once
+        routing_id = max(pipe.fanout.last_sent, key=pipe.fanout.last_sent.get).decode()
+        victim = next(p for p in pipe.processes if routing_id.rsplit("/", 1)[0].endswith(f":{p.pid}"))
+        victim.send_signal(signal.SIGSTOP)
         victim.send_signal(signal.SIGKILL)
         victim.wait(10)
         killed = time.monotonic()
         assert pipe.collector.wait_closed(1, 30)
+        state = pipe.collector.series[s.series_id]
         waited = time.monotonic() - killed
         frames = pipe.collector.total.as_dict()
     assert frames["received"] == 40 and balanced(frames)
