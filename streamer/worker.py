@@ -118,6 +118,9 @@ class Worker:
         self.frames = self.ctx.socket(zmq.DEALER)
         self.frames.setsockopt(zmq.LINGER, 0)
         self.frames.setsockopt(zmq.RCVHWM, self.rcvhwm)
+        # grants go only over a live connection: one queued while the fan-out is away would add to
+        # the full queue's worth the next handshake grants
+        self.frames.setsockopt(zmq.IMMEDIATE, 1)
         # unique per socket: the fan-out's credits are per routing id, and a new socket starts afresh
         self.frames.setsockopt(zmq.ROUTING_ID, f"{self.name}/{uuid.uuid4().hex[:8]}".encode())
         self.results = self.ctx.socket(zmq.PUSH)
@@ -198,10 +201,10 @@ class Worker:
 
     def _grant(self, n: int) -> None:
         """Tell the fan-out it may send `n` more frames here."""
-        try:  # queued while the fan-out is away (a full queue of grants is stale anyway)
+        try:
             self.frames.send_multipart(pipeline_messages.encode_credit(self.name, n), zmq.DONTWAIT)
-        except zmq.Again:
-            log.warning("worker %s: a credit grant could not be queued for the fan-out", self.name)
+        except zmq.Again:  # no connection: the next handshake grants a full queue's worth
+            log.debug("worker %s: no fan-out connected for a credit grant", self.name)
 
     def _hello(self) -> dict[str, str]:
         """Ask the collector for the endpoints; retry until it answers or we are stopped."""
