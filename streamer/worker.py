@@ -26,7 +26,6 @@ import socket as _socket
 import threading
 import time
 import uuid
-from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
@@ -40,14 +39,13 @@ from streamer.allocator import keep_freed_memory
 from streamer.errors import BadInput
 from streamer.frame_store import StoreReader
 from streamer.series import SeriesInfo
+from streamer.series_setups import SeriesSetups
 from streamer.worker_roster import HEARTBEAT_S, send_heartbeats
 
 log = logging.getLogger(__name__)
 
 DEFAULT_ANALYSER = "streamer.perimage:ImageAnalyser"
 DEFAULT_DECODER = "streamer.codecs:decode"
-SERIES_CACHE = 4  # series headers kept per worker (a few series in flight at most)
-ANALYSER_CACHE = 2  # analysers hold per-series tables and buffers (hundreds of MB for a 16M detector)
 IDLE_NOTICE_S = 0.5  # with no frame for this long, the worker says so (again each time it passes)
 
 
@@ -94,10 +92,7 @@ class Worker:
         self.header_timeout_s = header_timeout_s
         self.rcvhwm = rcvhwm
         self.stop = threading.Event()
-        self.series: OrderedDict[str, SeriesInfo] = OrderedDict()
-        self.analysers: dict[str, Any] = {}
-        self.setup_errors: dict[str, BadInput] = {}
-        self.buffers: dict[tuple[tuple[int, ...], str], np.ndarray] = {}
+        self.setups = SeriesSetups(self.analyser_factory, config)
         self.models: dict[str, dict[str, Any]] = {}
         self.n_frames = 0
         self.n_bad_messages = 0  # frame messages it could not read
@@ -170,8 +165,8 @@ class Worker:
         if self.store is not None:
             self.store.close()
         self._attach_store(endpoints)
-        for cache in (self.series, self.analysers, self.setup_errors, self.models):
-            cache.clear()
+        self.setups.clear()
+        self.models.clear()
         self._ask("joining", {"worker": self.name, "store": self.store is not None}, "welcome")
         self.control.send_multipart(wire.encode("hello", {"worker": self.name, "ready": True}))
         self.endpoints = endpoints
@@ -307,9 +302,9 @@ class Worker:
             except wire.WireError as exc:
                 self._unreadable(exc, "series announcement")
                 return
-            self._remember(series)
+            self.setups.remember(series)
             try:
-                self._analyser(series.series_id)
+                self.setups.analyser(series.series_id, self._series)
             except BadInput as exc:
                 log.warning("series %s cannot be analysed: %s", series.series_id, exc)
 
@@ -330,9 +325,9 @@ class Worker:
         try:
             if work.stored is not None:
                 frame = dataclasses.replace(frame, data=self._stored(*work.stored))
-            analyser = self._analyser(frame.series_id)
+            analyser = self.setups.analyser(frame.series_id, self._series)
             t0 = time.perf_counter()
-            buffer = self._buffer(frame.shape, frame.dtype)
+            buffer = self.setups.buffer(frame.shape, frame.dtype)
             prepare = getattr(analyser, "prepare", None) if self.default_decoder else None
             if prepare is not None:  # the product's analyser may decode inside its threshold pass
                 image, source = prepare(frame, buffer)
@@ -367,53 +362,10 @@ class Worker:
         except ValueError as exc:
             raise BadInput(str(exc), reason="frame_store") from exc
 
-    def _buffer(self, shape: tuple[int, ...], dtype: str) -> np.ndarray:
-        """A decode buffer reused for every frame of this shape and dtype (no page faults per frame)."""
-        key = (tuple(shape), dtype)
-        buf = self.buffers.get(key)
-        if buf is None:
-            if len(self.buffers) >= SERIES_CACHE:
-                self.buffers.clear()
-            buf = self.buffers[key] = np.empty(shape, dtype=np.dtype(dtype))
-        return buf
-
-    def _analyser(self, series_id: str) -> Any:
-        if series_id in self.analysers:
-            return self.analysers[series_id]
-        if series_id in self.setup_errors:
-            raise self.setup_errors[series_id]
-        series = self._series(series_id)
-        try:
-            analyser = None
-            for previous in reversed(list(self.analysers.values())):  # same detector and geometry: no set-up
-                reuse = getattr(previous, "reuse_for", None)
-                analyser = reuse(series) if reuse is not None else None
-                if analyser is not None:
-                    break
-            if analyser is None:
-                analyser = self.analyser_factory(series, self.config)
-        except BadInput as exc:
-            self.setup_errors[series_id] = exc
-            raise
-        except Exception as exc:  # a bug or a header nobody foresaw: this series' frames are
-            # dropped (counted, with the reason), not every series after it with a dead worker
-            log.exception("series %s: analysis set-up failed", series_id)
-            self.setup_errors[series_id] = BadInput(f"analysis set-up failed: {exc!r}", reason="worker_error")
-            raise self.setup_errors[series_id] from exc
-        if len(self.analysers) >= ANALYSER_CACHE:
-            self.analysers.pop(next(iter(self.analysers)))
-        self.analysers[series_id] = analyser
-        return analyser
-
-    def _remember(self, series: SeriesInfo) -> None:
-        self.series[series.series_id] = series
-        while len(self.series) > SERIES_CACHE:
-            self.series.popitem(last=False)
-
     def _series(self, series_id: str) -> SeriesInfo:
         """The header of a series, asked of the collector the first time a frame of it comes."""
-        if series_id in self.series:
-            return self.series[series_id]
+        if series_id in self.setups.series:
+            return self.setups.series[series_id]
         self.control.send_multipart(wire.encode("series_request", {"series_id": series_id}))
         deadline = time.monotonic() + self.header_timeout_s
         while time.monotonic() < deadline and not self.stop.is_set():
@@ -426,7 +378,7 @@ class Worker:
                 continue
             if msg.kind == "series":
                 series = pipeline_messages.series_from(msg)
-                self._remember(series)
+                self.setups.remember(series)
                 if series.series_id == series_id:
                     return series
             elif msg.kind == "unknown_series" and msg.body.get("series_id") == series_id:

@@ -103,7 +103,7 @@ def test_worker_sets_up_on_the_announcement_and_reports_spot_counts(rig):
     w = rig.add_worker("w1")
     s = make_series(n_images=6)
     rig.fanout.handle(s)
-    wait_for(lambda: s.series_id in w.analysers)  # set up before any frame of the series came
+    wait_for(lambda: s.series_id in w.setups.analysers)  # set up before any frame of the series came
     assert w.n_frames == 0
     truth = {}
     for i in range(6):
@@ -121,7 +121,7 @@ def test_worker_sets_up_on_the_announcement_and_reports_spot_counts(rig):
     assert sorted(Capture.seen) == list(range(6))
     for i, spots in Capture.seen.items():
         assert len(spots["x_px"]) == truth[i] and (spots["intensity"] > HOT).all()
-    assert rig.workers[0][0].series[s.series_id] == s  # the header it asked for
+    assert rig.workers[0][0].setups.series[s.series_id] == s  # the header it asked for
 
 
 def test_bad_frames_come_back_as_drops_with_reasons(rig):
@@ -167,10 +167,10 @@ def test_a_worker_left_from_an_earlier_run_joins_the_new_one_before_analysing(ri
     run's headers or set-ups), so its results are the new run's, and its collector counts it."""
     w = rig.add_worker("w1")
     _send_series(rig, make_series("1", n_images=2), lambda i: 1)
-    assert "1" in w.series
+    assert "1" in w.setups.series
     rig.fanout.run = rig.service.run_token = "the-next-run"  # what a new run on these ports looks like
     assert _send_series(rig, make_series("2", n_images=3), lambda i: 4) == {0: 4, 1: 4, 2: 4}
-    assert w.endpoints["run"] == "the-next-run" and "1" not in w.series
+    assert w.endpoints["run"] == "the-next-run" and "1" not in w.setups.series
     assert any("frames of another run" in r.getMessage() for r in caplog.records)
 
 
@@ -213,7 +213,7 @@ def test_late_worker_gets_the_header_of_a_running_series_and_models(rig):
     assert rig.collector.wait_closed(1, 20)
     assert rig.collector.total.processed == 40
     workers = {r.worker for r in rig.collector.series[s.series_id].results[20:]}
-    assert "late" in workers and late.series[s.series_id] == s
+    assert "late" in workers and late.setups.series[s.series_id] == s
     rig.collector.models.put((s.series_id, {"indexed": True, "unit_cell": [79.1, 79.1, 38.0, 90, 90, 90]}))
     wait_for(lambda: s.series_id in late.models)
     assert late.models[s.series_id]["unit_cell"][0] == 79.1
