@@ -226,8 +226,10 @@ class Fanout:
                 return
             try:
                 n = pipeline_messages.credit_from(wire.decode(msg))
-            except wire.WireError as exc:
+            except wire.WireError as exc:  # counted where every unreadable internal message is
                 self.n_refused_credits += 1
+                if self.metrics is not None:
+                    self.metrics.internal_refused.labels(reader="fanout", reason=exc.reason).inc()
                 if self.n_refused_credits & (self.n_refused_credits - 1) == 0:
                     log.warning("unreadable credit message on the frames socket (%s): %s (%d so far)", exc.reason,
                                 exc, self.n_refused_credits)

@@ -65,8 +65,8 @@ class Metrics:
             self.workers_lost.labels(how=how)
         self.internal_refused = Counter(
             "xtal_internal_messages_refused_total", "messages between the processor's own parts that could not be "
-            "read, by reader (collector; worker: as its heartbeats report) and reason (wire_version: a worker or "
-            "collector of another build)", ["reader", "reason"], registry=r,
+            "read, by reader (collector; fanout: workers' credit grants; worker: as its heartbeats report) and "
+            "reason (wire_version: a worker or collector of another build)", ["reader", "reason"], registry=r,
         )
         self._refusals_told: dict[str, dict[str, int]] = {}  # by worker: its counts in its last heartbeat
         self.stage_latency = Histogram(

@@ -170,3 +170,24 @@ def test_a_worker_that_has_gone_is_forgotten_with_its_credit(rig):
     assert w.seqs == [0, 1] and b"gone" not in fanout.credit
     assert not [m for m in notices(feed) if m.kind == "received_drop"]
     w.sock.close(0)
+
+
+def test_an_unreadable_grant_is_counted_where_every_unreadable_internal_message_is(rig):
+    from streamer.metrics import Metrics
+
+    ctx, make, _ = rig
+    fanout = make(0.2)
+    fanout.metrics = Metrics()
+    w = FakeWorker(ctx, fanout.frames_url, "w", first=2, keeps_granting=False)
+    w.sock.send_multipart([b"not msgpack"])
+    w.sock.send_multipart(wire.encode("credit", {"worker": "w", "n": 0}))  # grants nothing
+    granted(fanout, {b"w": 2})
+    for _ in range(100):
+        if fanout.n_refused_credits == 2:
+            break
+        fanout.frames.poll(10)
+        fanout._read_credits()
+    refused = {s.labels["reason"]: s.value for s in fanout.metrics.internal_refused.collect()[0].samples
+               if s.name.endswith("_total") and s.labels["reader"] == "fanout"}
+    assert fanout.n_refused_credits == 2 and sum(refused.values()) == 2, refused
+    w.sock.close(0)
