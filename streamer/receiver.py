@@ -185,8 +185,8 @@ class Receiver:
                 return idle
             self._log.flush(now)
             waits = [] if deadline is None else [deadline - now]
-            if self._log.due() is not None:
-                waits.append(self._log.due() - now)
+            if (log_due := self._log.due()) is not None:
+                waits.append(log_due - now)
             if self._series is not None:
                 waits.append(self._series.last_seen + self.config.idle_timeout_s - now)
             if self._cut_check_at is not None:
